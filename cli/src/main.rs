@@ -1,0 +1,2 @@
+//! The `fedhub` binary.
+fn main() {}

@@ -1,0 +1,176 @@
+//! SPIFFE bundles: the X.509 and JWT authorities of one trust domain, with sequence and
+//! refresh hint.
+//!
+//! The SPIFFE JSON (JWKS) codec and PEM import/export live in [`crate::bundle::codec`].
+
+use std::time::Duration;
+
+use crate::id::TrustDomain;
+use crate::keys::PublicKey;
+
+/// An X.509 authority: one CA certificate (DER) that roots X509-SVIDs of the trust domain.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct X509Authority {
+    der: Vec<u8>,
+}
+
+impl X509Authority {
+    /// Wraps a DER certificate without checking it. Use [`X509Authority::parse`] for
+    /// untrusted input.
+    pub fn from_der_unchecked(der: Vec<u8>) -> Self {
+        Self { der }
+    }
+
+    /// The DER certificate.
+    pub fn der(&self) -> &[u8] {
+        &self.der
+    }
+}
+
+impl std::fmt::Debug for X509Authority {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "X509Authority({} bytes)", self.der.len())
+    }
+}
+
+/// A JWT authority: a key id and the public key that verifies JWT-SVIDs carrying that `kid`.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct JwtAuthority {
+    kid: String,
+    key: PublicKey,
+}
+
+impl JwtAuthority {
+    /// Creates an authority. The key id must be non-empty; see [`Bundle::add_jwt_authority`].
+    pub fn new(kid: impl Into<String>, key: PublicKey) -> Self {
+        Self {
+            kid: kid.into(),
+            key,
+        }
+    }
+
+    /// The key id (`kid`).
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// The public key.
+    pub fn key(&self) -> &PublicKey {
+        &self.key
+    }
+}
+
+/// The bundle of one trust domain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bundle {
+    trust_domain: TrustDomain,
+    x509_authorities: Vec<X509Authority>,
+    jwt_authorities: Vec<JwtAuthority>,
+    sequence: Option<u64>,
+    refresh_hint: Option<Duration>,
+}
+
+impl Bundle {
+    /// An empty bundle for `trust_domain`: no authorities, no sequence, no refresh hint.
+    pub fn new(trust_domain: TrustDomain) -> Self {
+        Self {
+            trust_domain,
+            x509_authorities: Vec::new(),
+            jwt_authorities: Vec::new(),
+            sequence: None,
+            refresh_hint: None,
+        }
+    }
+
+    /// The trust domain the bundle belongs to.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The X.509 authorities, in document order.
+    pub fn x509_authorities(&self) -> &[X509Authority] {
+        &self.x509_authorities
+    }
+
+    /// The JWT authorities, in document order.
+    pub fn jwt_authorities(&self) -> &[JwtAuthority] {
+        &self.jwt_authorities
+    }
+
+    /// The JWT authority with this key id, if any.
+    pub fn jwt_authority(&self, kid: &str) -> Option<&JwtAuthority> {
+        self.jwt_authorities.iter().find(|a| a.kid == kid)
+    }
+
+    /// `spiffe_sequence`, when set.
+    pub fn sequence(&self) -> Option<u64> {
+        self.sequence
+    }
+
+    /// `spiffe_refresh_hint`, when set.
+    pub fn refresh_hint(&self) -> Option<Duration> {
+        self.refresh_hint
+    }
+
+    /// Sets or clears `spiffe_sequence`.
+    pub fn set_sequence(&mut self, sequence: Option<u64>) {
+        self.sequence = sequence;
+    }
+
+    /// Sets or clears `spiffe_refresh_hint` (whole seconds are published, rounded up).
+    pub fn set_refresh_hint(&mut self, hint: Option<Duration>) {
+        self.refresh_hint = hint;
+    }
+
+    /// Adds an X.509 authority unless an identical one is present. Returns whether it was added.
+    pub fn add_x509_authority(&mut self, authority: X509Authority) -> bool {
+        if self.x509_authorities.contains(&authority) {
+            return false;
+        }
+        self.x509_authorities.push(authority);
+        true
+    }
+
+    /// Removes an X.509 authority; returns whether it was present.
+    pub fn remove_x509_authority(&mut self, der: &[u8]) -> bool {
+        let before = self.x509_authorities.len();
+        self.x509_authorities.retain(|a| a.der != der);
+        before != self.x509_authorities.len()
+    }
+
+    /// Adds a JWT authority. Returns `false` (and changes nothing) when the `kid` is empty or
+    /// already taken, since a bundle never publishes duplicate or empty key ids.
+    pub fn add_jwt_authority(&mut self, authority: JwtAuthority) -> bool {
+        if authority.kid.is_empty() || self.jwt_authority(&authority.kid).is_some() {
+            return false;
+        }
+        self.jwt_authorities.push(authority);
+        true
+    }
+
+    /// Removes the JWT authority with this key id; returns whether it was present.
+    pub fn remove_jwt_authority(&mut self, kid: &str) -> bool {
+        let before = self.jwt_authorities.len();
+        self.jwt_authorities.retain(|a| a.kid != kid);
+        before != self.jwt_authorities.len()
+    }
+
+    /// Whether the bundle has no authorities at all (a revocation of everything, BUN-3).
+    pub fn is_empty(&self) -> bool {
+        self.x509_authorities.is_empty() && self.jwt_authorities.is_empty()
+    }
+
+    /// Whether both bundles hold the same authorities (ignoring order, sequence and hint).
+    pub fn same_authorities(&self, other: &Self) -> bool {
+        self.x509_authorities.len() == other.x509_authorities.len()
+            && self.jwt_authorities.len() == other.jwt_authorities.len()
+            && self
+                .x509_authorities
+                .iter()
+                .all(|a| other.x509_authorities.contains(a))
+            && self
+                .jwt_authorities
+                .iter()
+                .all(|a| other.jwt_authorities.contains(a))
+    }
+}

@@ -1,0 +1,16 @@
+//! SPIFFE primitives for fedhub. No I/O happens here.
+//!
+//! - [`id`]: [`SpiffeId`] and [`TrustDomain`], validated exactly as the SPIFFE-ID spec requires.
+//! - [`keys`]: key types, key generation, public keys as SPKI and JWK parameters.
+//! - [`bundle`]: [`Bundle`] with its SPIFFE JSON (JWKS) codec and PEM import/export.
+//! - [`x509`]: minting CA certificates and X509-SVIDs from a public key; verifying peer chains.
+//! - [`jwt`]: signing and validating JWT-SVIDs.
+//! - [`tls`]: SPIFFE-aware rustls certificate verifiers with authorizers.
+
+pub mod bundle;
+pub mod id;
+pub mod keys;
+
+pub use bundle::{Bundle, JwtAuthority, X509Authority};
+pub use id::{IdError, SpiffeId, TrustDomain};
+pub use keys::{KeyError, KeyType, PrivateKey, PublicKey};
