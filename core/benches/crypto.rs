@@ -1,1 +1,2 @@
+//! Benchmarks of core crypto (filled in later).
 fn main() {}

@@ -1,7 +1,7 @@
 //! SPIFFE bundles: the X.509 and JWT authorities of one trust domain, with sequence and
 //! refresh hint.
 //!
-//! The SPIFFE JSON (JWKS) codec and PEM import/export live in [`crate::bundle::codec`].
+//! The SPIFFE JSON (JWKS) codec and PEM import/export live in the `codec` submodule.
 
 use std::time::Duration;
 
@@ -172,5 +172,70 @@ impl Bundle {
                 .jwt_authorities
                 .iter()
                 .all(|a| other.jwt_authorities.contains(a))
+    }
+}
+
+/// Where verifiers look up the bundle of a trust domain. Implementations may change their
+/// answer over time (a rotated or refreshed bundle), and verifiers ask on every verification.
+///
+/// Bundles of different trust domains are never pooled: a verifier asks for exactly the trust
+/// domain of the SVID it checks.
+pub trait BundleSource: Send + Sync {
+    /// The current bundle of `trust_domain`, if one is held.
+    fn bundle(&self, trust_domain: &TrustDomain) -> Option<std::sync::Arc<Bundle>>;
+}
+
+/// A fixed set of bundles keyed by trust domain.
+#[derive(Debug, Clone, Default)]
+pub struct BundleSet {
+    bundles: std::collections::BTreeMap<TrustDomain, std::sync::Arc<Bundle>>,
+}
+
+impl BundleSet {
+    /// An empty set.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Inserts or replaces the bundle of its trust domain.
+    pub fn insert(&mut self, bundle: Bundle) {
+        self.bundles
+            .insert(bundle.trust_domain().clone(), std::sync::Arc::new(bundle));
+    }
+
+    /// Removes the bundle of a trust domain; returns whether one was present.
+    pub fn remove(&mut self, trust_domain: &TrustDomain) -> bool {
+        self.bundles.remove(trust_domain).is_some()
+    }
+
+    /// The bundles, ordered by trust domain.
+    pub fn iter(&self) -> impl Iterator<Item = &Bundle> {
+        self.bundles.values().map(AsRef::as_ref)
+    }
+
+    /// The number of bundles.
+    pub fn len(&self) -> usize {
+        self.bundles.len()
+    }
+
+    /// Whether the set is empty.
+    pub fn is_empty(&self) -> bool {
+        self.bundles.is_empty()
+    }
+}
+
+impl FromIterator<Bundle> for BundleSet {
+    fn from_iter<I: IntoIterator<Item = Bundle>>(iter: I) -> Self {
+        let mut set = Self::new();
+        for bundle in iter {
+            set.insert(bundle);
+        }
+        set
+    }
+}
+
+impl BundleSource for BundleSet {
+    fn bundle(&self, trust_domain: &TrustDomain) -> Option<std::sync::Arc<Bundle>> {
+        self.bundles.get(trust_domain).cloned()
     }
 }

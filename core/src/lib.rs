@@ -9,8 +9,11 @@
 
 pub mod bundle;
 pub mod id;
+pub mod jwt;
 pub mod keys;
+pub mod tls;
+pub mod x509;
 
-pub use bundle::{Bundle, JwtAuthority, X509Authority};
+pub use bundle::{Bundle, BundleSet, BundleSource, JwtAuthority, X509Authority};
 pub use id::{IdError, SpiffeId, TrustDomain};
 pub use keys::{KeyError, KeyType, PrivateKey, PublicKey};
