@@ -1,2 +1,42 @@
-//! The `fedhub` binary.
-fn main() {}
+//! `fedhub`: the one binary for hubs, agents and admins.
+//!
+//! `main` only parses arguments, sets up logging and hands over to a subcommand module.
+
+mod demo;
+mod logging;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// fedhub: SPIFFE identity and federation for your trust domain.
+///
+/// Logs go to stderr; set FEDHUB_LOG (e.g. `info`, `fedhub=debug`) to choose what is logged and
+/// FEDHUB_LOG_FORMAT=json for JSON lines.
+#[derive(Debug, Parser)]
+#[command(name = "fedhub", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run two federated trust domains end to end and show what fedhub does.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    logging::init();
+    let result = match cli.command {
+        Command::Demo(args) => demo::run(&args),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
