@@ -1,0 +1,213 @@
+//! Serving side of the bundle endpoint.
+//!
+//! The document is serialized once per change by the caller and handed to a
+//! [`BundlePublisher`]; requests only clone an `Arc`, never build JSON.
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use axum::Router;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use bytes::Bytes;
+use sha2::{Digest as _, Sha256};
+
+/// One published bundle document with its strong entity tag.
+#[derive(Debug)]
+pub struct PublishedBundle {
+    body: Bytes,
+    etag: HeaderValue,
+}
+
+impl PublishedBundle {
+    /// Wraps a serialized SPIFFE bundle document and computes its entity tag (a SHA-256 of the
+    /// bytes, so equal documents always carry equal tags, across restarts and replicas).
+    pub fn new(document: impl Into<Bytes>) -> Self {
+        let body = document.into();
+        let digest = Sha256::digest(&body);
+        let tag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&digest[..18]));
+        let etag = HeaderValue::from_str(&tag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
+        Self { body, etag }
+    }
+
+    /// The document bytes.
+    pub fn body(&self) -> &Bytes {
+        &self.body
+    }
+
+    /// The strong entity tag, quoted, as sent in `ETag`.
+    pub fn etag(&self) -> &str {
+        self.etag.to_str().unwrap_or_default()
+    }
+}
+
+/// Holds the document currently served; cheap to clone and to read from every request.
+#[derive(Debug, Clone)]
+pub struct BundlePublisher {
+    current: Arc<ArcSwap<PublishedBundle>>,
+}
+
+impl BundlePublisher {
+    /// Starts publishing `document`.
+    pub fn new(document: impl Into<Bytes>) -> Self {
+        Self {
+            current: Arc::new(ArcSwap::from_pointee(PublishedBundle::new(document))),
+        }
+    }
+
+    /// Replaces the served document; requests already in flight finish with the old one.
+    pub fn publish(&self, document: impl Into<Bytes>) {
+        self.current.store(Arc::new(PublishedBundle::new(document)));
+    }
+
+    /// The document served right now.
+    pub fn current(&self) -> Arc<PublishedBundle> {
+        self.current.load_full()
+    }
+}
+
+/// The bundle endpoint router: `GET path` serves the current document; other methods on that
+/// path answer `405`, other paths `404`. `HEAD` is answered like `GET` without a body.
+///
+/// `path` is the operator's choice (`/` by default in the hub) and must start with `/`.
+pub fn router(path: &str, publisher: BundlePublisher) -> Router {
+    Router::new()
+        .route(path, get(serve_bundle))
+        .with_state(publisher)
+}
+
+async fn serve_bundle(State(publisher): State<BundlePublisher>, headers: HeaderMap) -> Response {
+    let current = publisher.current();
+    let cache_headers = [
+        (header::ETAG, current.etag.clone()),
+        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
+    ];
+    if if_none_match_hits(&headers, current.etag()) {
+        return (StatusCode::NOT_MODIFIED, cache_headers).into_response();
+    }
+    (
+        StatusCode::OK,
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        cache_headers,
+        current.body.clone(),
+    )
+        .into_response()
+}
+
+/// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): `W/"x"` matches `"x"`, and `*`
+/// matches any current document.
+fn if_none_match_hits(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .any(|candidate| candidate == "*" || candidate.trim_start_matches("W/") == etag)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use axum::http::{Method, Request};
+    use http_body_util::BodyExt as _;
+    use tower::ServiceExt as _;
+
+    const DOC: &str = r#"{"keys":[],"spiffe_sequence":1}"#;
+
+    async fn call(router: Router, method: Method, path: &str, inm: Option<&str>) -> Response {
+        let mut request = Request::builder().method(method).uri(path);
+        if let Some(tag) = inm {
+            request = request.header(header::IF_NONE_MATCH, tag);
+        }
+        router
+            .oneshot(request.body(Body::empty()).unwrap())
+            .await
+            .unwrap()
+    }
+
+    async fn body_of(response: Response) -> Bytes {
+        response.into_body().collect().await.unwrap().to_bytes()
+    }
+
+    #[tokio::test]
+    async fn serves_document_with_headers() {
+        let publisher = BundlePublisher::new(DOC);
+        let response = call(router("/", publisher.clone()), Method::GET, "/", None).await;
+        assert_eq!(response.status(), StatusCode::OK);
+        let headers = response.headers().clone();
+        assert_eq!(headers[header::CONTENT_TYPE], "application/json");
+        assert_eq!(headers[header::CONTENT_LENGTH], DOC.len().to_string().as_str());
+        assert_eq!(headers[header::ETAG], publisher.current().etag());
+        assert!(publisher.current().etag().starts_with('"'));
+        assert_eq!(body_of(response).await, DOC.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn answers_304_on_matching_if_none_match_only() {
+        let publisher = BundlePublisher::new(DOC);
+        let tag = publisher.current().etag().to_owned();
+        let app = router("/", publisher.clone());
+        let hit = call(app.clone(), Method::GET, "/", Some(&tag)).await;
+        assert_eq!(hit.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(hit.headers()[header::ETAG], tag.as_str());
+        assert!(body_of(hit).await.is_empty());
+        let weak = call(app.clone(), Method::GET, "/", Some(&format!("\"x\", W/{tag}"))).await;
+        assert_eq!(weak.status(), StatusCode::NOT_MODIFIED);
+        let miss = call(app.clone(), Method::GET, "/", Some("\"other\"")).await;
+        assert_eq!(miss.status(), StatusCode::OK);
+        // After a change the old tag no longer matches.
+        publisher.publish(r#"{"keys":[],"spiffe_sequence":2}"#);
+        let changed = call(app, Method::GET, "/", Some(&tag)).await;
+        assert_eq!(changed.status(), StatusCode::OK);
+        assert_ne!(changed.headers()[header::ETAG], tag.as_str());
+    }
+
+    #[tokio::test]
+    async fn publish_swaps_the_served_document() {
+        let publisher = BundlePublisher::new(DOC);
+        let app = router("/bundle", publisher.clone());
+        publisher.publish("{\"keys\":[],\"spiffe_sequence\":9}");
+        let response = call(app, Method::GET, "/bundle", None).await;
+        assert_eq!(body_of(response).await, "{\"keys\":[],\"spiffe_sequence\":9}");
+    }
+
+    #[tokio::test]
+    async fn other_paths_404_and_other_methods_405() {
+        let app = router("/", BundlePublisher::new(DOC));
+        assert_eq!(
+            call(app.clone(), Method::GET, "/x", None).await.status(),
+            StatusCode::NOT_FOUND
+        );
+        for method in [Method::POST, Method::PUT, Method::DELETE, Method::PATCH] {
+            assert_eq!(
+                call(app.clone(), method.clone(), "/", None).await.status(),
+                StatusCode::METHOD_NOT_ALLOWED,
+                "{method}"
+            );
+        }
+        let head = call(app, Method::HEAD, "/", None).await;
+        assert_eq!(head.status(), StatusCode::OK);
+        assert!(body_of(head).await.is_empty());
+    }
+
+    #[test]
+    fn equal_documents_have_equal_tags() {
+        assert_eq!(
+            PublishedBundle::new(DOC).etag(),
+            PublishedBundle::new(DOC.to_owned()).etag()
+        );
+        assert_ne!(
+            PublishedBundle::new(DOC).etag(),
+            PublishedBundle::new("{}").etag()
+        );
+    }
+}
