@@ -145,7 +145,10 @@ mod tests {
         assert_eq!(response.status(), StatusCode::OK);
         let headers = response.headers().clone();
         assert_eq!(headers[header::CONTENT_TYPE], "application/json");
-        assert_eq!(headers[header::CONTENT_LENGTH], DOC.len().to_string().as_str());
+        assert_eq!(
+            headers[header::CONTENT_LENGTH],
+            DOC.len().to_string().as_str()
+        );
         assert_eq!(headers[header::ETAG], publisher.current().etag());
         assert!(publisher.current().etag().starts_with('"'));
         assert_eq!(body_of(response).await, DOC.as_bytes());
@@ -160,7 +163,13 @@ mod tests {
         assert_eq!(hit.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(hit.headers()[header::ETAG], tag.as_str());
         assert!(body_of(hit).await.is_empty());
-        let weak = call(app.clone(), Method::GET, "/", Some(&format!("\"x\", W/{tag}"))).await;
+        let weak = call(
+            app.clone(),
+            Method::GET,
+            "/",
+            Some(&format!("\"x\", W/{tag}")),
+        )
+        .await;
         assert_eq!(weak.status(), StatusCode::NOT_MODIFIED);
         let miss = call(app.clone(), Method::GET, "/", Some("\"other\"")).await;
         assert_eq!(miss.status(), StatusCode::OK);
@@ -177,7 +186,10 @@ mod tests {
         let app = router("/bundle", publisher.clone());
         publisher.publish("{\"keys\":[],\"spiffe_sequence\":9}");
         let response = call(app, Method::GET, "/bundle", None).await;
-        assert_eq!(body_of(response).await, "{\"keys\":[],\"spiffe_sequence\":9}");
+        assert_eq!(
+            body_of(response).await,
+            "{\"keys\":[],\"spiffe_sequence\":9}"
+        );
     }
 
     #[tokio::test]
