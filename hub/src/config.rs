@@ -1,0 +1,745 @@
+//! Hub configuration: a TOML file, overridden by `FEDHUB_HUB__SECTION__KEY` environment
+//! variables, validated into typed values before anything binds a socket.
+//!
+//! See `hub/hub.example.toml` for every key with its default.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use fedhub_core::{KeyType, SpiffeId, TrustDomain};
+use figment::Figment;
+use figment::providers::{Env, Format as _, Toml};
+use serde::Deserialize;
+
+/// The environment variable prefix for overrides, e.g. `FEDHUB_HUB__CA__TTL=12h`.
+pub const ENV_PREFIX: &str = "FEDHUB_HUB__";
+
+/// The default SPIFFE ID path of the hub's own SVID (bundle endpoint server, agent API).
+pub const HUB_ID_PATH: &str = "/fedhub/hub";
+
+/// Why the configuration cannot be used. Each message names the key and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or a value has the wrong type.
+    #[error("{0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `bundle_endpoint.profile`.
+        key: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// The bundle endpoint profile served by the hub.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EndpointProfile {
+    /// Authenticated by the hub's own X509-SVID with this SPIFFE ID.
+    HttpsSpiffe {
+        /// The SPIFFE ID of the endpoint's SVID.
+        spiffe_id: SpiffeId,
+    },
+    /// Authenticated by an operator certificate from a Web PKI (reloaded when the files
+    /// change).
+    HttpsWeb {
+        /// PEM certificate chain file.
+        cert_file: PathBuf,
+        /// PEM private key file.
+        key_file: PathBuf,
+    },
+}
+
+/// Validated bundle endpoint settings.
+#[derive(Debug, Clone)]
+pub struct BundleEndpointConfig {
+    /// Listen address.
+    pub address: SocketAddr,
+    /// HTTP path of the bundle document.
+    pub path: String,
+    /// TLS profile.
+    pub profile: EndpointProfile,
+    /// `spiffe_refresh_hint` published in the bundle.
+    pub refresh_hint: Duration,
+}
+
+/// TLS material given as files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// PEM certificate chain file.
+    pub cert_file: PathBuf,
+    /// PEM private key file.
+    pub key_file: PathBuf,
+}
+
+/// Validated OIDC discovery settings.
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// Listen address.
+    pub address: SocketAddr,
+    /// The issuer URL, published exactly as given and put into JWT-SVIDs as `iss`.
+    pub issuer: String,
+    /// Certificate files; `None` only with `allow_insecure_http`.
+    pub tls: Option<TlsFiles>,
+}
+
+/// Validated CA settings.
+#[derive(Debug, Clone)]
+pub struct CaConfig {
+    /// Lifetime of each X.509 CA certificate and JWT signing key.
+    pub ttl: Duration,
+    /// Key type of X.509 CA keys.
+    pub key_type: KeyType,
+    /// An upstream CA (certificate chain and key) that signs the hub's intermediate CA;
+    /// `None` for a self-signed root.
+    pub upstream: Option<TlsFiles>,
+}
+
+/// Validated agent API settings.
+#[derive(Debug, Clone)]
+pub struct AgentApiConfig {
+    /// Listen address.
+    pub address: SocketAddr,
+    /// Attestation attempts allowed per source address per minute.
+    pub attestations_per_minute: u32,
+    /// Signing requests allowed per agent per second.
+    pub signings_per_second: u32,
+}
+
+/// The validated hub configuration.
+#[derive(Debug, Clone)]
+pub struct HubConfig {
+    /// The trust domain this hub serves.
+    pub trust_domain: TrustDomain,
+    /// Where keys and the SQLite database live.
+    pub data_dir: PathBuf,
+    /// `sqlite://…` (default, in the data dir) or `postgres://…`.
+    pub database_url: String,
+    /// The admin API's Unix socket.
+    pub admin_socket: PathBuf,
+    /// Unix user ids allowed on the admin socket besides the hub's own.
+    pub admin_uids: Vec<u32>,
+    /// Agent API.
+    pub agent_api: AgentApiConfig,
+    /// Bundle endpoint; `None` when disabled.
+    pub bundle_endpoint: Option<BundleEndpointConfig>,
+    /// OIDC discovery; `None` when disabled.
+    pub oidc: Option<OidcConfig>,
+    /// Health and metrics address (`/live`, `/ready`, `/metrics`); `None` when disabled.
+    pub health_address: Option<SocketAddr>,
+    /// CA.
+    pub ca: CaConfig,
+    /// Default X509-SVID lifetime.
+    pub x509_svid_ttl: Duration,
+    /// Default JWT-SVID lifetime.
+    pub jwt_svid_ttl: Duration,
+    /// Key type of JWT signing keys.
+    pub jwt_key_type: KeyType,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    trust_domain: Option<String>,
+    #[serde(default = "defaults::data_dir")]
+    data_dir: PathBuf,
+    database_url: Option<String>,
+    admin_socket: Option<PathBuf>,
+    #[serde(default)]
+    admin_uids: Vec<u32>,
+    #[serde(default)]
+    agent_api: AgentApiSettings,
+    #[serde(default)]
+    bundle_endpoint: BundleEndpointSettings,
+    #[serde(default)]
+    oidc: OidcSettings,
+    #[serde(default)]
+    health: HealthSettings,
+    #[serde(default)]
+    ca: CaSettings,
+    #[serde(default)]
+    svid: SvidSettings,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct AgentApiSettings {
+    address: SocketAddr,
+    attestations_per_minute: u32,
+    signings_per_second: u32,
+}
+
+impl Default for AgentApiSettings {
+    fn default() -> Self {
+        Self {
+            address: SocketAddr::from(([0, 0, 0, 0], 8081)),
+            attestations_per_minute: 60,
+            signings_per_second: 500,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct BundleEndpointSettings {
+    enabled: bool,
+    address: SocketAddr,
+    path: String,
+    profile: String,
+    spiffe_id: Option<String>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    #[serde(with = "humantime_serde")]
+    refresh_hint: Duration,
+}
+
+impl Default for BundleEndpointSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            path: "/".into(),
+            profile: "https_spiffe".into(),
+            spiffe_id: None,
+            cert_file: None,
+            key_file: None,
+            refresh_hint: Duration::from_secs(300),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct OidcSettings {
+    enabled: bool,
+    address: SocketAddr,
+    issuer: Option<String>,
+    cert_file: Option<PathBuf>,
+    key_file: Option<PathBuf>,
+    allow_insecure_http: bool,
+}
+
+impl Default for OidcSettings {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            address: SocketAddr::from(([0, 0, 0, 0], 8444)),
+            issuer: None,
+            cert_file: None,
+            key_file: None,
+            allow_insecure_http: false,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct HealthSettings {
+    enabled: bool,
+    address: SocketAddr,
+}
+
+impl Default for HealthSettings {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            address: SocketAddr::from(([127, 0, 0, 1], 8080)),
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct CaSettings {
+    #[serde(with = "humantime_serde")]
+    ttl: Duration,
+    key_type: String,
+    upstream_cert_file: Option<PathBuf>,
+    upstream_key_file: Option<PathBuf>,
+}
+
+impl Default for CaSettings {
+    fn default() -> Self {
+        Self {
+            ttl: Duration::from_secs(24 * 3600),
+            key_type: "ec-p256".into(),
+            upstream_cert_file: None,
+            upstream_key_file: None,
+        }
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct SvidSettings {
+    #[serde(with = "humantime_serde")]
+    x509_ttl: Duration,
+    #[serde(with = "humantime_serde")]
+    jwt_ttl: Duration,
+    jwt_key_type: String,
+}
+
+impl Default for SvidSettings {
+    fn default() -> Self {
+        Self {
+            x509_ttl: Duration::from_secs(3600),
+            jwt_ttl: Duration::from_secs(300),
+            jwt_key_type: "ec-p256".into(),
+        }
+    }
+}
+
+mod defaults {
+    use std::path::PathBuf;
+
+    pub fn data_dir() -> PathBuf {
+        PathBuf::from("/var/lib/fedhub/hub")
+    }
+}
+
+impl HubConfig {
+    /// Loads `path` (TOML), applies `FEDHUB_HUB__…` environment overrides, and validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the offending key and the fix.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::Parse(format!(
+                "config file {} does not exist or is not a file; pass --config with the path \
+                 of a hub.toml (see hub/hub.example.toml)",
+                path.display()
+            )));
+        }
+        Self::from_figment(
+            &Figment::new()
+                .merge(Toml::file(path))
+                .merge(Env::prefixed(ENV_PREFIX).split("__")),
+        )
+    }
+
+    /// Parses and validates TOML text (no environment overrides); used by tests and tools.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the offending key and the fix.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(&Figment::new().merge(Toml::string(text)))
+    }
+
+    fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(format_figment_error(&e)))?;
+        settings.validate()
+    }
+}
+
+fn format_figment_error(error: &figment::Error) -> String {
+    let mut messages = Vec::new();
+    for e in error.clone() {
+        let key = e.path.join(".");
+        let what = e.kind.to_string();
+        messages.push(if key.is_empty() {
+            what
+        } else {
+            format!("{key}: {what}")
+        });
+    }
+    messages.join("; ")
+}
+
+fn key_type(key: &'static str, value: &str) -> Result<KeyType, ConfigError> {
+    value.parse().map_err(|e| invalid(key, format!("{e}")))
+}
+
+fn positive(key: &'static str, value: Duration) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        return Err(invalid(key, "must be longer than zero"));
+    }
+    Ok(value)
+}
+
+fn tls_pair(
+    cert_key: &'static str,
+    cert: Option<PathBuf>,
+    key_key: &'static str,
+    key: Option<PathBuf>,
+) -> Result<Option<TlsFiles>, ConfigError> {
+    match (cert, key) {
+        (None, None) => Ok(None),
+        (Some(cert_file), Some(key_file)) => Ok(Some(TlsFiles {
+            cert_file,
+            key_file,
+        })),
+        (Some(_), None) => Err(invalid(key_key, format!("is required with {cert_key}"))),
+        (None, Some(_)) => Err(invalid(cert_key, format!("is required with {key_key}"))),
+    }
+}
+
+impl Settings {
+    fn validate(self) -> Result<HubConfig, ConfigError> {
+        let raw_td = self.trust_domain.ok_or_else(|| {
+            invalid(
+                "trust_domain",
+                "is required: the name of the trust domain this hub serves, e.g. \"example.org\"",
+            )
+        })?;
+        if raw_td.contains("://") {
+            return Err(invalid(
+                "trust_domain",
+                format!("give the bare name (e.g. \"example.org\"), not a URI: {raw_td:?}"),
+            ));
+        }
+        let trust_domain = TrustDomain::new(&raw_td)
+            .map_err(|e| invalid("trust_domain", format!("{raw_td:?} is not valid: {e}")))?;
+
+        let data_dir = self.data_dir;
+        let database_url = self
+            .database_url
+            .unwrap_or_else(|| format!("sqlite://{}", data_dir.join("registry.db").display()));
+        if !(database_url.starts_with("sqlite:")
+            || database_url.starts_with("postgres://")
+            || database_url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "database_url",
+                "must start with sqlite: or postgres:// (leave it unset for SQLite in data_dir)",
+            ));
+        }
+        let admin_socket = self
+            .admin_socket
+            .unwrap_or_else(|| data_dir.join("admin").join("admin.sock"));
+
+        let agent_api = AgentApiConfig {
+            address: self.agent_api.address,
+            attestations_per_minute: self.agent_api.attestations_per_minute.max(1),
+            signings_per_second: self.agent_api.signings_per_second.max(1),
+        };
+
+        let bundle_endpoint = if self.bundle_endpoint.enabled {
+            Some(validate_bundle_endpoint(
+                self.bundle_endpoint,
+                &trust_domain,
+            )?)
+        } else {
+            None
+        };
+
+        let oidc = if self.oidc.enabled {
+            Some(validate_oidc(self.oidc)?)
+        } else {
+            None
+        };
+
+        let ca = CaConfig {
+            ttl: positive("ca.ttl", self.ca.ttl)?,
+            key_type: key_type("ca.key_type", &self.ca.key_type)?,
+            upstream: tls_pair(
+                "ca.upstream_cert_file",
+                self.ca.upstream_cert_file,
+                "ca.upstream_key_file",
+                self.ca.upstream_key_file,
+            )?,
+        };
+        let x509_svid_ttl = positive("svid.x509_ttl", self.svid.x509_ttl)?;
+        let jwt_svid_ttl = positive("svid.jwt_ttl", self.svid.jwt_ttl)?;
+        for (key, ttl) in [
+            ("svid.x509_ttl", x509_svid_ttl),
+            ("svid.jwt_ttl", jwt_svid_ttl),
+        ] {
+            if ttl * 2 > ca.ttl {
+                return Err(invalid(
+                    key,
+                    format!(
+                        "{} is more than half of ca.ttl ({}); rotation needs SVIDs to expire \
+                         well within a CA's lifetime: shorten it or raise ca.ttl",
+                        humantime::format_duration(ttl),
+                        humantime::format_duration(ca.ttl)
+                    ),
+                ));
+            }
+        }
+        Ok(HubConfig {
+            trust_domain,
+            data_dir,
+            database_url,
+            admin_socket,
+            admin_uids: self.admin_uids,
+            agent_api,
+            bundle_endpoint,
+            oidc,
+            health_address: self.health.enabled.then_some(self.health.address),
+            ca,
+            x509_svid_ttl,
+            jwt_svid_ttl,
+            jwt_key_type: key_type("svid.jwt_key_type", &self.svid.jwt_key_type)?,
+        })
+    }
+}
+
+fn validate_oidc(settings: OidcSettings) -> Result<OidcConfig, ConfigError> {
+    let issuer = settings.issuer.ok_or_else(|| {
+        invalid(
+            "oidc.issuer",
+            "is required when oidc.enabled = true, e.g. \"https://oidc.example.org\"",
+        )
+    })?;
+    let tls = tls_pair(
+        "oidc.cert_file",
+        settings.cert_file,
+        "oidc.key_file",
+        settings.key_file,
+    )?;
+    if tls.is_none() && !settings.allow_insecure_http {
+        return Err(invalid(
+            "oidc.cert_file",
+            "OIDC discovery needs oidc.cert_file and oidc.key_file, or \
+             oidc.allow_insecure_http = true behind a TLS-terminating proxy",
+        ));
+    }
+    Ok(OidcConfig {
+        address: settings.address,
+        issuer,
+        tls,
+    })
+}
+
+fn validate_bundle_endpoint(
+    settings: BundleEndpointSettings,
+    trust_domain: &TrustDomain,
+) -> Result<BundleEndpointConfig, ConfigError> {
+    if !settings.path.starts_with('/') {
+        return Err(invalid("bundle_endpoint.path", "must start with /"));
+    }
+    let profile = match settings.profile.as_str() {
+        "https_spiffe" => {
+            let spiffe_id = match settings.spiffe_id {
+                None => trust_domain.spiffe_id(HUB_ID_PATH).map_err(|e| {
+                    invalid(
+                        "bundle_endpoint.spiffe_id",
+                        format!("default is invalid: {e}"),
+                    )
+                })?,
+                Some(raw) => {
+                    let id = SpiffeId::parse(&raw).map_err(|e| {
+                        invalid("bundle_endpoint.spiffe_id", format!("{raw:?}: {e}"))
+                    })?;
+                    if !id.is_member_of(trust_domain) || id.is_trust_domain_id() {
+                        return Err(invalid(
+                            "bundle_endpoint.spiffe_id",
+                            format!(
+                                "must be a workload ID in {trust_domain}, e.g. \
+                                 spiffe://{trust_domain}{HUB_ID_PATH}"
+                            ),
+                        ));
+                    }
+                    id
+                }
+            };
+            EndpointProfile::HttpsSpiffe { spiffe_id }
+        }
+        "https_web" => {
+            let files = tls_pair(
+                "bundle_endpoint.cert_file",
+                settings.cert_file,
+                "bundle_endpoint.key_file",
+                settings.key_file,
+            )?
+            .ok_or_else(|| {
+                invalid(
+                    "bundle_endpoint.cert_file",
+                    "profile https_web needs bundle_endpoint.cert_file and \
+                     bundle_endpoint.key_file (PEM certificate chain and key)",
+                )
+            })?;
+            EndpointProfile::HttpsWeb {
+                cert_file: files.cert_file,
+                key_file: files.key_file,
+            }
+        }
+        other => {
+            return Err(invalid(
+                "bundle_endpoint.profile",
+                format!("{other:?} is not a profile: use \"https_spiffe\" or \"https_web\""),
+            ));
+        }
+    };
+    let refresh_hint = positive("bundle_endpoint.refresh_hint", settings.refresh_hint)?;
+    Ok(BundleEndpointConfig {
+        address: settings.address,
+        path: settings.path,
+        profile,
+        refresh_hint,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn minimal_config_gets_sane_defaults() {
+        let config = HubConfig::from_toml("trust_domain = \"alpha.test\"").unwrap();
+        assert_eq!(config.trust_domain.name(), "alpha.test");
+        assert_eq!(
+            config.database_url,
+            "sqlite:///var/lib/fedhub/hub/registry.db"
+        );
+        assert_eq!(
+            config.admin_socket,
+            Path::new("/var/lib/fedhub/hub/admin/admin.sock")
+        );
+        let endpoint = config.bundle_endpoint.unwrap();
+        assert_eq!(endpoint.refresh_hint, Duration::from_secs(300));
+        assert_eq!(
+            endpoint.profile,
+            EndpointProfile::HttpsSpiffe {
+                spiffe_id: SpiffeId::parse("spiffe://alpha.test/fedhub/hub").unwrap()
+            }
+        );
+        assert_eq!(config.ca.ttl, Duration::from_secs(86_400));
+        assert_eq!(config.x509_svid_ttl, Duration::from_secs(3600));
+        assert_eq!(config.jwt_svid_ttl, Duration::from_secs(300));
+        assert_eq!(config.ca.key_type, KeyType::EcP256);
+        assert_eq!(config.jwt_key_type, KeyType::EcP256);
+        assert!(config.oidc.is_none());
+        assert!(config.health_address.is_some());
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let config = HubConfig::from_toml(
+            r#"
+            trust_domain = "alpha.test"
+            data_dir = "/tmp/hub"
+            database_url = "postgres://postgres@127.0.0.1/test"
+            admin_uids = [1000]
+            [agent_api]
+            address = "127.0.0.1:9081"
+            [bundle_endpoint]
+            address = "127.0.0.1:9443"
+            profile = "https_web"
+            cert_file = "/etc/fedhub/web.pem"
+            key_file = "/etc/fedhub/web.key"
+            refresh_hint = "1m"
+            [oidc]
+            enabled = true
+            issuer = "https://oidc.alpha.test"
+            cert_file = "/etc/fedhub/oidc.pem"
+            key_file = "/etc/fedhub/oidc.key"
+            [ca]
+            ttl = "48h"
+            key_type = "rsa-2048"
+            [svid]
+            x509_ttl = "2h"
+            jwt_ttl = "10m"
+            jwt_key_type = "rsa-2048"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.admin_uids, [1000]);
+        assert_eq!(config.ca.key_type, KeyType::Rsa2048);
+        assert_eq!(config.jwt_key_type, KeyType::Rsa2048);
+        assert_eq!(config.x509_svid_ttl, Duration::from_secs(7200));
+        let endpoint = config.bundle_endpoint.unwrap();
+        assert!(matches!(endpoint.profile, EndpointProfile::HttpsWeb { .. }));
+        assert_eq!(endpoint.refresh_hint, Duration::from_secs(60));
+        assert_eq!(config.oidc.unwrap().issuer, "https://oidc.alpha.test");
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let text = include_str!("../hub.example.toml");
+        let config = HubConfig::from_toml(text).unwrap();
+        assert_eq!(config.trust_domain.name(), "example.org");
+    }
+
+    fn error_of(text: &str) -> String {
+        HubConfig::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        let cases = [
+            ("", "trust_domain: is required"),
+            (
+                "trust_domain = \"Alpha.test\"",
+                "trust_domain: \"Alpha.test\" is not valid",
+            ),
+            (
+                "trust_domain = \"spiffe://alpha.test\"",
+                "give the bare name",
+            ),
+            ("trust_domain = \"a.test\"\nunknown_key = 1", "unknown_key"),
+            (
+                "trust_domain = \"a.test\"\n[ca]\nkey_type = \"ed25519\"",
+                "ca.key_type: unknown key type",
+            ),
+            ("trust_domain = \"a.test\"\n[ca]\nttl = \"soon\"", "ca.ttl"),
+            (
+                "trust_domain = \"a.test\"\n[bundle_endpoint]\nprofile = \"https\"",
+                "bundle_endpoint.profile: \"https\" is not a profile",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[bundle_endpoint]\nprofile = \"https_web\"",
+                "bundle_endpoint.cert_file: profile https_web needs",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[bundle_endpoint]\nspiffe_id = \"spiffe://b.test/x\"",
+                "bundle_endpoint.spiffe_id: must be a workload ID in a.test",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[oidc]\nenabled = true",
+                "oidc.issuer: is required",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[oidc]\nenabled = true\nissuer = \"https://o.a.test\"",
+                "oidc.allow_insecure_http",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[svid]\nx509_ttl = \"20h\"",
+                "svid.x509_ttl: 20h is more than half of ca.ttl",
+            ),
+            (
+                "trust_domain = \"a.test\"\ndatabase_url = \"mysql://x\"",
+                "database_url: must start with",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[agent_api]\naddress = \"nowhere\"",
+                "agent_api.address",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = error_of(text);
+            assert!(error.contains(expected), "{text:?}: got {error:?}");
+        }
+    }
+
+    #[test]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment's Jail API returns its own error"
+    )]
+    fn load_reports_missing_file_and_applies_env_overrides() {
+        let missing = HubConfig::load(Path::new("/nonexistent/hub.toml")).unwrap_err();
+        assert!(missing.to_string().contains("--config"), "{missing}");
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, "trust_domain = \"alpha.test\"\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FEDHUB_HUB__SVID__JWT_TTL", "2m");
+            let config = HubConfig::load(&path).unwrap();
+            assert_eq!(config.jwt_svid_ttl, Duration::from_secs(120));
+            Ok(())
+        });
+    }
+}
