@@ -16,4 +16,5 @@ pub mod x509;
 
 pub use bundle::{Bundle, BundleSet, BundleSource, JwtAuthority, X509Authority};
 pub use id::{IdError, SpiffeId, TrustDomain};
+pub use jwt::{JwtAlgorithm, JwtError, JwtSigner, JwtValidator, ValidatedJwtSvid};
 pub use keys::{KeyError, KeyType, PrivateKey, PublicKey};
