@@ -1,0 +1,20 @@
+//! gRPC definitions for fedhub, generated at build time from `proto/` with protox and
+//! tonic-prost-build.
+//!
+//! - [`workload`]: the SPIFFE Workload API (`SpiffeWorkloadAPI`, no protobuf package).
+//! - [`node`]: the hub's node API used by agents (`fedhub.node.v1.Node`).
+
+/// The SPIFFE Workload API.
+#[allow(missing_docs, clippy::pedantic, clippy::all)]
+pub mod workload {
+    include!(concat!(env!("OUT_DIR"), "/_.rs"));
+}
+
+/// The hub's node API.
+#[allow(missing_docs, clippy::pedantic, clippy::all)]
+pub mod node {
+    include!(concat!(env!("OUT_DIR"), "/fedhub.node.v1.rs"));
+}
+
+/// The gRPC metadata key every Workload API request must carry with the value `true`.
+pub const WORKLOAD_SECURITY_HEADER: &str = "workload.spiffe.io";
