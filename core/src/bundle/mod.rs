@@ -1,9 +1,19 @@
 //! SPIFFE bundles: the X.509 and JWT authorities of one trust domain, with sequence and
 //! refresh hint.
 //!
-//! The SPIFFE JSON (JWKS) codec and PEM import/export live in the `codec` submodule.
+//! The SPIFFE bundle JSON (JWK Set) codec, the SPIFFE bundle map and PEM import/export live in
+//! the `codec` submodule; their types are re-exported here.
+
+mod codec;
 
 use std::time::Duration;
+
+use x509_parser::prelude::FromDer;
+
+pub use codec::{
+    BundleError, BundleMap, IgnoreReason, IgnoredEntry, MAX_BUNDLE_BYTES, MAX_BUNDLE_MAP_BYTES,
+    ParsedBundle, ParsedBundleMap,
+};
 
 use crate::id::TrustDomain;
 use crate::keys::PublicKey;
@@ -21,9 +31,47 @@ impl X509Authority {
         Self { der }
     }
 
+    /// Parses untrusted DER: it must be exactly one X.509 certificate whose public key is one
+    /// fedhub can publish as a JWK (EC P-256/P-384/P-521 or RSA).
+    ///
+    /// # Errors
+    /// [`BundleError::InvalidCertificate`] when the bytes are not such a certificate.
+    pub fn parse(der: Vec<u8>) -> Result<Self, BundleError> {
+        let (rest, cert) = x509_parser::certificate::X509Certificate::from_der(&der)
+            .map_err(|e| BundleError::InvalidCertificate(e.to_string()))?;
+        if !rest.is_empty() {
+            return Err(BundleError::InvalidCertificate(format!(
+                "{} trailing bytes after the certificate",
+                rest.len()
+            )));
+        }
+        PublicKey::from_spki(cert.public_key())
+            .map_err(|e| BundleError::InvalidCertificate(e.to_string()))?;
+        Ok(Self { der })
+    }
+
     /// The DER certificate.
     pub fn der(&self) -> &[u8] {
         &self.der
+    }
+
+    /// Whether the certificate says it is a CA (basicConstraints `cA` = true). `false` when the
+    /// bytes do not parse.
+    pub fn is_ca(&self) -> bool {
+        x509_parser::certificate::X509Certificate::from_der(&self.der)
+            .is_ok_and(|(_, cert)| cert.is_ca())
+    }
+
+    /// The certificate's public key.
+    ///
+    /// # Errors
+    /// [`BundleError::InvalidCertificate`] when the bytes are not a certificate with a supported
+    /// key (possible only for authorities built with [`X509Authority::from_der_unchecked`]).
+    pub fn public_key(&self) -> Result<PublicKey, BundleError> {
+        let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&self.der)
+            .map_err(|e| BundleError::InvalidCertificate(e.to_string()))?;
+        PublicKey::from_spki(cert.public_key())
+            .map_err(|e| BundleError::InvalidCertificate(e.to_string()))
     }
 }
 
