@@ -14,7 +14,10 @@ pub mod keys;
 pub mod tls;
 pub mod x509;
 
-pub use bundle::{Bundle, BundleSet, BundleSource, JwtAuthority, X509Authority};
+pub use bundle::{
+    Bundle, BundleError, BundleMap, BundleSet, BundleSource, JwtAuthority, MAX_BUNDLE_BYTES,
+    ParsedBundle, X509Authority,
+};
 pub use id::{IdError, SpiffeId, TrustDomain};
 pub use jwt::{JwtAlgorithm, JwtError, JwtSigner, JwtValidator, ValidatedJwtSvid};
 pub use keys::{KeyError, KeyType, PrivateKey, PublicKey};
