@@ -17,3 +17,5 @@ pub mod x509;
 pub use bundle::{Bundle, BundleSet, BundleSource, JwtAuthority, X509Authority};
 pub use id::{IdError, SpiffeId, TrustDomain};
 pub use keys::{KeyError, KeyType, PrivateKey, PublicKey};
+pub use tls::{Authorizer, TlsError};
+pub use x509::{CaParams, CaSigner, X509Error, X509Svid};
