@@ -102,10 +102,10 @@ pub enum X509Error {
     #[error("certificate does not match private key: use the key the certificate was minted for")]
     KeyMismatch,
     /// No bundle is held for the trust domain of the peer's SPIFFE ID.
-    #[error("could not get X509 bundle: no X.509 bundle found for trust domain {0:?}")]
+    #[error("could not get X509 bundle: no X.509 bundle found for trust domain \"{0}\"")]
     NoBundle(TrustDomain),
     /// The bundle of the peer's trust domain holds no usable X.509 authority.
-    #[error("bundle of trust domain {0:?} holds no usable X.509 authority")]
+    #[error("bundle of trust domain \"{0}\" holds no usable X.509 authority")]
     NoX509Authorities(TrustDomain),
     /// A certificate of the chain is past its `notAfter`.
     #[error("certificate has expired: the peer must present a fresh SVID")]
@@ -115,14 +115,14 @@ pub enum X509Error {
     NotYetValid,
     /// The chain does not lead to any X.509 authority of the trust domain's bundle.
     #[error(
-        "certificate signed by unknown authority: the chain does not lead to an X.509 authority of trust domain {0:?}"
+        "certificate signed by unknown authority: the chain does not lead to an X.509 authority of trust domain \"{0}\""
     )]
     UnknownAuthority(TrustDomain),
     /// Path validation failed for another reason.
     #[error("certificate chain failed path validation: {0}")]
     PathValidation(String),
     /// The SPIFFE ID to mint is in another trust domain than the CA's.
-    #[error("cannot mint {id}: this CA signs only for trust domain {ca_trust_domain:?}")]
+    #[error("cannot mint {id}: this CA signs only for trust domain \"{ca_trust_domain}\"")]
     ForeignTrustDomain {
         /// The ID that was asked for.
         id: SpiffeId,

@@ -650,7 +650,7 @@ fn uses_only_the_bundle_of_the_leafs_trust_domain() {
     let err = verify(&chain, &bundles(&[&partner])).unwrap_err();
     assert_eq!(
         err.to_string(),
-        "could not get X509 bundle: no X.509 bundle found for trust domain TrustDomain(example.org)"
+        "could not get X509 bundle: no X.509 bundle found for trust domain \"example.org\""
     );
 }
 
@@ -853,5 +853,44 @@ fn spiffe_id_of_reads_the_uri_san() {
     assert_eq!(
         spiffe_id_of(ca.certificate()).unwrap(),
         id("spiffe://example.org")
+    );
+}
+
+#[test]
+fn refuses_to_sign_under_a_name_it_cannot_reproduce() {
+    // An upstream CA whose subject repeats an attribute type (two CNs), which rcgen cannot
+    // re-encode: signing must fail instead of producing a leaf that chains to nothing.
+    let upstream_key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::default();
+    params.is_ca = IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+    params.distinguished_name = DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "one");
+    params
+        .distinguished_name
+        .push(rcgen::DnType::OrganizationalUnitName, "two");
+    let mut der = params.self_signed(&upstream_key).unwrap().der().to_vec();
+    // Turn the OU attribute type (2.5.4.11) into a second CN (2.5.4.3), in subject and issuer.
+    let mut patched = 0;
+    for i in 0..der.len() - 2 {
+        if der[i..i + 3] == [0x55, 0x04, 0x0b] {
+            der[i + 2] = 0x03;
+            patched += 1;
+        }
+    }
+    assert_eq!(patched, 2);
+    let upstream_private = PrivateKey::from_pkcs8_der(&upstream_key.serialize_der()).unwrap();
+    let err = CaSigner::intermediate(
+        &CaParams::new(td("example.org")),
+        PrivateKey::generate(KeyType::EcP256).unwrap(),
+        &[der],
+        &upstream_private,
+    )
+    .unwrap_err();
+    assert!(
+        matches!(&err, X509Error::Mint(m) if m.contains("cannot be reproduced")),
+        "{err:?}"
     );
 }
