@@ -21,3 +21,5 @@ pub use bundle::{
 pub use id::{IdError, SpiffeId, TrustDomain};
 pub use jwt::{JwtAlgorithm, JwtError, JwtSigner, JwtValidator, ValidatedJwtSvid};
 pub use keys::{KeyError, KeyType, PrivateKey, PublicKey};
+pub use tls::{Authorizer, TlsError};
+pub use x509::{CaParams, CaSigner, X509Error, X509Svid};
