@@ -1,8 +1,11 @@
 //! The fedhub hub: the identity server of one trust domain.
 //!
+//! - [`ca`]: the CA: X.509 and JWT keys, scheduled rotation, persisted keys.
 //! - [`config`]: `hub.toml` parsed, overridden from the environment and validated.
 //! - [`https`]: serving axum routers over TLS (or plain HTTP where allowed) with handshake and
 //!   header read timeouts, graceful shutdown and swappable certificates.
 
+pub mod ca;
 pub mod config;
+pub mod fsutil;
 pub mod https;

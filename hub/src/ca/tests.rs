@@ -1,0 +1,216 @@
+use std::os::unix::fs::PermissionsExt as _;
+
+use fedhub_core::x509::{SvidUsage, verify_x509_svid};
+use fedhub_core::{Bundle, BundleSet, JwtValidator};
+
+use super::*;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn options(dir: &Path) -> CaOptions {
+    CaOptions {
+        trust_domain: TrustDomain::new("alpha.test").unwrap(),
+        dir: dir.to_owned(),
+        ttl: 24 * HOUR,
+        x509_key_type: KeyType::EcP256,
+        jwt_key_type: KeyType::EcP256,
+        upstream: None,
+        jwt_issuer: None,
+    }
+}
+
+fn bundle_of(ca: &CaManager) -> Bundle {
+    let mut bundle = Bundle::new(TrustDomain::new("alpha.test").unwrap());
+    for authority in ca.x509_authorities() {
+        bundle.add_x509_authority(authority);
+    }
+    for authority in ca.jwt_authorities() {
+        bundle.add_jwt_authority(authority);
+    }
+    bundle
+}
+
+fn states(ca: &CaManager, kind: &str) -> Vec<KeyState> {
+    ca.status()
+        .into_iter()
+        .filter(|k| k.kind == kind)
+        .map(|k| k.state)
+        .collect()
+}
+
+fn workload_key() -> Vec<u8> {
+    PrivateKey::generate(KeyType::EcP256)
+        .unwrap()
+        .public_key_der()
+        .unwrap()
+}
+
+#[test]
+fn first_start_creates_active_keys_stored_0600_and_restart_keeps_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let ca = CaManager::open(options(dir.path()), now).unwrap();
+    assert_eq!(states(&ca, "x509"), [KeyState::Active]);
+    assert_eq!(states(&ca, "jwt"), [KeyState::Active]);
+    for entry in std::fs::read_dir(dir.path()).unwrap() {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", entry.path().display());
+    }
+    let dir_mode = std::fs::metadata(dir.path()).unwrap().permissions().mode() & 0o777;
+    assert_eq!(dir_mode, 0o700);
+    let before = bundle_of(&ca);
+    drop(ca);
+    let reopened = CaManager::open(options(dir.path()), now).unwrap();
+    assert_eq!(bundle_of(&reopened), before, "restart keeps the CA");
+}
+
+#[test]
+fn rotation_publishes_at_half_activates_at_five_sixths_and_retires_at_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = SystemTime::now();
+    let mut ca = CaManager::open(options(dir.path()), t0).unwrap();
+    let first = ca.active_x509().certificate().to_vec();
+
+    assert!(
+        !ca.tick(t0 + 11 * HOUR).unwrap(),
+        "nothing to do before half"
+    );
+    assert!(ca.tick(t0 + 12 * HOUR).unwrap(), "half: successor prepared");
+    assert_eq!(states(&ca, "x509"), [KeyState::Active, KeyState::Prepared]);
+    assert_eq!(states(&ca, "jwt"), [KeyState::Active, KeyState::Prepared]);
+    assert_eq!(ca.x509_authorities().len(), 2, "published before use");
+    assert_eq!(ca.active_x509().certificate(), first, "not signing yet");
+
+    assert!(!ca.tick(t0 + 19 * HOUR).unwrap());
+    ca.tick(t0 + 20 * HOUR).unwrap();
+    assert_eq!(states(&ca, "x509"), [KeyState::Retired, KeyState::Active]);
+    assert_ne!(ca.active_x509().certificate(), first, "successor signs");
+    assert_eq!(
+        ca.x509_authorities().len(),
+        2,
+        "retired key still published"
+    );
+
+    assert!(
+        ca.tick(t0 + 24 * HOUR).unwrap(),
+        "expired key leaves the bundle"
+    );
+    assert_eq!(states(&ca, "x509"), [KeyState::Active]);
+    assert_eq!(ca.x509_authorities().len(), 1);
+}
+
+#[test]
+fn forced_rotation_publishes_then_activates() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let mut ca = CaManager::open(options(dir.path()), now).unwrap();
+    assert!(matches!(
+        ca.activate_prepared(),
+        Err(CaError::NothingPrepared)
+    ));
+    let old_kid = ca.active_jwt().0.kid().to_owned();
+    assert!(ca.prepare_next(now).unwrap());
+    assert!(!ca.prepare_next(now).unwrap(), "idempotent while prepared");
+    assert_eq!(bundle_of(&ca).jwt_authorities().len(), 2);
+    assert_eq!(ca.active_jwt().0.kid(), old_kid);
+    ca.activate_prepared().unwrap();
+    assert_ne!(ca.active_jwt().0.kid(), old_kid);
+    // Survives a restart in the rotated state.
+    let reopened = CaManager::open(options(dir.path()), now).unwrap();
+    assert_ne!(reopened.active_jwt().0.kid(), old_kid);
+    assert_eq!(reopened.x509_authorities().len(), 2);
+}
+
+#[test]
+fn minted_svids_and_tokens_verify_against_the_published_bundle_across_rotation() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let mut ca = CaManager::open(options(dir.path()), now).unwrap();
+    let id = SpiffeId::parse("spiffe://alpha.test/web").unwrap();
+    let old_chain = ca.mint_x509_svid(&id, &workload_key(), HOUR, &[]).unwrap();
+    let (old_token, _) = ca
+        .sign_jwt_svid(&id, &["aud".to_owned()], HOUR, now)
+        .unwrap();
+    ca.prepare_next(now).unwrap();
+    ca.activate_prepared().unwrap();
+    let new_chain = ca.mint_x509_svid(&id, &workload_key(), HOUR, &[]).unwrap();
+    let (new_token, _) = ca
+        .sign_jwt_svid(&id, &["aud".to_owned()], HOUR, now)
+        .unwrap();
+    let bundles: BundleSet = [bundle_of(&ca)].into_iter().collect();
+    for chain in [&old_chain, &new_chain] {
+        let verified = verify_x509_svid(chain, &bundles, now, SvidUsage::ClientAuth).unwrap();
+        assert_eq!(verified.spiffe_id(), &id);
+    }
+    for token in [&old_token, &new_token] {
+        let validated = JwtValidator::new()
+            .validate(token, "aud", &bundles, now)
+            .unwrap();
+        assert_eq!(validated.spiffe_id, id);
+    }
+}
+
+#[test]
+fn jwt_lifetime_is_clamped_to_the_key_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let ca = CaManager::open(options(dir.path()), now).unwrap();
+    let id = SpiffeId::parse("spiffe://alpha.test/web").unwrap();
+    let (_, expiry) = ca
+        .sign_jwt_svid(&id, &["a".to_owned()], 100 * HOUR, now)
+        .unwrap();
+    assert!(expiry <= now + 24 * HOUR);
+}
+
+#[test]
+fn upstream_ca_signs_intermediates_and_the_bundle_holds_the_upstream_root() {
+    let dir = tempfile::tempdir().unwrap();
+    let upstream_key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let upstream = CaSigner::self_signed(
+        &CaParams::new(TrustDomain::new("alpha.test").unwrap()).with_ttl(10 * 24 * HOUR),
+        upstream_key.clone(),
+    )
+    .unwrap();
+    let cert_file = dir.path().join("upstream.pem");
+    let key_file = dir.path().join("upstream.key");
+    std::fs::write(
+        &cert_file,
+        pem::encode(&pem::Pem::new("CERTIFICATE", upstream.certificate())),
+    )
+    .unwrap();
+    fsutil::write_private(&key_file, upstream_key.to_pkcs8_pem().as_bytes()).unwrap();
+    let mut opts = options(&dir.path().join("ca"));
+    opts.upstream = Some((cert_file, key_file.clone()));
+    let now = SystemTime::now();
+    let mut ca = CaManager::open(opts.clone(), now).unwrap();
+    assert_eq!(
+        ca.x509_authorities(),
+        vec![X509Authority::from_der_unchecked(
+            upstream.certificate().to_vec()
+        )]
+    );
+    ca.prepare_next(now).unwrap();
+    assert_eq!(ca.x509_authorities().len(), 1, "rotation keeps one root");
+    let id = SpiffeId::parse("spiffe://alpha.test/web").unwrap();
+    let chain = ca.mint_x509_svid(&id, &workload_key(), HOUR, &[]).unwrap();
+    assert_eq!(chain.len(), 2, "leaf and intermediate");
+    let bundles: BundleSet = [bundle_of(&ca)].into_iter().collect();
+    verify_x509_svid(&chain, &bundles, now, SvidUsage::ServerAuth).unwrap();
+
+    // A world-readable upstream key is refused with the fix in the message.
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let err = CaManager::open(opts, now).unwrap_err();
+    assert!(err.to_string().contains("chmod 600"), "{err}");
+}
+
+#[test]
+fn corrupt_storage_is_reported_not_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    drop(CaManager::open(options(dir.path()), now).unwrap());
+    std::fs::write(dir.path().join("state.json"), b"{not json").unwrap();
+    let err = CaManager::open(options(dir.path()), now).unwrap_err();
+    assert!(matches!(err, CaError::Corrupt { .. }), "{err}");
+    assert!(err.to_string().contains("backup"), "{err}");
+}
