@@ -230,11 +230,16 @@ impl Registry {
         .await?
         .rows_affected();
         if updated == 0 {
-            return Err(match self.get_agent(spiffe_id).await? {
-                Some(_) => RegistryError::AgentBanned {
+            let known: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE spiffe_id = $1")
+                .bind(spiffe_id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            return Err(if known == 0 {
+                RegistryError::not_found(KIND, spiffe_id)
+            } else {
+                RegistryError::AgentBanned {
                     spiffe_id: spiffe_id.clone(),
-                },
-                None => RegistryError::not_found(KIND, spiffe_id),
+                }
             });
         }
         record_change(&mut tx, at, ChangeKind::Agent, spiffe_id.as_str()).await?;

@@ -25,7 +25,7 @@ pub struct BundleRecord {
 }
 
 impl BundleRecord {
-    /// A record stamped with the current time.
+    /// A record stamped with the current time (whole seconds, as stored).
     pub fn new(trust_domain: TrustDomain, document: String, sequence: Option<u64>) -> Self {
         Self {
             trust_domain,

@@ -384,8 +384,15 @@ impl Registry {
         let id = id.to_string();
         let at = unix(now());
         let mut tx = self.begin_write().await?;
+        let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM entries WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        if exists == 0 {
+            return Err(RegistryError::not_found(KIND, &id));
+        }
         check_conflicts(&mut tx, &id, &stored).await?;
-        let updated = sqlx::query(
+        sqlx::query(
             "UPDATE entries SET spiffe_id = $2, parent_id = $3, selectors = $4, \
              identity_key = $5, x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8, \
              hint = $9, expires_at = $10, revision = revision + 1, updated_at = $11 \
@@ -403,11 +410,7 @@ impl Registry {
         .bind(stored.expires_at)
         .bind(at)
         .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if updated == 0 {
-            return Err(RegistryError::not_found(KIND, &id));
-        }
+        .await?;
         sqlx::query("DELETE FROM entry_federation WHERE entry_id = $1")
             .bind(id.as_str())
             .execute(&mut *tx)

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use fedhub_core::{SpiffeId, TrustDomain};
 use serde_json::json;
+use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 use url::Url;
@@ -547,7 +548,7 @@ impl Registry {
         .await?
         .rows_affected();
         if updated == 0 {
-            return Err(self.lease_error(trust_domain, owner).await);
+            return Err(lease_error(&mut tx, trust_domain, owner).await?);
         }
         if let Some(bundle) = bundle {
             upsert_bundle(&mut tx, bundle).await?;
@@ -588,24 +589,34 @@ impl Registry {
         .await?
         .rows_affected();
         if updated == 0 {
-            return Err(self.lease_error(trust_domain, owner).await);
+            return Err(lease_error(&mut tx, trust_domain, owner).await?);
         }
         record_change(&mut tx, at, ChangeKind::Federation, trust_domain.name()).await?;
         tx.commit().await?;
         Ok(())
     }
+}
 
-    /// Why a lease holder's update matched no row.
-    async fn lease_error(&self, trust_domain: &TrustDomain, owner: &str) -> RegistryError {
-        match self.get_relationship(trust_domain).await {
-            Ok(Some(_)) => RegistryError::LeaseNotHeld {
-                trust_domain: trust_domain.clone(),
-                owner: owner.to_owned(),
-            },
-            Ok(None) => RegistryError::not_found(KIND, trust_domain),
-            Err(e) => e,
+/// Why a lease holder's update matched no row: the relationship is gone, or its lease is not
+/// held by `owner`.
+async fn lease_error(
+    conn: &mut AnyConnection,
+    trust_domain: &TrustDomain,
+    owner: &str,
+) -> Result<RegistryError, RegistryError> {
+    let exists: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM federation_relationships WHERE trust_domain = $1")
+            .bind(trust_domain.name())
+            .fetch_one(conn)
+            .await?;
+    Ok(if exists == 0 {
+        RegistryError::not_found(KIND, trust_domain)
+    } else {
+        RegistryError::LeaseNotHeld {
+            trust_domain: trust_domain.clone(),
+            owner: owner.to_owned(),
         }
-    }
+    })
 }
 
 fn spec_details(spec: &RelationshipSpec) -> serde_json::Value {

@@ -12,7 +12,7 @@ use crate::store::{Fields, Registry, unix};
 pub const MAX_ACTOR_LEN: usize = 256;
 
 /// What kind of record a [`Change`] touched.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 #[non_exhaustive]
 pub enum ChangeKind {
     /// A bundle; the key is the trust domain name.

@@ -159,9 +159,9 @@ fn create_parent_dir(path: &Path) -> Result<(), RegistryError> {
     }
 }
 
-/// The current time.
+/// The current time, in whole seconds as stored.
 pub(crate) fn now() -> OffsetDateTime {
-    OffsetDateTime::now_utc()
+    OffsetDateTime::now_utc().truncate_to_second()
 }
 
 /// A time as stored: unix seconds.
@@ -180,13 +180,7 @@ pub(crate) fn whole_seconds(field: &'static str, duration: Duration) -> Result<i
 
 /// The SHA-256 digest of `data`, lowercase hex.
 pub(crate) fn sha256_hex(data: &[u8]) -> String {
-    use std::fmt::Write as _;
-    Sha256::digest(data)
-        .iter()
-        .fold(String::with_capacity(64), |mut hex, byte| {
-            let _ = write!(hex, "{byte:02x}");
-            hex
-        })
+    format!("{:x}", Sha256::digest(data))
 }
 
 /// Unix seconds `secs` after `at`.
