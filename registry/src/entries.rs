@@ -306,8 +306,7 @@ fn audit_details(spec: &EntrySpec, stored: &Stored) -> serde_json::Value {
     json!({
         "spiffe_id": spec.spiffe_id.as_str(),
         "parent_id": spec.parent_id.as_str(),
-        "selectors": serde_json::from_str::<serde_json::Value>(&stored.selectors_json)
-            .unwrap_or_default(),
+        "selectors": selector::canonical(&spec.selectors).iter().map(ToString::to_string).collect::<Vec<_>>(),
         "federates_with": stored.federates_with.iter().map(TrustDomain::name).collect::<Vec<_>>(),
         "x509_svid_ttl": stored.x509_svid_ttl,
         "jwt_svid_ttl": stored.jwt_svid_ttl,

@@ -134,10 +134,6 @@ pub(crate) async fn record_audit(
     Ok(())
 }
 
-fn to_i64(value: u64) -> i64 {
-    i64::try_from(value).unwrap_or(i64::MAX)
-}
-
 impl Registry {
     /// The latest change revision, 0 before the first write.
     ///
@@ -168,7 +164,8 @@ impl Registry {
             "SELECT revision, at, kind, key FROM changes WHERE revision > $1 \
              ORDER BY revision LIMIT $2",
         )
-        .bind(to_i64(revision))
+        // Revisions above i64::MAX cannot exist; clamp instead of failing.
+        .bind(i64::try_from(revision).unwrap_or(i64::MAX))
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
