@@ -1,1 +1,46 @@
-//! Storage.
+//! fedhub storage: the hub's data model over sqlx, on SQLite (embedded default: one file in the
+//! hub's data directory) or PostgreSQL (several hub replicas sharing one database).
+//!
+//! All SQL of fedhub lives in this crate. The same statements run on both databases through
+//! the sqlx `Any` driver; the schema comes in two migration sets (`migrations/sqlite`,
+//! `migrations/postgres`), applied by [`Registry::connect`] and [`Registry::open_sqlite`].
+//!
+//! What is stored:
+//! - bundles, own and foreign ([`BundleRecord`]);
+//! - federation relationships with their refresh status and a refresh lease that hub
+//!   replicas claim ([`Relationship`], [`Registry::claim_due_refreshes`]);
+//! - registration entries ([`Entry`]), with node aliases ([`NODE_ALIAS_PARENT_PATH`]);
+//! - agents ([`Agent`]) and join tokens (hashed; [`Registry::consume_join_token`]);
+//! - an audit log of admin changes ([`AuditEvent`]) and a change feed ([`Change`]) that
+//!   hubs poll to push changes to their agents.
+//!
+//! Every write is one transaction that also appends to the change feed; admin calls take an
+//! `actor` and write their audit row in the same transaction.
+
+mod agents;
+mod bundles;
+mod entries;
+mod error;
+mod federation;
+mod feed;
+mod join_tokens;
+mod selector;
+mod store;
+
+pub use agents::{
+    Agent, AgentAttestation, MAX_ATTESTATION_TYPE_LEN, MAX_NODE_SELECTORS, MAX_SERIAL_LEN,
+};
+pub use bundles::BundleRecord;
+pub use entries::{
+    Entry, EntryFilter, EntrySpec, MAX_DNS_NAMES, MAX_ENTRY_SELECTORS, MAX_HINT_LEN,
+    NODE_ALIAS_PARENT_PATH,
+};
+pub use error::RegistryError;
+pub use federation::{
+    EndpointProfile, MAX_ENDPOINT_URL_LEN, MAX_EXTRA_CA_PEM_LEN, MAX_LEASE_OWNER_LEN,
+    MAX_REFRESH_ERROR_LEN, RefreshStatus, Relationship, RelationshipSpec,
+};
+pub use feed::{AuditEvent, Change, ChangeKind, MAX_ACTOR_LEN};
+pub use join_tokens::{JoinTokenUse, MAX_JOIN_TOKEN_LEN, MIN_JOIN_TOKEN_LEN};
+pub use selector::{MAX_SELECTOR_TYPE_LEN, MAX_SELECTOR_VALUE_LEN, Selector, SelectorError};
+pub use store::{Backend, POSTGRES_MIGRATOR, Registry, SQLITE_MIGRATOR};

@@ -1,0 +1,337 @@
+//! Node agents: attested nodes, their current SVID serial, node selectors and ban state.
+
+use fedhub_core::SpiffeId;
+use serde_json::json;
+use sqlx::any::AnyRow;
+use time::OffsetDateTime;
+
+use crate::error::RegistryError;
+use crate::feed::{ChangeKind, record_audit, record_change};
+use crate::selector::{self, Selector};
+use crate::store::{Fields, Registry, now, unix};
+
+/// The longest attestation type accepted, in bytes.
+pub const MAX_ATTESTATION_TYPE_LEN: usize = 64;
+/// The most node selectors one agent may have.
+pub const MAX_NODE_SELECTORS: usize = 256;
+/// The longest SVID serial accepted, in bytes.
+pub const MAX_SERIAL_LEN: usize = 128;
+
+const KIND: &str = "agent";
+
+macro_rules! agent_columns {
+    () => {
+        "spiffe_id, attestation_type, serial, svid_expires_at, selectors, banned, created_at, \
+         updated_at, last_seen_at"
+    };
+}
+
+/// What the hub learned when an agent attested and was issued an SVID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentAttestation {
+    /// The agent's SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// How it attested, e.g. `join_token`.
+    pub attestation_type: String,
+    /// The serial number of the SVID issued to it (e.g. hex).
+    pub serial: String,
+    /// When that SVID expires.
+    pub svid_expires_at: OffsetDateTime,
+    /// The node's selectors, used to match node alias entries.
+    pub selectors: Vec<Selector>,
+}
+
+/// A stored agent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Agent {
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// How it attested.
+    pub attestation_type: String,
+    /// The serial of its current SVID; `None` once banned.
+    pub serial: Option<String>,
+    /// When its current SVID expires; `None` once banned.
+    pub svid_expires_at: Option<OffsetDateTime>,
+    /// Its node selectors, sorted.
+    pub selectors: Vec<Selector>,
+    /// Whether it is banned: it may neither attest again nor renew.
+    pub banned: bool,
+    /// When it first attested.
+    pub created_at: OffsetDateTime,
+    /// When its record last changed.
+    pub updated_at: OffsetDateTime,
+    /// When it was last heard from.
+    pub last_seen_at: Option<OffsetDateTime>,
+}
+
+impl Agent {
+    fn from_row(row: &AnyRow) -> Result<Self, RegistryError> {
+        let f = Fields::new(row, KIND, "spiffe_id")?;
+        Ok(Self {
+            spiffe_id: f.spiffe_id("spiffe_id")?,
+            attestation_type: f.text("attestation_type")?,
+            serial: f.opt_text("serial")?,
+            svid_expires_at: f.opt_time("svid_expires_at")?,
+            selectors: selector::from_json(&f.text("selectors")?)
+                .map_err(|e| f.corrupt("selectors", e))?,
+            banned: f.flag("banned")?,
+            created_at: f.time("created_at")?,
+            updated_at: f.time("updated_at")?,
+            last_seen_at: f.opt_time("last_seen_at")?,
+        })
+    }
+}
+
+fn validate_serial(serial: &str) -> Result<(), RegistryError> {
+    if serial.is_empty() || serial.len() > MAX_SERIAL_LEN {
+        return Err(RegistryError::invalid(
+            "serial",
+            format!("must be 1 to {MAX_SERIAL_LEN} bytes"),
+        ));
+    }
+    Ok(())
+}
+
+impl AgentAttestation {
+    /// Validates and returns the selectors in stored form.
+    fn validate(&self) -> Result<String, RegistryError> {
+        if self.spiffe_id.is_trust_domain_id() {
+            return Err(RegistryError::invalid(
+                "agent spiffe_id",
+                "must have a path, not be a trust domain ID",
+            ));
+        }
+        let type_ok = (1..=MAX_ATTESTATION_TYPE_LEN).contains(&self.attestation_type.len())
+            && self
+                .attestation_type
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'));
+        if !type_ok {
+            return Err(RegistryError::invalid(
+                "attestation_type",
+                format!("must be 1 to {MAX_ATTESTATION_TYPE_LEN} letters, digits, '_', '-' or '.'"),
+            ));
+        }
+        validate_serial(&self.serial)?;
+        let selectors = selector::canonical(&self.selectors);
+        if selectors.len() > MAX_NODE_SELECTORS {
+            return Err(RegistryError::invalid(
+                "node selectors",
+                format!("at most {MAX_NODE_SELECTORS} are allowed"),
+            ));
+        }
+        Ok(selector::to_json(&selectors))
+    }
+}
+
+impl Registry {
+    /// Records an agent's (re-)attestation: inserts it, or updates its attestation data,
+    /// serial and selectors. A banned agent is refused and left unchanged.
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`], [`RegistryError::AgentBanned`], [`RegistryError::Database`].
+    pub async fn upsert_agent(
+        &self,
+        attestation: &AgentAttestation,
+    ) -> Result<Agent, RegistryError> {
+        let selectors = attestation.validate()?;
+        let at = unix(now());
+        let mut tx = self.begin_write().await?;
+        let row = sqlx::query(concat!(
+            "INSERT INTO agents (spiffe_id, attestation_type, serial, svid_expires_at, \
+             selectors, banned, created_at, updated_at, last_seen_at) \
+             VALUES ($1, $2, $3, $4, $5, 0, $6, $6, $6) \
+             ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type, \
+             serial = excluded.serial, svid_expires_at = excluded.svid_expires_at, \
+             selectors = excluded.selectors, updated_at = excluded.updated_at, \
+             last_seen_at = excluded.last_seen_at \
+             WHERE agents.banned = 0 RETURNING ",
+            agent_columns!()
+        ))
+        .bind(attestation.spiffe_id.as_str())
+        .bind(attestation.attestation_type.as_str())
+        .bind(attestation.serial.as_str())
+        .bind(unix(attestation.svid_expires_at))
+        .bind(selectors)
+        .bind(at)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let Some(row) = row else {
+            return Err(RegistryError::AgentBanned {
+                spiffe_id: attestation.spiffe_id.clone(),
+            });
+        };
+        let agent = Agent::from_row(&row)?;
+        record_change(
+            &mut tx,
+            at,
+            ChangeKind::Agent,
+            attestation.spiffe_id.as_str(),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(agent)
+    }
+
+    /// The agent with `spiffe_id`, if known.
+    ///
+    /// # Errors
+    /// [`RegistryError::Database`], or [`RegistryError::Corrupt`] for a malformed row.
+    pub async fn get_agent(&self, spiffe_id: &SpiffeId) -> Result<Option<Agent>, RegistryError> {
+        let row = sqlx::query(concat!(
+            "SELECT ",
+            agent_columns!(),
+            " FROM agents WHERE spiffe_id = $1"
+        ))
+        .bind(spiffe_id.as_str())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(Agent::from_row).transpose()
+    }
+
+    /// All agents, ordered by SPIFFE ID.
+    ///
+    /// # Errors
+    /// [`RegistryError::Database`], or [`RegistryError::Corrupt`] for a malformed row.
+    pub async fn list_agents(&self) -> Result<Vec<Agent>, RegistryError> {
+        let rows = sqlx::query(concat!(
+            "SELECT ",
+            agent_columns!(),
+            " FROM agents ORDER BY spiffe_id"
+        ))
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(Agent::from_row).collect()
+    }
+
+    /// Records the SVID an agent was issued on renewal.
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`], [`RegistryError::NotFound`], [`RegistryError::AgentBanned`],
+    /// [`RegistryError::Database`].
+    pub async fn set_agent_serial(
+        &self,
+        spiffe_id: &SpiffeId,
+        serial: &str,
+        svid_expires_at: OffsetDateTime,
+    ) -> Result<(), RegistryError> {
+        validate_serial(serial)?;
+        let at = unix(now());
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE agents SET serial = $2, svid_expires_at = $3, updated_at = $4 \
+             WHERE spiffe_id = $1 AND banned = 0",
+        )
+        .bind(spiffe_id.as_str())
+        .bind(serial)
+        .bind(unix(svid_expires_at))
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            let known: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE spiffe_id = $1")
+                .bind(spiffe_id.as_str())
+                .fetch_one(&mut *tx)
+                .await?;
+            return Err(if known == 0 {
+                RegistryError::not_found(KIND, spiffe_id)
+            } else {
+                RegistryError::AgentBanned {
+                    spiffe_id: spiffe_id.clone(),
+                }
+            });
+        }
+        record_change(&mut tx, at, ChangeKind::Agent, spiffe_id.as_str()).await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Bans an agent: it may no longer renew or attest again, and its serial is cleared.
+    /// [`Registry::evict_agent`] lifts the ban by forgetting the agent.
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`], [`RegistryError::Database`].
+    pub async fn ban_agent(&self, actor: &str, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
+        let at = unix(now());
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE agents SET banned = 1, serial = NULL, svid_expires_at = NULL, updated_at = $2 \
+             WHERE spiffe_id = $1",
+        )
+        .bind(spiffe_id.as_str())
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Err(RegistryError::not_found(KIND, spiffe_id));
+        }
+        record_change(&mut tx, at, ChangeKind::Agent, spiffe_id.as_str()).await?;
+        record_audit(
+            &mut tx,
+            at,
+            actor,
+            "agent.ban",
+            spiffe_id.as_str(),
+            &json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Evicts (deletes) an agent. It must attest again, which it may, even if it was banned.
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`], [`RegistryError::Database`].
+    pub async fn evict_agent(
+        &self,
+        actor: &str,
+        spiffe_id: &SpiffeId,
+    ) -> Result<(), RegistryError> {
+        let at = unix(now());
+        let mut tx = self.begin_write().await?;
+        let deleted = sqlx::query("DELETE FROM agents WHERE spiffe_id = $1")
+            .bind(spiffe_id.as_str())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+        if deleted == 0 {
+            return Err(RegistryError::not_found(KIND, spiffe_id));
+        }
+        record_change(&mut tx, at, ChangeKind::Agent, spiffe_id.as_str()).await?;
+        record_audit(
+            &mut tx,
+            at,
+            actor,
+            "agent.evict",
+            spiffe_id.as_str(),
+            &json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Notes that the agent was heard from at `at`. A heartbeat: not a change-feed event.
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`], [`RegistryError::Database`].
+    pub async fn touch_agent(
+        &self,
+        spiffe_id: &SpiffeId,
+        at: OffsetDateTime,
+    ) -> Result<(), RegistryError> {
+        let updated = sqlx::query("UPDATE agents SET last_seen_at = $2 WHERE spiffe_id = $1")
+            .bind(spiffe_id.as_str())
+            .bind(unix(at))
+            .execute(&self.pool)
+            .await?
+            .rows_affected();
+        if updated == 0 {
+            return Err(RegistryError::not_found(KIND, spiffe_id));
+        }
+        Ok(())
+    }
+}

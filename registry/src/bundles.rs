@@ -1,0 +1,229 @@
+//! Bundles of every trust domain: our own and the foreign ones fetched over federation.
+
+use fedhub_core::TrustDomain;
+use serde_json::json;
+use sqlx::AnyConnection;
+use sqlx::any::AnyRow;
+use time::OffsetDateTime;
+
+use crate::error::RegistryError;
+use crate::feed::{ChangeKind, record_audit, record_change};
+use crate::store::{Fields, Registry, now, unix};
+
+/// A stored bundle. The document is SPIFFE bundle JSON as produced by
+/// `fedhub_core::Bundle::to_json`; the registry checks only that it is a JSON object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BundleRecord {
+    /// The trust domain the bundle belongs to.
+    pub trust_domain: TrustDomain,
+    /// The SPIFFE bundle JSON document.
+    pub document: String,
+    /// The bundle's `spiffe_sequence`, if it has one.
+    pub sequence: Option<u64>,
+    /// When this version of the bundle was stored.
+    pub updated_at: OffsetDateTime,
+}
+
+impl BundleRecord {
+    /// A record stamped with the current time (whole seconds, as stored).
+    pub fn new(trust_domain: TrustDomain, document: String, sequence: Option<u64>) -> Self {
+        Self {
+            trust_domain,
+            document,
+            sequence,
+            updated_at: now(),
+        }
+    }
+
+    /// Checks the record; returns the sequence as stored.
+    fn validate(&self) -> Result<Option<i64>, RegistryError> {
+        if serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&self.document)
+            .is_err()
+        {
+            return Err(RegistryError::invalid(
+                "bundle document",
+                "must be a SPIFFE bundle JSON object",
+            ));
+        }
+        self.sequence
+            .map(|sequence| {
+                i64::try_from(sequence)
+                    .map_err(|_| RegistryError::invalid("bundle sequence", "is above 2^63-1"))
+            })
+            .transpose()
+    }
+
+    fn from_row(row: &AnyRow) -> Result<Self, RegistryError> {
+        let f = Fields::new(row, "bundle", "trust_domain")?;
+        Ok(Self {
+            trust_domain: f.trust_domain("trust_domain")?,
+            document: f.text("document")?,
+            sequence: f.opt_unsigned("sequence")?,
+            updated_at: f.time("updated_at")?,
+        })
+    }
+}
+
+/// Checks `record` and that it belongs to `trust_domain`.
+pub(crate) fn validate_bundle(
+    record: &BundleRecord,
+    trust_domain: &TrustDomain,
+) -> Result<(), RegistryError> {
+    if &record.trust_domain != trust_domain {
+        return Err(RegistryError::invalid(
+            "bundle",
+            format!(
+                "belongs to trust domain {}, not {trust_domain}",
+                record.trust_domain
+            ),
+        ));
+    }
+    record.validate().map(drop)
+}
+
+/// Inserts or replaces a bundle and records the change; part of the caller's transaction.
+pub(crate) async fn upsert_bundle(
+    conn: &mut AnyConnection,
+    record: &BundleRecord,
+) -> Result<(), RegistryError> {
+    let sequence = record.validate()?;
+    sqlx::query(
+        "INSERT INTO bundles (trust_domain, document, sequence, updated_at) \
+         VALUES ($1, $2, $3, $4) \
+         ON CONFLICT (trust_domain) DO UPDATE SET document = excluded.document, \
+         sequence = excluded.sequence, updated_at = excluded.updated_at",
+    )
+    .bind(record.trust_domain.name())
+    .bind(record.document.as_str())
+    .bind(sequence)
+    .bind(unix(record.updated_at))
+    .execute(&mut *conn)
+    .await?;
+    record_change(
+        conn,
+        unix(record.updated_at),
+        ChangeKind::Bundle,
+        record.trust_domain.name(),
+    )
+    .await
+}
+
+/// Deletes a bundle and, when there was one, records the change; part of the caller's
+/// transaction. Returns whether a bundle was deleted.
+pub(crate) async fn remove_bundle(
+    conn: &mut AnyConnection,
+    trust_domain: &TrustDomain,
+    at: i64,
+) -> Result<bool, RegistryError> {
+    let deleted = sqlx::query("DELETE FROM bundles WHERE trust_domain = $1")
+        .bind(trust_domain.name())
+        .execute(&mut *conn)
+        .await?
+        .rows_affected()
+        > 0;
+    if deleted {
+        record_change(conn, at, ChangeKind::Bundle, trust_domain.name()).await?;
+    }
+    Ok(deleted)
+}
+
+impl Registry {
+    /// Stores (inserts or replaces) a bundle, e.g. our own after a CA rotation or one set by an
+    /// admin.
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] when the document is not a JSON object or the sequence does
+    /// not fit, [`RegistryError::Database`].
+    pub async fn put_bundle(
+        &self,
+        actor: &str,
+        record: &BundleRecord,
+    ) -> Result<(), RegistryError> {
+        record.validate()?;
+        let mut tx = self.begin_write().await?;
+        upsert_bundle(&mut tx, record).await?;
+        record_audit(
+            &mut tx,
+            unix(now()),
+            actor,
+            "bundle.put",
+            record.trust_domain.name(),
+            &json!({ "sequence": record.sequence }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The bundle of `trust_domain`, if stored.
+    ///
+    /// # Errors
+    /// [`RegistryError::Database`], or [`RegistryError::Corrupt`] for a malformed row.
+    pub async fn get_bundle(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<Option<BundleRecord>, RegistryError> {
+        let row = sqlx::query(
+            "SELECT trust_domain, document, sequence, updated_at FROM bundles \
+             WHERE trust_domain = $1",
+        )
+        .bind(trust_domain.name())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.as_ref().map(BundleRecord::from_row).transpose()
+    }
+
+    /// All stored bundles, ordered by trust domain.
+    ///
+    /// # Errors
+    /// [`RegistryError::Database`], or [`RegistryError::Corrupt`] for a malformed row.
+    pub async fn list_bundles(&self) -> Result<Vec<BundleRecord>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT trust_domain, document, sequence, updated_at FROM bundles \
+             ORDER BY trust_domain",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(BundleRecord::from_row).collect()
+    }
+
+    /// Deletes the bundle of `trust_domain`. A foreign bundle that belongs to a federation
+    /// relationship goes only with the relationship.
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`], [`RegistryError::Conflict`] when a federation
+    /// relationship uses the bundle, [`RegistryError::Database`].
+    pub async fn delete_bundle(
+        &self,
+        actor: &str,
+        trust_domain: &TrustDomain,
+    ) -> Result<(), RegistryError> {
+        let mut tx = self.begin_write().await?;
+        let relationships: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM federation_relationships WHERE trust_domain = $1",
+        )
+        .bind(trust_domain.name())
+        .fetch_one(&mut *tx)
+        .await?;
+        if relationships > 0 {
+            return Err(RegistryError::Conflict(format!(
+                "the bundle of {trust_domain} belongs to its federation relationship; delete the relationship instead"
+            )));
+        }
+        let at = unix(now());
+        if !remove_bundle(&mut tx, trust_domain, at).await? {
+            return Err(RegistryError::not_found("bundle", trust_domain));
+        }
+        record_audit(
+            &mut tx,
+            at,
+            actor,
+            "bundle.delete",
+            trust_domain.name(),
+            &json!({}),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,635 @@
+//! Registration entries: which workloads (or node aliases) get which SPIFFE ID.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use fedhub_core::{SpiffeId, TrustDomain};
+use serde_json::json;
+use sqlx::AnyConnection;
+use sqlx::any::AnyRow;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::error::RegistryError;
+use crate::feed::{ChangeKind, record_audit, record_change};
+use crate::selector::{self, Selector};
+use crate::store::{Fields, Registry, now, sha256_hex, unix, whole_seconds};
+
+/// The path of the parent ID that marks node alias entries: an entry whose parent is
+/// `spiffe://<trust domain>/fedhub/server` names a group of agents by node selectors, and
+/// entries parented to the alias's SPIFFE ID go to every agent in that group.
+pub const NODE_ALIAS_PARENT_PATH: &str = "/fedhub/server";
+/// The most selectors one entry may have.
+pub const MAX_ENTRY_SELECTORS: usize = 64;
+/// The most DNS names one entry may have.
+pub const MAX_DNS_NAMES: usize = 64;
+/// The longest hint accepted, in bytes.
+pub const MAX_HINT_LEN: usize = 1024;
+
+const KIND: &str = "entry";
+
+/// What an admin registers: the identity, who may receive it and how.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntrySpec {
+    /// The SPIFFE ID issued; a workload ID, not a trust domain ID.
+    pub spiffe_id: SpiffeId,
+    /// The agent (or node alias) that may receive it.
+    pub parent_id: SpiffeId,
+    /// The selectors a workload (or, for node aliases, a node) must all match. A set: order
+    /// and repetition do not matter, and it is stored sorted.
+    pub selectors: Vec<Selector>,
+    /// Foreign trust domains whose bundles the workload receives; each needs a federation
+    /// relationship. A set, stored sorted.
+    pub federates_with: Vec<TrustDomain>,
+    /// X509-SVID lifetime; `None` means the hub default.
+    pub x509_svid_ttl: Option<Duration>,
+    /// JWT-SVID lifetime; `None` means the hub default.
+    pub jwt_svid_ttl: Option<Duration>,
+    /// DNS names put in the X509-SVID.
+    pub dns_names: Vec<String>,
+    /// A hint for the workload to choose between several SVIDs.
+    pub hint: Option<String>,
+    /// When the entry stops being served; `None` means never.
+    pub expires_at: Option<OffsetDateTime>,
+}
+
+impl EntrySpec {
+    /// A spec with only the required parts; everything else empty or default.
+    pub fn new(spiffe_id: SpiffeId, parent_id: SpiffeId, selectors: Vec<Selector>) -> Self {
+        Self {
+            spiffe_id,
+            parent_id,
+            selectors,
+            federates_with: Vec::new(),
+            x509_svid_ttl: None,
+            jwt_svid_ttl: None,
+            dns_names: Vec::new(),
+            hint: None,
+            expires_at: None,
+        }
+    }
+
+    /// Validates the spec and brings it into stored form.
+    fn normalize(&self) -> Result<Stored, RegistryError> {
+        if self.spiffe_id.is_trust_domain_id() {
+            return Err(RegistryError::invalid(
+                "spiffe_id",
+                format!(
+                    "{} is a trust domain ID; an entry needs a path such as /workload",
+                    self.spiffe_id
+                ),
+            ));
+        }
+        let selectors = selector::canonical(&self.selectors);
+        if selectors.is_empty() || selectors.len() > MAX_ENTRY_SELECTORS {
+            return Err(RegistryError::invalid(
+                "selectors",
+                format!("an entry needs 1 to {MAX_ENTRY_SELECTORS} selectors"),
+            ));
+        }
+        if self.dns_names.len() > MAX_DNS_NAMES {
+            return Err(RegistryError::invalid(
+                "dns_names",
+                format!("at most {MAX_DNS_NAMES} are allowed"),
+            ));
+        }
+        if let Some(bad) = self.dns_names.iter().find(|name| !is_dns_name(name)) {
+            return Err(RegistryError::invalid(
+                "dns_names",
+                format!("{bad:?} is not a DNS name"),
+            ));
+        }
+        let hint = self.hint.as_deref().filter(|hint| !hint.is_empty());
+        if hint.is_some_and(|hint| hint.len() > MAX_HINT_LEN) {
+            return Err(RegistryError::invalid(
+                "hint",
+                format!("is longer than {MAX_HINT_LEN} bytes"),
+            ));
+        }
+        let mut federates_with = self.federates_with.clone();
+        federates_with.sort();
+        federates_with.dedup();
+        let identity: Vec<String> = [self.spiffe_id.to_string(), self.parent_id.to_string()]
+            .into_iter()
+            .chain(selectors.iter().map(ToString::to_string))
+            .collect();
+        Ok(Stored {
+            identity_key: sha256_hex(identity.join("\n").as_bytes()),
+            selectors_json: selector::to_json(&selectors),
+            dns_names_json: serde_json::Value::from(self.dns_names.clone()).to_string(),
+            federates_with,
+            hint: hint.map(str::to_owned),
+            x509_svid_ttl: self
+                .x509_svid_ttl
+                .map(|ttl| whole_seconds("x509_svid_ttl", ttl))
+                .transpose()?,
+            jwt_svid_ttl: self
+                .jwt_svid_ttl
+                .map(|ttl| whole_seconds("jwt_svid_ttl", ttl))
+                .transpose()?,
+            expires_at: self.expires_at.map(unix),
+        })
+    }
+}
+
+/// An [`EntrySpec`] in the form it is stored in.
+struct Stored {
+    identity_key: String,
+    selectors_json: String,
+    dns_names_json: String,
+    federates_with: Vec<TrustDomain>,
+    hint: Option<String>,
+    x509_svid_ttl: Option<i64>,
+    jwt_svid_ttl: Option<i64>,
+    expires_at: Option<i64>,
+}
+
+/// A stored registration entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The entry id, a random UUID.
+    pub id: Uuid,
+    /// What was registered, normalised: selectors and `federates_with` sorted and without
+    /// repeats, an empty hint dropped.
+    pub spec: EntrySpec,
+    /// Starts at 1 and grows by one on every change to the entry.
+    pub revision: u64,
+    /// When it was created.
+    pub created_at: OffsetDateTime,
+    /// When it last changed.
+    pub updated_at: OffsetDateTime,
+}
+
+/// Which entries [`Registry::list_entries`] returns; every field set must match.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryFilter {
+    /// Only entries with this SPIFFE ID.
+    pub spiffe_id: Option<SpiffeId>,
+    /// Only entries with this parent ID.
+    pub parent_id: Option<SpiffeId>,
+    /// Only entries that federate with this trust domain.
+    pub federates_with: Option<TrustDomain>,
+}
+
+/// Selects entries joined with their federated trust domains, one row per pair (or one row
+/// with a NULL `federated_td`); `entries_from_rows` folds them back together.
+macro_rules! select_entries {
+    () => {
+        "SELECT e.id, e.spiffe_id, e.parent_id, e.selectors, e.x509_svid_ttl, e.jwt_svid_ttl, \
+         e.dns_names, e.hint, e.expires_at, e.revision, e.created_at, e.updated_at, \
+         f.trust_domain AS federated_td \
+         FROM entries e LEFT JOIN entry_federation f ON f.entry_id = e.id "
+    };
+}
+
+macro_rules! entry_order {
+    () => {
+        " ORDER BY e.spiffe_id, e.parent_id, e.id, f.trust_domain"
+    };
+}
+
+fn entries_from_rows(rows: &[AnyRow]) -> Result<Vec<Entry>, RegistryError> {
+    let mut entries: Vec<Entry> = Vec::new();
+    let mut current: Option<String> = None;
+    for row in rows {
+        let f = Fields::new(row, KIND, "id")?;
+        let federated = f.opt_trust_domain("federated_td")?;
+        if current.as_deref() != Some(f.key()) {
+            entries.push(entry_from_fields(&f)?);
+            current = Some(f.key().to_owned());
+        }
+        if let (Some(entry), Some(td)) = (entries.last_mut(), federated) {
+            entry.spec.federates_with.push(td);
+        }
+    }
+    Ok(entries)
+}
+
+fn entry_from_fields(f: &Fields<'_>) -> Result<Entry, RegistryError> {
+    let selectors =
+        selector::from_json(&f.text("selectors")?).map_err(|e| f.corrupt("selectors", e))?;
+    let dns_names: Vec<String> =
+        serde_json::from_str(&f.text("dns_names")?).map_err(|e| f.corrupt("dns_names", e))?;
+    Ok(Entry {
+        id: Uuid::parse_str(f.key()).map_err(|e| f.corrupt("id", e))?,
+        spec: EntrySpec {
+            spiffe_id: f.spiffe_id("spiffe_id")?,
+            parent_id: f.spiffe_id("parent_id")?,
+            selectors,
+            federates_with: Vec::new(),
+            x509_svid_ttl: f.opt_duration("x509_svid_ttl")?,
+            jwt_svid_ttl: f.opt_duration("jwt_svid_ttl")?,
+            dns_names,
+            hint: f.opt_text("hint")?,
+            expires_at: f.opt_time("expires_at")?,
+        },
+        revision: f.unsigned("revision")?,
+        created_at: f.time("created_at")?,
+        updated_at: f.time("updated_at")?,
+    })
+}
+
+/// A DNS name (labels of letters, digits and inner hyphens; a leading `*` label allowed).
+fn is_dns_name(name: &str) -> bool {
+    name.len() <= 253
+        && name.split('.').enumerate().all(|(i, label)| {
+            (i == 0 && label == "*")
+                || ((1..=63).contains(&label.len())
+                    && label
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !label.starts_with('-')
+                    && !label.ends_with('-'))
+        })
+}
+
+async fn load_entry(conn: &mut AnyConnection, id: &str) -> Result<Option<Entry>, RegistryError> {
+    let rows = sqlx::query(concat!(
+        select_entries!(),
+        "WHERE e.id = $1",
+        entry_order!()
+    ))
+    .bind(id)
+    .fetch_all(conn)
+    .await?;
+    Ok(entries_from_rows(&rows)?.pop())
+}
+
+/// Refuses trust domains without a federation relationship and specs that repeat another
+/// entry's identity (other than entry `id` itself).
+async fn check_conflicts(
+    conn: &mut AnyConnection,
+    id: &str,
+    stored: &Stored,
+) -> Result<(), RegistryError> {
+    let duplicate: Option<String> =
+        sqlx::query_scalar("SELECT id FROM entries WHERE identity_key = $1 AND id <> $2")
+            .bind(stored.identity_key.as_str())
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    if let Some(existing) = duplicate {
+        return Err(RegistryError::DuplicateEntry { existing });
+    }
+    for td in &stored.federates_with {
+        let known: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM federation_relationships WHERE trust_domain = $1",
+        )
+        .bind(td.name())
+        .fetch_one(&mut *conn)
+        .await?;
+        if known == 0 {
+            return Err(RegistryError::UnknownFederatedTrustDomain {
+                trust_domain: td.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+async fn insert_federation(
+    conn: &mut AnyConnection,
+    id: &str,
+    federates_with: &[TrustDomain],
+) -> Result<(), RegistryError> {
+    for td in federates_with {
+        sqlx::query("INSERT INTO entry_federation (entry_id, trust_domain) VALUES ($1, $2)")
+            .bind(id)
+            .bind(td.name())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+fn audit_details(spec: &EntrySpec, stored: &Stored) -> serde_json::Value {
+    json!({
+        "spiffe_id": spec.spiffe_id.as_str(),
+        "parent_id": spec.parent_id.as_str(),
+        "selectors": selector::canonical(&spec.selectors).iter().map(ToString::to_string).collect::<Vec<_>>(),
+        "federates_with": stored.federates_with.iter().map(TrustDomain::name).collect::<Vec<_>>(),
+        "x509_svid_ttl": stored.x509_svid_ttl,
+        "jwt_svid_ttl": stored.jwt_svid_ttl,
+        "dns_names": spec.dns_names,
+        "hint": stored.hint,
+        "expires_at": stored.expires_at,
+    })
+}
+
+impl Registry {
+    /// Registers an entry under a new random id.
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] for a bad spec, [`RegistryError::DuplicateEntry`] when an
+    /// entry with the same SPIFFE ID, parent ID and selector set exists,
+    /// [`RegistryError::UnknownFederatedTrustDomain`], [`RegistryError::Database`].
+    pub async fn create_entry(
+        &self,
+        actor: &str,
+        spec: &EntrySpec,
+    ) -> Result<Entry, RegistryError> {
+        let stored = spec.normalize()?;
+        let id = Uuid::new_v4().to_string();
+        let at = unix(now());
+        let mut tx = self.begin_write().await?;
+        check_conflicts(&mut tx, &id, &stored).await?;
+        sqlx::query(
+            "INSERT INTO entries (id, spiffe_id, parent_id, selectors, identity_key, \
+             x509_svid_ttl, jwt_svid_ttl, dns_names, hint, expires_at, revision, created_at, \
+             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, $11)",
+        )
+        .bind(id.as_str())
+        .bind(spec.spiffe_id.as_str())
+        .bind(spec.parent_id.as_str())
+        .bind(stored.selectors_json.as_str())
+        .bind(stored.identity_key.as_str())
+        .bind(stored.x509_svid_ttl)
+        .bind(stored.jwt_svid_ttl)
+        .bind(stored.dns_names_json.as_str())
+        .bind(stored.hint.as_deref())
+        .bind(stored.expires_at)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        insert_federation(&mut tx, &id, &stored.federates_with).await?;
+        record_change(&mut tx, at, ChangeKind::Entry, &id).await?;
+        record_audit(
+            &mut tx,
+            at,
+            actor,
+            "entry.create",
+            &id,
+            &audit_details(spec, &stored),
+        )
+        .await?;
+        let entry = load_entry(&mut tx, &id)
+            .await?
+            .ok_or_else(|| RegistryError::not_found(KIND, &id))?;
+        tx.commit().await?;
+        Ok(entry)
+    }
+
+    /// Replaces everything of entry `id` with `spec` and bumps its revision.
+    ///
+    /// # Errors
+    /// As [`Registry::create_entry`], and [`RegistryError::NotFound`].
+    pub async fn update_entry(
+        &self,
+        actor: &str,
+        id: Uuid,
+        spec: &EntrySpec,
+    ) -> Result<Entry, RegistryError> {
+        let stored = spec.normalize()?;
+        let id = id.to_string();
+        let at = unix(now());
+        let mut tx = self.begin_write().await?;
+        let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM entries WHERE id = $1")
+            .bind(id.as_str())
+            .fetch_one(&mut *tx)
+            .await?;
+        if exists == 0 {
+            return Err(RegistryError::not_found(KIND, &id));
+        }
+        check_conflicts(&mut tx, &id, &stored).await?;
+        sqlx::query(
+            "UPDATE entries SET spiffe_id = $2, parent_id = $3, selectors = $4, \
+             identity_key = $5, x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8, \
+             hint = $9, expires_at = $10, revision = revision + 1, updated_at = $11 \
+             WHERE id = $1",
+        )
+        .bind(id.as_str())
+        .bind(spec.spiffe_id.as_str())
+        .bind(spec.parent_id.as_str())
+        .bind(stored.selectors_json.as_str())
+        .bind(stored.identity_key.as_str())
+        .bind(stored.x509_svid_ttl)
+        .bind(stored.jwt_svid_ttl)
+        .bind(stored.dns_names_json.as_str())
+        .bind(stored.hint.as_deref())
+        .bind(stored.expires_at)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM entry_federation WHERE entry_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        insert_federation(&mut tx, &id, &stored.federates_with).await?;
+        record_change(&mut tx, at, ChangeKind::Entry, &id).await?;
+        record_audit(
+            &mut tx,
+            at,
+            actor,
+            "entry.update",
+            &id,
+            &audit_details(spec, &stored),
+        )
+        .await?;
+        let entry = load_entry(&mut tx, &id)
+            .await?
+            .ok_or_else(|| RegistryError::not_found(KIND, &id))?;
+        tx.commit().await?;
+        Ok(entry)
+    }
+
+    /// Deletes entry `id`.
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`], [`RegistryError::Database`].
+    pub async fn delete_entry(&self, actor: &str, id: Uuid) -> Result<(), RegistryError> {
+        let id = id.to_string();
+        let at = unix(now());
+        let mut tx = self.begin_write().await?;
+        let spiffe_id: Option<String> =
+            sqlx::query_scalar("DELETE FROM entries WHERE id = $1 RETURNING spiffe_id")
+                .bind(id.as_str())
+                .fetch_optional(&mut *tx)
+                .await?;
+        let Some(spiffe_id) = spiffe_id else {
+            return Err(RegistryError::not_found(KIND, &id));
+        };
+        record_change(&mut tx, at, ChangeKind::Entry, &id).await?;
+        record_audit(
+            &mut tx,
+            at,
+            actor,
+            "entry.delete",
+            &id,
+            &json!({ "spiffe_id": spiffe_id }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Entry `id`, if it exists.
+    ///
+    /// # Errors
+    /// [`RegistryError::Database`], or [`RegistryError::Corrupt`] for a malformed row.
+    pub async fn get_entry(&self, id: Uuid) -> Result<Option<Entry>, RegistryError> {
+        let mut conn = self.pool.acquire().await?;
+        load_entry(&mut conn, &id.to_string()).await
+    }
+
+    /// The entries matching `filter`, ordered by SPIFFE ID, parent ID and id.
+    ///
+    /// # Errors
+    /// [`RegistryError::Database`], or [`RegistryError::Corrupt`] for a malformed row.
+    pub async fn list_entries(&self, filter: &EntryFilter) -> Result<Vec<Entry>, RegistryError> {
+        let rows = sqlx::query(concat!(
+            select_entries!(),
+            "WHERE ($1 IS NULL OR e.spiffe_id = $1) AND ($2 IS NULL OR e.parent_id = $2) \
+             AND ($3 IS NULL OR e.id IN \
+             (SELECT entry_id FROM entry_federation WHERE trust_domain = $3))",
+            entry_order!()
+        ))
+        .bind(filter.spiffe_id.as_ref().map(SpiffeId::as_str))
+        .bind(filter.parent_id.as_ref().map(SpiffeId::as_str))
+        .bind(filter.federates_with.as_ref().map(TrustDomain::name))
+        .fetch_all(&self.pool)
+        .await?;
+        entries_from_rows(&rows)
+    }
+
+    /// The unexpired entries an agent serves: those whose parent is `agent_id`, and those whose
+    /// parent is a node alias the agent belongs to. A node alias is an entry parented to
+    /// `spiffe://<agent's trust domain>/fedhub/server` whose selectors are all among
+    /// `node_selectors`. The alias entries themselves are not returned.
+    ///
+    /// # Errors
+    /// [`RegistryError::Database`], or [`RegistryError::Corrupt`] for a malformed row.
+    pub async fn entries_for_agent(
+        &self,
+        agent_id: &SpiffeId,
+        node_selectors: &[Selector],
+    ) -> Result<Vec<Entry>, RegistryError> {
+        let now = unix(now());
+        let alias_parent = agent_id
+            .trust_domain()
+            .spiffe_id(NODE_ALIAS_PARENT_PATH)
+            .map_err(|e| RegistryError::invalid("agent id", e.to_string()))?;
+        let node: HashSet<&Selector> = node_selectors.iter().collect();
+        let aliases: Vec<SpiffeId> = self
+            .unexpired_children(&alias_parent, now)
+            .await?
+            .into_iter()
+            .filter(|alias| alias.spec.selectors.iter().all(|s| node.contains(s)))
+            .map(|alias| alias.spec.spiffe_id)
+            .collect();
+        let mut seen = HashSet::new();
+        let mut entries = Vec::new();
+        for parent in std::iter::once(agent_id).chain(&aliases) {
+            for entry in self.unexpired_children(parent, now).await? {
+                if seen.insert(entry.id) {
+                    entries.push(entry);
+                }
+            }
+        }
+        Ok(entries)
+    }
+
+    async fn unexpired_children(
+        &self,
+        parent_id: &SpiffeId,
+        now: i64,
+    ) -> Result<Vec<Entry>, RegistryError> {
+        let rows = sqlx::query(concat!(
+            select_entries!(),
+            "WHERE e.parent_id = $1 AND (e.expires_at IS NULL OR e.expires_at > $2)",
+            entry_order!()
+        ))
+        .bind(parent_id.as_str())
+        .bind(now)
+        .fetch_all(&self.pool)
+        .await?;
+        entries_from_rows(&rows)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::parse(s).unwrap()
+    }
+
+    fn spec() -> EntrySpec {
+        EntrySpec::new(
+            id("spiffe://example.org/web"),
+            id("spiffe://example.org/agent"),
+            vec![Selector::parse("unix:uid:1000").unwrap()],
+        )
+    }
+
+    fn invalid_field(spec: &EntrySpec) -> &'static str {
+        match spec.normalize() {
+            Err(RegistryError::Invalid { field, .. }) => field,
+            other => panic!("expected Invalid, got {:?}", other.err()),
+        }
+    }
+
+    #[test]
+    fn refuses_bad_specs() {
+        let mut s = spec();
+        s.spiffe_id = id("spiffe://example.org");
+        assert_eq!(invalid_field(&s), "spiffe_id");
+        let mut s = spec();
+        s.selectors.clear();
+        assert_eq!(invalid_field(&s), "selectors");
+        let mut s = spec();
+        s.x509_svid_ttl = Some(Duration::ZERO);
+        assert_eq!(invalid_field(&s), "x509_svid_ttl");
+        let mut s = spec();
+        s.jwt_svid_ttl = Some(Duration::from_millis(10));
+        assert_eq!(invalid_field(&s), "jwt_svid_ttl");
+        let mut s = spec();
+        s.hint = Some("h".repeat(MAX_HINT_LEN + 1));
+        assert_eq!(invalid_field(&s), "hint");
+        let mut s = spec();
+        s.dns_names = vec!["bad name".into()];
+        assert_eq!(invalid_field(&s), "dns_names");
+        let mut s = spec();
+        s.hint = Some("h".repeat(MAX_HINT_LEN));
+        s.dns_names = vec!["*.web.example.org".into(), "web".into()];
+        assert!(s.normalize().is_ok());
+    }
+
+    #[test]
+    fn identity_key_ignores_selector_order_and_repeats() {
+        let a = Selector::parse("unix:uid:1000").unwrap();
+        let b = Selector::parse("unix:gid:50").unwrap();
+        let mut one = spec();
+        one.selectors = vec![a.clone(), b.clone()];
+        let mut two = spec();
+        two.selectors = vec![b.clone(), a.clone(), b];
+        assert_eq!(
+            one.normalize().unwrap().identity_key,
+            two.normalize().unwrap().identity_key
+        );
+        two.parent_id = id("spiffe://example.org/other");
+        assert_ne!(
+            one.normalize().unwrap().identity_key,
+            two.normalize().unwrap().identity_key
+        );
+    }
+
+    #[test]
+    fn dns_names() {
+        for good in ["a", "web.example.org", "*.example.org", "x-1.y"] {
+            assert!(is_dns_name(good), "{good}");
+        }
+        for bad in [
+            "",
+            ".",
+            "a..b",
+            "-a.b",
+            "a-.b",
+            "a.*",
+            "a b",
+            &"a".repeat(64),
+        ] {
+            assert!(!is_dns_name(bad), "{bad}");
+        }
+    }
+}

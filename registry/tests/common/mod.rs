@@ -1,0 +1,198 @@
+//! Fixtures for the registry suite: every test runs once on SQLite (a temp file) and once on
+//! PostgreSQL (a fresh schema in the database named by `FEDHUB_TEST_DATABASE_URL`).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use fedhub_core::{SpiffeId, TrustDomain};
+use fedhub_registry::{
+    BundleRecord, EndpointProfile, EntrySpec, Registry, RelationshipSpec, Selector,
+};
+use sqlx::any::AnyPoolOptions;
+use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection};
+use tempfile::TempDir;
+use url::Url;
+
+/// The environment variable naming the PostgreSQL database for tests.
+pub const DATABASE_URL_VAR: &str = "FEDHUB_TEST_DATABASE_URL";
+/// The actor of admin calls in tests.
+pub const ACTOR: &str = "test-admin";
+
+/// Generates, for each named `async fn(TestDb)`, a module with a `sqlite` and a `postgres`
+/// test.
+macro_rules! both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                crate::common::run_sqlite(super::$name).await;
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                crate::common::run_postgres(super::$name).await;
+            }
+        }
+    )*};
+}
+
+/// One test database and a registry on it.
+pub struct TestDb {
+    /// The registry under test.
+    pub registry: Registry,
+    /// A URL that connects to the same database (and schema).
+    pub url: String,
+    /// The SQLite file, for SQLite runs.
+    pub sqlite_path: Option<PathBuf>,
+    _dir: Option<TempDir>,
+}
+
+impl TestDb {
+    /// A second, independent registry handle (own pool) on the same database, as another hub
+    /// replica would have. Runs the migrations again.
+    pub async fn reopen(&self) -> Registry {
+        Registry::connect(&self.url)
+            .await
+            .expect("reopening the test database")
+    }
+
+    /// A plain pool on the same database, to look at tables directly.
+    pub async fn raw(&self) -> AnyPool {
+        sqlx::any::install_default_drivers();
+        AnyPoolOptions::new()
+            .max_connections(2)
+            .connect(&self.url)
+            .await
+            .expect("raw pool")
+    }
+}
+
+/// Runs `test` on a fresh SQLite file.
+pub async fn run_sqlite<F, Fut>(test: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()>,
+{
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("data/registry.db");
+    let registry = Registry::open_sqlite(&path).await.expect("open sqlite");
+    let url = format!("sqlite://{}", path.display());
+    test(TestDb {
+        registry,
+        url,
+        sqlite_path: Some(path),
+        _dir: Some(dir),
+    })
+    .await;
+}
+
+/// Runs `test` in a fresh schema of the PostgreSQL database named by `FEDHUB_TEST_DATABASE_URL`
+/// and drops the schema afterwards, also when the test panics. Without the variable the test
+/// is skipped with a note, or fails when `CI` is set.
+pub async fn run_postgres<F, Fut>(test: F)
+where
+    F: FnOnce(TestDb) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Ok(base) = std::env::var(DATABASE_URL_VAR) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{DATABASE_URL_VAR} must be set in CI to run the PostgreSQL tests"
+        );
+        eprintln!("note: {DATABASE_URL_VAR} is not set; skipping the PostgreSQL variant");
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let mut admin = tokio::time::timeout(Duration::from_secs(10), AnyConnection::connect(&base))
+        .await
+        .map_err(|_| "timed out after 10 s".to_owned())
+        .and_then(|connected| connected.map_err(|e| e.to_string()))
+        .unwrap_or_else(|e| {
+            panic!("{DATABASE_URL_VAR} is set but PostgreSQL cannot be reached: {e}")
+        });
+    let schema = format!("fedhub_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut admin)
+        .await
+        .expect("create test schema");
+    let mut url = Url::parse(&base).expect("FEDHUB_TEST_DATABASE_URL is not a URL");
+    url.query_pairs_mut()
+        .append_pair("options", &format!("-c search_path={schema}"));
+    let url = url.to_string();
+    let outcome = match Registry::connect(&url).await {
+        Ok(registry) => {
+            let db = TestDb {
+                registry,
+                url,
+                sqlite_path: None,
+                _dir: None,
+            };
+            tokio::spawn(test(db)).await.map_err(|e| e.into_panic())
+        }
+        Err(e) => Err(Box::new(format!("connecting to the test schema failed: {e:?}")) as Panic),
+    };
+    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut admin)
+        .await
+        .expect("drop test schema");
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
+    }
+}
+
+type Panic = Box<dyn std::any::Any + Send>;
+
+pub fn td(name: &str) -> TrustDomain {
+    TrustDomain::new(name).expect("trust domain")
+}
+
+pub fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).expect("SPIFFE ID")
+}
+
+pub fn sel(s: &str) -> Selector {
+    Selector::parse(s).expect("selector")
+}
+
+/// An `https_web` relationship with `name`.
+pub fn web_relationship(name: &str) -> RelationshipSpec {
+    RelationshipSpec {
+        trust_domain: td(name),
+        bundle_endpoint_url: Url::parse(&format!("https://{name}/bundle")).expect("url"),
+        profile: EndpointProfile::HttpsWeb { extra_ca_pem: None },
+        accept_empty_bundle: false,
+    }
+}
+
+/// An `https_spiffe` relationship with `name`.
+pub fn spiffe_relationship(name: &str) -> RelationshipSpec {
+    RelationshipSpec {
+        trust_domain: td(name),
+        bundle_endpoint_url: Url::parse(&format!("https://{name}:8443/")).expect("url"),
+        profile: EndpointProfile::HttpsSpiffe {
+            endpoint_spiffe_id: id(&format!("spiffe://{name}/fedhub/server")),
+        },
+        accept_empty_bundle: false,
+    }
+}
+
+/// A bundle record for `name` whose document records `sequence` and a marker.
+pub fn bundle(name: &str, sequence: u64, marker: &str) -> BundleRecord {
+    let document = serde_json::json!({
+        "keys": [],
+        "spiffe_sequence": sequence,
+        "marker": marker,
+    })
+    .to_string();
+    BundleRecord::new(td(name), document, Some(sequence))
+}
+
+/// A workload entry in `example.org`.
+pub fn entry(spiffe_id: &str, parent_id: &str, selectors: &[&str]) -> EntrySpec {
+    EntrySpec::new(
+        id(spiffe_id),
+        id(parent_id),
+        selectors.iter().map(|s| sel(s)).collect(),
+    )
+}

@@ -1,0 +1,1352 @@
+//! The registry suite. Every test runs on SQLite and on PostgreSQL (see `common`).
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "test code: a failed step is a failed test, and scenarios read top to bottom"
+)]
+
+#[macro_use]
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use common::{ACTOR, TestDb, bundle, entry, id, sel, spiffe_relationship, td, web_relationship};
+use fedhub_registry::{
+    AgentAttestation, Backend, ChangeKind, EndpointProfile, EntryFilter, NODE_ALIAS_PARENT_PATH,
+    POSTGRES_MIGRATOR, RefreshStatus, Registry, RegistryError, SQLITE_MIGRATOR,
+};
+use sha2::{Digest, Sha256};
+use sqlx::Row;
+use time::OffsetDateTime;
+
+both_backends!(
+    migrations_apply_once_and_reopen_keeps_data,
+    bundles_put_get_list_delete,
+    bundle_of_a_relationship_cannot_be_deleted_alone,
+    relationships_create_get_list_update_delete,
+    bootstrap_bundle_and_relationship_are_atomic,
+    entry_federating_with_unknown_trust_domain_is_refused,
+    deleting_a_used_relationship_needs_force,
+    duplicate_entries_are_refused_whatever_the_selector_order,
+    entries_create_get_list_filter_update_delete,
+    entries_for_agent_follow_parent_and_node_aliases,
+    join_tokens_are_hashed_single_use_and_expire,
+    agents_attest_renew_ban_evict,
+    claims_are_exclusive_across_replicas,
+    refresh_success_and_failure_update_status,
+    change_feed_records_every_write_in_order,
+    audit_log_records_admin_changes,
+    invalid_stored_values_are_reported_as_corrupt,
+);
+
+fn now() -> OffsetDateTime {
+    OffsetDateTime::now_utc().truncate_to_second()
+}
+
+async fn migrations_apply_once_and_reopen_keeps_data(db: TestDb) {
+    let created = db
+        .registry
+        .create_entry(
+            ACTOR,
+            &entry(
+                "spiffe://example.org/web",
+                "spiffe://example.org/agent",
+                &["unix:uid:1"],
+            ),
+        )
+        .await
+        .unwrap();
+    let revision = db.registry.latest_revision().await.unwrap();
+    assert_eq!(revision, 1);
+    db.registry.close().await;
+
+    // Opening again runs the migrator again: nothing is re-applied, nothing is lost.
+    let mut reopened = vec![db.reopen().await];
+    if let Some(path) = &db.sqlite_path {
+        reopened.push(Registry::open_sqlite(path).await.unwrap());
+    }
+    for registry in &reopened {
+        assert_eq!(
+            registry.get_entry(created.id).await.unwrap(),
+            Some(created.clone())
+        );
+        assert_eq!(registry.latest_revision().await.unwrap(), revision);
+    }
+    let expected = match reopened[0].backend() {
+        Backend::Sqlite => SQLITE_MIGRATOR.iter().count(),
+        _ => POSTGRES_MIGRATOR.iter().count(),
+    };
+    let raw = db.raw().await;
+    let applied: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM _sqlx_migrations")
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(applied, i64::try_from(expected).unwrap());
+    let heads: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM change_head")
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(heads, 1);
+}
+
+async fn bundles_put_get_list_delete(db: TestDb) {
+    let reg = &db.registry;
+    let own = bundle("example.org", 1, "own");
+    reg.put_bundle(ACTOR, &own).await.unwrap();
+    assert_eq!(reg.get_bundle(&td("example.org")).await.unwrap(), Some(own));
+
+    let newer = bundle("example.org", 2, "rotated");
+    reg.put_bundle(ACTOR, &newer).await.unwrap();
+    reg.put_bundle(ACTOR, &bundle("a.example", 7, "a"))
+        .await
+        .unwrap();
+    let listed = reg.list_bundles().await.unwrap();
+    let names: Vec<&str> = listed.iter().map(|b| b.trust_domain.name()).collect();
+    assert_eq!(names, ["a.example", "example.org"]);
+    assert_eq!(listed[1], newer);
+
+    let mut not_json = bundle("b.example", 1, "b");
+    not_json.document = "not json".into();
+    let mut not_object = bundle("b.example", 1, "b");
+    not_object.document = "[1]".into();
+    let mut huge_sequence = bundle("b.example", 1, "b");
+    huge_sequence.sequence = Some(u64::MAX);
+    for bad in [not_json, not_object, huge_sequence] {
+        let err = reg.put_bundle(ACTOR, &bad).await.unwrap_err();
+        assert!(matches!(err, RegistryError::Invalid { .. }), "{err}");
+    }
+    assert_eq!(reg.get_bundle(&td("b.example")).await.unwrap(), None);
+
+    reg.delete_bundle(ACTOR, &td("a.example")).await.unwrap();
+    assert_eq!(reg.get_bundle(&td("a.example")).await.unwrap(), None);
+    let err = reg
+        .delete_bundle(ACTOR, &td("a.example"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::NotFound { kind: "bundle", .. }),
+        "{err}"
+    );
+}
+
+async fn bundle_of_a_relationship_cannot_be_deleted_alone(db: TestDb) {
+    let reg = &db.registry;
+    let spec = spiffe_relationship("partner.example");
+    let boot = bundle("partner.example", 1, "boot");
+    reg.create_relationship(ACTOR, &spec, Some(&boot))
+        .await
+        .unwrap();
+    let err = reg
+        .delete_bundle(ACTOR, &td("partner.example"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains("delete the relationship"), "{err}");
+    assert_eq!(
+        reg.get_bundle(&spec.trust_domain).await.unwrap(),
+        Some(boot)
+    );
+}
+
+async fn relationships_create_get_list_update_delete(db: TestDb) {
+    let reg = &db.registry;
+    let web = web_relationship("web.example");
+    let created = reg.create_relationship(ACTOR, &web, None).await.unwrap();
+    assert_eq!(created.spec, web);
+    assert_eq!(created.created_at, created.updated_at);
+    assert_eq!(
+        created.status,
+        RefreshStatus::default(),
+        "first refresh is due at once"
+    );
+    assert_eq!(
+        reg.get_relationship(&web.trust_domain).await.unwrap(),
+        Some(created)
+    );
+
+    let err = reg
+        .create_relationship(ACTOR, &web, None)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::AlreadyExists {
+                kind: "federation relationship",
+                ..
+            }
+        ),
+        "{err}"
+    );
+
+    let spiffe = spiffe_relationship("a-partner.example");
+    reg.create_relationship(ACTOR, &spiffe, Some(&bundle("a-partner.example", 1, "b")))
+        .await
+        .unwrap();
+    let names: Vec<String> = reg
+        .list_relationships()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|r| r.spec.trust_domain.to_string())
+        .collect();
+    assert_eq!(names, ["a-partner.example", "web.example"]);
+
+    // After a refresh the etag and schedule are set; an update resets both.
+    let t0 = now();
+    reg.claim_due_refreshes("hub-a", t0, Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    reg.record_refresh_success(
+        &web.trust_domain,
+        "hub-a",
+        None,
+        Some("\"v1\""),
+        t0 + time::Duration::hours(1),
+    )
+    .await
+    .unwrap();
+    let mut changed = web.clone();
+    changed.profile = EndpointProfile::HttpsWeb {
+        extra_ca_pem: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
+    };
+    changed.accept_empty_bundle = true;
+    let updated = reg.update_relationship(ACTOR, &changed).await.unwrap();
+    assert_eq!(updated.spec, changed);
+    assert_eq!(updated.status.etag, None);
+    assert_eq!(updated.status.next_refresh_at, None);
+    assert!(updated.status.last_success_at.is_some(), "status is kept");
+
+    let err = reg
+        .update_relationship(ACTOR, &web_relationship("nowhere.example"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+
+    assert_eq!(
+        reg.delete_relationship(ACTOR, &spiffe.trust_domain, false)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(
+        reg.get_relationship(&spiffe.trust_domain).await.unwrap(),
+        None
+    );
+    assert_eq!(
+        reg.get_bundle(&spiffe.trust_domain).await.unwrap(),
+        None,
+        "its bundle goes too"
+    );
+    let err = reg
+        .delete_relationship(ACTOR, &spiffe.trust_domain, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+}
+
+async fn bootstrap_bundle_and_relationship_are_atomic(db: TestDb) {
+    let reg = &db.registry;
+    let spec = spiffe_relationship("partner.example");
+    let first = bundle("partner.example", 1, "first");
+    reg.create_relationship(ACTOR, &spec, Some(&first))
+        .await
+        .unwrap();
+    let revision = reg.latest_revision().await.unwrap();
+    let audited = reg.list_audit(100).await.unwrap().len();
+
+    // The bundle is written before the relationship insert fails: both must roll back,
+    // change-feed rows and audit row included.
+    let err = reg
+        .create_relationship(ACTOR, &spec, Some(&bundle("partner.example", 2, "second")))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::AlreadyExists { .. }), "{err}");
+    assert_eq!(
+        reg.get_bundle(&spec.trust_domain).await.unwrap(),
+        Some(first)
+    );
+    assert_eq!(reg.latest_revision().await.unwrap(), revision);
+    assert_eq!(reg.list_audit(100).await.unwrap().len(), audited);
+
+    // A bootstrap bundle of another trust domain is refused before anything is written.
+    let err = reg
+        .create_relationship(
+            ACTOR,
+            &web_relationship("third.example"),
+            Some(&bundle("fourth.example", 1, "x")),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::Invalid {
+                field: "bundle",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        reg.get_relationship(&td("third.example")).await.unwrap(),
+        None
+    );
+    assert_eq!(reg.get_bundle(&td("fourth.example")).await.unwrap(), None);
+}
+
+async fn entry_federating_with_unknown_trust_domain_is_refused(db: TestDb) {
+    let reg = &db.registry;
+    reg.create_relationship(ACTOR, &web_relationship("known.example"), None)
+        .await
+        .unwrap();
+    let revision = reg.latest_revision().await.unwrap();
+    let mut spec = entry(
+        "spiffe://example.org/web",
+        "spiffe://example.org/agent",
+        &["unix:uid:1"],
+    );
+    spec.federates_with = vec![td("known.example"), td("nowhere.example")];
+    let err = reg.create_entry(ACTOR, &spec).await.unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::UnknownFederatedTrustDomain { trust_domain } if trust_domain.name() == "nowhere.example"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("nowhere.example"), "{err}");
+    assert!(
+        reg.list_entries(&EntryFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(reg.latest_revision().await.unwrap(), revision);
+
+    // The same rule holds on update.
+    spec.federates_with = vec![td("known.example")];
+    let created = reg.create_entry(ACTOR, &spec).await.unwrap();
+    spec.federates_with.push(td("nowhere.example"));
+    let err = reg
+        .update_entry(ACTOR, created.id, &spec)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::UnknownFederatedTrustDomain { .. }),
+        "{err}"
+    );
+    assert_eq!(reg.get_entry(created.id).await.unwrap(), Some(created));
+}
+
+async fn deleting_a_used_relationship_needs_force(db: TestDb) {
+    let reg = &db.registry;
+    let partner = td("partner.example");
+    reg.create_relationship(
+        ACTOR,
+        &spiffe_relationship("partner.example"),
+        Some(&bundle("partner.example", 1, "p")),
+    )
+    .await
+    .unwrap();
+    reg.create_relationship(ACTOR, &web_relationship("other.example"), None)
+        .await
+        .unwrap();
+    let mut both = entry(
+        "spiffe://example.org/both",
+        "spiffe://example.org/agent",
+        &["unix:uid:1"],
+    );
+    both.federates_with = vec![partner.clone(), td("other.example")];
+    let both = reg.create_entry(ACTOR, &both).await.unwrap();
+    let mut only = entry(
+        "spiffe://example.org/only",
+        "spiffe://example.org/agent",
+        &["unix:uid:2"],
+    );
+    only.federates_with = vec![partner.clone()];
+    let only = reg.create_entry(ACTOR, &only).await.unwrap();
+    let unrelated = reg
+        .create_entry(
+            ACTOR,
+            &entry(
+                "spiffe://example.org/none",
+                "spiffe://example.org/agent",
+                &["unix:uid:3"],
+            ),
+        )
+        .await
+        .unwrap();
+
+    let err = reg
+        .delete_relationship(ACTOR, &partner, false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
+    let message = err.to_string();
+    assert!(
+        message.contains("trust domain partner.example is used by 2 entries"),
+        "{message}"
+    );
+    assert!(message.contains("force"), "{message}");
+    assert!(reg.get_relationship(&partner).await.unwrap().is_some());
+    assert!(reg.get_bundle(&partner).await.unwrap().is_some());
+    assert_eq!(reg.get_entry(both.id).await.unwrap(), Some(both.clone()));
+
+    let before = reg.latest_revision().await.unwrap();
+    assert_eq!(
+        reg.delete_relationship(ACTOR, &partner, true)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(reg.get_relationship(&partner).await.unwrap(), None);
+    assert_eq!(reg.get_bundle(&partner).await.unwrap(), None);
+    let both_after = reg.get_entry(both.id).await.unwrap().unwrap();
+    assert_eq!(both_after.spec.federates_with, [td("other.example")]);
+    assert_eq!(both_after.revision, 2);
+    let only_after = reg.get_entry(only.id).await.unwrap().unwrap();
+    assert!(only_after.spec.federates_with.is_empty());
+    assert_eq!(only_after.revision, 2);
+    assert_eq!(reg.get_entry(unrelated.id).await.unwrap(), Some(unrelated));
+
+    let changes: BTreeSet<(ChangeKind, String)> = reg
+        .changes_since(before, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.kind, c.key))
+        .collect();
+    let expected: BTreeSet<(ChangeKind, String)> = [
+        (ChangeKind::Entry, both.id.to_string()),
+        (ChangeKind::Entry, only.id.to_string()),
+        (ChangeKind::Federation, "partner.example".to_owned()),
+        (ChangeKind::Bundle, "partner.example".to_owned()),
+    ]
+    .into_iter()
+    .collect();
+    assert_eq!(changes, expected);
+    let audit = &reg.list_audit(1).await.unwrap()[0];
+    assert_eq!(audit.action, "federation.delete");
+    assert_eq!(audit.details["force"], true);
+}
+
+async fn duplicate_entries_are_refused_whatever_the_selector_order(db: TestDb) {
+    let reg = &db.registry;
+    let parent = "spiffe://example.org/agent";
+    let first = reg
+        .create_entry(
+            ACTOR,
+            &entry(
+                "spiffe://example.org/web",
+                parent,
+                &["unix:uid:1000", "unix:gid:50"],
+            ),
+        )
+        .await
+        .unwrap();
+    let err = reg
+        .create_entry(
+            ACTOR,
+            &entry(
+                "spiffe://example.org/web",
+                parent,
+                &["unix:gid:50", "unix:uid:1000"],
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::DuplicateEntry { existing } if *existing == first.id.to_string()),
+        "{err}"
+    );
+    assert!(err.to_string().contains("already exists"), "{err}");
+
+    // A different selector set or parent is another entry; updating one into a duplicate
+    // is refused too.
+    let subset = reg
+        .create_entry(
+            ACTOR,
+            &entry("spiffe://example.org/web", parent, &["unix:uid:1000"]),
+        )
+        .await
+        .unwrap();
+    reg.create_entry(
+        ACTOR,
+        &entry(
+            "spiffe://example.org/web",
+            "spiffe://example.org/agent2",
+            &["unix:gid:50", "unix:uid:1000"],
+        ),
+    )
+    .await
+    .unwrap();
+    let err = reg
+        .update_entry(
+            ACTOR,
+            subset.id,
+            &entry(
+                "spiffe://example.org/web",
+                parent,
+                &["unix:gid:50", "unix:uid:1000"],
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::DuplicateEntry { .. }), "{err}");
+    assert_eq!(
+        reg.list_entries(&EntryFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+async fn entries_create_get_list_filter_update_delete(db: TestDb) {
+    let reg = &db.registry;
+    reg.create_relationship(ACTOR, &web_relationship("partner.example"), None)
+        .await
+        .unwrap();
+    let mut spec = entry(
+        "spiffe://example.org/web",
+        "spiffe://example.org/agent/a",
+        &["unix:uid:1000", "unix:gid:10"],
+    );
+    spec.federates_with = vec![td("partner.example")];
+    spec.x509_svid_ttl = Some(Duration::from_secs(3600));
+    spec.jwt_svid_ttl = Some(Duration::from_secs(300));
+    spec.dns_names = vec!["web.example.org".into()];
+    spec.hint = Some("external".into());
+    spec.expires_at = Some(now() + time::Duration::days(30));
+    let web = reg.create_entry(ACTOR, &spec).await.unwrap();
+    assert_eq!(web.revision, 1);
+    assert_eq!(
+        web.spec.selectors,
+        [sel("unix:gid:10"), sel("unix:uid:1000")],
+        "stored sorted"
+    );
+    let mut expected = spec.clone();
+    expected.selectors.sort();
+    assert_eq!(web.spec, expected);
+    assert_eq!(reg.get_entry(web.id).await.unwrap(), Some(web.clone()));
+
+    let db_entry = reg
+        .create_entry(
+            ACTOR,
+            &entry(
+                "spiffe://example.org/db",
+                "spiffe://example.org/agent/b",
+                &["unix:uid:5"],
+            ),
+        )
+        .await
+        .unwrap();
+    let all = reg.list_entries(&EntryFilter::default()).await.unwrap();
+    assert_eq!(all, [db_entry.clone(), web.clone()], "ordered by SPIFFE ID");
+
+    let by = |filter: EntryFilter| async move { reg.list_entries(&filter).await.unwrap() };
+    assert_eq!(
+        by(EntryFilter {
+            spiffe_id: Some(id("spiffe://example.org/web")),
+            ..Default::default()
+        })
+        .await,
+        std::slice::from_ref(&web)
+    );
+    assert_eq!(
+        by(EntryFilter {
+            parent_id: Some(id("spiffe://example.org/agent/b")),
+            ..Default::default()
+        })
+        .await,
+        std::slice::from_ref(&db_entry)
+    );
+    assert_eq!(
+        by(EntryFilter {
+            federates_with: Some(td("partner.example")),
+            ..Default::default()
+        })
+        .await,
+        std::slice::from_ref(&web)
+    );
+    assert!(
+        by(EntryFilter {
+            parent_id: Some(id("spiffe://example.org/agent/b")),
+            federates_with: Some(td("partner.example")),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+
+    let mut changed = spec.clone();
+    changed.federates_with.clear();
+    changed.hint = None;
+    changed.x509_svid_ttl = None;
+    let updated = reg.update_entry(ACTOR, web.id, &changed).await.unwrap();
+    assert_eq!(updated.revision, 2);
+    assert_eq!(updated.created_at, web.created_at);
+    assert!(updated.spec.federates_with.is_empty());
+    assert_eq!(updated.spec.hint, None);
+    assert_eq!(updated.spec.x509_svid_ttl, None);
+    assert!(
+        by(EntryFilter {
+            federates_with: Some(td("partner.example")),
+            ..Default::default()
+        })
+        .await
+        .is_empty()
+    );
+
+    reg.delete_entry(ACTOR, db_entry.id).await.unwrap();
+    assert_eq!(reg.get_entry(db_entry.id).await.unwrap(), None);
+    let err = reg.delete_entry(ACTOR, db_entry.id).await.unwrap_err();
+    assert!(
+        matches!(err, RegistryError::NotFound { kind: "entry", .. }),
+        "{err}"
+    );
+    let err = reg
+        .update_entry(ACTOR, db_entry.id, &changed)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::NotFound { kind: "entry", .. }),
+        "{err}"
+    );
+
+    let mut td_id = spec.clone();
+    td_id.spiffe_id = id("spiffe://example.org");
+    let err = reg.create_entry(ACTOR, &td_id).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::Invalid {
+                field: "spiffe_id",
+                ..
+            }
+        ),
+        "{err}"
+    );
+}
+
+async fn entries_for_agent_follow_parent_and_node_aliases(db: TestDb) {
+    let reg = &db.registry;
+    let agent = "spiffe://example.org/agent/node1";
+    let server = format!("spiffe://example.org{NODE_ALIAS_PARENT_PATH}");
+    let past = now() - time::Duration::minutes(1);
+    let create = |spiffe_id: &str, parent: &str, selectors: &[&str], expired: bool| {
+        let mut spec = entry(spiffe_id, parent, selectors);
+        if expired {
+            spec.expires_at = Some(past);
+        }
+        async move { reg.create_entry(ACTOR, &spec).await.unwrap() }
+    };
+    // Node aliases: only `eu` matches all its selectors among the node's.
+    create(
+        "spiffe://example.org/alias/eu",
+        &server,
+        &["region:eu"],
+        false,
+    )
+    .await;
+    create(
+        "spiffe://example.org/alias/eu-gpu",
+        &server,
+        &["region:eu", "gpu:yes"],
+        false,
+    )
+    .await;
+    create(
+        "spiffe://example.org/alias/us",
+        &server,
+        &["region:us"],
+        false,
+    )
+    .await;
+    create(
+        "spiffe://example.org/alias/eu-old",
+        &server,
+        &["region:eu"],
+        true,
+    )
+    .await;
+    create(
+        "spiffe://other.org/alias/eu",
+        "spiffe://other.org/fedhub/server",
+        &["region:eu"],
+        false,
+    )
+    .await;
+    // Workloads.
+    let direct = create("spiffe://example.org/web", agent, &["unix:uid:1000"], false).await;
+    create(
+        "spiffe://example.org/expired",
+        agent,
+        &["unix:uid:1001"],
+        true,
+    )
+    .await;
+    let via_eu = create(
+        "spiffe://example.org/eu-svc",
+        "spiffe://example.org/alias/eu",
+        &["unix:uid:2"],
+        false,
+    )
+    .await;
+    create(
+        "spiffe://example.org/gpu-svc",
+        "spiffe://example.org/alias/eu-gpu",
+        &["unix:uid:3"],
+        false,
+    )
+    .await;
+    create(
+        "spiffe://example.org/us-svc",
+        "spiffe://example.org/alias/us",
+        &["unix:uid:4"],
+        false,
+    )
+    .await;
+    create(
+        "spiffe://example.org/old-svc",
+        "spiffe://example.org/alias/eu-old",
+        &["unix:uid:5"],
+        false,
+    )
+    .await;
+    create(
+        "spiffe://other.org/eu-svc",
+        "spiffe://other.org/alias/eu",
+        &["unix:uid:6"],
+        false,
+    )
+    .await;
+    create(
+        "spiffe://example.org/node2-svc",
+        "spiffe://example.org/agent/node2",
+        &["unix:uid:7"],
+        false,
+    )
+    .await;
+
+    let node_selectors = [sel("region:eu"), sel("host:node1")];
+    let got = reg
+        .entries_for_agent(&id(agent), &node_selectors)
+        .await
+        .unwrap();
+    let ids: BTreeSet<_> = got.iter().map(|e| e.id).collect();
+    assert_eq!(ids, BTreeSet::from([direct.id, via_eu.id]));
+
+    let got = reg.entries_for_agent(&id(agent), &[]).await.unwrap();
+    assert_eq!(got, [direct]);
+}
+
+async fn join_tokens_are_hashed_single_use_and_expire(db: TestDb) {
+    let reg = &db.registry;
+    let token = "c0rrect-horse-battery-staple-4f9a";
+    let agent = id("spiffe://example.org/agent/joined");
+    let expires = reg
+        .create_join_token(ACTOR, token, Duration::from_secs(600), Some(&agent))
+        .await
+        .unwrap();
+    assert!(expires > now());
+
+    // Only the SHA-256 is stored; the token appears nowhere, audit log included.
+    let raw = db.raw().await;
+    let rows = sqlx::query("SELECT token_hash, spiffe_id FROM join_tokens")
+        .fetch_all(&raw)
+        .await
+        .unwrap();
+    assert_eq!(rows.len(), 1);
+    let hash: String = rows[0].get("token_hash");
+    let expected = format!("{:x}", Sha256::digest(token.as_bytes()));
+    assert_eq!(hash, expected);
+    let dump = format!("{:?}", reg.list_audit(10).await.unwrap());
+    assert!(!dump.contains(token), "token leaked into the audit log");
+    assert!(!hash.contains(token));
+
+    let err = reg
+        .create_join_token(ACTOR, token, Duration::from_secs(600), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::AlreadyExists { .. }), "{err}");
+    assert!(!err.to_string().contains(token));
+
+    // Exactly one of many concurrent uses wins, across two registry handles.
+    let other = db.reopen().await;
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let reg = if i % 2 == 0 {
+            reg.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            reg.consume_join_token(token, now()).await
+        }));
+    }
+    let mut wins = Vec::new();
+    for task in tasks {
+        match task.await.unwrap() {
+            Ok(used) => wins.push(used),
+            Err(RegistryError::JoinTokenUsed) => {}
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+    assert_eq!(wins.len(), 1);
+    assert_eq!(wins[0].spiffe_id, Some(agent));
+    assert_eq!(wins[0].expires_at, expires);
+    let err = reg.consume_join_token(token, now()).await.unwrap_err();
+    assert!(matches!(err, RegistryError::JoinTokenUsed), "{err}");
+
+    let err = reg
+        .consume_join_token("never-issued-token-0000", now())
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::JoinTokenUnknown), "{err}");
+
+    let short_lived = "short-lived-token-1234";
+    reg.create_join_token(ACTOR, short_lived, Duration::from_secs(60), None)
+        .await
+        .unwrap();
+    let later = now() + time::Duration::minutes(2);
+    for _ in 0..2 {
+        let err = reg
+            .consume_join_token(short_lived, later)
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RegistryError::JoinTokenExpired), "{err}");
+    }
+    let err = reg
+        .create_join_token(ACTOR, "too-short", Duration::from_secs(60), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Invalid { .. }), "{err}");
+}
+
+async fn agents_attest_renew_ban_evict(db: TestDb) {
+    let reg = &db.registry;
+    let agent_id = id("spiffe://example.org/agent/node1");
+    let expires = now() + time::Duration::hours(1);
+    let attestation = AgentAttestation {
+        spiffe_id: agent_id.clone(),
+        attestation_type: "join_token".into(),
+        serial: "0a1b".into(),
+        svid_expires_at: expires,
+        selectors: vec![sel("region:eu"), sel("host:node1")],
+    };
+    let agent = reg.upsert_agent(&attestation).await.unwrap();
+    assert_eq!(agent.serial.as_deref(), Some("0a1b"));
+    assert_eq!(agent.svid_expires_at, Some(expires));
+    assert_eq!(agent.selectors, [sel("host:node1"), sel("region:eu")]);
+    assert!(!agent.banned);
+    assert_eq!(reg.get_agent(&agent_id).await.unwrap(), Some(agent.clone()));
+
+    // Re-attestation updates the record.
+    let mut again = attestation.clone();
+    again.serial = "0c0d".into();
+    let agent = reg.upsert_agent(&again).await.unwrap();
+    assert_eq!(agent.serial.as_deref(), Some("0c0d"));
+    assert_eq!(
+        reg.list_agents().await.unwrap(),
+        std::slice::from_ref(&agent)
+    );
+
+    reg.set_agent_serial(&agent_id, "0e0f", expires + time::Duration::hours(1))
+        .await
+        .unwrap();
+    let seen = now() + time::Duration::minutes(5);
+    reg.touch_agent(&agent_id, seen).await.unwrap();
+    let agent = reg.get_agent(&agent_id).await.unwrap().unwrap();
+    assert_eq!(agent.serial.as_deref(), Some("0e0f"));
+    assert_eq!(agent.last_seen_at, Some(seen));
+
+    reg.ban_agent(ACTOR, &agent_id).await.unwrap();
+    let banned = reg.get_agent(&agent_id).await.unwrap().unwrap();
+    assert!(banned.banned);
+    assert_eq!(banned.serial, None);
+    let err = reg.upsert_agent(&attestation).await.unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::AgentBanned { spiffe_id } if *spiffe_id == agent_id),
+        "{err}"
+    );
+    let err = reg
+        .set_agent_serial(&agent_id, "1111", expires)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::AgentBanned { .. }), "{err}");
+    assert_eq!(reg.get_agent(&agent_id).await.unwrap(), Some(banned));
+
+    reg.evict_agent(ACTOR, &agent_id).await.unwrap();
+    assert_eq!(reg.get_agent(&agent_id).await.unwrap(), None);
+    assert!(
+        !reg.upsert_agent(&attestation).await.unwrap().banned,
+        "evicted agents may attest again"
+    );
+
+    let unknown = id("spiffe://example.org/agent/unknown");
+    for err in [
+        reg.ban_agent(ACTOR, &unknown).await.unwrap_err(),
+        reg.evict_agent(ACTOR, &unknown).await.unwrap_err(),
+        reg.touch_agent(&unknown, now()).await.unwrap_err(),
+        reg.set_agent_serial(&unknown, "01", expires)
+            .await
+            .unwrap_err(),
+    ] {
+        assert!(
+            matches!(err, RegistryError::NotFound { kind: "agent", .. }),
+            "{err}"
+        );
+    }
+}
+
+async fn claims_are_exclusive_across_replicas(db: TestDb) {
+    let count = 24;
+    for i in 0..count {
+        db.registry
+            .create_relationship(ACTOR, &web_relationship(&format!("td{i:02}.example")), None)
+            .await
+            .unwrap();
+    }
+    let t0 = now();
+    let lease = Duration::from_secs(60);
+    let claim_all = |registry: Registry, owner: &'static str| {
+        tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let batch = registry
+                    .claim_due_refreshes(owner, t0, lease, 3)
+                    .await
+                    .unwrap();
+                if batch.is_empty() {
+                    return mine;
+                }
+                for r in batch {
+                    assert_eq!(r.status.lease_owner.as_deref(), Some(owner));
+                    assert_eq!(r.status.lease_until, Some(t0 + lease));
+                    mine.push(r.spec.trust_domain);
+                }
+            }
+        })
+    };
+    let a = claim_all(db.registry.clone(), "replica-a");
+    let b = claim_all(db.reopen().await, "replica-b");
+    let (a, b) = (a.await.unwrap(), b.await.unwrap());
+    let a_set: BTreeSet<_> = a.iter().cloned().collect();
+    let b_set: BTreeSet<_> = b.iter().cloned().collect();
+    assert_eq!(a_set.len(), a.len(), "replica-a claimed one twice");
+    assert_eq!(b_set.len(), b.len(), "replica-b claimed one twice");
+    assert!(
+        a_set.is_disjoint(&b_set),
+        "claimed by both: {:?}",
+        a_set.intersection(&b_set).collect::<Vec<_>>()
+    );
+    assert_eq!(a_set.len() + b_set.len(), count);
+
+    // Held leases are not handed out again until they expire.
+    let none = db
+        .registry
+        .claim_due_refreshes("replica-c", t0 + time::Duration::seconds(60), lease, 100)
+        .await
+        .unwrap();
+    assert!(none.is_empty());
+    let expired = db
+        .registry
+        .claim_due_refreshes("replica-c", t0 + time::Duration::seconds(61), lease, 100)
+        .await
+        .unwrap();
+    assert_eq!(expired.len(), count);
+}
+
+async fn refresh_success_and_failure_update_status(db: TestDb) {
+    let reg = &db.registry;
+    let partner = td("partner.example");
+    reg.create_relationship(
+        ACTOR,
+        &spiffe_relationship("partner.example"),
+        Some(&bundle("partner.example", 1, "boot")),
+    )
+    .await
+    .unwrap();
+    let t0 = now();
+    let lease = Duration::from_secs(30);
+    let claimed = reg
+        .claim_due_refreshes("hub-a", t0, lease, 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    assert!(
+        reg.claim_due_refreshes("hub-b", t0, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Only the lease holder may record a result.
+    let err = reg
+        .record_refresh_failure(&partner, "hub-b", "boom", t0)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::LeaseNotHeld { .. }), "{err}");
+    let err = reg
+        .record_refresh_success(
+            &partner,
+            "hub-b",
+            Some(&bundle("partner.example", 9, "evil")),
+            None,
+            t0,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::LeaseNotHeld { .. }), "{err}");
+    assert!(
+        reg.get_bundle(&partner)
+            .await
+            .unwrap()
+            .unwrap()
+            .document
+            .contains("boot")
+    );
+
+    let err = reg
+        .record_refresh_success(
+            &partner,
+            "hub-a",
+            Some(&bundle("other.example", 2, "x")),
+            None,
+            t0,
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Invalid { .. }), "{err}");
+
+    let next = t0 + time::Duration::minutes(5);
+    let fresh = bundle("partner.example", 2, "fresh");
+    reg.record_refresh_success(&partner, "hub-a", Some(&fresh), Some("\"etag-2\""), next)
+        .await
+        .unwrap();
+    assert_eq!(reg.get_bundle(&partner).await.unwrap(), Some(fresh.clone()));
+    let status = reg
+        .get_relationship(&partner)
+        .await
+        .unwrap()
+        .unwrap()
+        .status;
+    assert!(status.last_success_at.is_some());
+    assert_eq!(status.last_attempt_at, status.last_success_at);
+    assert_eq!(status.last_error, None);
+    assert_eq!(status.consecutive_failures, 0);
+    assert_eq!(status.etag.as_deref(), Some("\"etag-2\""));
+    assert_eq!(status.next_refresh_at, Some(next));
+    assert_eq!(
+        (status.lease_owner, status.lease_until),
+        (None, None),
+        "lease released"
+    );
+    let last_success = status.last_success_at;
+
+    // Not due before `next`.
+    assert!(
+        reg.claim_due_refreshes("hub-b", next - time::Duration::seconds(1), lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // Failures keep the bundle and count up.
+    for failures in 1..=2 {
+        let at = next + time::Duration::minutes(failures);
+        assert_eq!(
+            reg.claim_due_refreshes("hub-b", at, lease, 10)
+                .await
+                .unwrap()
+                .len(),
+            1
+        );
+        reg.record_refresh_failure(&partner, "hub-b", "connection refused", at)
+            .await
+            .unwrap();
+        let status = reg
+            .get_relationship(&partner)
+            .await
+            .unwrap()
+            .unwrap()
+            .status;
+        assert_eq!(
+            status.consecutive_failures,
+            u32::try_from(failures).unwrap()
+        );
+        assert_eq!(status.last_error.as_deref(), Some("connection refused"));
+        assert_eq!(status.last_success_at, last_success);
+        assert_eq!(status.etag.as_deref(), Some("\"etag-2\""));
+        assert_eq!(status.next_refresh_at, Some(at));
+        assert_eq!(status.lease_owner, None);
+        assert_eq!(reg.get_bundle(&partner).await.unwrap(), Some(fresh.clone()));
+    }
+
+    // An unchanged bundle (`None`) keeps the stored one and clears the failure state.
+    let at = next + time::Duration::minutes(3);
+    assert_eq!(
+        reg.claim_due_refreshes("hub-a", at, lease, 10)
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    reg.record_refresh_success(
+        &partner,
+        "hub-a",
+        None,
+        Some("\"etag-2\""),
+        at + time::Duration::minutes(5),
+    )
+    .await
+    .unwrap();
+    let status = reg
+        .get_relationship(&partner)
+        .await
+        .unwrap()
+        .unwrap()
+        .status;
+    assert_eq!(status.consecutive_failures, 0);
+    assert_eq!(status.last_error, None);
+    assert_eq!(reg.get_bundle(&partner).await.unwrap(), Some(fresh));
+
+    // A released lease cannot be used again, and unknown relationships are reported.
+    let err = reg
+        .record_refresh_success(&partner, "hub-a", None, None, at)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::LeaseNotHeld { .. }), "{err}");
+    let err = reg
+        .record_refresh_failure(&td("nowhere.example"), "hub-a", "x", at)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+}
+
+async fn change_feed_records_every_write_in_order(db: TestDb) {
+    let reg = &db.registry;
+    assert_eq!(reg.latest_revision().await.unwrap(), 0);
+    reg.put_bundle(ACTOR, &bundle("example.org", 1, "own"))
+        .await
+        .unwrap();
+    reg.create_relationship(ACTOR, &web_relationship("partner.example"), None)
+        .await
+        .unwrap();
+    let spec = entry(
+        "spiffe://example.org/web",
+        "spiffe://example.org/agent",
+        &["unix:uid:1"],
+    );
+    let created = reg.create_entry(ACTOR, &spec).await.unwrap();
+    let agent_id = id("spiffe://example.org/agent");
+    reg.upsert_agent(&AgentAttestation {
+        spiffe_id: agent_id.clone(),
+        attestation_type: "join_token".into(),
+        serial: "01".into(),
+        svid_expires_at: now(),
+        selectors: vec![],
+    })
+    .await
+    .unwrap();
+    // A refused write leaves no change behind.
+    reg.create_entry(ACTOR, &spec).await.unwrap_err();
+    // A heartbeat is not a change.
+    reg.touch_agent(&agent_id, now()).await.unwrap();
+
+    assert_eq!(reg.latest_revision().await.unwrap(), 4);
+    let changes = reg.changes_since(0, 100).await.unwrap();
+    let summary: Vec<(u64, ChangeKind, &str)> = changes
+        .iter()
+        .map(|c| (c.revision, c.kind, c.key.as_str()))
+        .collect();
+    let entry_key = created.id.to_string();
+    assert_eq!(
+        summary,
+        [
+            (1, ChangeKind::Bundle, "example.org"),
+            (2, ChangeKind::Federation, "partner.example"),
+            (3, ChangeKind::Entry, entry_key.as_str()),
+            (4, ChangeKind::Agent, agent_id.as_str()),
+        ]
+    );
+    let page: Vec<u64> = reg
+        .changes_since(1, 2)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.revision)
+        .collect();
+    assert_eq!(page, [2, 3]);
+
+    // Concurrent writers from two handles still get gap-free, distinct revisions.
+    let other = db.reopen().await;
+    let mut tasks = Vec::new();
+    for i in 0..10 {
+        let reg = if i % 2 == 0 {
+            reg.clone()
+        } else {
+            other.clone()
+        };
+        tasks.push(tokio::spawn(async move {
+            reg.put_bundle(ACTOR, &bundle(&format!("b{i}.example"), 1, "x"))
+                .await
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let revisions: Vec<u64> = reg
+        .changes_since(4, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.revision)
+        .collect();
+    assert_eq!(revisions, (5..=14).collect::<Vec<_>>());
+
+    // Pruning removes rows but never resets the revision.
+    assert_eq!(
+        reg.prune_changes(now() + time::Duration::hours(1))
+            .await
+            .unwrap(),
+        14
+    );
+    assert!(reg.changes_since(0, 100).await.unwrap().is_empty());
+    assert_eq!(reg.latest_revision().await.unwrap(), 14);
+    reg.delete_entry(ACTOR, created.id).await.unwrap();
+    let after: Vec<u64> = reg
+        .changes_since(0, 100)
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.revision)
+        .collect();
+    assert_eq!(after, [15]);
+}
+
+async fn audit_log_records_admin_changes(db: TestDb) {
+    let reg = &db.registry;
+    let created = reg
+        .create_entry(
+            "alice",
+            &entry(
+                "spiffe://example.org/web",
+                "spiffe://example.org/agent",
+                &["unix:uid:1"],
+            ),
+        )
+        .await
+        .unwrap();
+    reg.create_relationship("bob", &web_relationship("partner.example"), None)
+        .await
+        .unwrap();
+    reg.upsert_agent(&AgentAttestation {
+        spiffe_id: id("spiffe://example.org/agent"),
+        attestation_type: "join_token".into(),
+        serial: "01".into(),
+        svid_expires_at: now(),
+        selectors: vec![],
+    })
+    .await
+    .unwrap();
+    reg.ban_agent("carol", &id("spiffe://example.org/agent"))
+        .await
+        .unwrap();
+
+    let events = reg.list_audit(10).await.unwrap();
+    let summary: Vec<(&str, &str, &str)> = events
+        .iter()
+        .map(|e| (e.actor.as_str(), e.action.as_str(), e.target.as_str()))
+        .collect();
+    let entry_key = created.id.to_string();
+    assert_eq!(
+        summary,
+        [
+            ("carol", "agent.ban", "spiffe://example.org/agent"),
+            ("bob", "federation.create", "partner.example"),
+            ("alice", "entry.create", entry_key.as_str()),
+        ],
+        "newest first; agent attestation is not an admin change"
+    );
+    assert_eq!(events[2].details["spiffe_id"], "spiffe://example.org/web");
+    assert_eq!(events[2].details["selectors"][0], "unix:uid:1");
+    assert!(events[0].id > events[1].id);
+    assert_eq!(reg.list_audit(1).await.unwrap().len(), 1);
+
+    // An admin change without an actor is refused as a whole.
+    let err = reg
+        .create_entry(
+            "",
+            &entry(
+                "spiffe://example.org/db",
+                "spiffe://example.org/agent",
+                &["unix:uid:2"],
+            ),
+        )
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::Invalid { field: "actor", .. }),
+        "{err}"
+    );
+    assert_eq!(
+        reg.list_entries(&EntryFilter::default())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(reg.list_audit(10).await.unwrap().len(), 3);
+}
+
+async fn invalid_stored_values_are_reported_as_corrupt(db: TestDb) {
+    let raw = db.raw().await;
+    sqlx::query(
+        "INSERT INTO bundles (trust_domain, document, sequence, updated_at) \
+         VALUES ('Upper.Example', '{}', NULL, 0)",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+    let err = db.registry.list_bundles().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::Corrupt {
+                kind: "bundle",
+                column: "trust_domain",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    sqlx::query(
+        "INSERT INTO agents (spiffe_id, attestation_type, selectors, banned, created_at, \
+         updated_at) VALUES ('spiffe://example.org/agent', 'join_token', '[\"nocolon\"]', 0, 0, 0)",
+    )
+    .execute(&raw)
+    .await
+    .unwrap();
+    let err = db
+        .registry
+        .get_agent(&id("spiffe://example.org/agent"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::Corrupt {
+                kind: "agent",
+                column: "selectors",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("spiffe://example.org/agent"),
+        "{err}"
+    );
+}
