@@ -1,0 +1,411 @@
+//! The hub's shared state: registry, CA, the own bundle as published, the hub's own SVID, and
+//! the change signal that wakes agent sync streams.
+
+use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::time::{Duration, SystemTime};
+
+use fedhub_bundle_endpoint::BundlePublisher;
+use fedhub_core::x509::X509Svid;
+use fedhub_core::{Bundle, PrivateKey, SpiffeId, TrustDomain};
+use fedhub_oidc_discovery::OidcPublisher;
+use fedhub_registry::{BundleRecord, Registry, RegistryError};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::sign::CertifiedKey;
+use tokio::sync::watch;
+
+use crate::ca::{CaError, CaManager, CaOptions, KeyStatus};
+use crate::config::{EndpointProfile, HUB_ID_PATH, HubConfig};
+use crate::https::SwappableCert;
+
+/// The actor recorded in the audit log for changes the hub makes by itself.
+pub const SYSTEM_ACTOR: &str = "fedhub-hub";
+
+/// How often the change feed is polled for writes made by other replicas.
+const CHANGE_POLL_INTERVAL: Duration = Duration::from_millis(250);
+/// How often the CA schedule and the hub SVID are checked.
+const CA_TICK_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Why the hub could not start or do its work.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum HubError {
+    /// The registry failed.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// The CA failed.
+    #[error(transparent)]
+    Ca(#[from] CaError),
+    /// A stored bundle could not be read.
+    #[error("stored bundle of {trust_domain} is unreadable: {reason}")]
+    StoredBundle {
+        /// Its trust domain.
+        trust_domain: TrustDomain,
+        /// Why.
+        reason: String,
+    },
+    /// The OIDC issuer is unusable.
+    #[error(transparent)]
+    Oidc(#[from] fedhub_oidc_discovery::OidcError),
+    /// TLS material could not be prepared.
+    #[error("TLS: {0}")]
+    Tls(String),
+}
+
+struct Inner {
+    config: HubConfig,
+    registry: Registry,
+    ca: RwLock<CaManager>,
+    own_bundle: watch::Sender<Arc<Bundle>>,
+    revision: watch::Sender<u64>,
+    bundle_endpoint: BundlePublisher,
+    oidc: Option<OidcPublisher>,
+    hub_svid: RwLock<Arc<X509Svid>>,
+    server_cert: Arc<SwappableCert>,
+}
+
+/// The hub of one trust domain. Cheap to clone; every clone shares the same state.
+#[derive(Clone)]
+pub struct Hub {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("trust_domain", &self.inner.config.trust_domain)
+            .finish_non_exhaustive()
+    }
+}
+
+fn certified_key(svid: &X509Svid) -> Result<CertifiedKey, HubError> {
+    let provider = rustls::crypto::aws_lc_rs::default_provider();
+    let key = provider
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(
+            svid.key().pkcs8_der().to_vec(),
+        )))
+        .map_err(|e| HubError::Tls(e.to_string()))?;
+    let chain = svid
+        .chain()
+        .iter()
+        .map(|der| CertificateDer::from(der.clone()))
+        .collect();
+    Ok(CertifiedKey::new(chain, key))
+}
+
+impl Hub {
+    /// Opens the registry (running migrations) and the CA, publishes the own bundle, and mints
+    /// the hub's own SVID. Nothing is bound yet.
+    ///
+    /// # Errors
+    /// [`HubError`] when storage, keys or the OIDC issuer are unusable.
+    pub async fn open(config: HubConfig) -> Result<Self, HubError> {
+        let registry = Registry::connect(&config.database_url).await?;
+        let now = SystemTime::now();
+        let ca = CaManager::open(
+            CaOptions {
+                trust_domain: config.trust_domain.clone(),
+                dir: config.data_dir.join("ca"),
+                ttl: config.ca.ttl,
+                x509_key_type: config.ca.key_type,
+                jwt_key_type: config.jwt_key_type,
+                upstream: config
+                    .ca
+                    .upstream
+                    .as_ref()
+                    .map(|f| (f.cert_file.clone(), f.key_file.clone())),
+                jwt_issuer: config.oidc.as_ref().map(|o| o.issuer.clone()),
+            },
+            now,
+        )?;
+        let oidc = config
+            .oidc
+            .as_ref()
+            .map(|o| OidcPublisher::new(&o.issuer, o.tls.is_none()))
+            .transpose()?;
+        let hub_svid = Arc::new(mint_hub_svid(&ca, &config)?);
+        let server_cert = SwappableCert::new(certified_key(&hub_svid)?);
+        let empty = Arc::new(Bundle::new(config.trust_domain.clone()));
+        let revision = registry.latest_revision().await?;
+        let hub = Self {
+            inner: Arc::new(Inner {
+                registry,
+                ca: RwLock::new(ca),
+                own_bundle: watch::channel(empty).0,
+                revision: watch::channel(revision).0,
+                bundle_endpoint: BundlePublisher::new(Vec::new()),
+                oidc,
+                hub_svid: RwLock::new(hub_svid),
+                server_cert,
+                config,
+            }),
+        };
+        hub.publish_own_bundle().await?;
+        Ok(hub)
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &HubConfig {
+        &self.inner.config
+    }
+
+    /// The trust domain.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.inner.config.trust_domain
+    }
+
+    /// The registry.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    /// The own bundle as currently published.
+    pub fn own_bundle(&self) -> Arc<Bundle> {
+        self.inner.own_bundle.borrow().clone()
+    }
+
+    /// Follows the own bundle.
+    pub fn subscribe_own_bundle(&self) -> watch::Receiver<Arc<Bundle>> {
+        self.inner.own_bundle.subscribe()
+    }
+
+    /// Follows the registry's change feed revision (writes by this or any other replica).
+    pub fn subscribe_changes(&self) -> watch::Receiver<u64> {
+        self.inner.revision.subscribe()
+    }
+
+    /// The bundle endpoint's document publisher.
+    pub fn bundle_endpoint(&self) -> &BundlePublisher {
+        &self.inner.bundle_endpoint
+    }
+
+    /// The OIDC discovery publisher, when OIDC is enabled.
+    pub fn oidc(&self) -> Option<&OidcPublisher> {
+        self.inner.oidc.as_ref()
+    }
+
+    /// The certificate resolver of the hub's TLS endpoints (its own SVID, rotated).
+    pub fn server_cert(&self) -> Arc<SwappableCert> {
+        Arc::clone(&self.inner.server_cert)
+    }
+
+    /// The hub's own X509-SVID.
+    pub fn hub_svid(&self) -> Arc<X509Svid> {
+        Arc::clone(&read(&self.inner.hub_svid))
+    }
+
+    /// Read access to the CA.
+    pub fn ca(&self) -> RwLockReadGuard<'_, CaManager> {
+        read(&self.inner.ca)
+    }
+
+    fn ca_mut(&self) -> RwLockWriteGuard<'_, CaManager> {
+        self.inner
+            .ca
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Wakes sync streams after a local write, without waiting for the next poll.
+    ///
+    /// # Errors
+    /// [`HubError::Registry`] when the revision cannot be read.
+    pub async fn notify_changed(&self) -> Result<(), HubError> {
+        let latest = self.inner.registry.latest_revision().await?;
+        self.inner.revision.send_if_modified(|current| {
+            let changed = *current != latest;
+            *current = latest;
+            changed
+        });
+        Ok(())
+    }
+
+    /// Builds the own bundle from the CA's keys, stores it with the next sequence number when
+    /// its content changed, and publishes it (bundle endpoint, OIDC, subscribers). Returns
+    /// whether it changed.
+    ///
+    /// # Errors
+    /// [`HubError`] when the stored bundle is unreadable or the write fails.
+    pub async fn publish_own_bundle(&self) -> Result<bool, HubError> {
+        let td = self.trust_domain().clone();
+        let mut bundle = Bundle::new(td.clone());
+        {
+            let ca = self.ca();
+            for authority in ca.x509_authorities() {
+                bundle.add_x509_authority(authority);
+            }
+            for authority in ca.jwt_authorities() {
+                bundle.add_jwt_authority(authority);
+            }
+        }
+        bundle.set_refresh_hint(
+            self.inner
+                .config
+                .bundle_endpoint
+                .as_ref()
+                .map(|b| b.refresh_hint)
+                .or(Some(Duration::from_secs(300))),
+        );
+        let stored = match self.inner.registry.get_bundle(&td).await? {
+            Some(record) => Some(
+                Bundle::from_json(td.clone(), record.document.as_bytes()).map_err(|e| {
+                    HubError::StoredBundle {
+                        trust_domain: td.clone(),
+                        reason: e.to_string(),
+                    }
+                })?,
+            ),
+            None => None,
+        };
+        let changed = match &stored {
+            Some(old)
+                if old.same_authorities(&bundle) && old.refresh_hint() == bundle.refresh_hint() =>
+            {
+                bundle.set_sequence(old.sequence());
+                false
+            }
+            Some(old) => {
+                bundle.set_sequence(Some(old.sequence().unwrap_or(0) + 1));
+                true
+            }
+            None => {
+                bundle.set_sequence(Some(1));
+                true
+            }
+        };
+        let document = bundle.to_json();
+        if changed {
+            let record = BundleRecord::new(td, document.clone(), bundle.sequence());
+            self.inner
+                .registry
+                .put_bundle(SYSTEM_ACTOR, &record)
+                .await?;
+            tracing::info!(
+                sequence = bundle.sequence(),
+                x509_authorities = bundle.x509_authorities().len(),
+                jwt_authorities = bundle.jwt_authorities().len(),
+                "own bundle updated"
+            );
+        }
+        self.inner.bundle_endpoint.publish(document);
+        if let Some(oidc) = &self.inner.oidc {
+            oidc.publish_keys(&bundle);
+        }
+        self.inner.own_bundle.send_replace(Arc::new(bundle));
+        if changed {
+            self.notify_changed().await?;
+        }
+        Ok(changed)
+    }
+
+    /// Forces a rotation: publishes new keys now; with `activate`, they also sign from now on.
+    /// Returns the keys' states afterwards.
+    ///
+    /// # Errors
+    /// [`HubError`] when keys cannot be created or the bundle not stored.
+    pub async fn rotate(&self, activate: bool) -> Result<Vec<KeyStatus>, HubError> {
+        {
+            let mut ca = self.ca_mut();
+            ca.prepare_next(SystemTime::now())?;
+            if activate {
+                ca.activate_prepared()?;
+            }
+        }
+        self.publish_own_bundle().await?;
+        if activate {
+            self.renew_hub_svid()?;
+        }
+        Ok(self.ca().status())
+    }
+
+    fn renew_hub_svid(&self) -> Result<(), HubError> {
+        let svid = Arc::new(mint_hub_svid(&self.ca(), &self.inner.config)?);
+        self.inner.server_cert.set(certified_key(&svid)?);
+        *self
+            .inner
+            .hub_svid
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = svid;
+        Ok(())
+    }
+
+    /// One round of housekeeping: applies the CA rotation schedule (publishing the bundle when
+    /// it changed) and renews the hub SVID at half its lifetime or when its CA retired.
+    ///
+    /// # Errors
+    /// [`HubError`] when keys or storage fail; the previous state stays in force.
+    pub async fn tick(&self, now: SystemTime) -> Result<(), HubError> {
+        let changed = self.ca_mut().tick(now)?;
+        if changed {
+            self.publish_own_bundle().await?;
+        }
+        let svid = self.hub_svid();
+        let lifetime = self.inner.config.x509_svid_ttl;
+        let renew_at = svid.not_after() - lifetime / 2;
+        let active_ca = self.ca().active_x509();
+        let signed_by_active = svid
+            .chain()
+            .get(1)
+            .map_or(active_ca.chain().len() == 1, |issuer| {
+                issuer.as_slice() == active_ca.certificate()
+            });
+        if now >= renew_at || changed || !signed_by_active {
+            self.renew_hub_svid()?;
+        }
+        Ok(())
+    }
+
+    /// Runs the hub's background loops until `shutdown` resolves: the CA schedule and the
+    /// change feed poll (so writes of other replicas reach this replica's agents).
+    pub async fn run_background(&self, shutdown: impl std::future::Future<Output = ()>) {
+        let mut ca_tick = tokio::time::interval(CA_TICK_INTERVAL);
+        let mut poll = tokio::time::interval(CHANGE_POLL_INTERVAL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                _ = ca_tick.tick() => {
+                    if let Err(error) = self.tick(SystemTime::now()).await {
+                        tracing::error!(%error, "CA housekeeping failed; retrying");
+                    }
+                }
+                _ = poll.tick() => {
+                    if let Err(error) = self.notify_changed().await {
+                        tracing::warn!(%error, "change feed poll failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// The SPIFFE ID the hub presents on its TLS endpoints.
+    pub fn hub_id(&self) -> SpiffeId {
+        hub_id(&self.inner.config)
+    }
+}
+
+fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    lock.read()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn hub_id(config: &HubConfig) -> SpiffeId {
+    match config.bundle_endpoint.as_ref().map(|b| &b.profile) {
+        Some(EndpointProfile::HttpsSpiffe { spiffe_id }) => spiffe_id.clone(),
+        _ => config
+            .trust_domain
+            .spiffe_id(HUB_ID_PATH)
+            .unwrap_or_else(|_| config.trust_domain.id()),
+    }
+}
+
+fn mint_hub_svid(ca: &CaManager, config: &HubConfig) -> Result<X509Svid, HubError> {
+    let key = PrivateKey::generate(fedhub_core::KeyType::EcP256).map_err(CaError::from)?;
+    let spki = key.public_key_der().map_err(CaError::from)?;
+    let chain = ca.mint_x509_svid(&hub_id(config), &spki, config.x509_svid_ttl, &[])?;
+    X509Svid::new_checked(chain, key).map_err(|e| HubError::Ca(CaError::X509(e)))
+}
+
+#[cfg(test)]
+mod tests;
