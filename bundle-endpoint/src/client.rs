@@ -1,0 +1,684 @@
+//! Fetching side of the bundle endpoint: downloads and authenticates a foreign trust domain's
+//! bundle over one of the two SPIFFE profiles.
+//!
+//! One [`BundleFetcher`] is built per federation relationship from its three parameters (URL,
+//! profile, foreign trust domain; FED-3) and never guesses any of them: the trust domain is not
+//! derived from the host, and a failed handshake under one profile is never retried under the
+//! other (FED-4).
+//!
+//! - `https_web` ([`EndpointAuth::HttpsWeb`]) checks the server certificate the way browsers do:
+//!   it must chain to a trusted CA and name the URL host (FED-17). Trusted CAs are the operating
+//!   system's store, loaded with `rustls-native-certs`, plus the relationship's extra roots. The
+//!   system store is used rather than a compiled-in Mozilla list (`webpki-roots`) so that
+//!   operators keep one place to manage trust (corporate CAs, distribution updates and
+//!   removals) and a long-running hub does not trust a root list frozen at build time.
+//! - `https_spiffe` ([`EndpointAuth::HttpsSpiffe`]) accepts the server only by its X509-SVID,
+//!   verified against the current bundle of the endpoint ID's trust domain and required to be
+//!   exactly the configured endpoint SPIFFE ID; the host name is not checked (FED-23, FED-24).
+//!
+//! Every fetch opens a fresh connection, so each one is verified with the bundle the
+//! [`BundleSource`] holds at that moment (FED-20, FED-21). Redirects are followed only to the
+//! same host and port over https, up to [`FetchOptions::max_redirects`], with the same checks,
+//! and are never remembered (FED-25, FED-26). Only `200` carries a bundle (AMB-10); the body
+//! is read in chunks and the fetch stops as soon as it passes [`FetchOptions::max_body_bytes`].
+//! Nothing global is installed: the rustls configuration names the aws-lc-rs provider.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedhub_core::bundle::IgnoredEntry;
+use fedhub_core::tls::{Authorizer, TlsError};
+use fedhub_core::x509::spiffe_id_of;
+use fedhub_core::{Bundle, BundleError, BundleSource, SpiffeId, TrustDomain};
+use reqwest::header::{ETAG, HeaderValue, IF_NONE_MATCH, LOCATION};
+use reqwest::{StatusCode, Url};
+use rustls::pki_types::CertificateDer;
+use rustls::{CertificateError, ClientConfig, RootCertStore};
+
+/// How the client authenticates a bundle endpoint: the relationship's profile.
+#[derive(Clone)]
+pub enum EndpointAuth {
+    /// `https_web`: Web PKI certificate, verified against the system roots and `extra_roots`,
+    /// with host name verification.
+    HttpsWeb {
+        /// DER CA certificates trusted in addition to the system store (e.g. a private CA).
+        extra_roots: Vec<Vec<u8>>,
+    },
+    /// `https_spiffe`: the server presents an X509-SVID for exactly `endpoint_id`.
+    HttpsSpiffe {
+        /// The endpoint SPIFFE ID (FED-18).
+        endpoint_id: SpiffeId,
+        /// Holds the latest bundle of `endpoint_id`'s trust domain: the bootstrap bundle first,
+        /// then each accepted fetched one for a self-serving endpoint (FED-20), or the bundle
+        /// kept for that trust domain otherwise (FED-21). Asked on every handshake.
+        bundles: Arc<dyn BundleSource>,
+    },
+}
+
+impl EndpointAuth {
+    /// The profile name as written in configuration: `https_web` or `https_spiffe`.
+    pub fn profile(&self) -> &'static str {
+        match self {
+            Self::HttpsWeb { .. } => "https_web",
+            Self::HttpsSpiffe { .. } => "https_spiffe",
+        }
+    }
+}
+
+impl fmt::Debug for EndpointAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::HttpsWeb { extra_roots } => f
+                .debug_struct("HttpsWeb")
+                .field("extra_roots", &extra_roots.len())
+                .finish(),
+            Self::HttpsSpiffe { endpoint_id, .. } => f
+                .debug_struct("HttpsSpiffe")
+                .field("endpoint_id", endpoint_id)
+                .finish_non_exhaustive(),
+        }
+    }
+}
+
+/// Limits of one fetch.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FetchOptions {
+    /// Time allowed to open the TCP connection (default 5 s).
+    pub connect_timeout: Duration,
+    /// Time allowed for the whole fetch: connection, handshake, redirects and body (default
+    /// 30 s).
+    pub total_timeout: Duration,
+    /// Largest body read; the fetch fails as soon as the endpoint sends more (default 1 MiB).
+    pub max_body_bytes: usize,
+    /// Redirects followed per fetch; 0 turns redirects off (default 3).
+    pub max_redirects: u8,
+}
+
+impl Default for FetchOptions {
+    fn default() -> Self {
+        Self {
+            connect_timeout: Duration::from_secs(5),
+            total_timeout: Duration::from_secs(30),
+            max_body_bytes: fedhub_core::MAX_BUNDLE_BYTES,
+            max_redirects: 3,
+        }
+    }
+}
+
+/// What a successful fetch brought.
+#[derive(Debug, Clone)]
+pub enum FetchOutcome {
+    /// The endpoint answered `304 Not Modified` to our `If-None-Match`.
+    NotModified,
+    /// The endpoint served a bundle document that parsed. It is not yet accepted: see
+    /// [`check_fetched`](crate::acceptance::check_fetched).
+    Fetched {
+        /// The bundle, labelled with the relationship's trust domain.
+        bundle: Bundle,
+        /// The response's `ETag`, to send back as `If-None-Match` next time.
+        etag: Option<String>,
+        /// Entries of `keys` that were skipped.
+        ignored: Vec<IgnoredEntry>,
+        /// The SPIFFE ID the server authenticated as (`https_spiffe` only).
+        peer: Option<SpiffeId>,
+    },
+}
+
+/// Why a TLS handshake with a bundle endpoint failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The server's certificate does not chain to an authority the client trusts.
+    UnknownIssuer {
+        /// Which authorities were trusted.
+        trusted: String,
+    },
+    /// `https_spiffe`: the server's X509-SVID is valid but names another SPIFFE ID.
+    WrongSpiffeId {
+        /// The SPIFFE ID in the server's SVID.
+        presented: SpiffeId,
+        /// The configured endpoint SPIFFE ID.
+        expected: SpiffeId,
+    },
+    /// `https_web`: the server's certificate does not name the URL host.
+    WrongHost {
+        /// The URL host.
+        host: String,
+        /// The names the certificate carries, as rustls reports them.
+        presented: Vec<String>,
+    },
+    /// Any other handshake failure (expired certificate, invalid SVID, protocol error, alert).
+    Other(String),
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::UnknownIssuer { trusted } => {
+                write!(f, "server certificate is not signed by {trusted}")
+            }
+            Self::WrongSpiffeId {
+                presented,
+                expected,
+            } => write!(f, "server presented {presented}, expected {expected}"),
+            Self::WrongHost { host, presented } => {
+                write!(f, "server certificate is not valid for host {host}")?;
+                if !presented.is_empty() {
+                    write!(f, " (it names {})", presented.join(", "))?;
+                }
+                Ok(())
+            }
+            Self::Other(reason) => f.write_str(reason),
+        }
+    }
+}
+
+/// Why a fetch failed. The last good bundle stays in force whatever the cause (FED-29).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    /// The configured URL is not a valid bundle endpoint URL (FED-14).
+    #[error("invalid bundle endpoint URL: {0}")]
+    InvalidUrl(String),
+    /// The HTTPS client could not be set up (e.g. no trusted roots at all).
+    #[error("cannot set up the bundle endpoint client: {0}")]
+    Config(String),
+    /// The endpoint could not be reached, or the connection broke.
+    #[error("cannot reach the bundle endpoint: {0}; check the URL and that the endpoint is up")]
+    Connect(String),
+    /// The endpoint did not complete in time (connect timeout or total timeout).
+    #[error("bundle endpoint gave no complete answer within {0:?}")]
+    Timeout(Duration),
+    /// The TLS handshake failed: the endpoint is not who the relationship says it is.
+    #[error("bundle endpoint failed TLS authentication: {0}")]
+    Tls(TlsFailure),
+    /// The endpoint answered with a status other than `200` (or `304` to a conditional
+    /// request).
+    #[error("bundle endpoint answered HTTP {0}; only 200 carries a bundle")]
+    Status(u16),
+    /// The body is larger than [`FetchOptions::max_body_bytes`].
+    #[error(
+        "bundle endpoint sent more than {limit} bytes; reading stopped (raise max_body_bytes if the bundle is really that large)"
+    )]
+    TooLarge {
+        /// The limit in bytes.
+        limit: usize,
+    },
+    /// A redirect was refused.
+    #[error("bundle endpoint redirect refused: {0}")]
+    Redirect(String),
+    /// The body is not a valid SPIFFE bundle document.
+    #[error("bundle endpoint served an invalid bundle document: {0}")]
+    Parse(#[from] BundleError),
+}
+
+/// Fetches the bundle of one federation relationship.
+#[derive(Debug, Clone)]
+pub struct BundleFetcher {
+    url: Url,
+    trust_domain: TrustDomain,
+    auth: EndpointAuth,
+    options: FetchOptions,
+    client: reqwest::Client,
+}
+
+impl BundleFetcher {
+    /// A fetcher for the bundle of `trust_domain` served at `url` under the profile of `auth`.
+    ///
+    /// # Errors
+    /// [`FetchError::InvalidUrl`] when `url` is not `https` with a host and without userinfo
+    /// (nothing is connected to); [`FetchError::Config`] when an extra root is not a usable
+    /// certificate or no root is trusted at all.
+    pub fn new(
+        url: &str,
+        trust_domain: TrustDomain,
+        auth: EndpointAuth,
+        options: FetchOptions,
+    ) -> Result<Self, FetchError> {
+        let url = Url::parse(url).map_err(|e| FetchError::InvalidUrl(format!("not a URL: {e}")))?;
+        check_https_url(&url).map_err(FetchError::InvalidUrl)?;
+        let mut tls = match &auth {
+            EndpointAuth::HttpsWeb { extra_roots } => web_tls_config(extra_roots)?,
+            EndpointAuth::HttpsSpiffe {
+                endpoint_id,
+                bundles,
+            } => fedhub_core::tls::client_config(
+                None,
+                Arc::clone(bundles),
+                Authorizer::Exact(endpoint_id.clone()),
+            )
+            .map_err(|e| FetchError::Config(e.to_string()))?,
+        };
+        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .tls_info(true)
+            .https_only(true)
+            .connect_timeout(options.connect_timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            // A fresh connection per fetch: each handshake sees the latest bundle.
+            .pool_max_idle_per_host(0)
+            .no_proxy()
+            .user_agent(concat!("fedhub/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| FetchError::Config(error_chain(&e)))?;
+        Ok(Self {
+            url,
+            trust_domain,
+            auth,
+            options,
+            client,
+        })
+    }
+
+    /// The configured endpoint URL.
+    pub fn url(&self) -> &Url {
+        &self.url
+    }
+
+    /// The foreign trust domain whose bundle is fetched.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// How the endpoint is authenticated.
+    pub fn auth(&self) -> &EndpointAuth {
+        &self.auth
+    }
+
+    /// The limits.
+    pub fn options(&self) -> &FetchOptions {
+        &self.options
+    }
+
+    /// Fetches the bundle from the configured URL (never from an earlier redirect target),
+    /// sending `If-None-Match: etag` when an entity tag from the last fetch is given. Each
+    /// fetch is logged at debug level with URL, profile, peer identity and outcome (FED-34).
+    ///
+    /// # Errors
+    /// [`FetchError`] naming why no bundle was obtained.
+    pub async fn fetch(&self, etag: Option<&str>) -> Result<FetchOutcome, FetchError> {
+        let result = tokio::time::timeout(self.options.total_timeout, self.fetch_inner(etag))
+            .await
+            .unwrap_or(Err(FetchError::Timeout(self.options.total_timeout)));
+        self.log(&result);
+        result
+    }
+
+    async fn fetch_inner(&self, etag: Option<&str>) -> Result<FetchOutcome, FetchError> {
+        let if_none_match = etag.and_then(|tag| HeaderValue::from_str(tag).ok());
+        let mut url = self.url.clone();
+        let mut redirects = 0;
+        loop {
+            let mut request = self.client.get(url.clone());
+            if let Some(tag) = &if_none_match {
+                request = request.header(IF_NONE_MATCH, tag.clone());
+            }
+            let response = request.send().await.map_err(|e| self.transport_error(&e))?;
+            match response.status() {
+                StatusCode::OK => return self.read_bundle(response).await,
+                StatusCode::NOT_MODIFIED if if_none_match.is_some() => {
+                    return Ok(FetchOutcome::NotModified);
+                }
+                StatusCode::MOVED_PERMANENTLY
+                | StatusCode::FOUND
+                | StatusCode::SEE_OTHER
+                | StatusCode::TEMPORARY_REDIRECT
+                | StatusCode::PERMANENT_REDIRECT => {
+                    if redirects == self.options.max_redirects {
+                        return Err(FetchError::Redirect(format!(
+                            "more than {} redirects (max_redirects)",
+                            self.options.max_redirects
+                        )));
+                    }
+                    redirects += 1;
+                    url = self.redirect_target(&url, &response)?;
+                    tracing::debug!(
+                        url = %self.url,
+                        redirect.to = %url,
+                        status = response.status().as_u16(),
+                        "following bundle endpoint redirect"
+                    );
+                }
+                status => return Err(FetchError::Status(status.as_u16())),
+            }
+        }
+    }
+
+    /// Reads the body in chunks, stopping past the limit, and parses it.
+    async fn read_bundle(
+        &self,
+        mut response: reqwest::Response,
+    ) -> Result<FetchOutcome, FetchError> {
+        let limit = self.options.max_body_bytes;
+        let too_large = FetchError::TooLarge { limit };
+        let announced = response.content_length().unwrap_or(0);
+        if announced > limit as u64 {
+            return Err(too_large);
+        }
+        let etag = response
+            .headers()
+            .get(ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let peer = match self.auth {
+            EndpointAuth::HttpsSpiffe { .. } => response
+                .extensions()
+                .get::<reqwest::tls::TlsInfo>()
+                .and_then(reqwest::tls::TlsInfo::peer_certificate)
+                .and_then(|leaf| spiffe_id_of(leaf).ok()),
+            EndpointAuth::HttpsWeb { .. } => None,
+        };
+        let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|e| self.transport_error(&e))?
+        {
+            if body.len() + chunk.len() > limit {
+                return Err(too_large);
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let parsed = Bundle::parse_json(self.trust_domain.clone(), &body, limit)?;
+        Ok(FetchOutcome::Fetched {
+            bundle: parsed.bundle,
+            etag,
+            ignored: parsed.ignored,
+            peer,
+        })
+    }
+
+    /// The target of a redirect, if it may be followed: https, no userinfo, and the same host
+    /// and port as the configured URL.
+    fn redirect_target(&self, from: &Url, response: &reqwest::Response) -> Result<Url, FetchError> {
+        let status = response.status().as_u16();
+        let location = response
+            .headers()
+            .get(LOCATION)
+            .ok_or_else(|| FetchError::Redirect(format!("HTTP {status} without a Location")))?
+            .to_str()
+            .map_err(|_| FetchError::Redirect("Location is not visible ASCII".to_owned()))?;
+        let target = from
+            .join(location)
+            .map_err(|e| FetchError::Redirect(format!("Location is not a URL: {e}")))?;
+        check_https_url(&target)
+            .map_err(|reason| FetchError::Redirect(format!("target {reason}")))?;
+        if target.host_str() != self.url.host_str()
+            || target.port_or_known_default() != self.url.port_or_known_default()
+        {
+            return Err(FetchError::Redirect(format!(
+                "target {}:{} is not the configured host {}:{}; only redirects to the same host and port are followed",
+                target.host_str().unwrap_or_default(),
+                target.port_or_known_default().unwrap_or_default(),
+                self.url.host_str().unwrap_or_default(),
+                self.url.port_or_known_default().unwrap_or_default(),
+            )));
+        }
+        Ok(target)
+    }
+
+    /// Classifies a transport error: TLS failure, timeout, or connection failure.
+    fn transport_error(&self, error: &reqwest::Error) -> FetchError {
+        if let Some(tls) = find_cause::<rustls::Error>(error) {
+            return FetchError::Tls(self.tls_failure(tls));
+        }
+        if error.is_timeout() {
+            return FetchError::Timeout(self.options.connect_timeout);
+        }
+        FetchError::Connect(error_chain(error))
+    }
+
+    fn tls_failure(&self, error: &rustls::Error) -> TlsFailure {
+        let rustls::Error::InvalidCertificate(cert_error) = error else {
+            return TlsFailure::Other(error.to_string());
+        };
+        match (cert_error, &self.auth) {
+            (CertificateError::UnknownIssuer, EndpointAuth::HttpsSpiffe { endpoint_id, .. }) => {
+                TlsFailure::UnknownIssuer {
+                    trusted: format!(
+                        "an X.509 authority of the current bundle of trust domain {}",
+                        endpoint_id.trust_domain()
+                    ),
+                }
+            }
+            (CertificateError::UnknownIssuer, EndpointAuth::HttpsWeb { .. }) => {
+                TlsFailure::UnknownIssuer {
+                    trusted: "a CA of the system store or the relationship's extra roots"
+                        .to_owned(),
+                }
+            }
+            (CertificateError::NotValidForName, _) => TlsFailure::WrongHost {
+                host: self.url.host_str().unwrap_or_default().to_owned(),
+                presented: Vec::new(),
+            },
+            (CertificateError::NotValidForNameContext { presented, .. }, _) => {
+                TlsFailure::WrongHost {
+                    host: self.url.host_str().unwrap_or_default().to_owned(),
+                    presented: presented.clone(),
+                }
+            }
+            (CertificateError::Other(other), EndpointAuth::HttpsSpiffe { endpoint_id, .. }) => {
+                match other.0.downcast_ref::<TlsError>() {
+                    Some(TlsError::Unauthorized { peer, .. }) => TlsFailure::WrongSpiffeId {
+                        presented: peer.clone(),
+                        expected: endpoint_id.clone(),
+                    },
+                    Some(e) => TlsFailure::Other(e.to_string()),
+                    None => TlsFailure::Other(other.to_string()),
+                }
+            }
+            _ => TlsFailure::Other(error.to_string()),
+        }
+    }
+
+    fn log(&self, result: &Result<FetchOutcome, FetchError>) {
+        let expected_peer = match &self.auth {
+            EndpointAuth::HttpsSpiffe { endpoint_id, .. } => endpoint_id.to_string(),
+            EndpointAuth::HttpsWeb { .. } => self.url.host_str().unwrap_or_default().to_owned(),
+        };
+        match result {
+            Ok(FetchOutcome::Fetched {
+                bundle,
+                peer,
+                ignored,
+                ..
+            }) => tracing::debug!(
+                url = %self.url,
+                profile = self.auth.profile(),
+                peer = peer.as_ref().map_or(expected_peer, ToString::to_string),
+                trust_domain = %self.trust_domain,
+                sequence = bundle.sequence(),
+                ignored_keys = ignored.len(),
+                outcome = "fetched",
+                "bundle endpoint fetch"
+            ),
+            Ok(FetchOutcome::NotModified) => tracing::debug!(
+                url = %self.url,
+                profile = self.auth.profile(),
+                peer = expected_peer,
+                trust_domain = %self.trust_domain,
+                outcome = "not modified",
+                "bundle endpoint fetch"
+            ),
+            Err(error) => tracing::debug!(
+                url = %self.url,
+                profile = self.auth.profile(),
+                peer = expected_peer,
+                trust_domain = %self.trust_domain,
+                outcome = "failed",
+                %error,
+                "bundle endpoint fetch"
+            ),
+        }
+    }
+}
+
+/// FED-14: `https` (hence a host), no userinfo. The reason never repeats the URL (it may hold a
+/// password).
+fn check_https_url(url: &Url) -> Result<(), String> {
+    if url.scheme() != "https" {
+        return Err(format!(
+            "scheme is {:?}; a bundle endpoint URL must use https",
+            url.scheme()
+        ));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(
+            "URL carries userinfo (user:password@); remove it, a bundle endpoint needs no credentials"
+                .to_owned(),
+        );
+    }
+    // The URL parser already refuses an https URL without a host.
+    Ok(())
+}
+
+fn web_tls_config(extra_roots: &[Vec<u8>]) -> Result<ClientConfig, FetchError> {
+    let mut roots = RootCertStore::empty();
+    let native = rustls_native_certs::load_native_certs();
+    for error in &native.errors {
+        tracing::warn!(%error, "could not load some system CA certificates");
+    }
+    let (_, unusable) = roots.add_parsable_certificates(native.certs);
+    if unusable > 0 {
+        tracing::debug!(unusable, "skipped unusable system CA certificates");
+    }
+    for (index, der) in extra_roots.iter().enumerate() {
+        roots.add(CertificateDer::from(der.clone())).map_err(|e| {
+            FetchError::Config(format!(
+                "extra root {index} is not a usable CA certificate: {e}"
+            ))
+        })?;
+    }
+    if roots.is_empty() {
+        return Err(FetchError::Config(
+            "no trusted CA certificates: the system store is empty (install ca-certificates) and no extra roots are configured"
+                .to_owned(),
+        ));
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| FetchError::Config(e.to_string()))?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
+}
+
+/// The first error of type `T` in `error`'s cause chain, looking inside `io::Error`s (whose
+/// `source` skips the error they wrap).
+fn find_cause<'a, T: StdError + 'static>(error: &'a (dyn StdError + 'static)) -> Option<&'a T> {
+    let mut next = Some(error);
+    while let Some(current) = next {
+        if let Some(found) = current.downcast_ref::<T>() {
+            return Some(found);
+        }
+        next = match current.downcast_ref::<std::io::Error>() {
+            Some(io) => io.get_ref().map(|inner| inner as &(dyn StdError + 'static)),
+            None => current.source(),
+        };
+    }
+    None
+}
+
+/// `error` and its causes, joined with `": "`, each message once.
+fn error_chain(error: &(dyn StdError + 'static)) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    let mut next = Some(error);
+    while let Some(current) = next {
+        let text = current.to_string();
+        if !parts.iter().any(|p| p.contains(&text)) {
+            parts.push(text);
+        }
+        next = current.source();
+    }
+    parts.join(": ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn td() -> TrustDomain {
+        TrustDomain::new("b.test").unwrap()
+    }
+
+    fn web() -> EndpointAuth {
+        EndpointAuth::HttpsWeb {
+            extra_roots: Vec::new(),
+        }
+    }
+
+    fn invalid_url(url: &str) -> String {
+        match BundleFetcher::new(url, td(), web(), FetchOptions::default()) {
+            Err(FetchError::InvalidUrl(reason)) => reason,
+            other => panic!("{url}: expected InvalidUrl, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn url_must_be_https_with_host_and_without_userinfo() {
+        assert!(invalid_url("http://example.org/bundle").contains("must use https"));
+        assert!(invalid_url("ftp://example.org/").contains("must use https"));
+        let userinfo = invalid_url("https://admin:s3cret@example.org/");
+        assert!(userinfo.contains("userinfo"), "{userinfo}");
+        assert!(!userinfo.contains("s3cret"), "password leaked: {userinfo}");
+        assert!(invalid_url("https://user@example.org/").contains("userinfo"));
+        assert!(invalid_url("not a url").contains("not a URL"));
+        assert!(invalid_url("https://").contains("not a URL"));
+    }
+
+    #[test]
+    fn other_url_parts_are_free() {
+        for url in [
+            "https://example.org",
+            "https://example.org:8443/a/b?x=1",
+            "https://127.0.0.1/",
+            "https://[::1]:9/bundle",
+        ] {
+            BundleFetcher::new(url, td(), web(), FetchOptions::default()).unwrap();
+        }
+    }
+
+    #[test]
+    fn unusable_extra_root_is_a_config_error() {
+        let auth = EndpointAuth::HttpsWeb {
+            extra_roots: vec![b"not a certificate".to_vec()],
+        };
+        let error = BundleFetcher::new("https://example.org/", td(), auth, FetchOptions::default())
+            .unwrap_err();
+        assert!(
+            matches!(&error, FetchError::Config(m) if m.contains("extra root 0")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn find_cause_looks_inside_io_errors() {
+        let io = std::io::Error::other(rustls::Error::NoCertificatesPresented);
+        let found = find_cause::<rustls::Error>(&io).unwrap();
+        assert_eq!(found, &rustls::Error::NoCertificatesPresented);
+        assert!(find_cause::<BundleError>(&io).is_none());
+    }
+
+    #[test]
+    fn tls_failures_read_well() {
+        let wrong = TlsFailure::WrongSpiffeId {
+            presented: SpiffeId::parse("spiffe://x/y").unwrap(),
+            expected: SpiffeId::parse("spiffe://x/z").unwrap(),
+        };
+        assert_eq!(
+            wrong.to_string(),
+            "server presented spiffe://x/y, expected spiffe://x/z"
+        );
+        let host = TlsFailure::WrongHost {
+            host: "localhost".to_owned(),
+            presented: vec!["DnsName(\"other.test\")".to_owned()],
+        };
+        assert_eq!(
+            host.to_string(),
+            "server certificate is not valid for host localhost (it names DnsName(\"other.test\"))"
+        );
+    }
+}
