@@ -86,7 +86,7 @@ impl WorkloadApi {
         render: Render<T>,
     ) -> Result<Response<MessageStream<T>>, Status>
     where
-        T: PartialEq + Clone + Send + Sync + 'static,
+        T: PartialEq + Clone + Send + 'static,
     {
         let selectors = self.attest(&request).await?;
         let permit = Arc::clone(&self.streams)
