@@ -1,0 +1,119 @@
+//! The one mapping from the agent's errors to gRPC status codes (checklist §4.4).
+
+use fedhub_core::{IdError, JwtError, SpiffeId};
+use tonic::{Code, Status};
+
+use crate::attest::AttestError;
+use crate::jwt::IssueError;
+
+/// Everything a Workload API call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ApiError {
+    #[error("security header missing from request")]
+    MissingSecurityHeader,
+    #[error("workload attestation failed")]
+    Attestation(#[source] AttestError),
+    #[error("the agent has not synced with its hub yet; retry shortly")]
+    NotSynced,
+    #[error("no identity issued")]
+    NoIdentity,
+    #[error("no identity issued for {0}")]
+    NotEntitled(SpiffeId),
+    #[error("audience must be specified")]
+    MissingAudience,
+    #[error("audience must not contain an empty value")]
+    EmptyAudienceValue,
+    #[error("svid must be specified")]
+    MissingSvid,
+    #[error("invalid requested SPIFFE ID: {0}")]
+    InvalidSpiffeId(#[source] IdError),
+    #[error("{0}")]
+    InvalidToken(#[source] JwtError),
+    #[error(transparent)]
+    Issue(IssueError),
+    #[error("too many open Workload API streams; retry shortly")]
+    TooManyStreams,
+    #[error("the agent is shutting down; reconnect shortly")]
+    ShuttingDown,
+    #[error("the WIT-SVID profile is not implemented by this agent")]
+    WitUnimplemented,
+}
+
+impl ApiError {
+    fn code(&self) -> Code {
+        match self {
+            Self::MissingSecurityHeader
+            | Self::MissingAudience
+            | Self::EmptyAudienceValue
+            | Self::MissingSvid
+            | Self::InvalidSpiffeId(_)
+            | Self::InvalidToken(_) => Code::InvalidArgument,
+            Self::NoIdentity | Self::NotEntitled(_) | Self::Issue(IssueError::Denied(_)) => {
+                Code::PermissionDenied
+            }
+            Self::Attestation(_)
+            | Self::NotSynced
+            | Self::Issue(_)
+            | Self::TooManyStreams
+            | Self::ShuttingDown => Code::Unavailable,
+            Self::WitUnimplemented => Code::Unimplemented,
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        match &error {
+            ApiError::Attestation(cause) => {
+                tracing::warn!(error = %cause, "workload attestation failed");
+            }
+            ApiError::Issue(cause) => tracing::warn!(error = %cause, "JWT-SVID issuance failed"),
+            other => tracing::debug!(error = %other, "workload api request refused"),
+        }
+        Status::new(error.code(), error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_the_checklist_codes() {
+        let cases = [
+            (ApiError::MissingSecurityHeader, Code::InvalidArgument),
+            (
+                ApiError::Attestation(AttestError::ProcessGone { pid: 1 }),
+                Code::Unavailable,
+            ),
+            (ApiError::NotSynced, Code::Unavailable),
+            (ApiError::NoIdentity, Code::PermissionDenied),
+            (ApiError::MissingAudience, Code::InvalidArgument),
+            (
+                ApiError::InvalidToken(JwtError::Expired),
+                Code::InvalidArgument,
+            ),
+            (
+                ApiError::Issue(IssueError::Unavailable("hub down".into())),
+                Code::Unavailable,
+            ),
+            (
+                ApiError::Issue(IssueError::Denied("entry gone".into())),
+                Code::PermissionDenied,
+            ),
+            (ApiError::TooManyStreams, Code::Unavailable),
+            (ApiError::WitUnimplemented, Code::Unimplemented),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Status::from(error).code(), code);
+        }
+    }
+
+    #[test]
+    fn attestation_details_stay_out_of_the_status() {
+        let status = Status::from(ApiError::Attestation(AttestError::ProcessReplaced {
+            pid: 7,
+        }));
+        assert_eq!(status.message(), "workload attestation failed");
+    }
+}

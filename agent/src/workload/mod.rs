@@ -1,0 +1,304 @@
+//! The SPIFFE Workload API on a Unix domain socket (checklist §4, §5).
+//!
+//! - Every request must carry the metadata `workload.spiffe.io: true` (exactly one value);
+//!   otherwise `INVALID_ARGUMENT` before any other work (WAPI-4, WAPI-5).
+//! - Callers are identified by workload attestation of the socket's peer process
+//!   ([`crate::attest`]), never by anything they send (WEP-9, WEP-10); so the socket is mode
+//!   0777 (WEP-11).
+//! - Streams send the complete current view at once and then whenever it changes (WAPI-7..9);
+//!   a caller left without identities gets `PERMISSION_DENIED` and the stream ends (WAPI-12).
+//! - Limits: requests up to 64 KiB, 64 concurrent streams per connection, 1024 open watch
+//!   streams in total (more are refused with `UNAVAILABLE`).
+//! - `FetchWITSVID` and `FetchWITBundles` answer `UNIMPLEMENTED` (WAPI-2).
+
+mod error;
+mod messages;
+mod service;
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedhub_proto::WORKLOAD_SECURITY_HEADER;
+use fedhub_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::watch;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Server;
+use tonic::{Request, Status};
+
+use self::error::ApiError;
+use self::service::WorkloadApi;
+use crate::cache::AgentState;
+use crate::jwt::JwtSvidIssuer;
+
+/// The largest request message accepted.
+const MAX_REQUEST_BYTES: usize = 64 * 1024;
+/// The largest request header list accepted.
+const MAX_HEADER_BYTES: u32 = 16 * 1024;
+/// Concurrent HTTP/2 streams per connection.
+const MAX_STREAMS_PER_CONNECTION: u32 = 64;
+/// Open watch streams (`FetchX509SVID`, `FetchX509Bundles`, `FetchJWTBundles`) in total.
+const MAX_OPEN_STREAMS: usize = 1024;
+/// The pause after a failed `accept` (e.g. out of file descriptors).
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Why the Workload API endpoint could not be set up or served.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ServeError {
+    /// The socket's directory could not be created.
+    #[error("cannot create the socket directory {path}: {source}")]
+    CreateDir {
+        /// The directory.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// Something that is not a socket sits at the socket path.
+    #[error("{path} exists and is not a socket; remove it or choose another socket path")]
+    NotASocket {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// Another process serves on the socket.
+    #[error("{path} is in use by a running server; stop it or choose another socket path")]
+    InUse {
+        /// The socket path.
+        path: PathBuf,
+    },
+    /// A socket operation failed (remove stale, bind, set permissions).
+    #[error("cannot {action} the socket {path}: {source}")]
+    Socket {
+        /// What was attempted.
+        action: &'static str,
+        /// The socket path.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The gRPC server failed.
+    #[error("the workload api server failed: {0}")]
+    Transport(#[from] tonic::transport::Error),
+}
+
+/// A bound Workload API socket, ready to serve. The socket file is removed when this value
+/// (or the server it became) is dropped.
+#[derive(Debug)]
+pub struct WorkloadEndpoint {
+    listener: UnixListener,
+    socket: SocketFile,
+}
+
+impl WorkloadEndpoint {
+    /// Binds the socket at `path`: creates its directory if missing, replaces a stale socket
+    /// (one nobody serves on), and makes it connectable by every local user (mode 0777;
+    /// callers are identified by attestation, WEP-11). Must run inside a Tokio runtime.
+    ///
+    /// # Errors
+    /// [`ServeError::NotASocket`] or [`ServeError::InUse`] when the path is taken;
+    /// [`ServeError::CreateDir`] or [`ServeError::Socket`] when a file operation fails.
+    pub fn bind(path: impl AsRef<Path>) -> Result<Self, ServeError> {
+        let path = path.as_ref().to_owned();
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).map_err(|source| ServeError::CreateDir {
+                path: dir.to_owned(),
+                source,
+            })?;
+        }
+        remove_stale_socket(&path)?;
+        let socket_error = |action| {
+            let path = path.clone();
+            move |source| ServeError::Socket {
+                action,
+                path,
+                source,
+            }
+        };
+        let listener = UnixListener::bind(&path).map_err(socket_error("bind"))?;
+        let socket = SocketFile(path.clone());
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
+            .map_err(socket_error("set permissions on"))?;
+        tracing::info!(socket = %path.display(), "workload api socket bound");
+        Ok(Self { listener, socket })
+    }
+
+    /// The socket path.
+    pub fn path(&self) -> &Path {
+        &self.socket.0
+    }
+
+    /// Serves the Workload API from `state`, minting JWT-SVIDs through `issuer`, until
+    /// `shutdown` completes. On shutdown open streams end with `UNAVAILABLE`, in-flight calls
+    /// finish, and the socket file is removed.
+    ///
+    /// # Errors
+    /// [`ServeError::Transport`] when the gRPC server fails.
+    pub async fn serve(
+        self,
+        state: AgentState,
+        issuer: Arc<dyn JwtSvidIssuer>,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), ServeError> {
+        let Self { listener, socket } = self;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let api = WorkloadApi::new(state, issuer, MAX_OPEN_STREAMS, stop_rx);
+        let api = SpiffeWorkloadApiServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
+        let api = InterceptedService::new(api, require_security_header);
+        let incoming = futures::stream::unfold(listener, |listener| async move {
+            let accepted = accept(&listener).await;
+            Some((accepted, listener))
+        });
+        let shutdown = async move {
+            shutdown.await;
+            tracing::info!("workload api shutting down");
+            stop_tx.send_replace(true);
+        };
+        let served = Server::builder()
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .http2_max_header_list_size(MAX_HEADER_BYTES)
+            .add_service(api)
+            .serve_with_incoming_shutdown(incoming, shutdown)
+            .await;
+        drop(socket);
+        served.map_err(ServeError::from)
+    }
+}
+
+/// Binds `socket_path` and serves the Workload API until `shutdown` completes; see
+/// [`WorkloadEndpoint::bind`] and [`WorkloadEndpoint::serve`].
+///
+/// # Errors
+/// Those of [`WorkloadEndpoint::bind`] and [`WorkloadEndpoint::serve`].
+pub async fn serve(
+    socket_path: impl AsRef<Path>,
+    state: AgentState,
+    issuer: Arc<dyn JwtSvidIssuer>,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), ServeError> {
+    WorkloadEndpoint::bind(socket_path)?
+        .serve(state, issuer, shutdown)
+        .await
+}
+
+/// Accepts the next connection; after a failure, waits a moment so that a persistent error
+/// (out of file descriptors) does not spin.
+async fn accept(listener: &UnixListener) -> io::Result<UnixStream> {
+    match listener.accept().await {
+        Ok((stream, _)) => Ok(stream),
+        Err(error) => {
+            tracing::warn!(%error, "workload api accept failed");
+            tokio::time::sleep(ACCEPT_BACKOFF).await;
+            Err(error)
+        }
+    }
+}
+
+/// Removes a socket left behind by an earlier run; refuses to touch anything else, or a
+/// socket someone still serves on.
+fn remove_stale_socket(path: &Path) -> Result<(), ServeError> {
+    let meta = match std::fs::symlink_metadata(path) {
+        Ok(meta) => meta,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(ServeError::Socket {
+                action: "inspect",
+                path: path.to_owned(),
+                source,
+            });
+        }
+    };
+    if !meta.file_type().is_socket() {
+        return Err(ServeError::NotASocket {
+            path: path.to_owned(),
+        });
+    }
+    if std::os::unix::net::UnixStream::connect(path).is_ok() {
+        return Err(ServeError::InUse {
+            path: path.to_owned(),
+        });
+    }
+    std::fs::remove_file(path).map_err(|source| ServeError::Socket {
+        action: "remove the stale",
+        path: path.to_owned(),
+        source,
+    })
+}
+
+/// Removes the socket file when dropped.
+#[derive(Debug)]
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        if let Err(error) = std::fs::remove_file(&self.0)
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(socket = %self.0.display(), %error, "cannot remove the workload api socket");
+        }
+    }
+}
+
+/// Admits a request only with exactly one `workload.spiffe.io` value, `true` (WAPI-4, WAPI-5).
+fn require_security_header(request: Request<()>) -> Result<Request<()>, Status> {
+    let mut values = request.metadata().get_all(WORKLOAD_SECURITY_HEADER).iter();
+    match (values.next(), values.next()) {
+        (Some(value), None) if value.as_bytes() == b"true" => Ok(request),
+        _ => Err(ApiError::MissingSecurityHeader.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request_with(values: &[&str]) -> Request<()> {
+        let mut request = Request::new(());
+        for value in values {
+            request
+                .metadata_mut()
+                .append(WORKLOAD_SECURITY_HEADER, value.parse().unwrap());
+        }
+        request
+    }
+
+    #[test]
+    fn the_security_header_must_be_exactly_one_true() {
+        assert!(require_security_header(request_with(&["true"])).is_ok());
+        for bad in [&[][..], &["True"], &["1"], &["true", "true"], &["true "]] {
+            let status = require_security_header(request_with(bad)).unwrap_err();
+            assert_eq!(status.code(), tonic::Code::InvalidArgument, "{bad:?}");
+            assert_eq!(status.message(), "security header missing from request");
+        }
+    }
+
+    #[tokio::test]
+    async fn binding_refuses_files_and_live_sockets_but_replaces_stale_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("file");
+        std::fs::write(&file, b"keep me").unwrap();
+        assert!(matches!(
+            WorkloadEndpoint::bind(&file),
+            Err(ServeError::NotASocket { .. })
+        ));
+        assert_eq!(std::fs::read(&file).unwrap(), b"keep me");
+
+        let path = dir.path().join("nested/dir/agent.sock");
+        let live = WorkloadEndpoint::bind(&path).unwrap();
+        assert!(matches!(
+            WorkloadEndpoint::bind(&path),
+            Err(ServeError::InUse { .. })
+        ));
+        // A socket nobody listens on any more is replaced.
+        let stale = std::os::unix::net::UnixListener::bind(dir.path().join("stale.sock")).unwrap();
+        drop(stale);
+        WorkloadEndpoint::bind(dir.path().join("stale.sock")).unwrap();
+        drop(live);
+        assert!(!path.exists(), "dropping the endpoint removes the socket");
+    }
+}

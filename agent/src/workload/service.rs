@@ -1,0 +1,374 @@
+//! The `SpiffeWorkloadAPI` service: attestation, the caller's view, streams that follow the
+//! cache.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use fedhub_core::{JwtValidator, SpiffeId};
+use fedhub_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApi;
+use fedhub_proto::workload::{
+    JwtBundlesRequest, JwtBundlesResponse, Jwtsvid, JwtsvidRequest, JwtsvidResponse,
+    ValidateJwtsvidRequest, ValidateJwtsvidResponse, WitBundlesRequest, WitBundlesResponse,
+    WitsvidRequest, WitsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svidRequest,
+    X509svidResponse,
+};
+use futures::Stream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+use tonic::transport::server::UdsConnectInfo;
+use tonic::{Request, Response, Status};
+
+use super::error::ApiError;
+use super::messages;
+use crate::attest::{AttestError, Attestor, Selectors};
+use crate::cache::{AgentState, CallerView, Snapshot};
+use crate::jwt::{JwtSvidCache, JwtSvidIssuer};
+
+/// How many JWT-SVIDs the agent keeps for reuse.
+const JWT_CACHE_CAPACITY: usize = 4096;
+
+type MessageStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+
+/// Renders the message a stream sends for one caller view.
+type Render<T> = fn(&CallerView<'_>) -> T;
+
+/// The Workload API handlers, shared by all connections.
+pub(crate) struct WorkloadApi {
+    state: AgentState,
+    issuer: Arc<dyn JwtSvidIssuer>,
+    attestor: Attestor,
+    jwt_cache: JwtSvidCache,
+    validator: JwtValidator,
+    streams: Arc<Semaphore>,
+    stop: watch::Receiver<bool>,
+}
+
+impl WorkloadApi {
+    /// Handlers over `state`; at most `max_streams` streams are open at once, and every stream
+    /// ends when `stop` turns true.
+    pub(crate) fn new(
+        state: AgentState,
+        issuer: Arc<dyn JwtSvidIssuer>,
+        max_streams: usize,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
+        Self {
+            state,
+            issuer,
+            attestor: Attestor::new(),
+            jwt_cache: JwtSvidCache::new(JWT_CACHE_CAPACITY),
+            validator: JwtValidator::new(),
+            streams: Arc::new(Semaphore::new(max_streams)),
+            stop,
+        }
+    }
+
+    async fn attest<T>(&self, request: &Request<T>) -> Result<Selectors, ApiError> {
+        let cred = request
+            .extensions()
+            .get::<UdsConnectInfo>()
+            .and_then(|info| info.peer_cred)
+            .ok_or(ApiError::Attestation(AttestError::NoPeerCredentials))?;
+        self.attestor
+            .attest(&cred)
+            .await
+            .map_err(ApiError::Attestation)
+    }
+
+    fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
+        self.state.current().ok_or(ApiError::NotSynced)
+    }
+
+    /// A stream that sends the caller's message now and again whenever it changes.
+    async fn watch<Req, T>(
+        &self,
+        request: Request<Req>,
+        render: Render<T>,
+    ) -> Result<Response<MessageStream<T>>, Status>
+    where
+        T: PartialEq + Clone + Send + 'static,
+    {
+        let selectors = self.attest(&request).await?;
+        let permit = Arc::clone(&self.streams)
+            .try_acquire_owned()
+            .map_err(|_| ApiError::TooManyStreams)?;
+        let mut snapshots = self.state.subscribe();
+        let current = snapshots.borrow_and_update().clone();
+        let first = render_for(current.as_deref(), &selectors, render)?;
+        let watcher = Watcher {
+            snapshots,
+            stop: self.stop.clone(),
+            selectors,
+            render,
+            pending: Some(first),
+            last: None,
+            done: false,
+            _permit: permit,
+        };
+        let stream = futures::stream::unfold(watcher, |mut watcher| async move {
+            let item = watcher.next().await?;
+            Some((item, watcher))
+        });
+        Ok(Response::new(Box::pin(stream)))
+    }
+}
+
+/// The message for a caller, or why there is none: not synced yet (`UNAVAILABLE`), or no
+/// identity (`PERMISSION_DENIED`, which also ends an open stream, WAPI-12).
+fn render_for<T>(
+    snapshot: Option<&Snapshot>,
+    selectors: &Selectors,
+    render: Render<T>,
+) -> Result<T, ApiError> {
+    let snapshot = snapshot.ok_or(ApiError::NotSynced)?;
+    let view = snapshot.caller_view(selectors);
+    if view.identities().is_empty() {
+        return Err(ApiError::NoIdentity);
+    }
+    Ok(render(&view))
+}
+
+/// The state of one open stream.
+struct Watcher<T> {
+    snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
+    stop: watch::Receiver<bool>,
+    selectors: Selectors,
+    render: Render<T>,
+    pending: Option<T>,
+    last: Option<T>,
+    done: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<T: PartialEq + Clone> Watcher<T> {
+    /// The next message: the pending one, else the first changed one after a publish (an
+    /// identical message is skipped, WAPI-9); an error ends the stream.
+    async fn next(&mut self) -> Option<Result<T, Status>> {
+        if self.done {
+            return None;
+        }
+        loop {
+            if let Some(message) = self.pending.take() {
+                self.last = Some(message.clone());
+                return Some(Ok(message));
+            }
+            let failure = tokio::select! {
+                changed = self.snapshots.changed() => match changed {
+                    Ok(()) => {
+                        let snapshot = self.snapshots.borrow_and_update().clone();
+                        match render_for(snapshot.as_deref(), &self.selectors, self.render) {
+                            Ok(message) => {
+                                if self.last.as_ref() != Some(&message) {
+                                    self.pending = Some(message);
+                                }
+                                continue;
+                            }
+                            Err(error) => error,
+                        }
+                    }
+                    Err(_) => ApiError::ShuttingDown,
+                },
+                _ = self.stop.wait_for(|stop| *stop) => ApiError::ShuttingDown,
+            };
+            self.done = true;
+            return Some(Err(failure.into()));
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl SpiffeWorkloadApi for WorkloadApi {
+    type FetchX509SVIDStream = MessageStream<X509svidResponse>;
+    type FetchX509BundlesStream = MessageStream<X509BundlesResponse>;
+    type FetchJWTBundlesStream = MessageStream<JwtBundlesResponse>;
+    type FetchWITSVIDStream = MessageStream<WitsvidResponse>;
+    type FetchWITBundlesStream = MessageStream<WitBundlesResponse>;
+
+    async fn fetch_x509svid(
+        &self,
+        request: Request<X509svidRequest>,
+    ) -> Result<Response<Self::FetchX509SVIDStream>, Status> {
+        self.watch(request, messages::x509_svid_response).await
+    }
+
+    async fn fetch_x509_bundles(
+        &self,
+        request: Request<X509BundlesRequest>,
+    ) -> Result<Response<Self::FetchX509BundlesStream>, Status> {
+        self.watch(request, messages::x509_bundles_response).await
+    }
+
+    async fn fetch_jwt_bundles(
+        &self,
+        request: Request<JwtBundlesRequest>,
+    ) -> Result<Response<Self::FetchJWTBundlesStream>, Status> {
+        self.watch(request, messages::jwt_bundles_response).await
+    }
+
+    async fn fetch_jwtsvid(
+        &self,
+        request: Request<JwtsvidRequest>,
+    ) -> Result<Response<JwtsvidResponse>, Status> {
+        let JwtsvidRequest {
+            audience,
+            spiffe_id,
+        } = request.get_ref();
+        if audience.is_empty() {
+            return Err(ApiError::MissingAudience.into());
+        }
+        if audience.iter().any(String::is_empty) {
+            return Err(ApiError::EmptyAudienceValue.into());
+        }
+        let wanted = if spiffe_id.is_empty() {
+            None
+        } else {
+            Some(SpiffeId::parse(spiffe_id).map_err(ApiError::InvalidSpiffeId)?)
+        };
+        let selectors = self.attest(&request).await?;
+        let snapshot = self.snapshot()?;
+        let view = snapshot.caller_view(&selectors);
+        let identities: Vec<_> = view
+            .identities()
+            .iter()
+            .filter(|identity| wanted.as_ref().is_none_or(|id| &identity.spiffe_id == id))
+            .collect();
+        if identities.is_empty() {
+            return Err(wanted
+                .map_or(ApiError::NoIdentity, ApiError::NotEntitled)
+                .into());
+        }
+        let now = SystemTime::now();
+        let tokens = futures::future::try_join_all(identities.iter().map(|identity| {
+            self.jwt_cache
+                .fetch(self.issuer.as_ref(), identity, audience, now)
+        }))
+        .await
+        .map_err(ApiError::Issue)?;
+        let svids = identities
+            .iter()
+            .zip(tokens)
+            .map(|(identity, svid)| Jwtsvid {
+                spiffe_id: identity.spiffe_id.to_string(),
+                svid,
+                hint: identity.hint.clone(),
+            })
+            .collect();
+        Ok(Response::new(JwtsvidResponse { svids }))
+    }
+
+    async fn validate_jwtsvid(
+        &self,
+        request: Request<ValidateJwtsvidRequest>,
+    ) -> Result<Response<ValidateJwtsvidResponse>, Status> {
+        let ValidateJwtsvidRequest { audience, svid } = request.get_ref();
+        if audience.is_empty() {
+            return Err(ApiError::MissingAudience.into());
+        }
+        if svid.is_empty() {
+            return Err(ApiError::MissingSvid.into());
+        }
+        let selectors = self.attest(&request).await?;
+        let snapshot = self.snapshot()?;
+        let view = snapshot.caller_view(&selectors);
+        let validated = self
+            .validator
+            .validate(svid, audience, &view, SystemTime::now())
+            .map_err(ApiError::InvalidToken)?;
+        Ok(Response::new(messages::validate_response(validated)))
+    }
+
+    async fn fetch_witsvid(
+        &self,
+        _request: Request<WitsvidRequest>,
+    ) -> Result<Response<Self::FetchWITSVIDStream>, Status> {
+        Err(ApiError::WitUnimplemented.into())
+    }
+
+    async fn fetch_wit_bundles(
+        &self,
+        _request: Request<WitBundlesRequest>,
+    ) -> Result<Response<Self::FetchWITBundlesStream>, Status> {
+        Err(ApiError::WitUnimplemented.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use futures::future::BoxFuture;
+
+    use tokio::net::unix::UCred;
+
+    use super::*;
+    use crate::jwt::{IssueError, JwtSvidToken};
+    use crate::testing::{domain, identity};
+
+    struct NoIssuer;
+
+    impl JwtSvidIssuer for NoIssuer {
+        fn issue<'a>(
+            &'a self,
+            _identity: &'a crate::cache::Identity,
+            _audience: &'a [String],
+        ) -> BoxFuture<'a, Result<JwtSvidToken, IssueError>> {
+            Box::pin(async { Err(IssueError::Unavailable("no issuer in this test".into())) })
+        }
+    }
+
+    fn with_cred<T>(message: T, cred: tokio::net::unix::UCred) -> Request<T> {
+        let mut request = Request::new(message);
+        request.extensions_mut().insert(UdsConnectInfo {
+            peer_addr: None,
+            peer_cred: Some(cred),
+        });
+        request
+    }
+
+    /// The test process's credentials, and handlers with one identity for them (inside a
+    /// runtime).
+    fn api_for_me(max_streams: usize) -> (UCred, WorkloadApi, watch::Sender<bool>) {
+        let (ours, _theirs) = tokio::net::UnixStream::pair().unwrap();
+        let cred = ours.peer_cred().unwrap();
+        let (ca, own) = domain("own.test");
+        let state = AgentState::new();
+        let me = format!("unix:uid:{}", cred.uid());
+        state.publish(Snapshot {
+            own_bundle: Arc::new(own),
+            federated: BTreeMap::new(),
+            identities: vec![identity(&ca, "/web", &[&me], &[])],
+        });
+        let (stop_tx, stop) = watch::channel(false);
+        let api = WorkloadApi::new(state, Arc::new(NoIssuer), max_streams, stop);
+        (cred, api, stop_tx)
+    }
+
+    #[tokio::test]
+    async fn open_streams_are_limited() {
+        let (cred, api, _stop) = api_for_me(1);
+        let open = api
+            .fetch_x509svid(with_cred(X509svidRequest {}, cred))
+            .await;
+        let refused = api
+            .fetch_x509svid(with_cred(X509svidRequest {}, cred))
+            .await;
+        assert_eq!(refused.err().unwrap().code(), tonic::Code::Unavailable);
+        drop(open);
+        let request = with_cred(X509svidRequest {}, cred);
+        api.fetch_x509svid(request).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn issuer_failures_map_to_unavailable() {
+        let (cred, api, _stop) = api_for_me(1);
+        let request = JwtsvidRequest {
+            audience: vec!["a".into()],
+            spiffe_id: String::new(),
+        };
+        let status = api
+            .fetch_jwtsvid(with_cred(request, cred))
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+}
