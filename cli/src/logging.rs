@@ -1,5 +1,7 @@
 //! Logging set-up for the binary: the only place a subscriber is installed.
 
+use std::io::IsTerminal as _;
+
 use tracing_subscriber::EnvFilter;
 
 /// Installs the tracing subscriber: filter from `FEDHUB_LOG` (default `warn`), format from
@@ -9,7 +11,8 @@ pub fn init() {
     let json = std::env::var("FEDHUB_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     if json {
         builder.json().init();
     } else {

@@ -3,6 +3,7 @@
 //! `main` only parses arguments, sets up logging and hands over to a subcommand module.
 
 mod demo;
+mod hub_cmd;
 mod logging;
 
 use std::process::ExitCode;
@@ -24,13 +25,41 @@ struct Cli {
 enum Command {
     /// Run two federated trust domains end to end and show what fedhub does.
     Demo(demo::DemoArgs),
+    /// Run the hub: the identity server of a trust domain.
+    #[command(subcommand)]
+    Hub(hub_cmd::HubCommand),
+}
+
+/// A multi-threaded Tokio runtime with the process-wide rustls provider installed.
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    fedhub_core::tls::install_default_crypto_provider();
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        tracing::error!("cannot install signal handlers; stop the process with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init();
     let result = match cli.command {
-        Command::Demo(args) => demo::run(&args),
+        Command::Demo(args) => Ok(demo::run(&args)),
+        Command::Hub(command) => hub_cmd::run(command),
     };
     match result {
         Ok(code) => code,

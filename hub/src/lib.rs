@@ -3,6 +3,7 @@
 //! - [`ca`]: the CA: X.509 and JWT keys, scheduled rotation, persisted keys.
 //! - [`config`]: `hub.toml` parsed, overridden from the environment and validated.
 //! - [`state`]: [`Hub`], the shared state: registry, CA, own bundle, hub SVID, change signal.
+//! - [`run`]: `fedhub hub run`: binds and serves every endpoint, runs the background loops.
 //! - [`https`]: serving axum routers over TLS (or plain HTTP where allowed) with handshake and
 //!   header read timeouts, graceful shutdown and swappable certificates.
 
@@ -10,6 +11,7 @@ pub mod ca;
 pub mod config;
 pub mod fsutil;
 pub mod https;
+pub mod run;
 pub mod state;
 
 pub use state::{Hub, HubError};

@@ -46,6 +46,15 @@ pub enum HubError {
     /// The OIDC issuer is unusable.
     #[error(transparent)]
     Oidc(#[from] fedhub_oidc_discovery::OidcError),
+    /// The data directory cannot be created or made private.
+    #[error("data_dir {path}: {source}")]
+    DataDir {
+        /// The directory.
+        path: std::path::PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// TLS material could not be prepared.
     #[error("TLS: {0}")]
     Tls(String),
@@ -100,6 +109,10 @@ impl Hub {
     /// # Errors
     /// [`HubError`] when storage, keys or the OIDC issuer are unusable.
     pub async fn open(config: HubConfig) -> Result<Self, HubError> {
+        crate::fsutil::ensure_dir(&config.data_dir, 0o700).map_err(|source| HubError::DataDir {
+            path: config.data_dir.clone(),
+            source,
+        })?;
         let registry = Registry::connect(&config.database_url).await?;
         let now = SystemTime::now();
         let ca = CaManager::open(

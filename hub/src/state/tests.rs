@@ -104,3 +104,16 @@ async fn tick_renews_the_hub_svid_at_half_life() {
         "renewed past half life"
     );
 }
+
+#[tokio::test]
+async fn data_dir_is_private() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let mut config = test_config(dir.path());
+    config.data_dir = data.clone();
+    config.database_url = format!("sqlite://{}", data.join("registry.db").display());
+    let _hub = Hub::open(config).await.unwrap();
+    let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o700);
+}

@@ -1,0 +1,394 @@
+//! `fedhub hub run`: binds every listener first (so a bad address fails before anything
+//! starts), then serves the bundle endpoint, OIDC discovery, health and metrics, and runs the
+//! background loops until shutdown.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::ResolvesServerCert;
+use rustls::sign::CertifiedKey;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{EndpointProfile, HubConfig, TlsFiles};
+use crate::https::{ServeLimits, SwappableCert, serve};
+use crate::state::{Hub, HubError};
+
+/// How often operator certificate files are checked for changes.
+pub const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Why the hub could not start.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum RunError {
+    /// A listener could not be bound.
+    #[error("{what} cannot listen on {address}: {source}")]
+    Bind {
+        /// Which listener (config key).
+        what: &'static str,
+        /// The configured address.
+        address: SocketAddr,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// Operator TLS files are unusable.
+    #[error("{key}: {message}")]
+    TlsFiles {
+        /// The config key naming the files.
+        key: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+    /// Opening the hub failed.
+    #[error(transparent)]
+    Hub(#[from] HubError),
+}
+
+/// Addresses the running hub listens on (useful when the config asked for port 0).
+#[derive(Debug, Clone, Default)]
+pub struct Bound {
+    /// Bundle endpoint.
+    pub bundle_endpoint: Option<SocketAddr>,
+    /// OIDC discovery.
+    pub oidc: Option<SocketAddr>,
+    /// Health and metrics.
+    pub health: Option<SocketAddr>,
+}
+
+/// A started hub: its state, bound addresses, and the tasks serving it.
+#[derive(Debug)]
+pub struct RunningHub {
+    /// The shared state.
+    pub hub: Hub,
+    /// Where it listens.
+    pub bound: Bound,
+    stop: CancellationToken,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl RunningHub {
+    /// Starts a graceful shutdown and waits for every task to finish.
+    pub async fn shutdown(mut self) {
+        self.stop.cancel();
+        while self.tasks.join_next().await.is_some() {}
+    }
+
+    /// Waits until `signal` resolves, then shuts down.
+    pub async fn run_until(self, signal: impl Future<Output = ()>) {
+        signal.await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, RunError> {
+    TcpListener::bind(address)
+        .await
+        .map_err(|source| RunError::Bind {
+            what,
+            address,
+            source,
+        })
+}
+
+fn tls_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<rustls::ServerConfig> {
+    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+        rustls::crypto::aws_lc_rs::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap_or_else(|_| unreachable!("the aws-lc-rs provider supports TLS 1.2 and 1.3"))
+    .with_no_client_auth()
+    .with_cert_resolver(resolver);
+    Arc::new(config)
+}
+
+/// Loads a PEM certificate chain and PKCS#8 key into a rustls certified key.
+///
+/// # Errors
+/// [`RunError::TlsFiles`] naming `key` when a file is unreadable, empty, or the key is
+/// readable by other users.
+pub fn load_certified_key(key: &'static str, files: &TlsFiles) -> Result<CertifiedKey, RunError> {
+    let fail = |message: String| RunError::TlsFiles { key, message };
+    let cert_text = std::fs::read(&files.cert_file)
+        .map_err(|e| fail(format!("cannot read {}: {e}", files.cert_file.display())))?;
+    let chain: Vec<CertificateDer<'static>> = pem::parse_many(&cert_text)
+        .map_err(|e| fail(format!("{}: {e}", files.cert_file.display())))?
+        .into_iter()
+        .filter(|p| p.tag() == "CERTIFICATE")
+        .map(|p| CertificateDer::from(p.into_contents()))
+        .collect();
+    if chain.is_empty() {
+        return Err(fail(format!(
+            "{} holds no CERTIFICATE block",
+            files.cert_file.display()
+        )));
+    }
+    crate::fsutil::check_private(&files.key_file).map_err(|e| fail(e.to_string()))?;
+    let key_text = std::fs::read_to_string(&files.key_file)
+        .map_err(|e| fail(format!("cannot read {}: {e}", files.key_file.display())))?;
+    let private = fedhub_core::PrivateKey::from_pkcs8_pem(&key_text)
+        .map_err(|e| fail(format!("{}: {e}", files.key_file.display())))?;
+    let signing = rustls::crypto::aws_lc_rs::default_provider()
+        .key_provider
+        .load_private_key(PrivateKeyDer::Pkcs8(private.pkcs8_der().to_vec().into()))
+        .map_err(|e| fail(format!("{}: {e}", files.key_file.display())))?;
+    Ok(CertifiedKey::new(chain, signing))
+}
+
+fn modified(paths: &[&Path]) -> Option<Vec<SystemTime>> {
+    paths
+        .iter()
+        .map(|p| std::fs::metadata(p).and_then(|m| m.modified()).ok())
+        .collect()
+}
+
+/// A certificate from operator files, served through a swappable resolver.
+struct OperatorCert {
+    key: &'static str,
+    files: TlsFiles,
+    cert: Arc<SwappableCert>,
+}
+
+impl OperatorCert {
+    fn load(key: &'static str, files: TlsFiles) -> Result<Self, RunError> {
+        let cert = SwappableCert::new(load_certified_key(key, &files)?);
+        Ok(Self { key, files, cert })
+    }
+
+    /// Starts reloading the files when they change; returns the resolver to serve with.
+    fn keep_reloaded(
+        self,
+        tasks: &mut tokio::task::JoinSet<()>,
+        interval: Duration,
+        stop: &CancellationToken,
+    ) -> Arc<SwappableCert> {
+        tasks.spawn(reload_files(
+            self.key,
+            self.files,
+            Arc::clone(&self.cert),
+            interval,
+            stop.clone(),
+        ));
+        self.cert
+    }
+}
+
+/// Reloads operator certificate files into `resolver` whenever they change, until `stop`.
+async fn reload_files(
+    key: &'static str,
+    files: TlsFiles,
+    resolver: Arc<SwappableCert>,
+    interval: Duration,
+    stop: CancellationToken,
+) {
+    let paths: [PathBuf; 2] = [files.cert_file.clone(), files.key_file.clone()];
+    let mut seen = modified(&[&paths[0], &paths[1]]);
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(interval) => {}
+        }
+        let now = modified(&[&paths[0], &paths[1]]);
+        if now == seen {
+            continue;
+        }
+        match load_certified_key(key, &files) {
+            Ok(cert) => {
+                resolver.set(cert);
+                seen = now;
+                tracing::info!(key, "reloaded TLS certificate files");
+            }
+            Err(error) => {
+                tracing::warn!(%error, "TLS certificate files changed but cannot be loaded; keeping the previous certificate");
+            }
+        }
+    }
+}
+
+async fn live() -> StatusCode {
+    StatusCode::OK
+}
+
+async fn ready(State(hub): State<Hub>) -> impl IntoResponse {
+    match hub.registry().latest_revision().await {
+        Ok(_) => (StatusCode::OK, "ready\n"),
+        Err(error) => {
+            tracing::warn!(%error, "readiness check: registry unreachable");
+            (StatusCode::SERVICE_UNAVAILABLE, "registry unreachable\n")
+        }
+    }
+}
+
+fn health_router(hub: Hub, metrics: Option<PrometheusHandle>) -> Router {
+    let router = Router::new()
+        .route("/live", get(live))
+        .route("/ready", get(ready))
+        .with_state(hub);
+    match metrics {
+        Some(handle) => router.route("/metrics", get(move || async move { handle.render() })),
+        None => router,
+    }
+}
+
+/// Installs the process-wide Prometheus recorder once; later calls return the same handle.
+pub fn metrics_handle() -> Option<PrometheusHandle> {
+    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
+    HANDLE
+        .get_or_init(|| {
+            let recorder = PrometheusBuilder::new().build_recorder();
+            let handle = recorder.handle();
+            metrics::set_global_recorder(recorder).ok().map(|()| handle)
+        })
+        .clone()
+}
+
+fn spawn_server(
+    tasks: &mut tokio::task::JoinSet<()>,
+    name: &'static str,
+    listener: TcpListener,
+    tls: Option<Arc<rustls::ServerConfig>>,
+    router: Router,
+    stop: &CancellationToken,
+) {
+    let stopped = stop.clone().cancelled_owned();
+    tasks.spawn(async move {
+        if let Err(error) = serve(listener, tls, router, ServeLimits::default(), stopped).await {
+            tracing::error!(%error, server = name, "server stopped");
+        }
+    });
+}
+
+/// Knobs of [`launch_with`] that are not configuration (tests shorten them).
+#[derive(Debug, Clone, Copy)]
+pub struct LaunchOptions {
+    /// How often operator certificate files are checked for changes.
+    pub cert_reload_interval: Duration,
+}
+
+impl Default for LaunchOptions {
+    fn default() -> Self {
+        Self {
+            cert_reload_interval: CERT_RELOAD_INTERVAL,
+        }
+    }
+}
+
+/// Opens the hub and starts serving with default [`LaunchOptions`].
+///
+/// # Errors
+/// [`RunError`] naming the listener or file that failed.
+pub async fn launch(config: HubConfig) -> Result<RunningHub, RunError> {
+    launch_with(config, LaunchOptions::default()).await
+}
+
+/// Opens the hub and starts serving. Every listener is bound before anything is served; the
+/// first failure is returned and nothing keeps running.
+///
+/// # Errors
+/// [`RunError`] naming the listener or file that failed.
+pub async fn launch_with(
+    config: HubConfig,
+    options: LaunchOptions,
+) -> Result<RunningHub, RunError> {
+    let endpoint_listener = match &config.bundle_endpoint {
+        Some(endpoint) => Some(bind("bundle_endpoint.address", endpoint.address).await?),
+        None => None,
+    };
+    let oidc_listener = match &config.oidc {
+        Some(oidc) => Some(bind("oidc.address", oidc.address).await?),
+        None => None,
+    };
+    let health_listener = match config.health_address {
+        Some(address) => Some(bind("health.address", address).await?),
+        None => None,
+    };
+    let web_cert = match config.bundle_endpoint.as_ref().map(|e| &e.profile) {
+        Some(EndpointProfile::HttpsWeb {
+            cert_file,
+            key_file,
+        }) => Some(OperatorCert::load(
+            "bundle_endpoint.cert_file",
+            TlsFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            },
+        )?),
+        _ => None,
+    };
+    let oidc_cert = match config.oidc.as_ref().and_then(|o| o.tls.clone()) {
+        Some(files) => Some(OperatorCert::load("oidc.cert_file", files)?),
+        None => None,
+    };
+
+    let hub = Hub::open(config.clone()).await?;
+    let stop = CancellationToken::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut bound = Bound::default();
+
+    if let (Some(listener), Some(endpoint)) = (endpoint_listener, &config.bundle_endpoint) {
+        bound.bundle_endpoint = listener.local_addr().ok();
+        let resolver: Arc<dyn ResolvesServerCert> = match web_cert {
+            Some(cert) => cert.keep_reloaded(&mut tasks, options.cert_reload_interval, &stop),
+            None => hub.server_cert(),
+        };
+        let router = fedhub_bundle_endpoint::router(&endpoint.path, hub.bundle_endpoint().clone());
+        spawn_server(
+            &mut tasks,
+            "bundle endpoint",
+            listener,
+            Some(tls_config(resolver)),
+            router,
+            &stop,
+        );
+    }
+
+    if let (Some(listener), Some(publisher)) = (oidc_listener, hub.oidc().cloned()) {
+        bound.oidc = listener.local_addr().ok();
+        let tls = oidc_cert.map(|cert| {
+            tls_config(cert.keep_reloaded(&mut tasks, options.cert_reload_interval, &stop))
+        });
+        let router = fedhub_oidc_discovery::router(publisher);
+        spawn_server(&mut tasks, "OIDC discovery", listener, tls, router, &stop);
+    }
+
+    if let Some(listener) = health_listener {
+        bound.health = listener.local_addr().ok();
+        let router = health_router(hub.clone(), metrics_handle());
+        spawn_server(&mut tasks, "health", listener, None, router, &stop);
+    }
+
+    {
+        let hub = hub.clone();
+        let stopped = stop.clone();
+        tasks.spawn(async move { hub.run_background(stopped.cancelled_owned()).await });
+    }
+
+    tracing::info!(
+        trust_domain = %hub.trust_domain(),
+        bundle_endpoint = ?bound.bundle_endpoint,
+        oidc = ?bound.oidc,
+        health = ?bound.health,
+        "hub started"
+    );
+    Ok(RunningHub {
+        hub,
+        bound,
+        stop,
+        tasks,
+    })
+}
+
+#[cfg(test)]
+mod tests;
