@@ -1,5 +1,9 @@
 //! The fedhub node agent.
 //!
+//! - [`config`]: the agent's configuration (`agent.toml`, `FEDHUB_AGENT__…` overrides).
+//! - [`run`]: the daemon: attestation to the hub, sync, SVID minting and rotation, the agent
+//!   SVID's renewal, reconnects, and the Workload API ([`launch`], [`run()`]).
+//! - [`store`]: the data directory (agent SVID and key, last bundle).
 //! - [`attest`]: workload attestation from the Unix peer credentials of a Workload API caller
 //!   (Linux `/proc`), producing `unix:*` selectors.
 //! - [`cache`]: the agent's view of its trust domain ([`Snapshot`]): own bundle, federated
@@ -10,8 +14,14 @@
 //! - [`workload`]: the SPIFFE Workload API served on a Unix domain socket.
 
 pub mod attest;
+mod backoff;
 pub mod cache;
+pub mod config;
+mod hub;
 pub mod jwt;
+pub mod run;
+pub mod store;
+mod sync;
 pub mod workload;
 
 #[cfg(test)]
@@ -19,5 +29,7 @@ mod testing;
 
 pub use attest::{AttestError, Attestor, Selectors};
 pub use cache::{AgentState, CallerView, Identity, Snapshot};
+pub use config::{AgentConfig, ConfigError};
 pub use jwt::{IssueError, JwtSvidIssuer, JwtSvidToken};
+pub use run::{AgentError, AgentStatus, RunningAgent, launch, run};
 pub use workload::{ServeError, WorkloadEndpoint, serve};

@@ -1,0 +1,584 @@
+//! Agent configuration: a TOML file, overridden by `FEDHUB_AGENT__KEY` environment variables
+//! (and the join token by `FEDHUB_AGENT_JOIN_TOKEN`), validated into typed values before
+//! anything binds a socket or connects.
+//!
+//! See `agent/agent.example.toml` for every key with its default.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use fedhub_core::{SpiffeId, TrustDomain};
+use figment::Figment;
+use figment::providers::{Env, Format as _, Serialized, Toml};
+use serde::Deserialize;
+
+/// The environment variable prefix for overrides, e.g. `FEDHUB_AGENT__HUB_ADDRESS=hub:8081`.
+pub const ENV_PREFIX: &str = "FEDHUB_AGENT__";
+
+/// The environment variable that supplies the join token (kept out of config files).
+pub const JOIN_TOKEN_ENV: &str = "FEDHUB_AGENT_JOIN_TOKEN";
+
+/// The default SPIFFE ID path of the hub, as the hub's own default.
+pub const HUB_ID_PATH: &str = "/fedhub/hub";
+
+/// The default Workload API socket.
+pub const DEFAULT_SOCKET_PATH: &str = "/tmp/fedhub/agent.sock";
+
+/// The default data directory.
+pub const DEFAULT_DATA_DIR: &str = "/var/lib/fedhub/agent";
+
+/// Why the configuration cannot be used. Each message names the key and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or a value has the wrong type.
+    #[error("{0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `x509pop.cert_file`.
+        key: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// The hub's agent API address: a host name or IP address and a port.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HubAddress {
+    host: String,
+    port: u16,
+}
+
+impl HubAddress {
+    /// Parses `host:port` (`[v6]:port` for IPv6 addresses).
+    ///
+    /// # Errors
+    /// A message saying what is wrong with the address.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let example = "give host:port, e.g. \"hub.example.org:8081\" or \"[::1]:8081\"";
+        if text.contains("://") {
+            return Err(format!("{text:?} is a URL; {example}"));
+        }
+        let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+            let (host, port) = rest
+                .split_once("]:")
+                .ok_or_else(|| format!("{text:?} has no port; {example}"))?;
+            (host, port)
+        } else {
+            let (host, port) = text
+                .rsplit_once(':')
+                .ok_or_else(|| format!("{text:?} has no port; {example}"))?;
+            if host.contains(':') {
+                return Err(format!(
+                    "{text:?}: put IPv6 addresses in brackets; {example}"
+                ));
+            }
+            (host, port)
+        };
+        if host.is_empty() || host.contains(['/', '@', ' ', '[', ']']) {
+            return Err(format!("{text:?} has no valid host; {example}"));
+        }
+        let port = port
+            .parse::<u16>()
+            .ok()
+            .filter(|port| *port != 0)
+            .ok_or_else(|| format!("{text:?} has no valid port (1-65535); {example}"))?;
+        Ok(Self {
+            host: host.to_owned(),
+            port,
+        })
+    }
+
+    /// The host name or IP address (IPv6 without brackets).
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+}
+
+impl fmt::Display for HubAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A join token: a single-use bearer secret. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct JoinToken(String);
+
+impl JoinToken {
+    /// Wraps a token.
+    pub fn new(token: impl Into<String>) -> Self {
+        Self(token.into())
+    }
+
+    /// The secret itself, for sending it to the hub.
+    pub fn secret(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for JoinToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("JoinToken(<redacted>)")
+    }
+}
+
+/// How the agent proves itself to the hub when it has no usable agent SVID.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NodeAttestation {
+    /// A join token made with `fedhub token generate`.
+    JoinToken(JoinToken),
+    /// A node certificate from an existing PKI and its key (PEM files).
+    X509Pop {
+        /// PEM certificate chain, leaf first.
+        cert_file: PathBuf,
+        /// PEM PKCS#8 private key of the leaf.
+        key_file: PathBuf,
+    },
+}
+
+/// How the agent authenticates the hub before it holds the trust domain's bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum TrustBootstrap {
+    /// No bootstrap configured: only a bundle stored in `data_dir` by an earlier run is used.
+    None,
+    /// The trust domain's bundle (SPIFFE JSON or PEM) from this file.
+    BundleFile(PathBuf),
+    /// The first attestation does not authenticate the hub (demos only).
+    Insecure,
+}
+
+/// The validated agent configuration.
+#[derive(Debug, Clone)]
+pub struct AgentConfig {
+    /// The trust domain the agent belongs to.
+    pub trust_domain: TrustDomain,
+    /// The hub's agent API.
+    pub hub_address: HubAddress,
+    /// The SPIFFE ID the hub must present.
+    pub hub_spiffe_id: SpiffeId,
+    /// How the hub is authenticated before the first attestation.
+    pub trust_bootstrap: TrustBootstrap,
+    /// How the agent attests; `None` when it can only resume from `data_dir`.
+    pub attestation: Option<NodeAttestation>,
+    /// Where the agent SVID, its key and the last bundle are kept.
+    pub data_dir: PathBuf,
+    /// The Workload API socket.
+    pub socket_path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Settings {
+    trust_domain: Option<String>,
+    hub_address: Option<String>,
+    hub_spiffe_id: Option<String>,
+    trust_bundle_file: Option<PathBuf>,
+    #[serde(default)]
+    insecure_bootstrap: bool,
+    join_token: Option<String>,
+    x509pop: Option<X509PopSettings>,
+    #[serde(default = "defaults::data_dir")]
+    data_dir: PathBuf,
+    #[serde(default = "defaults::socket_path")]
+    socket_path: PathBuf,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct X509PopSettings {
+    cert_file: PathBuf,
+    key_file: PathBuf,
+}
+
+mod defaults {
+    use std::path::PathBuf;
+
+    pub fn data_dir() -> PathBuf {
+        PathBuf::from(super::DEFAULT_DATA_DIR)
+    }
+
+    pub fn socket_path() -> PathBuf {
+        PathBuf::from(super::DEFAULT_SOCKET_PATH)
+    }
+}
+
+impl AgentConfig {
+    /// Loads `path` (TOML), applies `FEDHUB_AGENT__…` environment overrides and
+    /// `FEDHUB_AGENT_JOIN_TOKEN`, and validates.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the offending key and the fix.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        if !path.is_file() {
+            return Err(ConfigError::Parse(format!(
+                "config file {} does not exist or is not a file; pass --config with the path \
+                 of an agent.toml (see agent/agent.example.toml)",
+                path.display()
+            )));
+        }
+        let mut figment = Figment::new()
+            .merge(Toml::file(path))
+            .merge(Env::prefixed(ENV_PREFIX).split("__"));
+        // Taken verbatim: an Env provider would read a token of digits as a number.
+        if let Some(token) = std::env::var(JOIN_TOKEN_ENV).ok().filter(|t| !t.is_empty()) {
+            figment = figment.merge(Serialized::default("join_token", token));
+        }
+        Self::from_figment(&figment)
+    }
+
+    /// Parses and validates TOML text (no environment overrides); used by tests and tools.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the offending key and the fix.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        Self::from_figment(&Figment::new().merge(Toml::string(text)))
+    }
+
+    fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
+        let settings: Settings = figment
+            .extract()
+            .map_err(|e| ConfigError::Parse(format_figment_error(&e)))?;
+        settings.validate()
+    }
+}
+
+fn format_figment_error(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            if key.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("{key}: {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl Settings {
+    fn validate(self) -> Result<AgentConfig, ConfigError> {
+        let raw_td = self.trust_domain.ok_or_else(|| {
+            invalid(
+                "trust_domain",
+                "is required: the name of the hub's trust domain, e.g. \"example.org\"",
+            )
+        })?;
+        if raw_td.contains("://") {
+            return Err(invalid(
+                "trust_domain",
+                format!("give the bare name (e.g. \"example.org\"), not a URI: {raw_td:?}"),
+            ));
+        }
+        let trust_domain = TrustDomain::new(&raw_td)
+            .map_err(|e| invalid("trust_domain", format!("{raw_td:?} is not valid: {e}")))?;
+
+        let raw_address = self.hub_address.ok_or_else(|| {
+            invalid(
+                "hub_address",
+                "is required: host:port of the hub's agent API (agent_api.address in the \
+                 hub's config), e.g. \"hub.example.org:8081\"",
+            )
+        })?;
+        let hub_address =
+            HubAddress::parse(&raw_address).map_err(|message| invalid("hub_address", message))?;
+
+        let hub_spiffe_id = match self.hub_spiffe_id {
+            None => trust_domain
+                .spiffe_id(HUB_ID_PATH)
+                .map_err(|e| invalid("hub_spiffe_id", format!("default is invalid: {e}")))?,
+            Some(raw) => {
+                let id = SpiffeId::parse(&raw)
+                    .map_err(|e| invalid("hub_spiffe_id", format!("{raw:?}: {e}")))?;
+                if !id.is_member_of(&trust_domain) || id.is_trust_domain_id() {
+                    return Err(invalid(
+                        "hub_spiffe_id",
+                        format!(
+                            "must be an ID with a path in {trust_domain}, e.g. \
+                             spiffe://{trust_domain}{HUB_ID_PATH} (the default)"
+                        ),
+                    ));
+                }
+                id
+            }
+        };
+
+        let trust_bootstrap = trust_bootstrap(self.trust_bundle_file, self.insecure_bootstrap)?;
+        let attestation = attestation(self.join_token, self.x509pop)?;
+
+        if self.data_dir.as_os_str().is_empty() {
+            return Err(invalid(
+                "data_dir",
+                format!("must not be empty (default {DEFAULT_DATA_DIR})"),
+            ));
+        }
+        if !self.socket_path.is_absolute() {
+            return Err(invalid(
+                "socket_path",
+                format!(
+                    "must be an absolute path (workloads reach it as unix://<path>), e.g. \
+                     {DEFAULT_SOCKET_PATH}"
+                ),
+            ));
+        }
+
+        Ok(AgentConfig {
+            trust_domain,
+            hub_address,
+            hub_spiffe_id,
+            trust_bootstrap,
+            attestation,
+            data_dir: self.data_dir,
+            socket_path: self.socket_path,
+        })
+    }
+}
+
+fn trust_bootstrap(
+    trust_bundle_file: Option<PathBuf>,
+    insecure_bootstrap: bool,
+) -> Result<TrustBootstrap, ConfigError> {
+    Ok(match (trust_bundle_file, insecure_bootstrap) {
+        (Some(_), true) => {
+            return Err(invalid(
+                "insecure_bootstrap",
+                "cannot be combined with trust_bundle_file: the bundle file already \
+                 authenticates the hub; remove insecure_bootstrap",
+            ));
+        }
+        (Some(file), false) => TrustBootstrap::BundleFile(file),
+        (None, true) => TrustBootstrap::Insecure,
+        (None, false) => TrustBootstrap::None,
+    })
+}
+
+fn attestation(
+    join_token: Option<String>,
+    x509pop: Option<X509PopSettings>,
+) -> Result<Option<NodeAttestation>, ConfigError> {
+    Ok(match (join_token, x509pop) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "join_token",
+                "cannot be combined with [x509pop]; choose one attestation method",
+            ));
+        }
+        (Some(token), None) if token.trim().is_empty() => {
+            return Err(invalid(
+                "join_token",
+                format!(
+                    "is empty; give the token from `fedhub token generate` (or set \
+                     {JOIN_TOKEN_ENV})"
+                ),
+            ));
+        }
+        (Some(token), None) => Some(NodeAttestation::JoinToken(JoinToken(token))),
+        (None, Some(pop)) => Some(NodeAttestation::X509Pop {
+            cert_file: pop.cert_file,
+            key_file: pop.key_file,
+        }),
+        (None, None) => None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "trust_domain = \"alpha.test\"\nhub_address = \"127.0.0.1:8081\"\n";
+
+    fn error_of(text: &str) -> String {
+        AgentConfig::from_toml(text).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn minimal_config_gets_defaults() {
+        let config = AgentConfig::from_toml(MINIMAL).unwrap();
+        assert_eq!(config.trust_domain.name(), "alpha.test");
+        assert_eq!(config.hub_address.host(), "127.0.0.1");
+        assert_eq!(config.hub_address.port(), 8081);
+        assert_eq!(
+            config.hub_spiffe_id.as_str(),
+            "spiffe://alpha.test/fedhub/hub"
+        );
+        assert_eq!(config.trust_bootstrap, TrustBootstrap::None);
+        assert_eq!(config.attestation, None);
+        assert_eq!(config.data_dir, Path::new(DEFAULT_DATA_DIR));
+        assert_eq!(config.socket_path, Path::new(DEFAULT_SOCKET_PATH));
+    }
+
+    #[test]
+    fn full_config_parses() {
+        let config = AgentConfig::from_toml(
+            r#"
+            trust_domain = "alpha.test"
+            hub_address = "[::1]:9000"
+            hub_spiffe_id = "spiffe://alpha.test/hub/a"
+            trust_bundle_file = "/etc/fedhub/bundle.json"
+            data_dir = "/tmp/agent-data"
+            socket_path = "/run/fedhub/agent.sock"
+            [x509pop]
+            cert_file = "/etc/node.pem"
+            key_file = "/etc/node.key"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(config.hub_address.host(), "::1");
+        assert_eq!(config.hub_address.to_string(), "[::1]:9000");
+        assert_eq!(config.hub_spiffe_id.as_str(), "spiffe://alpha.test/hub/a");
+        assert_eq!(
+            config.trust_bootstrap,
+            TrustBootstrap::BundleFile("/etc/fedhub/bundle.json".into())
+        );
+        assert_eq!(
+            config.attestation,
+            Some(NodeAttestation::X509Pop {
+                cert_file: "/etc/node.pem".into(),
+                key_file: "/etc/node.key".into(),
+            })
+        );
+        assert_eq!(config.socket_path, Path::new("/run/fedhub/agent.sock"));
+    }
+
+    #[test]
+    fn shipped_example_config_is_valid() {
+        let config = AgentConfig::from_toml(include_str!("../agent.example.toml")).unwrap();
+        assert_eq!(config.trust_domain.name(), "example.org");
+        assert!(matches!(
+            config.attestation,
+            Some(NodeAttestation::JoinToken(_))
+        ));
+        assert!(matches!(
+            config.trust_bootstrap,
+            TrustBootstrap::BundleFile(_)
+        ));
+        assert_eq!(config.socket_path, Path::new(DEFAULT_SOCKET_PATH));
+    }
+
+    #[test]
+    fn errors_name_the_key_and_the_fix() {
+        let cases = [
+            ("hub_address = \"h:1\"", "trust_domain: is required"),
+            (
+                "trust_domain = \"spiffe://a.test\"\nhub_address = \"h:1\"",
+                "trust_domain: give the bare name",
+            ),
+            (
+                "trust_domain = \"A.test\"\nhub_address = \"h:1\"",
+                "trust_domain: \"A.test\" is not valid",
+            ),
+            ("trust_domain = \"a.test\"", "hub_address: is required"),
+            (
+                "trust_domain = \"a.test\"\nhub_address = \"hub.a.test\"",
+                "hub_address: \"hub.a.test\" has no port",
+            ),
+            (
+                "trust_domain = \"a.test\"\nhub_address = \"https://hub:1\"",
+                "hub_address: \"https://hub:1\" is a URL",
+            ),
+            (
+                "trust_domain = \"a.test\"\nhub_address = \"hub:0\"",
+                "no valid port",
+            ),
+            (
+                "trust_domain = \"a.test\"\nhub_address = \"::1:80\"",
+                "put IPv6 addresses in brackets",
+            ),
+            (
+                "trust_domain = \"a.test\"\nhub_address = \"h:1\"\nhub_spiffe_id = \"spiffe://b.test/hub\"",
+                "hub_spiffe_id: must be an ID with a path in a.test",
+            ),
+            (
+                "trust_domain = \"a.test\"\nhub_address = \"h:1\"\ninsecure_bootstrap = true\ntrust_bundle_file = \"/b\"",
+                "insecure_bootstrap: cannot be combined with trust_bundle_file",
+            ),
+            (
+                "trust_domain = \"a.test\"\nhub_address = \"h:1\"\njoin_token = \"x\"\n[x509pop]\ncert_file = \"/c\"\nkey_file = \"/k\"",
+                "join_token: cannot be combined with [x509pop]",
+            ),
+            (
+                "trust_domain = \"a.test\"\nhub_address = \"h:1\"\njoin_token = \" \"",
+                "join_token: is empty",
+            ),
+            (
+                "trust_domain = \"a.test\"\nhub_address = \"h:1\"\n[x509pop]\ncert_file = \"/c\"",
+                "x509pop: missing field `key_file`",
+            ),
+            (
+                "trust_domain = \"a.test\"\nhub_address = \"h:1\"\nsocket_path = \"agent.sock\"",
+                "socket_path: must be an absolute path",
+            ),
+            (
+                "trust_domain = \"a.test\"\nhub_address = \"h:1\"\nhub_adress = \"x\"",
+                "hub_adress",
+            ),
+            (
+                "trust_domain = \"a.test\"\nhub_address = \"h:1\"\ninsecure_bootstrap = \"yes\"",
+                "insecure_bootstrap",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = error_of(text);
+            assert!(error.contains(expected), "{text:?}: {error}");
+        }
+    }
+
+    #[test]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment's Jail API returns its own error"
+    )]
+    fn load_applies_env_overrides_and_the_join_token_variable() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("agent.toml", MINIMAL)?;
+            jail.set_env("FEDHUB_AGENT__HUB_ADDRESS", "hub.alpha.test:9999");
+            jail.set_env(JOIN_TOKEN_ENV, "0123456789012345");
+            let config = AgentConfig::load(Path::new("agent.toml")).unwrap();
+            assert_eq!(config.hub_address.to_string(), "hub.alpha.test:9999");
+            assert_eq!(
+                config.attestation,
+                Some(NodeAttestation::JoinToken(JoinToken::new(
+                    "0123456789012345"
+                ))),
+                "a token of digits stays a string"
+            );
+            let error = AgentConfig::load(Path::new("missing.toml")).unwrap_err();
+            assert!(error.to_string().contains("does not exist"), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn the_join_token_is_never_printed() {
+        let config =
+            AgentConfig::from_toml(&format!("{MINIMAL}join_token = \"s3cret-token\"\n")).unwrap();
+        assert!(!format!("{config:?}").contains("s3cret"));
+        let Some(NodeAttestation::JoinToken(token)) = config.attestation else {
+            panic!("join token expected");
+        };
+        assert_eq!(token.secret(), "s3cret-token");
+    }
+}
