@@ -209,6 +209,14 @@ pub async fn launch(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         );
     }
     let insecure = insecure && stored_bundle.is_none();
+    if insecure {
+        tracing::warn!(
+            hub = %config.hub_address,
+            "INSECURE BOOTSTRAP: the first attestation will not authenticate the hub; anyone on \
+             the network path can impersonate it and hand this agent a false trust bundle. Use \
+             trust_bundle_file outside demos"
+        );
+    }
     let anchors = Arc::new(TrustAnchors::new(anchors));
     check_can_start(
         agent.as_ref(),
@@ -473,14 +481,6 @@ impl Daemon {
             )));
         };
         let verify_hub = !self.hub.anchors.is_empty();
-        if !verify_hub {
-            tracing::warn!(
-                hub = %self.hub.address,
-                "INSECURE BOOTSTRAP: this first attestation does not authenticate the hub; \
-                 anyone on the network path can impersonate it and hand this agent a false \
-                 trust bundle. Use trust_bundle_file outside demos"
-            );
-        }
         let mut client = match self.hub.connect_for_attestation(verify_hub).await {
             Ok(client) => client,
             Err(error) => return Step::Retry(error.to_string()),
@@ -527,6 +527,13 @@ impl Daemon {
             method = credentials.method(),
             "attested to the hub"
         );
+        if !verify_hub {
+            tracing::warn!(
+                hub = %self.hub.address,
+                "attested WITHOUT authenticating the hub (insecure_bootstrap); from now on the \
+                 hub is verified with the bundle it handed out"
+            );
+        }
         self.hub.anchors.set(Arc::new(bundle));
         self.insecure = false;
         self.rejected = None;

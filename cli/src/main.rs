@@ -2,6 +2,7 @@
 //!
 //! `main` only parses arguments, sets up logging and hands over to a subcommand module.
 
+mod agent_cmd;
 mod demo;
 mod hub_cmd;
 mod logging;
@@ -28,6 +29,9 @@ enum Command {
     /// Run the hub: the identity server of a trust domain.
     #[command(subcommand)]
     Hub(hub_cmd::HubCommand),
+    /// Run the node agent: attests to the hub and serves the SPIFFE Workload API.
+    #[command(subcommand)]
+    Agent(agent_cmd::AgentRunCommand),
 }
 
 /// A multi-threaded Tokio runtime with the process-wide rustls provider installed.
@@ -60,6 +64,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => Ok(demo::run(&args)),
         Command::Hub(command) => hub_cmd::run(command),
+        Command::Agent(command) => agent_cmd::run(command),
     };
     match result {
         Ok(code) => code,
