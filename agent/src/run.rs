@@ -194,30 +194,7 @@ pub async fn launch(config: AgentConfig) -> Result<RunningAgent, AgentError> {
             message: e.message,
         })?;
 
-    let mut anchors = stored_bundle
-        .clone()
-        .unwrap_or_else(|| Bundle::new(trust_domain.clone()));
-    if let TrustBootstrap::BundleFile(path) = &config.trust_bootstrap {
-        for authority in read_bundle_file(path, &trust_domain)?.x509_authorities() {
-            anchors.add_x509_authority(authority.clone());
-        }
-    }
-    let insecure = config.trust_bootstrap == TrustBootstrap::Insecure;
-    if insecure && stored_bundle.is_some() {
-        tracing::info!(
-            "insecure_bootstrap is not used: the bundle kept in data_dir authenticates the hub"
-        );
-    }
-    let insecure = insecure && stored_bundle.is_none();
-    if insecure {
-        tracing::warn!(
-            hub = %config.hub_address,
-            "INSECURE BOOTSTRAP: the first attestation will not authenticate the hub; anyone on \
-             the network path can impersonate it and hand this agent a false trust bundle. Use \
-             trust_bundle_file outside demos"
-        );
-    }
-    let anchors = Arc::new(TrustAnchors::new(anchors));
+    let (anchors, insecure) = trust_anchors(&config, stored_bundle)?;
     check_can_start(
         agent.as_ref(),
         credentials.as_ref(),
@@ -253,6 +230,9 @@ pub async fn launch(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         store,
         credentials,
         insecure,
+        agent_renew_at: agent
+            .as_ref()
+            .map_or(now, |svid| svid_refresh_time(svid, None)),
         agent,
         rejected: None,
         engine: SyncEngine::new(trust_domain),
@@ -314,6 +294,36 @@ fn stored_svid_usable(svid: &X509Svid, trust_domain: &TrustDomain, now: SystemTi
         return false;
     }
     true
+}
+
+/// What authenticates the hub: the stored bundle and the configured bundle file together, and
+/// whether the insecure bootstrap applies (only while no bundle is stored).
+fn trust_anchors(
+    config: &AgentConfig,
+    stored_bundle: Option<Bundle>,
+) -> Result<(Arc<TrustAnchors>, bool), AgentError> {
+    let trust_domain = &config.trust_domain;
+    let stored = stored_bundle.is_some();
+    let mut anchors = stored_bundle.unwrap_or_else(|| Bundle::new(trust_domain.clone()));
+    if let TrustBootstrap::BundleFile(path) = &config.trust_bootstrap {
+        for authority in read_bundle_file(path, trust_domain)?.x509_authorities() {
+            anchors.add_x509_authority(authority.clone());
+        }
+    }
+    let insecure = config.trust_bootstrap == TrustBootstrap::Insecure;
+    if insecure && stored {
+        tracing::info!(
+            "insecure_bootstrap is not used: the bundle kept in data_dir authenticates the hub"
+        );
+    } else if insecure {
+        tracing::warn!(
+            hub = %config.hub_address,
+            "INSECURE BOOTSTRAP: the first attestation will not authenticate the hub; anyone on \
+             the network path can impersonate it and hand this agent a false trust bundle. Use \
+             trust_bundle_file outside demos"
+        );
+    }
+    Ok((Arc::new(TrustAnchors::new(anchors)), insecure && !stored))
 }
 
 fn read_bundle_file(path: &Path, trust_domain: &TrustDomain) -> Result<Bundle, AgentError> {
@@ -390,6 +400,8 @@ struct Daemon {
     /// Whether the next attestation may skip authenticating the hub.
     insecure: bool,
     agent: Option<X509Svid>,
+    /// When the agent SVID is renewed.
+    agent_renew_at: SystemTime,
     /// Why the hub refused the last agent SVID, if it did.
     rejected: Option<String>,
     engine: SyncEngine,
@@ -542,6 +554,7 @@ impl Daemon {
     }
 
     fn adopt(&mut self, svid: X509Svid) {
+        self.agent_renew_at = svid_refresh_time(&svid, Some(SystemTime::now()));
         self.status.send_modify(|status| {
             status.agent_id = Some(svid.spiffe_id().clone());
             status.agent_svid_expiry = Some(svid.not_after());
@@ -563,7 +576,7 @@ impl Daemon {
             Err(status) => return self.hub_refused(&status),
         };
         self.link.set(Some(client.clone()));
-        let renew_at = svid_refresh_time(&agent);
+        let renew_at = self.agent_renew_at;
         let mut synced = false;
         loop {
             let wake = self

@@ -44,7 +44,7 @@ pub(crate) fn refresh_time(not_before: SystemTime, not_after: SystemTime) -> Sys
 }
 
 /// The validity period of a DER certificate.
-pub(crate) fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
+fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
     let (_, cert) = X509Certificate::from_der(der).ok()?;
     let at = |t: i64| Some(SystemTime::UNIX_EPOCH + Duration::from_secs(u64::try_from(t).ok()?));
     Some((
@@ -53,9 +53,18 @@ pub(crate) fn validity(der: &[u8]) -> Option<(SystemTime, SystemTime)> {
     ))
 }
 
-/// When `svid` should be replaced (half its lifetime; its expiry when unreadable).
-pub(crate) fn svid_refresh_time(svid: &X509Svid) -> SystemTime {
-    validity(svid.leaf()).map_or(svid.not_after(), |(from, to)| refresh_time(from, to))
+/// When `svid` should be replaced: half way between its start and its expiry. Its start is when
+/// it was `received` if known, since issuers backdate `notBefore` (otherwise a short-lived SVID
+/// would be due at once, again and again); else its `notBefore`.
+pub(crate) fn svid_refresh_time(svid: &X509Svid, received: Option<SystemTime>) -> SystemTime {
+    let not_after = svid.not_after();
+    let Some((not_before, _)) = validity(svid.leaf()) else {
+        return received.map_or(not_after, |at| refresh_time(at, not_after));
+    };
+    refresh_time(
+        received.map_or(not_before, |at| at.max(not_before)),
+        not_after,
+    )
 }
 
 /// Whether the hub refused something about one entry (rather than the call or the agent):
@@ -454,7 +463,7 @@ fn accept(
     .map_err(|e| e.to_string())?;
     Ok(Held {
         revision: entry.revision,
-        refresh_at: svid_refresh_time(&svid),
+        refresh_at: svid_refresh_time(&svid, Some(now)),
         svid: Arc::new(svid),
     })
 }

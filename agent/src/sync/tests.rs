@@ -373,3 +373,26 @@ fn the_refresh_time_is_half_the_lifetime() {
     );
     assert_eq!(refresh_time(start, start - Duration::from_secs(1)), start);
 }
+
+#[test]
+fn a_backdated_svid_is_due_half_way_from_when_it_arrived() {
+    let (ca, _) = domain("own.test");
+    let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+    let id = td("own.test").spiffe_id("/short").unwrap();
+    // notBefore is backdated by 30 s; the lifetime from now is 10 s.
+    let chain = ca
+        .mint_x509_svid(
+            &id,
+            &key.public_key_der().unwrap(),
+            Duration::from_secs(10),
+            &[],
+        )
+        .unwrap();
+    let svid = X509Svid::new_checked(chain, key).unwrap();
+    let now = SystemTime::now();
+    let due = svid_refresh_time(&svid, Some(now));
+    assert!(due > now, "not due at once");
+    assert!(due <= now + Duration::from_secs(6));
+    // Without the arrival time (a stored SVID) the certificate's own start counts.
+    assert!(svid_refresh_time(&svid, None) < now);
+}
