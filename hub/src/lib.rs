@@ -5,11 +5,13 @@
 //! - [`state`]: [`Hub`], the shared state: registry, CA, own bundle, hub SVID, change signal.
 //! - [`https`]: serving axum routers over TLS (or plain HTTP where allowed) with handshake and
 //!   header read timeouts, graceful shutdown and swappable certificates.
+//! - [`node`]: the node API agents use (attestation, SVID signing, sync), over TLS.
 
 pub mod ca;
 pub mod config;
 pub mod fsutil;
 pub mod https;
+pub mod node;
 pub mod state;
 
 pub use state::{Hub, HubError};
