@@ -256,3 +256,114 @@ impl NodeCert {
             })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
+        KeyPair, KeyUsagePurpose, SignatureAlgorithm, SigningKey as _,
+    };
+
+    use super::*;
+
+    struct Pki {
+        verifier: X509PopVerifier,
+        issuer: Issuer<'static, KeyPair>,
+        _dir: tempfile::TempDir,
+    }
+
+    fn pki() -> Pki {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "node CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign];
+        let cert = params.self_signed(&key).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ca.pem");
+        std::fs::write(&path, cert.pem()).unwrap();
+        Pki {
+            verifier: X509PopVerifier::load(&path).unwrap(),
+            issuer: Issuer::new(params, key),
+            _dir: dir,
+        }
+    }
+
+    fn node(
+        pki: &Pki,
+        alg: &'static SignatureAlgorithm,
+        edit: impl FnOnce(&mut CertificateParams),
+    ) -> (Vec<u8>, KeyPair) {
+        let key = KeyPair::generate_for(alg).unwrap();
+        let mut params = CertificateParams::new(vec!["n.test".to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, "n");
+        edit(&mut params);
+        let cert = params.signed_by(&key, &pki.issuer).unwrap();
+        (cert.der().to_vec(), key)
+    }
+
+    #[test]
+    fn challenge_signatures_of_each_key_type_verify() {
+        let pki = pki();
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ECDSA_P384_SHA384,
+            &rcgen::PKCS_RSA_SHA256,
+        ] {
+            let (leaf, key) = node(&pki, alg, |_| {});
+            let cert = pki.verifier.verify(&[leaf], SystemTime::now()).unwrap();
+            let challenge = [7u8; 32];
+            let signature = key.sign(&challenge).unwrap();
+            cert.verify_challenge(&challenge, &signature)
+                .unwrap_or_else(|e| panic!("{alg:?}: {e:?}"));
+            let other = key.sign(&[8u8; 32]).unwrap();
+            assert_eq!(
+                cert.verify_challenge(&challenge, &other)
+                    .unwrap_err()
+                    .code(),
+                tonic::Code::PermissionDenied,
+                "{alg:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_expired_and_server_only_certificates() {
+        let pki = pki();
+        let (expired, _) = node(&pki, &rcgen::PKCS_ECDSA_P256_SHA256, |p| {
+            p.not_before = rcgen::date_time_ymd(2000, 1, 1);
+            p.not_after = rcgen::date_time_ymd(2001, 1, 1);
+        });
+        let error = pki
+            .verifier
+            .verify(&[expired], SystemTime::now())
+            .unwrap_err();
+        assert!(error.message().contains("expired"), "{error:?}");
+
+        let (server_only, _) = node(&pki, &rcgen::PKCS_ECDSA_P256_SHA256, |p| {
+            p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        });
+        let error = pki
+            .verifier
+            .verify(&[server_only], SystemTime::now())
+            .unwrap_err();
+        assert!(error.message().contains("clientAuth"), "{error:?}");
+
+        let error = pki.verifier.verify(&[], SystemTime::now()).unwrap_err();
+        assert_eq!(error.code(), tonic::Code::InvalidArgument);
+    }
+
+    #[test]
+    fn a_ca_file_without_certificates_is_refused_by_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("empty.pem");
+        std::fs::write(&path, "no PEM here\n").unwrap();
+        let error = X509PopVerifier::load(&path).unwrap_err();
+        assert!(error.to_string().contains("empty.pem"), "{error}");
+        assert!(error.to_string().contains("no CERTIFICATE"), "{error}");
+        let missing = X509PopVerifier::load(&dir.path().join("missing.pem")).unwrap_err();
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
+}
