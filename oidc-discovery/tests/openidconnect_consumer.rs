@@ -1,5 +1,6 @@
 //! An independent OIDC library (`openidconnect`) consumes our discovery document and key set
 //! and verifies JWT-SVIDs with them, as cloud IAM and Vault do.
+#![expect(clippy::unwrap_used, reason = "test set-up fails loudly")]
 
 use std::str::FromStr as _;
 use std::time::{Duration, SystemTime};
