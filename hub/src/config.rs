@@ -116,6 +116,20 @@ pub struct AgentApiConfig {
     pub signings_per_second: u32,
 }
 
+/// Validated `[node_attestation.x509pop]` settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct X509PopConfig {
+    /// PEM file of the CA certificates node certificates must chain to.
+    pub ca_bundle_file: PathBuf,
+}
+
+/// Validated node attestation settings (join tokens need none).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NodeAttestationConfig {
+    /// x509pop; `None` when not configured (x509pop attestation is then refused).
+    pub x509pop: Option<X509PopConfig>,
+}
+
 /// The validated hub configuration.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -131,6 +145,8 @@ pub struct HubConfig {
     pub admin_uids: Vec<u32>,
     /// Agent API.
     pub agent_api: AgentApiConfig,
+    /// Node attestation methods.
+    pub node_attestation: NodeAttestationConfig,
     /// Bundle endpoint; `None` when disabled.
     pub bundle_endpoint: Option<BundleEndpointConfig>,
     /// OIDC discovery; `None` when disabled.
@@ -160,6 +176,8 @@ struct Settings {
     #[serde(default)]
     agent_api: AgentApiSettings,
     #[serde(default)]
+    node_attestation: NodeAttestationSettings,
+    #[serde(default)]
     bundle_endpoint: BundleEndpointSettings,
     #[serde(default)]
     oidc: OidcSettings,
@@ -187,6 +205,18 @@ impl Default for AgentApiSettings {
             signings_per_second: 500,
         }
     }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct NodeAttestationSettings {
+    x509pop: Option<X509PopSettings>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct X509PopSettings {
+    ca_bundle_file: PathBuf,
 }
 
 #[derive(Debug, Deserialize)]
@@ -475,6 +505,11 @@ impl Settings {
             admin_socket,
             admin_uids: self.admin_uids,
             agent_api,
+            node_attestation: NodeAttestationConfig {
+                x509pop: self.node_attestation.x509pop.map(|x| X509PopConfig {
+                    ca_bundle_file: x.ca_bundle_file,
+                }),
+            },
             bundle_endpoint,
             oidc,
             health_address: self.health.enabled.then_some(self.health.address),
@@ -654,6 +689,22 @@ mod tests {
         assert!(matches!(endpoint.profile, EndpointProfile::HttpsWeb { .. }));
         assert_eq!(endpoint.refresh_hint, Duration::from_secs(60));
         assert_eq!(config.oidc.unwrap().issuer, "https://oidc.alpha.test");
+    }
+
+    #[test]
+    fn x509pop_is_off_unless_configured() {
+        let config = HubConfig::from_toml("trust_domain = \"a.test\"").unwrap();
+        assert_eq!(config.node_attestation.x509pop, None);
+        let config = HubConfig::from_toml(
+            "trust_domain = \"a.test\"\n[node_attestation.x509pop]\nca_bundle_file = \"/etc/ca.pem\"",
+        )
+        .unwrap();
+        assert_eq!(
+            config.node_attestation.x509pop.unwrap().ca_bundle_file,
+            Path::new("/etc/ca.pem")
+        );
+        let error = error_of("trust_domain = \"a.test\"\n[node_attestation.x509pop]\n");
+        assert!(error.contains("ca_bundle_file"), "{error}");
     }
 
     #[test]

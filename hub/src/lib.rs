@@ -6,11 +6,13 @@
 //! - [`run`]: `fedhub hub run`: binds and serves every endpoint, runs the background loops.
 //! - [`https`]: serving axum routers over TLS (or plain HTTP where allowed) with handshake and
 //!   header read timeouts, graceful shutdown and swappable certificates.
+//! - [`node`]: the node API agents use (attestation, SVID signing, sync), over TLS.
 
 pub mod ca;
 pub mod config;
 pub mod fsutil;
 pub mod https;
+pub mod node;
 pub mod run;
 pub mod state;
 

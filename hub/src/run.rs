@@ -59,6 +59,8 @@ pub enum RunError {
 /// Addresses the running hub listens on (useful when the config asked for port 0).
 #[derive(Debug, Clone, Default)]
 pub struct Bound {
+    /// Node API (agents).
+    pub agent_api: Option<SocketAddr>,
     /// Bundle endpoint.
     pub bundle_endpoint: Option<SocketAddr>,
     /// OIDC discovery.
@@ -302,6 +304,7 @@ pub async fn launch_with(
     config: HubConfig,
     options: LaunchOptions,
 ) -> Result<RunningHub, RunError> {
+    let agent_listener = bind("agent_api.address", config.agent_api.address).await?;
     let endpoint_listener = match &config.bundle_endpoint {
         Some(endpoint) => Some(bind("bundle_endpoint.address", endpoint.address).await?),
         None => None,
@@ -369,6 +372,18 @@ pub async fn launch_with(
         spawn_server(&mut tasks, "health", listener, None, router, &stop);
     }
 
+    bound.agent_api = agent_listener.local_addr().ok();
+    {
+        let hub = hub.clone();
+        let stopped = stop.clone();
+        tasks.spawn(async move {
+            if let Err(error) =
+                crate::node::serve_node_api(hub, agent_listener, stopped.cancelled_owned()).await
+            {
+                tracing::error!(%error, "node API stopped");
+            }
+        });
+    }
     {
         let hub = hub.clone();
         let stopped = stop.clone();
@@ -377,6 +392,7 @@ pub async fn launch_with(
 
     tracing::info!(
         trust_domain = %hub.trust_domain(),
+        agent_api = ?bound.agent_api,
         bundle_endpoint = ?bound.bundle_endpoint,
         oidc = ?bound.oidc,
         health = ?bound.health,

@@ -71,11 +71,15 @@ impl OidcPublisher {
         if url.host_str().is_none() || url.query().is_some() || url.fragment().is_some() {
             return Err(invalid("it needs a host and no query or fragment"));
         }
-        let jwks_uri = format!("{}{KEYS_PATH}", issuer.trim_end_matches('/'));
+        let base = issuer.trim_end_matches('/');
+        let jwks_uri = format!("{base}{KEYS_PATH}");
+        // OIDC discovery requires an authorization endpoint and common consumers refuse a
+        // document without a valid URL there. JWT-SVIDs come from the Workload API, not from
+        // an OAuth flow, so this URL is published but not served.
         let document = json!({
             "issuer": issuer,
             "jwks_uri": jwks_uri,
-            "authorization_endpoint": "",
+            "authorization_endpoint": format!("{base}/authorize"),
             "response_types_supported": ["id_token"],
             "subject_types_supported": ["public"],
             "id_token_signing_alg_values_supported": ["RS256", "ES256", "ES384"],

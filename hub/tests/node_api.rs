@@ -1,0 +1,1147 @@
+//! The node API against a real hub: attestation (join token, x509pop), mutual TLS calls,
+//! sync, bans, evictions, renewals and rate limits, over TLS on loopback.
+#![expect(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::too_many_lines,
+    reason = "test helpers panic when set-up fails; scenarios read top to bottom"
+)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use fedhub_core::tls::client_config;
+use fedhub_core::x509::{SvidUsage, verify_x509_svid};
+use fedhub_core::{
+    Authorizer, Bundle, BundleSet, JwtValidator, KeyType, PrivateKey, SpiffeId, TrustDomain,
+    X509Svid,
+};
+use fedhub_hub::Hub;
+use fedhub_hub::config::HubConfig;
+use fedhub_hub::node::{RETRY_AFTER_MS, join_token_agent_id, serve_node_api};
+use fedhub_proto::node::attest_request::Step as RequestStep;
+use fedhub_proto::node::attest_response::Step as ResponseStep;
+use fedhub_proto::node::attest_start::Method;
+use fedhub_proto::node::node_client::NodeClient;
+use fedhub_proto::node::{
+    AgentSvid, AttestRequest, AttestStart, RenewAgentRequest, SignJwtSvidRequest,
+    SignX509SvidsRequest, SyncRequest, SyncSnapshot, X509PopStart, X509SvidParams,
+};
+use fedhub_registry::{
+    BundleRecord, EndpointProfile, Entry, EntrySpec, RelationshipSpec, Selector,
+};
+use hyper_util::rt::TokioIo;
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SigningKey as _,
+};
+use rustls::pki_types::ServerName;
+use tempfile::TempDir;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot};
+use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::{Code, Status, Streaming};
+
+const ACTOR: &str = "test-admin";
+const TOKEN: &str = "a-join-token-of-enough-length";
+
+fn id(s: &str) -> SpiffeId {
+    SpiffeId::parse(s).unwrap()
+}
+
+fn sel(s: &str) -> Selector {
+    Selector::parse(s).unwrap()
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    use std::fmt::Write as _;
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes);
+    digest.as_ref().iter().fold(String::new(), |mut out, b| {
+        write!(out, "{b:02x}").unwrap();
+        out
+    })
+}
+
+/// A hub serving the node API on loopback.
+struct TestHub {
+    hub: Hub,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<std::io::Result<()>>,
+    _dir: TempDir,
+}
+
+impl TestHub {
+    /// A hub for `alpha.test` with `extra` TOML appended to the configuration.
+    async fn start(extra: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(dir, extra, None).await
+    }
+
+    async fn start_in(dir: TempDir, extra: &str, database_url: Option<&str>) -> Self {
+        let database = database_url
+            .map(|url| format!("database_url = \"{url}\"\n"))
+            .unwrap_or_default();
+        let config = HubConfig::from_toml(&format!(
+            "trust_domain = \"alpha.test\"\ndata_dir = \"{}\"\n{database}{extra}",
+            dir.path().display()
+        ))
+        .unwrap();
+        let hub = Hub::open(config).await.unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(serve_node_api(hub.clone(), listener, async {
+            let _ = stopped.await;
+        }));
+        Self {
+            hub,
+            addr,
+            stop: Some(stop),
+            task,
+            _dir: dir,
+        }
+    }
+
+    fn td(&self) -> TrustDomain {
+        self.hub.trust_domain().clone()
+    }
+
+    fn bundles(&self) -> BundleSet {
+        [(*self.hub.own_bundle()).clone()].into_iter().collect()
+    }
+
+    /// A client that authenticates the hub by its SPIFFE ID, presenting `svid` if given.
+    async fn client(&self, svid: Option<&X509Svid>) -> Result<NodeClient<Channel>, String> {
+        let config = client_config(
+            svid,
+            Arc::new(self.bundles()),
+            Authorizer::Exact(self.hub.hub_id()),
+        )
+        .unwrap();
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let addr = self.addr;
+        let channel = Endpoint::from_static("http://node-api.invalid")
+            .connect_with_connector(tower::service_fn(move |_: Uri| {
+                let connector = connector.clone();
+                async move {
+                    let tcp = TcpStream::connect(addr).await?;
+                    let name = ServerName::try_from("node-api.invalid").unwrap();
+                    let tls = connector.connect(name, tcp).await?;
+                    Ok::<_, std::io::Error>(TokioIo::new(tls))
+                }
+            }))
+            .await
+            .map_err(|e| format!("{e:?}"))?;
+        Ok(NodeClient::new(channel))
+    }
+
+    async fn anonymous(&self) -> NodeClient<Channel> {
+        self.client(None).await.unwrap()
+    }
+
+    async fn mtls(&self, agent: &X509Svid) -> NodeClient<Channel> {
+        self.client(Some(agent)).await.unwrap()
+    }
+
+    async fn token(&self, token: &str, spiffe_id: Option<&SpiffeId>) {
+        self.hub
+            .registry()
+            .create_join_token(ACTOR, token, Duration::from_secs(600), spiffe_id)
+            .await
+            .unwrap();
+    }
+
+    /// Attests with a new join token; returns the agent's SVID.
+    async fn join(&self, token: &str) -> X509Svid {
+        self.token(token, None).await;
+        let key = agent_key();
+        let svid = attest(&mut self.anonymous().await, join_start(&key, token), None)
+            .await
+            .unwrap();
+        X509Svid::new_checked(svid.cert_chain, key).unwrap()
+    }
+
+    async fn entry(&self, spiffe_id: &str, parent: &SpiffeId, selectors: &[&str]) -> Entry {
+        let spec = EntrySpec::new(
+            id(spiffe_id),
+            parent.clone(),
+            selectors.iter().map(|s| sel(s)).collect(),
+        );
+        self.create(&spec).await
+    }
+
+    async fn create(&self, spec: &EntrySpec) -> Entry {
+        let entry = self.hub.registry().create_entry(ACTOR, spec).await.unwrap();
+        self.hub.notify_changed().await.unwrap();
+        entry
+    }
+
+    async fn stop(mut self) -> std::io::Result<()> {
+        let _ = self.stop.take().unwrap().send(());
+        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
+            .await
+            .expect("the server stops")
+            .unwrap()
+    }
+}
+
+fn agent_key() -> PrivateKey {
+    PrivateKey::generate(KeyType::EcP256).unwrap()
+}
+
+fn join_start(key: &PrivateKey, token: &str) -> AttestStart {
+    AttestStart {
+        agent_public_key: key.public_key_der().unwrap(),
+        method: Some(Method::JoinToken(token.to_owned())),
+    }
+}
+
+/// Signs an x509pop challenge with the node key.
+type ChallengeSigner<'a> = &'a (dyn Fn(&[u8]) -> Vec<u8> + Sync);
+
+/// Runs `Attest`; answers a challenge with `sign`.
+async fn attest(
+    client: &mut NodeClient<Channel>,
+    start: AttestStart,
+    sign: Option<ChallengeSigner<'_>>,
+) -> Result<AgentSvid, Status> {
+    let (sender, mut receiver) = mpsc::channel(4);
+    sender
+        .send(AttestRequest {
+            step: Some(RequestStep::Start(start)),
+        })
+        .await
+        .unwrap();
+    let outbound = futures::stream::poll_fn(move |cx| receiver.poll_recv(cx));
+    let mut inbound = client.attest(outbound).await?.into_inner();
+    loop {
+        match inbound.message().await?.and_then(|m| m.step) {
+            Some(ResponseStep::Challenge(challenge)) => {
+                let sign = sign.expect("no challenge expected");
+                sender
+                    .send(AttestRequest {
+                        step: Some(RequestStep::ChallengeResponse(sign(&challenge))),
+                    })
+                    .await
+                    .unwrap();
+            }
+            Some(ResponseStep::Result(svid)) => return Ok(svid),
+            None => panic!("the attestation stream ended without a result"),
+        }
+    }
+}
+
+fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, text: &str) -> Status {
+    let status = result.expect_err("the call should fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(text),
+        "{:?} does not contain {text:?}",
+        status.message()
+    );
+    status
+}
+
+async fn sign_x509(
+    client: &mut NodeClient<Channel>,
+    entries: &[&Entry],
+) -> Result<Vec<fedhub_proto::node::SignedX509Svid>, Status> {
+    let svids = entries
+        .iter()
+        .map(|entry| X509SvidParams {
+            entry_id: entry.id.to_string(),
+            public_key: agent_key().public_key_der().unwrap(),
+        })
+        .collect();
+    Ok(client
+        .sign_x509_svids(SignX509SvidsRequest { svids })
+        .await?
+        .into_inner()
+        .svids)
+}
+
+async fn next_snapshot(stream: &mut Streaming<SyncSnapshot>) -> Result<SyncSnapshot, Status> {
+    tokio::time::timeout(Duration::from_secs(5), stream.message())
+        .await
+        .expect("a snapshot within 5 s")
+        .map(|m| m.expect("the stream goes on"))
+}
+
+fn entry_ids(snapshot: &SyncSnapshot) -> Vec<String> {
+    let mut ids: Vec<String> = snapshot.entries.iter().map(|e| e.id.clone()).collect();
+    ids.sort();
+    ids
+}
+
+// ---- a node PKI for x509pop ------------------------------------------------------------------
+
+struct NodeCa {
+    issuer: Issuer<'static, KeyPair>,
+    der: Vec<u8>,
+    pem: String,
+}
+
+impl NodeCa {
+    fn new(name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} node CA"));
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.self_signed(&key).unwrap();
+        Self {
+            der: cert.der().to_vec(),
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// An intermediate CA signed by this one.
+    fn intermediate(&self, name: &str) -> Self {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Self {
+            der: cert.der().to_vec(),
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+        }
+    }
+
+    /// A node certificate with CN `cn` and one DNS SAN; returns (DER, key).
+    fn node(&self, cn: &str, dns: &str) -> (Vec<u8>, KeyPair) {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(vec![dns.to_owned()]).unwrap();
+        params.distinguished_name.push(DnType::CommonName, cn);
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.der().to_vec(), key)
+    }
+}
+
+/// A hub trusting `ca` for x509pop.
+async fn x509pop_hub(ca: &NodeCa) -> TestHub {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("node-ca.pem");
+    std::fs::write(&ca_file, &ca.pem).unwrap();
+    let extra = format!(
+        "[node_attestation.x509pop]\nca_bundle_file = \"{}\"\n",
+        ca_file.display()
+    );
+    TestHub::start_in(dir, &extra, None).await
+}
+
+fn pop_start(agent: &PrivateKey, chain: Vec<Vec<u8>>) -> AttestStart {
+    AttestStart {
+        agent_public_key: agent.public_key_der().unwrap(),
+        method: Some(Method::X509pop(X509PopStart { cert_chain: chain })),
+    }
+}
+
+/// Attests with x509pop, signing the challenge with `node_key`.
+async fn pop(
+    hub: &TestHub,
+    chain: Vec<Vec<u8>>,
+    node_key: &KeyPair,
+) -> Result<(X509Svid, AgentSvid), Status> {
+    let key = agent_key();
+    let sign = |challenge: &[u8]| node_key.sign(challenge).unwrap();
+    let svid = attest(
+        &mut hub.anonymous().await,
+        pop_start(&key, chain),
+        Some(&sign),
+    )
+    .await?;
+    Ok((
+        X509Svid::new_checked(svid.cert_chain.clone(), key).unwrap(),
+        svid,
+    ))
+}
+
+// ---- attestation -----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn join_token_attestation_issues_a_verifiable_agent_svid_once() {
+    let hub = TestHub::start("").await;
+    hub.token(TOKEN, None).await;
+    let key = agent_key();
+    let svid = attest(&mut hub.anonymous().await, join_start(&key, TOKEN), None)
+        .await
+        .unwrap();
+
+    let expected = join_token_agent_id(&hub.td(), TOKEN);
+    assert_eq!(svid.spiffe_id, expected.as_str());
+    let verified = verify_x509_svid(
+        &svid.cert_chain,
+        &hub.bundles(),
+        SystemTime::now(),
+        SvidUsage::ClientAuth,
+    )
+    .unwrap();
+    assert_eq!(verified.spiffe_id(), &expected);
+    let returned = Bundle::from_json(hub.td(), &svid.bundle).unwrap();
+    assert_eq!(returned, *hub.hub.own_bundle());
+    let agent = hub
+        .hub
+        .registry()
+        .get_agent(&expected)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(agent.attestation_type, "join_token");
+    assert!(agent.serial.is_some_and(|s| !s.is_empty()));
+    X509Svid::new_checked(svid.cert_chain, key).expect("the SVID certifies the agent's key");
+
+    let again = attest(
+        &mut hub.anonymous().await,
+        join_start(&agent_key(), TOKEN),
+        None,
+    )
+    .await;
+    let status = assert_status(again, Code::PermissionDenied, "already used");
+    assert!(!status.message().contains(TOKEN), "the token is not echoed");
+
+    let unknown = attest(
+        &mut hub.anonymous().await,
+        join_start(&agent_key(), "never-generated-token-value"),
+        None,
+    )
+    .await;
+    assert_status(unknown, Code::PermissionDenied, "unknown");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_join_token_naming_an_agent_id_grants_that_id() {
+    let hub = TestHub::start("").await;
+    let named = id("spiffe://alpha.test/fedhub/agent/rack-7");
+    hub.token(TOKEN, Some(&named)).await;
+    let svid = attest(
+        &mut hub.anonymous().await,
+        join_start(&agent_key(), TOKEN),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(svid.spiffe_id, named.as_str());
+
+    // A token for an ID outside /fedhub/agent/ could never be used over mutual TLS.
+    let workload_token = "token-for-a-workload-id";
+    hub.token(workload_token, Some(&id("spiffe://alpha.test/web")))
+        .await;
+    let refused = attest(
+        &mut hub.anonymous().await,
+        join_start(&agent_key(), workload_token),
+        None,
+    )
+    .await;
+    assert_status(refused, Code::FailedPrecondition, "not an agent ID");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_csr_instead_of_a_public_key_is_refused_and_the_token_kept() {
+    let hub = TestHub::start("").await;
+    hub.token(TOKEN, None).await;
+    let key = agent_key();
+    let csr = CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&key.rcgen_key_pair().unwrap())
+        .unwrap();
+    let start = AttestStart {
+        agent_public_key: csr.der().to_vec(),
+        method: Some(Method::JoinToken(TOKEN.to_owned())),
+    };
+    let refused = attest(&mut hub.anonymous().await, start, None).await;
+    assert_status(
+        refused,
+        Code::InvalidArgument,
+        "send a public key, not a CSR",
+    );
+    // The token was not used up by the refused attempt.
+    attest(&mut hub.anonymous().await, join_start(&key, TOKEN), None)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509pop_attests_a_node_of_the_configured_pki() {
+    let ca = NodeCa::new("alpha");
+    let hub = x509pop_hub(&ca).await;
+    let (leaf, node_key) = ca.node("node-1", "node-1.alpha.internal");
+    let (agent, svid) = pop(&hub, vec![leaf.clone()], &node_key).await.unwrap();
+
+    let expected = id(&format!(
+        "spiffe://alpha.test/fedhub/agent/x509pop/{}",
+        &sha256_hex(&leaf)[..40]
+    ));
+    assert_eq!(agent.spiffe_id(), &expected);
+    verify_x509_svid(
+        &svid.cert_chain,
+        &hub.bundles(),
+        SystemTime::now(),
+        SvidUsage::ClientAuth,
+    )
+    .unwrap();
+    let record = hub
+        .hub
+        .registry()
+        .get_agent(&expected)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(record.attestation_type, "x509pop");
+    let mut expected_selectors = vec![
+        sel("x509pop:subject:cn:node-1"),
+        sel(&format!("x509pop:ca:fingerprint:{}", sha256_hex(&ca.der))),
+        sel("x509pop:san:dns:node-1.alpha.internal"),
+    ];
+    expected_selectors.sort();
+    assert_eq!(record.selectors, expected_selectors);
+
+    // Through an intermediate CA, the intermediate is the issuing CA.
+    let intermediate = ca.intermediate("alpha rack CA");
+    let (leaf, node_key) = intermediate.node("node-2", "node-2.alpha.internal");
+    let (agent, _) = pop(&hub, vec![leaf, intermediate.der.clone()], &node_key)
+        .await
+        .unwrap();
+    let record = hub
+        .hub
+        .registry()
+        .get_agent(agent.spiffe_id())
+        .await
+        .unwrap()
+        .unwrap();
+    let fingerprint = sel(&format!(
+        "x509pop:ca:fingerprint:{}",
+        sha256_hex(&intermediate.der)
+    ));
+    assert!(
+        record.selectors.contains(&fingerprint),
+        "{:?}",
+        record.selectors
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509pop_refuses_a_wrong_key_a_foreign_ca_and_an_unconfigured_hub() {
+    let ca = NodeCa::new("alpha");
+    let hub = x509pop_hub(&ca).await;
+    let (leaf, _) = ca.node("node-1", "node-1.alpha.internal");
+    let other_key = KeyPair::generate().unwrap();
+    let wrong_key = pop(&hub, vec![leaf.clone()], &other_key).await;
+    assert_status(wrong_key, Code::PermissionDenied, "does not verify");
+
+    let foreign = NodeCa::new("mallory");
+    let (leaf, key) = foreign.node("node-1", "node-1.alpha.internal");
+    let foreign_ca = pop(&hub, vec![leaf.clone()], &key).await;
+    assert_status(foreign_ca, Code::PermissionDenied, "does not chain to a CA");
+    assert!(hub.hub.registry().list_agents().await.unwrap().is_empty());
+
+    let plain = TestHub::start("").await;
+    let unconfigured = pop(&plain, vec![leaf], &key).await;
+    assert_status(
+        unconfigured,
+        Code::FailedPrecondition,
+        "x509pop is not configured on this hub",
+    );
+}
+
+// ---- mutual TLS calls ------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509_svids_are_signed_for_authorized_entries_only() {
+    let hub = TestHub::start("").await;
+    let agent = hub.join("token-of-agent-one-xx").await;
+    let other = hub.join("token-of-agent-two-xx").await;
+    let mut spec = EntrySpec::new(
+        id("spiffe://alpha.test/web"),
+        agent.spiffe_id().clone(),
+        vec![sel("unix:uid:1000")],
+    );
+    spec.dns_names = vec!["web.alpha.internal".into()];
+    spec.x509_svid_ttl = Some(Duration::from_secs(600));
+    let mine = hub.create(&spec).await;
+    let theirs = hub
+        .entry(
+            "spiffe://alpha.test/db",
+            other.spiffe_id(),
+            &["unix:uid:2000"],
+        )
+        .await;
+
+    let mut client = hub.mtls(&agent).await;
+    let signed = sign_x509(&mut client, &[&mine]).await.unwrap();
+    assert_eq!(signed.len(), 1);
+    assert_eq!(signed[0].entry_id, mine.id.to_string());
+    assert_eq!(signed[0].spiffe_id, "spiffe://alpha.test/web");
+    let verified = verify_x509_svid(
+        &signed[0].cert_chain,
+        &hub.bundles(),
+        SystemTime::now(),
+        SvidUsage::ServerAuth,
+    )
+    .unwrap();
+    assert_eq!(verified.spiffe_id(), &id("spiffe://alpha.test/web"));
+    let lifetime = signed[0].expires_at
+        - SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            .cast_signed();
+    assert!(
+        (590..=600).contains(&lifetime),
+        "entry TTL applies: {lifetime}"
+    );
+    let leaf = x509_parser::parse_x509_certificate(&signed[0].cert_chain[0])
+        .unwrap()
+        .1;
+    let san = leaf.subject_alternative_name().unwrap().unwrap();
+    assert!(
+        san.value.general_names.iter().any(|name| matches!(
+            name,
+            x509_parser::extensions::GeneralName::DNSName("web.alpha.internal")
+        )),
+        "the entry's DNS names are in the SVID"
+    );
+
+    assert_status(
+        sign_x509(&mut client, &[&theirs]).await,
+        Code::PermissionDenied,
+        "is not authorized for agent",
+    );
+    assert_status(
+        sign_x509(&mut client, &[&mine, &theirs]).await,
+        Code::PermissionDenied,
+        "is not authorized",
+    );
+    let csr_key = CertificateParams::new(Vec::<String>::new())
+        .unwrap()
+        .serialize_request(&KeyPair::generate().unwrap())
+        .unwrap();
+    let with_csr = client
+        .sign_x509_svids(SignX509SvidsRequest {
+            svids: vec![X509SvidParams {
+                entry_id: mine.id.to_string(),
+                public_key: csr_key.der().to_vec(),
+            }],
+        })
+        .await;
+    assert_status(with_csr, Code::InvalidArgument, "not a CSR");
+
+    let anonymous = sign_x509(&mut hub.anonymous().await, &[&mine]).await;
+    assert_status(anonymous, Code::Unauthenticated, "mutual TLS");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_workload_svid_is_refused_as_client_certificate() {
+    let hub = TestHub::start("").await;
+    let key = agent_key();
+    let chain = hub
+        .hub
+        .ca()
+        .mint_x509_svid(
+            &id("spiffe://alpha.test/web"),
+            &key.public_key_der().unwrap(),
+            Duration::from_secs(600),
+            &[],
+        )
+        .unwrap();
+    let workload = X509Svid::new_checked(chain, key).unwrap();
+    // The server refuses the handshake (TLS 1.3 reports it on first use of the connection).
+    match hub.client(Some(&workload)).await {
+        Err(_) => {}
+        Ok(mut client) => {
+            let result = client.sync(SyncRequest {}).await;
+            assert!(result.is_err(), "a workload SVID must not pass as an agent");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_alias_entries_reach_agents_with_matching_node_selectors() {
+    let ca = NodeCa::new("alpha");
+    let hub = x509pop_hub(&ca).await;
+    let (leaf, node_key) = ca.node("node-1", "node-1.alpha.internal");
+    let (node_agent, _) = pop(&hub, vec![leaf], &node_key).await.unwrap();
+    hub.token("token-of-a-plain-agent", None).await;
+    let key = agent_key();
+    let plain = attest(
+        &mut hub.anonymous().await,
+        join_start(&key, "token-of-a-plain-agent"),
+        None,
+    )
+    .await
+    .unwrap();
+    let plain = X509Svid::new_checked(plain.cert_chain, key).unwrap();
+
+    let alias = hub
+        .entry(
+            "spiffe://alpha.test/nodes/rack-1",
+            &id("spiffe://alpha.test/fedhub/server"),
+            &["x509pop:subject:cn:node-1"],
+        )
+        .await;
+    let workload = hub
+        .entry(
+            "spiffe://alpha.test/metrics",
+            &alias.spec.spiffe_id,
+            &["unix:uid:3000"],
+        )
+        .await;
+
+    let signed = sign_x509(&mut hub.mtls(&node_agent).await, &[&workload])
+        .await
+        .unwrap();
+    assert_eq!(signed[0].spiffe_id, "spiffe://alpha.test/metrics");
+    assert_status(
+        sign_x509(&mut hub.mtls(&plain).await, &[&workload]).await,
+        Code::PermissionDenied,
+        "is not authorized",
+    );
+    assert_status(
+        sign_x509(&mut hub.mtls(&node_agent).await, &[&alias]).await,
+        Code::PermissionDenied,
+        "is not authorized",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_svids_are_signed_for_authorized_entries() {
+    let hub = TestHub::start("").await;
+    let agent = hub.join("token-of-the-jwt-agent").await;
+    let other = hub.join("token-of-another-agent").await;
+    let mine = hub
+        .entry(
+            "spiffe://alpha.test/web",
+            agent.spiffe_id(),
+            &["unix:uid:1"],
+        )
+        .await;
+    let theirs = hub
+        .entry("spiffe://alpha.test/db", other.spiffe_id(), &["unix:uid:2"])
+        .await;
+    let mut client = hub.mtls(&agent).await;
+    let signed = client
+        .sign_jwt_svid(SignJwtSvidRequest {
+            entry_id: mine.id.to_string(),
+            audience: vec!["payments".into(), "audit".into()],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(signed.spiffe_id, "spiffe://alpha.test/web");
+    let validated = JwtValidator::new()
+        .validate(&signed.token, "audit", &hub.bundles(), SystemTime::now())
+        .unwrap();
+    assert_eq!(validated.spiffe_id, id("spiffe://alpha.test/web"));
+    assert_eq!(validated.audience, ["payments", "audit"]);
+
+    let empty = client
+        .sign_jwt_svid(SignJwtSvidRequest {
+            entry_id: mine.id.to_string(),
+            audience: vec![],
+        })
+        .await;
+    assert_status(empty, Code::InvalidArgument, "audience is empty");
+    let foreign = client
+        .sign_jwt_svid(SignJwtSvidRequest {
+            entry_id: theirs.id.to_string(),
+            audience: vec!["payments".into()],
+        })
+        .await;
+    assert_status(foreign, Code::PermissionDenied, "is not authorized");
+}
+
+// ---- sync ------------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_pushes_entries_and_bundles_when_they_change() {
+    let hub = TestHub::start("").await;
+    let agent = hub.join("token-of-the-sync-agent").await;
+    let first = hub
+        .entry(
+            "spiffe://alpha.test/web",
+            agent.spiffe_id(),
+            &["unix:uid:1"],
+        )
+        .await;
+    let mut stream = hub
+        .mtls(&agent)
+        .await
+        .sync(SyncRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+
+    let snapshot = next_snapshot(&mut stream).await.unwrap();
+    assert_eq!(entry_ids(&snapshot), [first.id.to_string()]);
+    assert_eq!(snapshot.entries[0].parent_id, agent.spiffe_id().as_str());
+    assert_eq!(snapshot.entries[0].selectors, ["unix:uid:1"]);
+    assert_eq!(
+        Bundle::from_json(hub.td(), &snapshot.bundle).unwrap(),
+        *hub.hub.own_bundle()
+    );
+    assert!(snapshot.federated_bundles.is_empty());
+
+    let second = hub
+        .entry(
+            "spiffe://alpha.test/api",
+            agent.spiffe_id(),
+            &["unix:uid:2"],
+        )
+        .await;
+    let snapshot = next_snapshot(&mut stream).await.unwrap();
+    let mut expected = vec![first.id.to_string(), second.id.to_string()];
+    expected.sort();
+    assert_eq!(entry_ids(&snapshot), expected);
+
+    // A change this agent cannot see sends nothing.
+    hub.entry(
+        "spiffe://alpha.test/elsewhere",
+        &id("spiffe://alpha.test/fedhub/agent/someone-else"),
+        &["unix:uid:9"],
+    )
+    .await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), stream.message())
+            .await
+            .is_err(),
+        "no snapshot for an unrelated change"
+    );
+
+    // An entry federating with beta.test: its bundle follows once it is stored.
+    let beta = TrustDomain::new("beta.test").unwrap();
+    hub.hub
+        .registry()
+        .create_relationship(
+            ACTOR,
+            &RelationshipSpec {
+                trust_domain: beta.clone(),
+                bundle_endpoint_url: url::Url::parse("https://beta.test/bundle").unwrap(),
+                profile: EndpointProfile::HttpsWeb { extra_ca_pem: None },
+                accept_empty_bundle: false,
+            },
+            None,
+        )
+        .await
+        .unwrap();
+    let mut spec = EntrySpec::new(
+        id("spiffe://alpha.test/partner-client"),
+        agent.spiffe_id().clone(),
+        vec![sel("unix:uid:3")],
+    );
+    spec.federates_with = vec![beta.clone()];
+    hub.create(&spec).await;
+    let snapshot = next_snapshot(&mut stream).await.unwrap();
+    assert_eq!(snapshot.entries.len(), 3);
+    let federating = snapshot
+        .entries
+        .iter()
+        .find(|e| e.spiffe_id == "spiffe://alpha.test/partner-client")
+        .unwrap();
+    assert_eq!(federating.federates_with, ["beta.test"]);
+    assert!(
+        snapshot.federated_bundles.is_empty(),
+        "no stored bundle of beta.test yet"
+    );
+
+    let mut beta_bundle = Bundle::new(beta.clone());
+    beta_bundle.set_sequence(Some(7));
+    let document = beta_bundle.to_json();
+    hub.hub
+        .registry()
+        .put_bundle(ACTOR, &BundleRecord::new(beta, document.clone(), Some(7)))
+        .await
+        .unwrap();
+    hub.hub.notify_changed().await.unwrap();
+    let snapshot = next_snapshot(&mut stream).await.unwrap();
+    assert_eq!(
+        snapshot
+            .federated_bundles
+            .get("beta.test")
+            .map(Vec::as_slice),
+        Some(document.as_bytes())
+    );
+
+    // A CA rotation publishes a new own bundle, which is pushed too.
+    hub.hub.rotate(false).await.unwrap();
+    let snapshot = next_snapshot(&mut stream).await.unwrap();
+    assert_eq!(
+        Bundle::from_json(hub.td(), &snapshot.bundle)
+            .unwrap()
+            .x509_authorities()
+            .len(),
+        2
+    );
+
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_ends_sync_streams_and_returns() {
+    let hub = TestHub::start("").await;
+    let agent = hub.join("token-of-the-agent-here").await;
+    let mut stream = hub
+        .mtls(&agent)
+        .await
+        .sync(SyncRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    next_snapshot(&mut stream).await.unwrap();
+    let TestHub { stop, task, .. } = hub;
+    stop.unwrap().send(()).unwrap();
+    assert_status(
+        next_snapshot(&mut stream).await,
+        Code::Unavailable,
+        "shutting down",
+    );
+    tokio::time::timeout(Duration::from_secs(10), task)
+        .await
+        .expect("the server returns")
+        .unwrap()
+        .unwrap();
+}
+
+// ---- bans, evictions, renewals ---------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_banned_agent_is_refused_and_its_sync_stream_ends() {
+    let hub = TestHub::start("").await;
+    let agent = hub.join("token-of-a-doomed-agent").await;
+    let entry = hub
+        .entry(
+            "spiffe://alpha.test/web",
+            agent.spiffe_id(),
+            &["unix:uid:1"],
+        )
+        .await;
+    let mut client = hub.mtls(&agent).await;
+    let mut stream = client.sync(SyncRequest {}).await.unwrap().into_inner();
+    next_snapshot(&mut stream).await.unwrap();
+
+    hub.hub
+        .registry()
+        .ban_agent(ACTOR, agent.spiffe_id())
+        .await
+        .unwrap();
+    hub.hub.notify_changed().await.unwrap();
+    assert_status(
+        next_snapshot(&mut stream).await,
+        Code::PermissionDenied,
+        "banned",
+    );
+    assert_status(
+        sign_x509(&mut client, &[&entry]).await,
+        Code::PermissionDenied,
+        "banned",
+    );
+    assert_status(
+        client.sync(SyncRequest {}).await,
+        Code::PermissionDenied,
+        "banned",
+    );
+
+    // Attesting again under the same ID is refused too.
+    hub.token("token-for-the-same-id", Some(agent.spiffe_id()))
+        .await;
+    let again = attest(
+        &mut hub.anonymous().await,
+        join_start(&agent_key(), "token-for-the-same-id"),
+        None,
+    )
+    .await;
+    assert_status(again, Code::PermissionDenied, "banned");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_evicted_agent_is_refused_until_it_attests_again() {
+    let hub = TestHub::start("").await;
+    let agent = hub.join("token-of-an-evicted-one").await;
+    let entry = hub
+        .entry(
+            "spiffe://alpha.test/web",
+            agent.spiffe_id(),
+            &["unix:uid:1"],
+        )
+        .await;
+    hub.hub
+        .registry()
+        .evict_agent(ACTOR, agent.spiffe_id())
+        .await
+        .unwrap();
+    let mut client = hub.mtls(&agent).await;
+    assert_status(
+        sign_x509(&mut client, &[&entry]).await,
+        Code::PermissionDenied,
+        "evicted",
+    );
+    assert_status(
+        client
+            .renew_agent(RenewAgentRequest {
+                agent_public_key: agent_key().public_key_der().unwrap(),
+            })
+            .await,
+        Code::PermissionDenied,
+        "evicted",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renewal_supersedes_the_old_agent_svid() {
+    let hub = TestHub::start("").await;
+    let agent = hub.join("token-of-a-renewing-one").await;
+    let entry = hub
+        .entry(
+            "spiffe://alpha.test/web",
+            agent.spiffe_id(),
+            &["unix:uid:1"],
+        )
+        .await;
+    let mut old_client = hub.mtls(&agent).await;
+    let mut stream = old_client.sync(SyncRequest {}).await.unwrap().into_inner();
+    next_snapshot(&mut stream).await.unwrap();
+
+    let key = agent_key();
+    let renewed = old_client
+        .renew_agent(RenewAgentRequest {
+            agent_public_key: key.public_key_der().unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(renewed.spiffe_id, agent.spiffe_id().as_str());
+    let renewed = X509Svid::new_checked(renewed.cert_chain, key).unwrap();
+    assert_ne!(renewed.leaf(), agent.leaf());
+
+    assert_status(
+        sign_x509(&mut old_client, &[&entry]).await,
+        Code::PermissionDenied,
+        "superseded",
+    );
+    assert_status(
+        sign_x509(&mut hub.mtls(&agent).await, &[&entry]).await,
+        Code::PermissionDenied,
+        "superseded",
+    );
+    assert_status(
+        next_snapshot(&mut stream).await,
+        Code::PermissionDenied,
+        "superseded",
+    );
+    sign_x509(&mut hub.mtls(&renewed).await, &[&entry])
+        .await
+        .unwrap();
+}
+
+// ---- rate limits -----------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestations_and_signings_are_rate_limited() {
+    let hub =
+        TestHub::start("[agent_api]\nattestations_per_minute = 2\nsignings_per_second = 1\n").await;
+    let agent = hub.join("token-of-a-limited-agent").await;
+    let unknown = attest(
+        &mut hub.anonymous().await,
+        join_start(&agent_key(), "never-generated-token-value"),
+        None,
+    )
+    .await;
+    assert_status(unknown, Code::PermissionDenied, "unknown");
+    let limited = attest(
+        &mut hub.anonymous().await,
+        join_start(&agent_key(), "never-generated-token-value"),
+        None,
+    )
+    .await;
+    let status = assert_status(limited, Code::ResourceExhausted, "retry in");
+    assert!(status.message().contains("attestation attempts"));
+    assert!(status.metadata().get(RETRY_AFTER_MS).is_some());
+
+    let mut entries = Vec::new();
+    for n in 0..3 {
+        entries.push(
+            hub.entry(
+                &format!("spiffe://alpha.test/w{n}"),
+                agent.spiffe_id(),
+                &["unix:uid:1"],
+            )
+            .await,
+        );
+    }
+    let mut client = hub.mtls(&agent).await;
+    let batch: Vec<&Entry> = entries.iter().collect();
+    assert_eq!(sign_x509(&mut client, &batch).await.unwrap().len(), 3);
+    assert_status(
+        sign_x509(&mut client, &batch[..1]).await,
+        Code::ResourceExhausted,
+        "retry in",
+    );
+}
+
+// ---- PostgreSQL ------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn attestation_and_signing_on_postgres() {
+    use sqlx::{AnyConnection, AssertSqlSafe, Connection as _};
+
+    const VAR: &str = "FEDHUB_TEST_DATABASE_URL";
+    let Ok(base) = std::env::var(VAR) else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{VAR} must be set in CI to run the PostgreSQL tests"
+        );
+        eprintln!("note: {VAR} is not set; skipping the PostgreSQL variant");
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let mut admin = AnyConnection::connect(&base).await.unwrap();
+    let schema = format!("fedhub_node_test_{}", uuid::Uuid::new_v4().simple());
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(&base).unwrap();
+    url.query_pairs_mut()
+        .append_pair("options", &format!("-c search_path={schema}"));
+    let outcome = tokio::spawn(postgres_flow(url.to_string())).await;
+    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}
+
+async fn postgres_flow(database_url: String) {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = TestHub::start_in(dir, "", Some(&database_url)).await;
+    assert!(database_url.starts_with("postgres"));
+    let agent = hub.join("token-of-a-postgres-agent").await;
+    let entry = hub
+        .entry(
+            "spiffe://alpha.test/web",
+            agent.spiffe_id(),
+            &["unix:uid:1"],
+        )
+        .await;
+    let signed = sign_x509(&mut hub.mtls(&agent).await, &[&entry])
+        .await
+        .unwrap();
+    verify_x509_svid(
+        &signed[0].cert_chain,
+        &hub.bundles(),
+        SystemTime::now(),
+        SvidUsage::ServerAuth,
+    )
+    .unwrap();
+    hub.hub.registry().close().await;
+}
