@@ -40,8 +40,9 @@ use crate::workload::{ServeError, WorkloadEndpoint};
 
 /// Time an attestation may take, x509pop challenge included.
 const ATTEST_TIMEOUT: Duration = Duration::from_secs(30);
-/// An agent SVID this close to its expiry is not used to connect.
-const EXPIRY_MARGIN: Duration = Duration::from_secs(5);
+/// An agent SVID this close to its expiry is not used to connect (it would expire during the
+/// handshake). Small: an SVID is renewed at half its lifetime, which may be only seconds.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
 
 /// Why the agent could not start, or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -708,8 +709,10 @@ impl Daemon {
         self.backoff.reset();
         if std::mem::take(&mut self.outage) {
             tracing::info!(hub = %self.hub.address, "the hub is reachable again; sync resumed");
-        } else {
+        } else if self.engine.revision().is_none() {
             tracing::info!(hub = %self.hub.address, "connected to the hub");
+        } else {
+            tracing::debug!(hub = %self.hub.address, "reconnected to the hub");
         }
         self.status.send_modify(|status| status.connected = true);
     }

@@ -368,7 +368,7 @@ impl SyncEngine {
             };
             match accept(entry, signed, key, bundle, now) {
                 Ok(held) => {
-                    tracing::debug!(entry.id = %entry.id, spiffe_id = %entry.spiffe_id, "X509-SVID renewed");
+                    tracing::debug!(entry.id = %entry.id, spiffe_id = %entry.spiffe_id, "X509-SVID signed");
                     self.refused.remove(&entry.id);
                     self.held.insert(entry.id.clone(), held);
                     changed = true;

@@ -23,7 +23,7 @@ fn a_stored_svid_is_used_only_in_its_trust_domain_and_before_expiry() {
     assert!(!stored_svid_usable(
         &svid,
         &td("own.test"),
-        now + Duration::from_secs(58)
+        now + Duration::from_secs(60)
     ));
 }
 
