@@ -230,7 +230,6 @@ pub async fn launch(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         trust_domain: trust_domain.clone(),
         store,
         credentials,
-        insecure,
         agent_renew_at: agent
             .as_ref()
             .map_or(now, |svid| svid_refresh_time(svid, None)),
@@ -398,8 +397,6 @@ struct Daemon {
     trust_domain: TrustDomain,
     store: Store,
     credentials: Option<NodeCredentials>,
-    /// Whether the next attestation may skip authenticating the hub.
-    insecure: bool,
     agent: Option<X509Svid>,
     /// When the agent SVID is renewed.
     agent_renew_at: SystemTime,
@@ -493,6 +490,7 @@ impl Daemon {
                 crate::config::JOIN_TOKEN_ENV
             )));
         };
+        // No anchors only before the first attestation, with insecure_bootstrap (launch checks).
         let verify_hub = !self.hub.anchors.is_empty();
         let mut client = match self.hub.connect_for_attestation(verify_hub).await {
             Ok(client) => client,
@@ -548,7 +546,6 @@ impl Daemon {
             );
         }
         self.hub.anchors.set(Arc::new(bundle));
-        self.insecure = false;
         self.rejected = None;
         self.adopt(svid);
         Step::Continue
