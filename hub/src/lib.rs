@@ -1,11 +1,13 @@
 //! The fedhub hub: the identity server of one trust domain.
 //!
+//! - [`admin`]: the admin API on a Unix socket (peer-credential checked), used by the CLI.
 //! - [`ca`]: the CA: X.509 and JWT keys, scheduled rotation, persisted keys.
 //! - [`config`]: `hub.toml` parsed, overridden from the environment and validated.
 //! - [`state`]: [`Hub`], the shared state: registry, CA, own bundle, hub SVID, change signal.
 //! - [`https`]: serving axum routers over TLS (or plain HTTP where allowed) with handshake and
 //!   header read timeouts, graceful shutdown and swappable certificates.
 
+pub mod admin;
 pub mod ca;
 pub mod config;
 pub mod fsutil;
