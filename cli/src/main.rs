@@ -2,8 +2,11 @@
 //!
 //! `main` only parses arguments, sets up logging and hands over to a subcommand module.
 
+mod admin;
+mod admin_client;
 mod demo;
 mod logging;
+mod output;
 
 use std::process::ExitCode;
 
@@ -24,6 +27,16 @@ struct Cli {
 enum Command {
     /// Run two federated trust domains end to end and show what fedhub does.
     Demo(demo::DemoArgs),
+    /// Generate join tokens for agents (admin API).
+    Token(admin::token::TokenCommand),
+    /// Manage registration entries (admin API).
+    Entry(admin::entry::EntryCommand),
+    /// Show and manage bundles; rotate the CA (admin API).
+    Bundle(admin::bundle::BundleCommand),
+    /// Manage federation relationships (admin API).
+    Federation(admin::federation::FederationCommand),
+    /// Manage attested agents (admin API).
+    Agent(admin::agent::AgentCommand),
 }
 
 fn main() -> ExitCode {
@@ -31,6 +44,11 @@ fn main() -> ExitCode {
     logging::init();
     let result = match cli.command {
         Command::Demo(args) => demo::run(&args),
+        Command::Token(command) => command.run(),
+        Command::Entry(command) => command.run(),
+        Command::Bundle(command) => command.run(),
+        Command::Federation(command) => command.run(),
+        Command::Agent(command) => command.run(),
     };
     match result {
         Ok(code) => code,

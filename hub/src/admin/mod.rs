@@ -37,6 +37,7 @@ mod error;
 mod handlers;
 mod socket;
 
+use std::fmt::Write as _;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -64,7 +65,10 @@ pub const JOIN_TOKEN_AGENT_PATH: &str = "/fedhub/agent/join_token/";
 /// `spiffe://<td>/fedhub/agent/join_token/<first 16 hex digits of SHA-256(token)>`.
 pub fn join_token_agent_id(trust_domain: &TrustDomain, token: &str) -> SpiffeId {
     let digest = Sha256::digest(token.as_bytes());
-    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let hex = digest[..8].iter().fold(String::new(), |mut hex, byte| {
+        let _ = write!(hex, "{byte:02x}");
+        hex
+    });
     trust_domain
         .spiffe_id(&format!("{JOIN_TOKEN_AGENT_PATH}{hex}"))
         .unwrap_or_else(|_| trust_domain.id())

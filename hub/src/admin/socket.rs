@@ -171,8 +171,13 @@ fn remove_stale(path: &Path) -> io::Result<()> {
         ));
     }
     tracing::info!(socket = %path.display(), owner = meta.uid(), "removing stale admin socket");
-    fs::remove_file(path)
-        .map_err(|e| context(e.kind(), path, &format!("cannot remove the stale socket: {e}")))
+    fs::remove_file(path).map_err(|e| {
+        context(
+            e.kind(),
+            path,
+            &format!("cannot remove the stale socket: {e}"),
+        )
+    })
 }
 
 /// The socket file, removed on drop.

@@ -39,16 +39,11 @@ pub(in crate::admin) async fn show(
 ) -> Result<Json<AgentView>, ApiError> {
     let Path(id) = id?;
     let id = spiffe_id(&id)?;
-    let agent = state
-        .hub
-        .registry()
-        .get_agent(&id)
-        .await?
-        .ok_or_else(|| {
-            ApiError::NotFound(format!(
-                "agent {id} not found; `fedhub agent list` shows the attested agents"
-            ))
-        })?;
+    let agent = state.hub.registry().get_agent(&id).await?.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "agent {id} not found; `fedhub agent list` shows the attested agents"
+        ))
+    })?;
     Ok(Json(view(agent)))
 }
 

@@ -11,8 +11,7 @@ use fedhub_registry::BundleRecord;
 
 use super::trust_domain;
 use crate::admin::api::{
-    BundleKind, BundleView, ForceQuery, KeyView, RotateRequest, RotateView, SetBundle, ts,
-    unix_ts,
+    BundleKind, BundleView, ForceQuery, KeyView, RotateRequest, RotateView, SetBundle, ts, unix_ts,
 };
 use crate::admin::{Actor, AdminState, ApiError};
 

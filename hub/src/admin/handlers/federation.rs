@@ -37,8 +37,7 @@ async fn to_spec(
         Profile::HttpsWeb => {
             if config.endpoint_spiffe_id.is_some() {
                 return Err(ApiError::Invalid(
-                    "endpoint_spiffe_id (--endpoint-spiffe-id) applies to https_spiffe only"
-                        .into(),
+                    "endpoint_spiffe_id (--endpoint-spiffe-id) applies to https_spiffe only".into(),
                 ));
             }
             if let Some(pem) = &config.extra_ca_pem {
@@ -153,7 +152,10 @@ fn view(
     })
 }
 
-async fn load(state: &AdminState, trust_domain: &TrustDomain) -> Result<RelationshipView, ApiError> {
+async fn load(
+    state: &AdminState,
+    trust_domain: &TrustDomain,
+) -> Result<RelationshipView, ApiError> {
     let registry = state.hub.registry();
     let relationship = registry
         .get_relationship(trust_domain)
@@ -289,7 +291,9 @@ pub(in crate::admin) async fn refresh(
         .refresh_now(trust_domain.clone())
         .await
         .map_err(|reason| {
-            ApiError::Upstream(format!("refreshing the bundle of {trust_domain} failed: {reason}"))
+            ApiError::Upstream(format!(
+                "refreshing the bundle of {trust_domain} failed: {reason}"
+            ))
         })?;
     state.changed().await;
     Ok(Json(load(&state, &trust_domain).await?))

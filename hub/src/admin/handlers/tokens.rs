@@ -26,9 +26,7 @@ pub(in crate::admin) async fn create(
 ) -> Result<(StatusCode, Json<JoinTokenView>), ApiError> {
     let Json(request) = body?;
     if request.ttl_secs == 0 {
-        return Err(ApiError::Invalid(
-            "ttl must be at least one second".into(),
-        ));
+        return Err(ApiError::Invalid("ttl must be at least one second".into()));
     }
     let mut bytes = [0u8; TOKEN_BYTES];
     rand::rngs::OsRng
