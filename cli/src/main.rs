@@ -2,9 +2,12 @@
 //!
 //! `main` only parses arguments, sets up logging and hands over to a subcommand module.
 
+mod admin;
+mod admin_client;
 mod demo;
 mod hub_cmd;
 mod logging;
+mod output;
 
 use std::process::ExitCode;
 
@@ -28,6 +31,16 @@ enum Command {
     /// Run the hub: the identity server of a trust domain.
     #[command(subcommand)]
     Hub(hub_cmd::HubCommand),
+    /// Generate join tokens for agents (admin API).
+    Token(admin::token::TokenCommand),
+    /// Manage registration entries (admin API).
+    Entry(admin::entry::EntryCommand),
+    /// Show and manage bundles; rotate the CA (admin API).
+    Bundle(admin::bundle::BundleCommand),
+    /// Manage federation relationships (admin API).
+    Federation(admin::federation::FederationCommand),
+    /// Manage attested agents (admin API).
+    Agent(admin::agent::AgentCommand),
 }
 
 /// A multi-threaded Tokio runtime with the process-wide rustls provider installed.
@@ -60,6 +73,11 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Demo(args) => Ok(demo::run(&args)),
         Command::Hub(command) => hub_cmd::run(command),
+        Command::Token(command) => command.run(),
+        Command::Entry(command) => command.run(),
+        Command::Bundle(command) => command.run(),
+        Command::Federation(command) => command.run(),
+        Command::Agent(command) => command.run(),
     };
     match result {
         Ok(code) => code,

@@ -1,5 +1,6 @@
 //! The fedhub hub: the identity server of one trust domain.
 //!
+//! - [`admin`]: the admin API on a Unix socket (peer-credential checked), used by the CLI.
 //! - [`ca`]: the CA: X.509 and JWT keys, scheduled rotation, persisted keys.
 //! - [`config`]: `hub.toml` parsed, overridden from the environment and validated.
 //! - [`state`]: [`Hub`], the shared state: registry, CA, own bundle, hub SVID, change signal.
@@ -8,6 +9,7 @@
 //!   header read timeouts, graceful shutdown and swappable certificates.
 //! - [`node`]: the node API agents use (attestation, SVID signing, sync), over TLS.
 
+pub mod admin;
 pub mod ca;
 pub mod config;
 pub mod fsutil;

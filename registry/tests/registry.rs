@@ -25,6 +25,7 @@ both_backends!(
     migrations_apply_once_and_reopen_keeps_data,
     bundles_put_get_list_delete,
     bundle_of_a_relationship_cannot_be_deleted_alone,
+    forced_bundle_delete_keeps_the_relationship_due_now,
     relationships_create_get_list_update_delete,
     bootstrap_bundle_and_relationship_are_atomic,
     entry_federating_with_unknown_trust_domain_is_refused,
@@ -1347,6 +1348,44 @@ async fn invalid_stored_values_are_reported_as_corrupt(db: TestDb) {
     );
     assert!(
         err.to_string().contains("spiffe://example.org/agent"),
+        "{err}"
+    );
+}
+
+async fn forced_bundle_delete_keeps_the_relationship_due_now(db: TestDb) {
+    let reg = &db.registry;
+    let spec = web_relationship("partner.example");
+    let boot = bundle("partner.example", 1, "boot");
+    reg.create_relationship(ACTOR, &spec, Some(&boot))
+        .await
+        .unwrap();
+    let claimed = reg
+        .claim_due_refreshes("replica-1", now(), Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let later = now() + Duration::from_secs(3600);
+    reg.record_refresh_success(&spec.trust_domain, "replica-1", None, Some("\"v1\""), later)
+        .await
+        .unwrap();
+
+    reg.force_delete_bundle(ACTOR, &spec.trust_domain)
+        .await
+        .unwrap();
+    assert_eq!(reg.get_bundle(&spec.trust_domain).await.unwrap(), None);
+    let kept = reg
+        .get_relationship(&spec.trust_domain)
+        .await
+        .unwrap()
+        .expect("the relationship stays");
+    assert_eq!(kept.status.next_refresh_at, None, "due at once");
+    assert_eq!(kept.status.etag, None, "a full fetch follows");
+    let err = reg
+        .force_delete_bundle(ACTOR, &spec.trust_domain)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::NotFound { kind: "bundle", .. }),
         "{err}"
     );
 }
