@@ -230,6 +230,38 @@ async fn refresh_now_refuses_while_another_replica_holds_the_lease() {
     ));
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relationship_deleted_during_a_fetch_gets_no_bundle_back() {
+    let pair = pair("deleted.test", "5m", options("local-1")).await;
+    let mut newer = pair.remote_bundle();
+    newer.set_sequence(Some(2));
+    let stub = stub("/", newer.to_json());
+    stub.lock().unwrap().delay = Duration::from_millis(500);
+    let server = serve_stub(&stub, pair.remote.server_cert()).await;
+    pair.federate(&server.url, Some(&pair.remote_bundle()))
+        .await;
+
+    let manager = pair.manager.clone();
+    let td = pair.td.clone();
+    let refresh = tokio::spawn(async move { manager.refresh_now(&td).await });
+    eventually("the fetch to start", Duration::from_secs(5), async || {
+        !stub.lock().unwrap().requests.is_empty()
+    })
+    .await;
+    pair.local
+        .registry()
+        .delete_relationship(ACTOR, &pair.td, false)
+        .await
+        .unwrap();
+    let error = refresh.await.unwrap().unwrap_err();
+    assert!(matches!(error, FederationError::Registry(_)), "{error}");
+    assert_eq!(
+        stored(&pair.local, &pair.td).await,
+        None,
+        "FED-35: stays deleted"
+    );
+}
+
 // --- hostile endpoints ----------------------------------------------------------------------
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

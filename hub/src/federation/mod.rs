@@ -304,12 +304,20 @@ impl FederationManager {
             tasks.spawn(async move {
                 let _permit = permit;
                 let trust_domain = relationship.spec.trust_domain.clone();
-                if let Err(error) = manager.refresh(relationship).await {
-                    tracing::error!(
+                match manager.refresh(relationship).await {
+                    Ok(_) => {}
+                    // Deleted meanwhile: nothing is stored for it, and it is not polled again.
+                    Err(FederationError::Registry(RegistryError::NotFound { .. })) => {
+                        tracing::info!(
+                            %trust_domain,
+                            "federation relationship deleted during its refresh; result dropped"
+                        );
+                    }
+                    Err(error) => tracing::error!(
                         %trust_domain,
                         %error,
                         "federation refresh not recorded; retried when its lease expires"
-                    );
+                    ),
                 }
             });
         }
