@@ -3,6 +3,8 @@
 //! - [`admin`]: the admin API on a Unix socket (peer-credential checked), used by the CLI.
 //! - [`ca`]: the CA: X.509 and JWT keys, scheduled rotation, persisted keys.
 //! - [`config`]: `hub.toml` parsed, overridden from the environment and validated.
+//! - [`federation`]: the federation manager, which keeps the foreign trust domains' bundles
+//!   fresh and verified.
 //! - [`state`]: [`Hub`], the shared state: registry, CA, own bundle, hub SVID, change signal.
 //! - [`run`]: `fedhub hub run`: binds and serves every endpoint, runs the background loops.
 //! - [`https`]: serving axum routers over TLS (or plain HTTP where allowed) with handshake and
@@ -12,6 +14,7 @@
 pub mod admin;
 pub mod ca;
 pub mod config;
+pub mod federation;
 pub mod fsutil;
 pub mod https;
 pub mod node;

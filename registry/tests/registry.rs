@@ -36,6 +36,7 @@ both_backends!(
     join_tokens_are_hashed_single_use_and_expire,
     agents_attest_renew_ban_evict,
     claims_are_exclusive_across_replicas,
+    claim_refresh_takes_one_relationship_whatever_its_schedule,
     refresh_success_and_failure_update_status,
     change_feed_records_every_write_in_order,
     audit_log_records_admin_changes,
@@ -957,6 +958,79 @@ async fn claims_are_exclusive_across_replicas(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(expired.len(), count);
+}
+
+async fn claim_refresh_takes_one_relationship_whatever_its_schedule(db: TestDb) {
+    let reg = &db.registry;
+    let partner = td("partner.example");
+    let other = td("other.example");
+    for name in ["partner.example", "other.example"] {
+        reg.create_relationship(ACTOR, &web_relationship(name), None)
+            .await
+            .unwrap();
+    }
+    let t0 = now();
+    let lease = Duration::from_secs(30);
+    // Refreshed a moment ago: the next refresh is an hour away.
+    reg.claim_due_refreshes("hub-a", t0, lease, 10)
+        .await
+        .unwrap();
+    for name in [&partner, &other] {
+        reg.record_refresh_success(name, "hub-a", None, None, t0 + time::Duration::hours(1))
+            .await
+            .unwrap();
+    }
+    assert!(
+        reg.claim_due_refreshes("hub-a", t0, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let claimed = reg
+        .claim_refresh(&partner, "hub-a", t0, lease)
+        .await
+        .unwrap()
+        .expect("a free lease is claimed whatever the schedule");
+    assert_eq!(claimed.spec.trust_domain, partner);
+    assert_eq!(claimed.status.lease_owner.as_deref(), Some("hub-a"));
+    assert_eq!(claimed.status.lease_until, Some(t0 + lease));
+    let other_status = reg.get_relationship(&other).await.unwrap().unwrap().status;
+    assert_eq!(
+        other_status.lease_owner, None,
+        "only the named one is claimed"
+    );
+
+    // A running lease is not taken, by another replica or the same one.
+    for owner in ["hub-b", "hub-a"] {
+        assert_eq!(
+            reg.claim_refresh(&partner, owner, t0 + time::Duration::seconds(30), lease)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    // An expired one is.
+    let retaken = reg
+        .claim_refresh(&partner, "hub-b", t0 + time::Duration::seconds(31), lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(retaken.status.lease_owner.as_deref(), Some("hub-b"));
+    reg.record_refresh_failure(&partner, "hub-b", "boom", t0 + time::Duration::hours(1))
+        .await
+        .unwrap();
+
+    let err = reg
+        .claim_refresh(&td("nowhere.example"), "hub-a", t0, lease)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+    let err = reg
+        .claim_refresh(&partner, "", t0, lease)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Invalid { .. }), "{err}");
 }
 
 async fn refresh_success_and_failure_update_status(db: TestDb) {
