@@ -574,3 +574,16 @@ fn log_failure(
         "{message}"
     );
 }
+
+impl crate::admin::RefreshNow for FederationManager {
+    fn refresh_now(&self, trust_domain: TrustDomain) -> crate::admin::RefreshFuture {
+        let manager = self.clone();
+        Box::pin(async move {
+            match FederationManager::refresh_now(&manager, &trust_domain).await {
+                Ok(RefreshOutcome::Failed(reason)) => Err(reason),
+                Ok(_) => Ok(()),
+                Err(error) => Err(error.to_string()),
+            }
+        })
+    }
+}
