@@ -106,6 +106,10 @@ impl From<Status> for ApiError {
 }
 
 /// Adds the security header every Workload API request must carry (WAPI-4).
+#[expect(
+    clippy::unnecessary_wraps,
+    reason = "the signature tonic requires of an interceptor"
+)]
 fn security_header(mut request: Request<()>) -> Result<Request<()>, Status> {
     request
         .metadata_mut()

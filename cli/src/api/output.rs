@@ -42,18 +42,32 @@ pub fn timestamp(at: SystemTime) -> String {
 
 /// An expiry for people: the time and how far away it is.
 pub fn expiry(at: SystemTime, now: SystemTime) -> String {
-    let whole_seconds = |d: Duration| Duration::from_secs(d.as_secs());
     match at.duration_since(now) {
-        Ok(left) => format!(
-            "{} (in {})",
-            timestamp(at),
-            humantime::format_duration(whole_seconds(left))
-        ),
-        Err(past) => format!(
-            "{} (EXPIRED {} ago)",
-            timestamp(at),
-            humantime::format_duration(whole_seconds(past.duration()))
-        ),
+        Ok(left) => format!("{} (in {})", timestamp(at), rough(left)),
+        Err(past) => format!("{} (EXPIRED {} ago)", timestamp(at), rough(past.duration())),
+    }
+}
+
+/// A duration in its two most significant units, e.g. `364d 23h`, `59m 59s`, `5m`.
+fn rough(duration: Duration) -> String {
+    let s = duration.as_secs();
+    let units = [
+        (s / 86_400, "d"),
+        (s / 3600 % 24, "h"),
+        (s / 60 % 60, "m"),
+        (s % 60, "s"),
+    ];
+    let parts: Vec<String> = units
+        .iter()
+        .skip_while(|(n, _)| *n == 0)
+        .take(2)
+        .filter(|(n, _)| *n > 0)
+        .map(|(n, unit)| format!("{n}{unit}"))
+        .collect();
+    if parts.is_empty() {
+        "0s".to_owned()
+    } else {
+        parts.join(" ")
     }
 }
 
@@ -89,12 +103,27 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
         assert_eq!(
             expiry(now + Duration::from_millis(3_661_500), now),
-            "2027-01-15T09:01:01Z (in 1h 1m 1s)"
+            "2027-01-15T09:01:01Z (in 1h 1m)"
         );
         assert_eq!(
             expiry(now - Duration::from_secs(5), now),
             "2027-01-15T07:59:55Z (EXPIRED 5s ago)"
         );
+    }
+
+    #[test]
+    fn durations_show_their_two_largest_units() {
+        let cases = [
+            (0, "0s"),
+            (59, "59s"),
+            (300, "5m"),
+            (3599, "59m 59s"),
+            (86_400 + 7200 + 5, "1d 2h"),
+            (364 * 86_400 + 23 * 3600 + 3599, "364d 23h"),
+        ];
+        for (seconds, shown) in cases {
+            assert_eq!(rough(Duration::from_secs(seconds)), shown);
+        }
     }
 
     #[test]

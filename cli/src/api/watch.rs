@@ -294,20 +294,17 @@ impl UpdateEvent {
                 writeln!(out)?;
             }
             OutputFormat::Table => {
-                write!(
-                    out,
-                    "{} updated {}: {}",
-                    self.time,
-                    self.dir,
-                    self.updated.join(" ")
-                )?;
+                let mut parts = Vec::new();
+                if !self.updated.is_empty() {
+                    parts.push(format!("updated {}", self.updated.join(" ")));
+                }
                 if !self.removed.is_empty() {
-                    write!(out, "; removed {}", self.removed.join(" "))?;
+                    parts.push(format!("removed {}", self.removed.join(" ")));
                 }
                 if let (Some(pid), Some(signal)) = (self.signalled_pid, self.signal) {
-                    write!(out, "; sent SIG{signal} to pid {pid}")?;
+                    parts.push(format!("sent SIG{signal} to pid {pid}"));
                 }
-                writeln!(out)?;
+                writeln!(out, "{} {}: {}", self.time, self.dir, parts.join("; "))?;
             }
         }
         out.flush()
