@@ -4,6 +4,7 @@
 
 mod admin;
 mod admin_client;
+mod api;
 mod demo;
 mod hub_cmd;
 mod logging;
@@ -26,6 +27,8 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Talk to the SPIFFE Workload API of a local agent, as a workload does.
+    Api(api::ApiArgs),
     /// Run two federated trust domains end to end and show what fedhub does.
     Demo(demo::DemoArgs),
     /// Run the hub: the identity server of a trust domain.
@@ -71,6 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init();
     let result = match cli.command {
+        Command::Api(args) => api::run(args),
         Command::Demo(args) => Ok(demo::run(&args)),
         Command::Hub(command) => hub_cmd::run(command),
         Command::Token(command) => command.run(),
