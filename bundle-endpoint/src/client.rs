@@ -252,6 +252,9 @@ impl BundleFetcher {
             .map_err(|e| FetchError::Config(e.to_string()))?,
         };
         tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+        // No session resumption: a resumed handshake skips certificate verification, and every
+        // fetch must verify the endpoint against the bundle held now (FED-20, FED-21).
+        tls.resumption = rustls::client::Resumption::disabled();
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .tls_info(true)

@@ -139,6 +139,24 @@ async fn https_spiffe_server_svid_from_another_ca_is_refused() {
 }
 
 #[tokio::test]
+async fn https_spiffe_verifies_every_fetch_with_the_bundle_held_now() {
+    let endpoint = SpiffeEndpoint::start().await;
+    let bundles = SharedBundles::with(bundle(&[&endpoint.ca], 1));
+    let client = fetcher(&endpoint.server.url("/"), spiffe_auth(bundles.clone()));
+    for _ in 0..2 {
+        fetched(client.fetch(None).await.unwrap());
+    }
+    // Same server, same client, but the bundle source no longer holds the endpoint's CA: the
+    // next fetch is refused (no resumed TLS session skips the verification).
+    bundles.store(bundle(&[&ca()], 2));
+    let failure = tls_failure(client.fetch(None).await);
+    assert!(
+        matches!(failure, TlsFailure::UnknownIssuer { .. }),
+        "{failure}"
+    );
+}
+
+#[tokio::test]
 async fn https_spiffe_server_with_another_spiffe_id_is_refused() {
     let endpoint = SpiffeEndpoint::start().await;
     endpoint

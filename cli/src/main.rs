@@ -2,10 +2,14 @@
 //!
 //! `main` only parses arguments, sets up logging and hands over to a subcommand module.
 
+mod admin;
+mod admin_client;
 mod agent_cmd;
+mod api;
 mod demo;
 mod hub_cmd;
 mod logging;
+mod output;
 
 use std::process::ExitCode;
 
@@ -24,14 +28,23 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
+    /// Talk to the SPIFFE Workload API of a local agent, as a workload does.
+    Api(api::ApiArgs),
     /// Run two federated trust domains end to end and show what fedhub does.
     Demo(demo::DemoArgs),
     /// Run the hub: the identity server of a trust domain.
     #[command(subcommand)]
     Hub(hub_cmd::HubCommand),
-    /// Run the node agent: attests to the hub and serves the SPIFFE Workload API.
-    #[command(subcommand)]
-    Agent(agent_cmd::AgentRunCommand),
+    /// Generate join tokens for agents (admin API).
+    Token(admin::token::TokenCommand),
+    /// Manage registration entries (admin API).
+    Entry(admin::entry::EntryCommand),
+    /// Show and manage bundles; rotate the CA (admin API).
+    Bundle(admin::bundle::BundleCommand),
+    /// Manage federation relationships (admin API).
+    Federation(admin::federation::FederationCommand),
+    /// Run the node agent, or manage attested agents (admin API).
+    Agent(admin::agent::AgentCommand),
 }
 
 /// A multi-threaded Tokio runtime with the process-wide rustls provider installed.
@@ -62,9 +75,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     logging::init();
     let result = match cli.command {
+        Command::Api(args) => api::run(args),
         Command::Demo(args) => Ok(demo::run(&args)),
         Command::Hub(command) => hub_cmd::run(command),
-        Command::Agent(command) => agent_cmd::run(command),
+        Command::Token(command) => command.run(),
+        Command::Entry(command) => command.run(),
+        Command::Bundle(command) => command.run(),
+        Command::Federation(command) => command.run(),
+        Command::Agent(command) => command.run(),
     };
     match result {
         Ok(code) => code,

@@ -1,15 +1,20 @@
 //! The fedhub hub: the identity server of one trust domain.
 //!
+//! - [`admin`]: the admin API on a Unix socket (peer-credential checked), used by the CLI.
 //! - [`ca`]: the CA: X.509 and JWT keys, scheduled rotation, persisted keys.
 //! - [`config`]: `hub.toml` parsed, overridden from the environment and validated.
+//! - [`federation`]: the federation manager, which keeps the foreign trust domains' bundles
+//!   fresh and verified.
 //! - [`state`]: [`Hub`], the shared state: registry, CA, own bundle, hub SVID, change signal.
 //! - [`run`]: `fedhub hub run`: binds and serves every endpoint, runs the background loops.
 //! - [`https`]: serving axum routers over TLS (or plain HTTP where allowed) with handshake and
 //!   header read timeouts, graceful shutdown and swappable certificates.
 //! - [`node`]: the node API agents use (attestation, SVID signing, sync), over TLS.
 
+pub mod admin;
 pub mod ca;
 pub mod config;
+pub mod federation;
 pub mod fsutil;
 pub mod https;
 pub mod node;

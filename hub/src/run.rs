@@ -21,7 +21,9 @@ use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::admin::{AdminSocket, AdminState, AllowedPeers, serve_admin};
 use crate::config::{EndpointProfile, HubConfig, TlsFiles};
+use crate::federation::{FederationManager, FederationOptions};
 use crate::https::{ServeLimits, SwappableCert, serve};
 use crate::state::{Hub, HubError};
 
@@ -43,6 +45,18 @@ pub enum RunError {
         #[source]
         source: io::Error,
     },
+    /// The admin socket cannot be created.
+    #[error("admin_socket {path}: {source}")]
+    AdminSocket {
+        /// The configured path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: io::Error,
+    },
+    /// The federation manager's options are invalid.
+    #[error(transparent)]
+    Federation(#[from] crate::federation::FederationError),
     /// Operator TLS files are unusable.
     #[error("{key}: {message}")]
     TlsFiles {
@@ -272,17 +286,84 @@ fn spawn_server(
     });
 }
 
+/// Everything bound or loaded before the hub starts, so a bad setting fails the start.
+struct Listeners {
+    admin_socket: AdminSocket,
+    agent_listener: TcpListener,
+    endpoint_listener: Option<TcpListener>,
+    oidc_listener: Option<TcpListener>,
+    health_listener: Option<TcpListener>,
+    web_cert: Option<OperatorCert>,
+    oidc_cert: Option<OperatorCert>,
+}
+
+impl Listeners {
+    async fn bind(config: &HubConfig) -> Result<Self, RunError> {
+        let admin_error = |source| RunError::AdminSocket {
+            path: config.admin_socket.clone(),
+            source,
+        };
+        let admin_socket = AdminSocket::bind(
+            &config.admin_socket,
+            AllowedPeers::this_process(&config.admin_uids).map_err(admin_error)?,
+        )
+        .map_err(admin_error)?;
+        let agent_listener = bind("agent_api.address", config.agent_api.address).await?;
+        let endpoint_listener = match &config.bundle_endpoint {
+            Some(endpoint) => Some(bind("bundle_endpoint.address", endpoint.address).await?),
+            None => None,
+        };
+        let oidc_listener = match &config.oidc {
+            Some(oidc) => Some(bind("oidc.address", oidc.address).await?),
+            None => None,
+        };
+        let health_listener = match config.health_address {
+            Some(address) => Some(bind("health.address", address).await?),
+            None => None,
+        };
+        let web_cert = match config.bundle_endpoint.as_ref().map(|e| &e.profile) {
+            Some(EndpointProfile::HttpsWeb {
+                cert_file,
+                key_file,
+            }) => Some(OperatorCert::load(
+                "bundle_endpoint.cert_file",
+                TlsFiles {
+                    cert_file: cert_file.clone(),
+                    key_file: key_file.clone(),
+                },
+            )?),
+            _ => None,
+        };
+        let oidc_cert = match config.oidc.as_ref().and_then(|o| o.tls.clone()) {
+            Some(files) => Some(OperatorCert::load("oidc.cert_file", files)?),
+            None => None,
+        };
+        Ok(Self {
+            admin_socket,
+            agent_listener,
+            endpoint_listener,
+            oidc_listener,
+            health_listener,
+            web_cert,
+            oidc_cert,
+        })
+    }
+}
+
 /// Knobs of [`launch_with`] that are not configuration (tests shorten them).
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone)]
 pub struct LaunchOptions {
     /// How often operator certificate files are checked for changes.
     pub cert_reload_interval: Duration,
+    /// Federation refresh schedule and fetch limits.
+    pub federation: FederationOptions,
 }
 
 impl Default for LaunchOptions {
     fn default() -> Self {
         Self {
             cert_reload_interval: CERT_RELOAD_INTERVAL,
+            federation: FederationOptions::default(),
         }
     }
 }
@@ -304,36 +385,15 @@ pub async fn launch_with(
     config: HubConfig,
     options: LaunchOptions,
 ) -> Result<RunningHub, RunError> {
-    let agent_listener = bind("agent_api.address", config.agent_api.address).await?;
-    let endpoint_listener = match &config.bundle_endpoint {
-        Some(endpoint) => Some(bind("bundle_endpoint.address", endpoint.address).await?),
-        None => None,
-    };
-    let oidc_listener = match &config.oidc {
-        Some(oidc) => Some(bind("oidc.address", oidc.address).await?),
-        None => None,
-    };
-    let health_listener = match config.health_address {
-        Some(address) => Some(bind("health.address", address).await?),
-        None => None,
-    };
-    let web_cert = match config.bundle_endpoint.as_ref().map(|e| &e.profile) {
-        Some(EndpointProfile::HttpsWeb {
-            cert_file,
-            key_file,
-        }) => Some(OperatorCert::load(
-            "bundle_endpoint.cert_file",
-            TlsFiles {
-                cert_file: cert_file.clone(),
-                key_file: key_file.clone(),
-            },
-        )?),
-        _ => None,
-    };
-    let oidc_cert = match config.oidc.as_ref().and_then(|o| o.tls.clone()) {
-        Some(files) => Some(OperatorCert::load("oidc.cert_file", files)?),
-        None => None,
-    };
+    let Listeners {
+        admin_socket,
+        agent_listener,
+        endpoint_listener,
+        oidc_listener,
+        health_listener,
+        web_cert,
+        oidc_cert,
+    } = Listeners::bind(&config).await?;
 
     let hub = Hub::open(config.clone()).await?;
     let stop = CancellationToken::new();
@@ -372,6 +432,21 @@ pub async fn launch_with(
         spawn_server(&mut tasks, "health", listener, None, router, &stop);
     }
 
+    let federation = FederationManager::new(hub.clone(), options.federation.clone())?;
+    {
+        let federation = federation.clone();
+        let stopped = stop.clone();
+        tasks.spawn(async move { federation.run(stopped.cancelled_owned()).await });
+    }
+    {
+        let state = AdminState::new(hub.clone()).with_refresher(Arc::new(federation));
+        let stopped = stop.clone();
+        tasks.spawn(async move {
+            if let Err(error) = serve_admin(state, admin_socket, stopped.cancelled_owned()).await {
+                tracing::error!(%error, "admin API stopped");
+            }
+        });
+    }
     bound.agent_api = agent_listener.local_addr().ok();
     {
         let hub = hub.clone();
@@ -392,6 +467,7 @@ pub async fn launch_with(
 
     tracing::info!(
         trust_domain = %hub.trust_domain(),
+        admin_socket = %config.admin_socket.display(),
         agent_api = ?bound.agent_api,
         bundle_endpoint = ?bound.bundle_endpoint,
         oidc = ?bound.oidc,

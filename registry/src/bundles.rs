@@ -226,4 +226,44 @@ impl Registry {
         tx.commit().await?;
         Ok(())
     }
+
+    /// Deletes the bundle of `trust_domain` even when a federation relationship uses it, e.g.
+    /// a foreign bundle whose keys an admin no longer trusts. The relationship stays; its next
+    /// refresh is due at once and fetches in full (the stored etag is dropped).
+    ///
+    /// # Errors
+    /// [`RegistryError::NotFound`], [`RegistryError::Database`].
+    pub async fn force_delete_bundle(
+        &self,
+        actor: &str,
+        trust_domain: &TrustDomain,
+    ) -> Result<(), RegistryError> {
+        let at = unix(now());
+        let mut tx = self.begin_write().await?;
+        if !remove_bundle(&mut tx, trust_domain, at).await? {
+            return Err(RegistryError::not_found("bundle", trust_domain));
+        }
+        let relationships = sqlx::query(
+            "UPDATE federation_relationships SET next_refresh_at = NULL, etag = NULL \
+             WHERE trust_domain = $1",
+        )
+        .bind(trust_domain.name())
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if relationships > 0 {
+            record_change(&mut tx, at, ChangeKind::Federation, trust_domain.name()).await?;
+        }
+        record_audit(
+            &mut tx,
+            at,
+            actor,
+            "bundle.delete",
+            trust_domain.name(),
+            &json!({ "force": true }),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
 }

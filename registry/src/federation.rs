@@ -512,6 +512,41 @@ impl Registry {
         Ok(claimed)
     }
 
+    /// Claims the relationship with `trust_domain` for a refresh now, whatever its schedule
+    /// (an admin's `federation refresh`), leasing it to `owner` until `now + lease` when its
+    /// lease is free (never taken or expired). Returns `None` while another lease holds; the
+    /// holder is in the relationship's [`RefreshStatus`].
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`] for an empty owner or a lease under one second,
+    /// [`RegistryError::NotFound`], [`RegistryError::Database`].
+    pub async fn claim_refresh(
+        &self,
+        trust_domain: &TrustDomain,
+        owner: &str,
+        now: OffsetDateTime,
+        lease: Duration,
+    ) -> Result<Option<Relationship>, RegistryError> {
+        validate_owner(owner)?;
+        let lease_until = unix_after(now, whole_seconds("lease", lease)?);
+        let row = sqlx::query(concat!(
+            "UPDATE federation_relationships SET lease_owner = $2, lease_until = $3 \
+             WHERE trust_domain = $1 AND (lease_until IS NULL OR lease_until < $4) RETURNING ",
+            relationship_columns!()
+        ))
+        .bind(trust_domain.name())
+        .bind(owner)
+        .bind(lease_until)
+        .bind(unix(now))
+        .fetch_optional(&self.pool)
+        .await?;
+        match row {
+            Some(row) => Relationship::from_row(&row).map(Some),
+            None if self.get_relationship(trust_domain).await?.is_some() => Ok(None),
+            None => Err(RegistryError::not_found(KIND, trust_domain)),
+        }
+    }
+
     /// Records a successful refresh by the lease holder `owner` and releases the lease: stores
     /// `bundle` (`None` when the endpoint reported it unchanged), the `etag`, clears the last
     /// error and schedules the next refresh. All in one transaction.

@@ -25,6 +25,7 @@ both_backends!(
     migrations_apply_once_and_reopen_keeps_data,
     bundles_put_get_list_delete,
     bundle_of_a_relationship_cannot_be_deleted_alone,
+    forced_bundle_delete_keeps_the_relationship_due_now,
     relationships_create_get_list_update_delete,
     bootstrap_bundle_and_relationship_are_atomic,
     entry_federating_with_unknown_trust_domain_is_refused,
@@ -35,6 +36,7 @@ both_backends!(
     join_tokens_are_hashed_single_use_and_expire,
     agents_attest_renew_ban_evict,
     claims_are_exclusive_across_replicas,
+    claim_refresh_takes_one_relationship_whatever_its_schedule,
     refresh_success_and_failure_update_status,
     change_feed_records_every_write_in_order,
     audit_log_records_admin_changes,
@@ -958,6 +960,79 @@ async fn claims_are_exclusive_across_replicas(db: TestDb) {
     assert_eq!(expired.len(), count);
 }
 
+async fn claim_refresh_takes_one_relationship_whatever_its_schedule(db: TestDb) {
+    let reg = &db.registry;
+    let partner = td("partner.example");
+    let other = td("other.example");
+    for name in ["partner.example", "other.example"] {
+        reg.create_relationship(ACTOR, &web_relationship(name), None)
+            .await
+            .unwrap();
+    }
+    let t0 = now();
+    let lease = Duration::from_secs(30);
+    // Refreshed a moment ago: the next refresh is an hour away.
+    reg.claim_due_refreshes("hub-a", t0, lease, 10)
+        .await
+        .unwrap();
+    for name in [&partner, &other] {
+        reg.record_refresh_success(name, "hub-a", None, None, t0 + time::Duration::hours(1))
+            .await
+            .unwrap();
+    }
+    assert!(
+        reg.claim_due_refreshes("hub-a", t0, lease, 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    let claimed = reg
+        .claim_refresh(&partner, "hub-a", t0, lease)
+        .await
+        .unwrap()
+        .expect("a free lease is claimed whatever the schedule");
+    assert_eq!(claimed.spec.trust_domain, partner);
+    assert_eq!(claimed.status.lease_owner.as_deref(), Some("hub-a"));
+    assert_eq!(claimed.status.lease_until, Some(t0 + lease));
+    let other_status = reg.get_relationship(&other).await.unwrap().unwrap().status;
+    assert_eq!(
+        other_status.lease_owner, None,
+        "only the named one is claimed"
+    );
+
+    // A running lease is not taken, by another replica or the same one.
+    for owner in ["hub-b", "hub-a"] {
+        assert_eq!(
+            reg.claim_refresh(&partner, owner, t0 + time::Duration::seconds(30), lease)
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    // An expired one is.
+    let retaken = reg
+        .claim_refresh(&partner, "hub-b", t0 + time::Duration::seconds(31), lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(retaken.status.lease_owner.as_deref(), Some("hub-b"));
+    reg.record_refresh_failure(&partner, "hub-b", "boom", t0 + time::Duration::hours(1))
+        .await
+        .unwrap();
+
+    let err = reg
+        .claim_refresh(&td("nowhere.example"), "hub-a", t0, lease)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+    let err = reg
+        .claim_refresh(&partner, "", t0, lease)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Invalid { .. }), "{err}");
+}
+
 async fn refresh_success_and_failure_update_status(db: TestDb) {
     let reg = &db.registry;
     let partner = td("partner.example");
@@ -1347,6 +1422,44 @@ async fn invalid_stored_values_are_reported_as_corrupt(db: TestDb) {
     );
     assert!(
         err.to_string().contains("spiffe://example.org/agent"),
+        "{err}"
+    );
+}
+
+async fn forced_bundle_delete_keeps_the_relationship_due_now(db: TestDb) {
+    let reg = &db.registry;
+    let spec = web_relationship("partner.example");
+    let boot = bundle("partner.example", 1, "boot");
+    reg.create_relationship(ACTOR, &spec, Some(&boot))
+        .await
+        .unwrap();
+    let claimed = reg
+        .claim_due_refreshes("replica-1", now(), Duration::from_secs(30), 10)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let later = now() + Duration::from_secs(3600);
+    reg.record_refresh_success(&spec.trust_domain, "replica-1", None, Some("\"v1\""), later)
+        .await
+        .unwrap();
+
+    reg.force_delete_bundle(ACTOR, &spec.trust_domain)
+        .await
+        .unwrap();
+    assert_eq!(reg.get_bundle(&spec.trust_domain).await.unwrap(), None);
+    let kept = reg
+        .get_relationship(&spec.trust_domain)
+        .await
+        .unwrap()
+        .expect("the relationship stays");
+    assert_eq!(kept.status.next_refresh_at, None, "due at once");
+    assert_eq!(kept.status.etag, None, "a full fetch follows");
+    let err = reg
+        .force_delete_bundle(ACTOR, &spec.trust_domain)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::NotFound { kind: "bundle", .. }),
         "{err}"
     );
 }

@@ -129,6 +129,7 @@ async fn https_web_profile_serves_operator_certificate_and_reloads_it() {
         cfg,
         LaunchOptions {
             cert_reload_interval: Duration::from_millis(100),
+            ..LaunchOptions::default()
         },
     )
     .await

@@ -1,0 +1,334 @@
+//! `fedhub federation create|list|show|update|delete|refresh`.
+
+use std::path::PathBuf;
+
+use fedhub_core::{SpiffeId, TrustDomain};
+use fedhub_hub::admin::api::{
+    CreateRelationship, DeletedRelationship, Profile, RelationshipConfig, RelationshipView,
+};
+use hyper::Method;
+
+use super::{AdminArgs, Ctx, read_text};
+use crate::admin_client::{encode, query};
+use crate::output::{self, OutputFormat};
+
+/// Federation relationships: the foreign trust domains whose bundles this hub keeps fresh.
+#[derive(Debug, clap::Args)]
+pub struct FederationCommand {
+    #[command(flatten)]
+    admin: AdminArgs,
+    #[command(subcommand)]
+    action: FederationAction,
+}
+
+/// The bundle endpoint profile on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ProfileArg {
+    /// Web PKI certificate (system roots, or --extra-ca-file for a private PKI).
+    #[value(name = "https_web")]
+    HttpsWeb,
+    /// The endpoint's X509-SVID (--endpoint-spiffe-id), verified with the stored bundle.
+    #[value(name = "https_spiffe")]
+    HttpsSpiffe,
+}
+
+impl From<ProfileArg> for Profile {
+    fn from(profile: ProfileArg) -> Self {
+        match profile {
+            ProfileArg::HttpsWeb => Self::HttpsWeb,
+            ProfileArg::HttpsSpiffe => Self::HttpsSpiffe,
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+struct TrustDomainArg {
+    /// The foreign trust domain.
+    #[arg(long, value_name = "TRUST_DOMAIN")]
+    trust_domain: TrustDomain,
+}
+
+/// Optional settings of a relationship.
+#[derive(Debug, clap::Args)]
+struct Settings {
+    /// https_spiffe: the SPIFFE ID the endpoint presents.
+    #[arg(long, value_name = "ID")]
+    endpoint_spiffe_id: Option<SpiffeId>,
+    /// https_web: PEM CA certificates of a private PKI, instead of the system roots.
+    #[arg(long, value_name = "FILE")]
+    extra_ca_file: Option<PathBuf>,
+    /// Apply a bundle without keys (revoking everything) instead of keeping the last good one.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    accept_empty_bundle: Option<bool>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum FederationAction {
+    /// Federate with a foreign trust domain.
+    Create {
+        #[command(flatten)]
+        trust_domain: TrustDomainArg,
+        /// The foreign bundle endpoint, an https:// URL.
+        #[arg(long, value_name = "URL")]
+        bundle_endpoint_url: String,
+        /// How the endpoint is authenticated.
+        #[arg(long, value_enum, value_name = "PROFILE")]
+        bundle_endpoint_profile: ProfileArg,
+        #[command(flatten)]
+        settings: Settings,
+        /// The foreign trust domain's bundle to start from (SPIFFE JSON or PEM); https_spiffe
+        /// needs it unless the bundle is already stored.
+        #[arg(long, value_name = "FILE")]
+        trust_domain_bundle: Option<PathBuf>,
+    },
+    /// List relationships with their refresh status.
+    List,
+    /// Show one relationship with its refresh status.
+    Show {
+        #[command(flatten)]
+        trust_domain: TrustDomainArg,
+    },
+    /// Change a relationship: the given flags replace those settings, the others stay.
+    Update {
+        #[command(flatten)]
+        trust_domain: TrustDomainArg,
+        /// A new bundle endpoint URL.
+        #[arg(long, value_name = "URL")]
+        bundle_endpoint_url: Option<String>,
+        /// A new profile; switching drops the settings of the other profile.
+        #[arg(long, value_enum, value_name = "PROFILE")]
+        bundle_endpoint_profile: Option<ProfileArg>,
+        #[command(flatten)]
+        settings: Settings,
+    },
+    /// Stop federating: delete the relationship and its bundle.
+    Delete {
+        #[command(flatten)]
+        trust_domain: TrustDomainArg,
+        /// Also while entries federate with it (they drop it from federates_with).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Fetch the foreign bundle now.
+    Refresh {
+        #[command(flatten)]
+        trust_domain: TrustDomainArg,
+    },
+}
+
+impl Settings {
+    /// Applies the given settings to `config`.
+    fn apply(self, config: &mut RelationshipConfig) -> anyhow::Result<()> {
+        if let Some(id) = self.endpoint_spiffe_id {
+            config.endpoint_spiffe_id = Some(id);
+        }
+        if let Some(path) = self.extra_ca_file {
+            config.extra_ca_pem = Some(read_text(&path, "CA certificates")?);
+        }
+        if let Some(accept) = self.accept_empty_bundle {
+            config.accept_empty_bundle = accept;
+        }
+        Ok(())
+    }
+}
+
+impl FederationCommand {
+    /// Runs the command.
+    pub fn run(self) -> anyhow::Result<std::process::ExitCode> {
+        let Self { admin, action } = self;
+        super::run(admin, |ctx| async move {
+            match action {
+                FederationAction::Create {
+                    trust_domain: TrustDomainArg { trust_domain },
+                    bundle_endpoint_url,
+                    bundle_endpoint_profile,
+                    settings,
+                    trust_domain_bundle,
+                } => {
+                    let mut config = RelationshipConfig {
+                        bundle_endpoint_url,
+                        profile: bundle_endpoint_profile.into(),
+                        endpoint_spiffe_id: None,
+                        extra_ca_pem: None,
+                        accept_empty_bundle: false,
+                    };
+                    settings.apply(&mut config)?;
+                    let request = CreateRelationship {
+                        trust_domain,
+                        config,
+                        trust_domain_bundle: trust_domain_bundle
+                            .map(|path| read_text(&path, "trust domain bundle"))
+                            .transpose()?,
+                    };
+                    let created: RelationshipView = ctx
+                        .client
+                        .send(Method::POST, "/federation", &request)
+                        .await?;
+                    show(&ctx, &created)
+                }
+                FederationAction::List => {
+                    let relationships: Vec<RelationshipView> =
+                        ctx.client.get("/federation").await?;
+                    list(&ctx, &relationships)
+                }
+                FederationAction::Show {
+                    trust_domain: TrustDomainArg { trust_domain },
+                } => {
+                    let relationship: RelationshipView =
+                        ctx.client.get(&relationship_path(&trust_domain)).await?;
+                    show(&ctx, &relationship)
+                }
+                FederationAction::Update {
+                    trust_domain: TrustDomainArg { trust_domain },
+                    bundle_endpoint_url,
+                    bundle_endpoint_profile,
+                    settings,
+                } => {
+                    let path = relationship_path(&trust_domain);
+                    let current: RelationshipView = ctx.client.get(&path).await?;
+                    let mut config = current.config;
+                    if let Some(url) = bundle_endpoint_url {
+                        config.bundle_endpoint_url = url;
+                    }
+                    if let Some(profile) = bundle_endpoint_profile {
+                        config.profile = profile.into();
+                        match config.profile {
+                            Profile::HttpsWeb => config.endpoint_spiffe_id = None,
+                            Profile::HttpsSpiffe => config.extra_ca_pem = None,
+                        }
+                    }
+                    settings.apply(&mut config)?;
+                    let updated: RelationshipView =
+                        ctx.client.send(Method::PUT, &path, &config).await?;
+                    show(&ctx, &updated)
+                }
+                FederationAction::Delete {
+                    trust_domain: TrustDomainArg { trust_domain },
+                    force,
+                } => {
+                    let path = format!(
+                        "{}{}",
+                        relationship_path(&trust_domain),
+                        query(&[("force", force.then_some("true"))])
+                    );
+                    let deleted: DeletedRelationship =
+                        ctx.client.request(Method::DELETE, &path).await?;
+                    match ctx.output {
+                        OutputFormat::Json => output::json(&deleted),
+                        OutputFormat::Table => output::print(&format!(
+                            "deleted the federation relationship with {trust_domain} \
+                             ({} entries no longer federate with it)\n",
+                            deleted.entries_updated
+                        )),
+                    }
+                }
+                FederationAction::Refresh {
+                    trust_domain: TrustDomainArg { trust_domain },
+                } => {
+                    let path = format!("{}/refresh", relationship_path(&trust_domain));
+                    let refreshed: RelationshipView =
+                        ctx.client.request(Method::POST, &path).await?;
+                    show(&ctx, &refreshed)
+                }
+            }
+        })
+    }
+}
+
+fn relationship_path(trust_domain: &TrustDomain) -> String {
+    format!("/federation/{}", encode(trust_domain.name()))
+}
+
+fn show(ctx: &Ctx, view: &RelationshipView) -> anyhow::Result<()> {
+    if ctx.output == OutputFormat::Json {
+        return output::json(view);
+    }
+    let status = &view.status;
+    let bundle = view.bundle.as_ref();
+    output::print(&output::fields(&[
+        ("trust domain", view.trust_domain.to_string()),
+        (
+            "bundle endpoint url",
+            view.config.bundle_endpoint_url.clone(),
+        ),
+        ("profile", view.config.profile.to_string()),
+        (
+            "endpoint spiffe id",
+            output::opt(view.config.endpoint_spiffe_id.as_ref()),
+        ),
+        (
+            "extra CA certificates",
+            if view.config.extra_ca_pem.is_some() {
+                "yes"
+            } else {
+                "no"
+            }
+            .into(),
+        ),
+        (
+            "accept empty bundle",
+            view.config.accept_empty_bundle.to_string(),
+        ),
+        ("last attempt", output::time(status.last_attempt_at)),
+        ("last success", output::time(status.last_success_at)),
+        ("last error", output::opt(status.last_error.as_ref())),
+        (
+            "consecutive failures",
+            status.consecutive_failures.to_string(),
+        ),
+        ("next refresh", next_refresh(view)),
+        (
+            "bundle sequence",
+            output::opt(bundle.and_then(|b| b.sequence)),
+        ),
+        (
+            "bundle authorities",
+            output::opt(bundle.map(|b| b.authorities)),
+        ),
+        ("bundle stored", output::time(bundle.map(|b| b.updated_at))),
+        ("created", output::time(Some(view.created_at))),
+        ("updated", output::time(Some(view.updated_at))),
+    ]))
+}
+
+fn next_refresh(view: &RelationshipView) -> String {
+    view.status
+        .next_refresh_at
+        .map_or_else(|| "due now".into(), |at| output::time(Some(at)))
+}
+
+fn list(ctx: &Ctx, relationships: &[RelationshipView]) -> anyhow::Result<()> {
+    if ctx.output == OutputFormat::Json {
+        return output::json(&relationships);
+    }
+    let rows: Vec<Vec<String>> = relationships
+        .iter()
+        .map(|r| {
+            vec![
+                r.trust_domain.to_string(),
+                r.config.profile.to_string(),
+                r.config.bundle_endpoint_url.clone(),
+                output::time(r.status.last_success_at),
+                output::opt(r.status.last_error.as_ref()),
+                r.status.consecutive_failures.to_string(),
+                next_refresh(r),
+                output::opt(r.bundle.as_ref().and_then(|b| b.sequence)),
+                output::opt(r.bundle.as_ref().map(|b| b.authorities)),
+            ]
+        })
+        .collect();
+    output::print(&output::table(
+        &[
+            "TRUST DOMAIN",
+            "PROFILE",
+            "BUNDLE ENDPOINT",
+            "LAST SUCCESS",
+            "LAST ERROR",
+            "FAILURES",
+            "NEXT REFRESH",
+            "SEQUENCE",
+            "AUTHORITIES",
+        ],
+        &rows,
+    ))
+}

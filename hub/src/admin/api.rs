@@ -1,0 +1,393 @@
+//! The admin API's wire types: JSON request and response bodies shared by the hub (server) and
+//! the `fedhub` CLI (client).
+//!
+//! Conventions: times are RFC 3339 strings in UTC with whole seconds ([`Timestamp`]); durations
+//! are whole seconds in fields ending in `_secs`; selectors are `type:value` strings; optional
+//! values are `null` or absent. Errors come as [`ErrorBody`] with a 4xx or 5xx status.
+
+use std::fmt;
+use std::time::{Duration, SystemTime};
+
+use fedhub_core::{SpiffeId, TrustDomain};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::ca::KeyState;
+
+/// The prefix of every admin route.
+pub const PREFIX: &str = "/v1";
+
+/// The largest request or response body, in bytes (both sides enforce it).
+pub const MAX_BODY_BYTES: usize = 8 * 1024 * 1024;
+
+/// A point in time, on the wire as RFC 3339 in UTC with whole seconds
+/// (`2025-01-31T12:00:00Z`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Timestamp(pub SystemTime);
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        humantime::format_rfc3339_seconds(self.0).fmt(f)
+    }
+}
+
+impl From<SystemTime> for Timestamp {
+    fn from(time: SystemTime) -> Self {
+        Self(time)
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Timestamp {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        humantime::parse_rfc3339_weak(&text)
+            .map(Self)
+            .map_err(|e| serde::de::Error::custom(format!("time {text:?}: {e}")))
+    }
+}
+
+/// Converts a registry time.
+pub(crate) fn ts(time: time::OffsetDateTime) -> Timestamp {
+    Timestamp(SystemTime::from(time))
+}
+
+/// Converts seconds since the Unix epoch.
+pub(crate) fn unix_ts(secs: u64) -> Timestamp {
+    Timestamp(SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
+}
+
+/// The body of every error response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// What went wrong and what to do, for a human.
+    pub error: String,
+}
+
+/// `POST /v1/join-tokens`: generate a join token.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateJoinToken {
+    /// The SPIFFE ID the agent gets; absent: derived from the token (see
+    /// [`crate::admin::join_token_agent_id`]).
+    pub spiffe_id: Option<SpiffeId>,
+    /// How long the token may be used.
+    pub ttl_secs: u64,
+}
+
+/// A generated join token. The token is shown only in this response.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JoinTokenView {
+    /// The secret token (32 random bytes, base64url without padding).
+    pub token: String,
+    /// The SPIFFE ID the agent gets when it attests with the token.
+    pub spiffe_id: SpiffeId,
+    /// When the token stops being accepted.
+    pub expires_at: Timestamp,
+}
+
+/// A registration entry as an admin writes it (`POST /v1/entries`, `PUT /v1/entries/{id}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EntrySpecBody {
+    /// The SPIFFE ID issued.
+    pub spiffe_id: SpiffeId,
+    /// The agent or node alias that may receive it.
+    pub parent_id: SpiffeId,
+    /// `type:value` selectors; all must match.
+    pub selectors: Vec<String>,
+    /// Foreign trust domains whose bundles the workload receives.
+    #[serde(default)]
+    pub federates_with: Vec<TrustDomain>,
+    /// X509-SVID lifetime in seconds; absent: the hub default.
+    #[serde(default)]
+    pub x509_svid_ttl_secs: Option<u64>,
+    /// JWT-SVID lifetime in seconds; absent: the hub default.
+    #[serde(default)]
+    pub jwt_svid_ttl_secs: Option<u64>,
+    /// DNS names put in the X509-SVID.
+    #[serde(default)]
+    pub dns_names: Vec<String>,
+    /// A hint for workloads choosing between SVIDs.
+    #[serde(default)]
+    pub hint: Option<String>,
+}
+
+/// A stored registration entry.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EntryView {
+    /// The entry id.
+    pub id: String,
+    /// What is registered.
+    #[serde(flatten)]
+    pub spec: EntrySpecBody,
+    /// Grows by one on every change.
+    pub revision: u64,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+}
+
+/// Query of `GET /v1/entries`; every given field must match.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct EntryQuery {
+    /// Only entries with this SPIFFE ID.
+    pub spiffe_id: Option<SpiffeId>,
+    /// Only entries with this parent ID.
+    pub parent_id: Option<SpiffeId>,
+    /// Only entries federating with this trust domain.
+    pub federates_with: Option<TrustDomain>,
+}
+
+/// A stored bundle (`GET /v1/bundle`, `GET /v1/bundles`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BundleView {
+    /// Its trust domain.
+    pub trust_domain: TrustDomain,
+    /// `own` (this hub's), `federated` (kept fresh by a federation relationship) or `static`
+    /// (set by an admin).
+    pub kind: BundleKind,
+    /// `spiffe_sequence`.
+    pub sequence: Option<u64>,
+    /// Number of X.509 authorities.
+    pub x509_authorities: usize,
+    /// Number of JWT authorities.
+    pub jwt_authorities: usize,
+    /// `spiffe_refresh_hint` in seconds.
+    pub refresh_hint_secs: Option<u64>,
+    /// When this version was stored.
+    pub updated_at: Timestamp,
+    /// The SPIFFE bundle JSON document.
+    pub document: String,
+}
+
+/// Where a stored bundle comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BundleKind {
+    /// The hub's own trust domain.
+    Own,
+    /// A foreign trust domain with a federation relationship.
+    Federated,
+    /// A foreign trust domain set by an admin, without a relationship.
+    Static,
+}
+
+impl fmt::Display for BundleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Own => "own",
+            Self::Federated => "federated",
+            Self::Static => "static",
+        })
+    }
+}
+
+/// `PUT /v1/bundles/{trust_domain}`: store a foreign bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SetBundle {
+    /// A SPIFFE bundle JSON document or PEM CA certificates.
+    pub document: String,
+}
+
+/// Query of `DELETE /v1/bundles/{trust_domain}`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct ForceQuery {
+    /// Also when a federation relationship (or, for relationships, entries) use it.
+    #[serde(default)]
+    pub force: bool,
+}
+
+/// `POST /v1/bundle/rotate`: prepare (and optionally activate) new CA keys.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct RotateRequest {
+    /// Sign with the new keys at once instead of only publishing them.
+    pub activate: bool,
+}
+
+/// The CA keys and the own bundle's sequence after a rotation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotateView {
+    /// The own bundle's `spiffe_sequence` now.
+    pub sequence: Option<u64>,
+    /// Every published key.
+    pub keys: Vec<KeyView>,
+}
+
+/// One CA key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyView {
+    /// `x509` or `jwt`.
+    pub kind: String,
+    /// The key id.
+    pub id: String,
+    /// `prepared`, `active` or `retired`.
+    pub state: KeyState,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it expires and leaves the bundle.
+    pub not_after: Timestamp,
+}
+
+/// The bundle endpoint profile of a relationship.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Profile {
+    /// Web PKI server certificate (system roots or `extra_ca_pem`).
+    HttpsWeb,
+    /// The endpoint's X509-SVID, verified with the stored bundle.
+    HttpsSpiffe,
+}
+
+impl fmt::Display for Profile {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::HttpsWeb => "https_web",
+            Self::HttpsSpiffe => "https_spiffe",
+        })
+    }
+}
+
+/// How a federation relationship reaches and authenticates the foreign bundle endpoint
+/// (`PUT /v1/federation/{trust_domain}`; part of the create request).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RelationshipConfig {
+    /// The endpoint, an `https://` URL.
+    pub bundle_endpoint_url: String,
+    /// The endpoint profile.
+    pub profile: Profile,
+    /// `https_spiffe`: the SPIFFE ID the endpoint must present.
+    #[serde(default)]
+    pub endpoint_spiffe_id: Option<SpiffeId>,
+    /// `https_web`: PEM CA certificates of a private PKI instead of the system roots.
+    #[serde(default)]
+    pub extra_ca_pem: Option<String>,
+    /// Apply a bundle without keys (a revocation of everything) instead of refusing it.
+    #[serde(default)]
+    pub accept_empty_bundle: bool,
+}
+
+/// `POST /v1/federation`: create a relationship.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateRelationship {
+    /// The foreign trust domain.
+    pub trust_domain: TrustDomain,
+    /// How to reach it.
+    #[serde(flatten)]
+    pub config: RelationshipConfig,
+    /// Its bundle to start from (SPIFFE JSON or PEM), stored with the relationship; needed by
+    /// `https_spiffe` unless a bundle of the endpoint's trust domain is already stored.
+    #[serde(default)]
+    pub trust_domain_bundle: Option<String>,
+}
+
+/// A relationship with its refresh status.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RelationshipView {
+    /// The foreign trust domain.
+    pub trust_domain: TrustDomain,
+    /// How it is reached.
+    #[serde(flatten)]
+    pub config: RelationshipConfig,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When its configuration last changed.
+    pub updated_at: Timestamp,
+    /// How refreshing went.
+    pub status: RefreshStatusView,
+    /// The stored bundle of the trust domain, if any.
+    pub bundle: Option<StoredBundleSummary>,
+}
+
+/// The refresh status of a relationship.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RefreshStatusView {
+    /// When a fetch was last attempted.
+    pub last_attempt_at: Option<Timestamp>,
+    /// When a fetch last succeeded.
+    pub last_success_at: Option<Timestamp>,
+    /// The error of the last attempt, cleared by a success.
+    pub last_error: Option<String>,
+    /// Failed attempts since the last success.
+    pub consecutive_failures: u32,
+    /// When the next fetch is due; `null`: now.
+    pub next_refresh_at: Option<Timestamp>,
+}
+
+/// What is stored of a relationship's bundle.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct StoredBundleSummary {
+    /// `spiffe_sequence`.
+    pub sequence: Option<u64>,
+    /// Number of X.509 and JWT authorities together.
+    pub authorities: usize,
+    /// When it was stored.
+    pub updated_at: Timestamp,
+}
+
+/// The answer to `DELETE /v1/federation/{trust_domain}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletedRelationship {
+    /// How many entries dropped the trust domain from `federates_with` (with `force`).
+    pub entries_updated: u64,
+}
+
+/// An attested agent.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AgentView {
+    /// Its SPIFFE ID.
+    pub spiffe_id: SpiffeId,
+    /// How it attested.
+    pub attestation_type: String,
+    /// The serial of its current SVID; `null` once banned.
+    pub serial: Option<String>,
+    /// When its current SVID expires.
+    pub svid_expires_at: Option<Timestamp>,
+    /// Its node selectors.
+    pub selectors: Vec<String>,
+    /// Whether it is banned.
+    pub banned: bool,
+    /// When it first attested.
+    pub created_at: Timestamp,
+    /// When its record last changed.
+    pub updated_at: Timestamp,
+    /// When it was last heard from.
+    pub last_seen_at: Option<Timestamp>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn timestamps_are_rfc3339_seconds() {
+        let t = unix_ts(1_700_000_000);
+        let json = serde_json::to_string(&t).unwrap();
+        assert_eq!(json, "\"2023-11-14T22:13:20Z\"");
+        assert_eq!(serde_json::from_str::<Timestamp>(&json).unwrap(), t);
+        assert!(serde_json::from_str::<Timestamp>("\"yesterday\"").is_err());
+    }
+
+    #[test]
+    fn relationship_bodies_are_flat() {
+        let body = CreateRelationship {
+            trust_domain: TrustDomain::new("beta.test").unwrap(),
+            config: RelationshipConfig {
+                bundle_endpoint_url: "https://beta.test/".into(),
+                profile: Profile::HttpsWeb,
+                endpoint_spiffe_id: None,
+                extra_ca_pem: None,
+                accept_empty_bundle: false,
+            },
+            trust_domain_bundle: None,
+        };
+        let json = serde_json::to_value(&body).unwrap();
+        assert_eq!(json["profile"], "https_web");
+        assert_eq!(json["trust_domain"], "beta.test");
+        let back: CreateRelationship = serde_json::from_value(json).unwrap();
+        assert_eq!(back.config, body.config);
+    }
+}

@@ -1,0 +1,76 @@
+//! `/v1/agents`: attested agents.
+
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use fedhub_registry::Agent;
+
+use super::spiffe_id;
+use crate::admin::api::{AgentView, ts};
+use crate::admin::{Actor, AdminState, ApiError};
+
+fn view(agent: Agent) -> AgentView {
+    AgentView {
+        spiffe_id: agent.spiffe_id,
+        attestation_type: agent.attestation_type,
+        serial: agent.serial,
+        svid_expires_at: agent.svid_expires_at.map(ts),
+        selectors: agent.selectors.iter().map(ToString::to_string).collect(),
+        banned: agent.banned,
+        created_at: ts(agent.created_at),
+        updated_at: ts(agent.updated_at),
+        last_seen_at: agent.last_seen_at.map(ts),
+    }
+}
+
+/// `GET /v1/agents`.
+pub(in crate::admin) async fn list(
+    State(state): State<AdminState>,
+) -> Result<Json<Vec<AgentView>>, ApiError> {
+    let agents = state.hub.registry().list_agents().await?;
+    Ok(Json(agents.into_iter().map(view).collect()))
+}
+
+/// `GET /v1/agents/{spiffe_id}`.
+pub(in crate::admin) async fn show(
+    State(state): State<AdminState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Json<AgentView>, ApiError> {
+    let Path(id) = id?;
+    let id = spiffe_id(&id)?;
+    let agent = state.hub.registry().get_agent(&id).await?.ok_or_else(|| {
+        ApiError::NotFound(format!(
+            "agent {id} not found; `fedhub agent list` shows the attested agents"
+        ))
+    })?;
+    Ok(Json(view(agent)))
+}
+
+/// `POST /v1/agents/{spiffe_id}/ban`: the agent may neither renew nor attest again.
+pub(in crate::admin) async fn ban(
+    State(state): State<AdminState>,
+    Actor(actor): Actor,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = id?;
+    let id = spiffe_id(&id)?;
+    state.hub.registry().ban_agent(&actor, &id).await?;
+    state.changed().await;
+    tracing::info!(%actor, agent = %id, "agent banned");
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// `DELETE /v1/agents/{spiffe_id}`: forgets the agent; it must attest again.
+pub(in crate::admin) async fn evict(
+    State(state): State<AdminState>,
+    Actor(actor): Actor,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<StatusCode, ApiError> {
+    let Path(id) = id?;
+    let id = spiffe_id(&id)?;
+    state.hub.registry().evict_agent(&actor, &id).await?;
+    state.changed().await;
+    tracing::info!(%actor, agent = %id, "agent evicted");
+    Ok(StatusCode::NO_CONTENT)
+}

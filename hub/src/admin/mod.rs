@@ -1,0 +1,200 @@
+//! The admin API: JSON over HTTP/1.1 on a Unix socket, used by the `fedhub` CLI.
+//!
+//! Access: the socket's directory is `0700` and the socket `0600`, so only the hub's own user
+//! can reach it. When `admin_uids` names other users, the directory becomes `0711` and the
+//! socket `0666` so they can connect, and the peer credentials (`SO_PEERCRED`) of every
+//! connection are the guard: connections from any uid other than the hub's own and
+//! `admin_uids` are closed at accept time with a warning. See [`AdminSocket`].
+//!
+//! Every write passes the actor `uid:<peer uid>` to the registry's audit log and then wakes
+//! the agent sync streams ([`Hub::notify_changed`]), so agents see the change at once.
+//!
+//! Routes (all under [`api::PREFIX`], bodies in [`api`]):
+//!
+//! | route | does |
+//! | --- | --- |
+//! | `POST /v1/join-tokens` | generate a join token |
+//! | `GET /v1/entries?spiffe_id=&parent_id=&federates_with=` | list entries |
+//! | `POST /v1/entries` | create an entry |
+//! | `GET`, `PUT`, `DELETE /v1/entries/{id}` | show, replace, delete an entry |
+//! | `GET /v1/bundle` | the own bundle |
+//! | `POST /v1/bundle/rotate` | prepare (and with `activate`, activate) new CA keys |
+//! | `GET /v1/bundles` | every stored bundle, own and foreign |
+//! | `PUT`, `DELETE /v1/bundles/{trust_domain}?force=` | set or delete a foreign bundle |
+//! | `GET`, `POST /v1/federation` | list, create relationships |
+//! | `GET`, `PUT`, `DELETE /v1/federation/{trust_domain}?force=` | show, update, delete one |
+//! | `POST /v1/federation/{trust_domain}/refresh` | fetch its bundle now ([`RefreshNow`]) |
+//! | `GET /v1/agents` | list agents |
+//! | `GET`, `DELETE /v1/agents/{spiffe_id}` | show, evict an agent (ID percent-encoded) |
+//! | `POST /v1/agents/{spiffe_id}/ban` | ban an agent |
+//!
+//! Join tokens without a SPIFFE ID: the admin API derives the agent ID when it generates the
+//! token ([`join_token_agent_id`]) and stores it with the token, so the ID an agent gets at
+//! attestation is the one the admin was shown.
+
+pub mod api;
+mod error;
+mod handlers;
+mod socket;
+
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
+use axum::http::request::Parts;
+use axum::routing::{get, post, put};
+use fedhub_core::TrustDomain;
+
+pub use error::ApiError;
+pub use socket::{AdminSocket, AllowedPeers, Peer};
+
+use crate::Hub;
+
+/// The default path of the admin socket (`<default data_dir>/admin/admin.sock`).
+pub const DEFAULT_ADMIN_SOCKET: &str = "/var/lib/fedhub/hub/admin/admin.sock";
+
+pub use crate::node::join_token_agent_id;
+
+/// What [`RefreshNow::refresh_now`] returns: `Err` carries why the fetch failed.
+pub type RefreshFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// "Refresh now" for federation relationships, provided by the federation refresh engine.
+/// Without one, `POST /v1/federation/{td}/refresh` answers 501.
+pub trait RefreshNow: Send + Sync {
+    /// Fetches the bundle of the relationship with `trust_domain` now, applying and recording
+    /// the outcome as a scheduled refresh would. Called only for existing relationships.
+    fn refresh_now(&self, trust_domain: TrustDomain) -> RefreshFuture;
+}
+
+/// The state of the admin handlers. Cheap to clone.
+#[derive(Clone)]
+pub struct AdminState {
+    hub: Hub,
+    refresher: Option<Arc<dyn RefreshNow>>,
+}
+
+impl std::fmt::Debug for AdminState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AdminState")
+            .field("hub", &self.hub)
+            .field("refresher", &self.refresher.is_some())
+            .finish()
+    }
+}
+
+impl AdminState {
+    /// Admin state over `hub`, without a refresh engine.
+    pub fn new(hub: Hub) -> Self {
+        Self {
+            hub,
+            refresher: None,
+        }
+    }
+
+    /// Adds the refresh engine behind `federation refresh`.
+    #[must_use]
+    pub fn with_refresher(mut self, refresher: Arc<dyn RefreshNow>) -> Self {
+        self.refresher = Some(refresher);
+        self
+    }
+
+    /// After a write: wakes agent sync streams. A failure is logged; the write stands and
+    /// the change-feed poll delivers it shortly.
+    async fn changed(&self) {
+        if let Err(error) = self.hub.notify_changed().await {
+            tracing::warn!(%error, "admin change stored, but waking agent streams failed");
+        }
+    }
+}
+
+/// The audit actor of a request: `uid:<peer uid>`.
+#[derive(Debug, Clone)]
+struct Actor(String);
+
+impl<S: Send + Sync> FromRequestParts<S> for Actor {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, ApiError> {
+        parts
+            .extensions
+            .get::<ConnectInfo<Peer>>()
+            .map(|ConnectInfo(peer)| Self(format!("uid:{}", peer.uid)))
+            .ok_or_else(|| ApiError::internal("admin request without peer credentials"))
+    }
+}
+
+/// The admin router. It needs [`Peer`] connect info ([`serve_admin`] provides it).
+pub fn router(state: AdminState) -> Router {
+    let routes = Router::new()
+        .route("/join-tokens", post(handlers::tokens::create))
+        .route(
+            "/entries",
+            get(handlers::entries::list).post(handlers::entries::create),
+        )
+        .route(
+            "/entries/{id}",
+            get(handlers::entries::show)
+                .put(handlers::entries::update)
+                .delete(handlers::entries::delete),
+        )
+        .route("/bundle", get(handlers::bundles::own))
+        .route("/bundle/rotate", post(handlers::bundles::rotate))
+        .route("/bundles", get(handlers::bundles::list))
+        .route(
+            "/bundles/{trust_domain}",
+            put(handlers::bundles::set).delete(handlers::bundles::delete),
+        )
+        .route(
+            "/federation",
+            get(handlers::federation::list).post(handlers::federation::create),
+        )
+        .route(
+            "/federation/{trust_domain}",
+            get(handlers::federation::show)
+                .put(handlers::federation::update)
+                .delete(handlers::federation::delete),
+        )
+        .route(
+            "/federation/{trust_domain}/refresh",
+            post(handlers::federation::refresh),
+        )
+        .route("/agents", get(handlers::agents::list))
+        .route(
+            "/agents/{spiffe_id}",
+            get(handlers::agents::show).delete(handlers::agents::evict),
+        )
+        .route("/agents/{spiffe_id}/ban", post(handlers::agents::ban));
+    Router::new()
+        .nest(api::PREFIX, routes)
+        .fallback(|| async { ApiError::NotFound("no such admin route".into()) })
+        .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+/// Serves the admin API on `socket` until `shutdown` completes, then lets open requests
+/// finish and removes the socket file.
+///
+/// # Errors
+/// Only fatal errors of the listener.
+pub async fn serve_admin(
+    state: AdminState,
+    socket: AdminSocket,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let (listener, file) = socket.into_parts();
+    tracing::info!(socket = %file.path().display(), "admin API listening");
+    let served = axum::serve(
+        listener,
+        router(state).into_make_service_with_connect_info::<Peer>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await;
+    drop(file);
+    served
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,253 @@
+//! One [`BundleFetcher`] per relationship, built from its configuration and kept while that
+//! configuration does not change (building one loads the system roots), and the bundle source
+//! that authenticates `https_spiffe` endpoints.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwapOption;
+use fedhub_bundle_endpoint::{BundleFetcher, EndpointAuth, FetchError, FetchOptions};
+use fedhub_core::{Bundle, BundleSource, TrustDomain};
+use fedhub_registry::{EndpointProfile, RelationshipSpec};
+
+/// The bundle that authenticates an `https_spiffe` endpoint: the one stored for the endpoint
+/// SPIFFE ID's trust domain. The manager sets it from the registry right before every fetch,
+/// so a handshake never verifies against a bundle older than the stored one: for a
+/// self-serving endpoint that is the bootstrap bundle first and the latest fetched one after
+/// (FED-20), otherwise whatever is stored for that trust domain (FED-21).
+#[derive(Debug)]
+pub(super) struct EndpointBundle {
+    trust_domain: TrustDomain,
+    bundle: ArcSwapOption<Bundle>,
+}
+
+impl EndpointBundle {
+    fn new(trust_domain: TrustDomain) -> Self {
+        Self {
+            trust_domain,
+            bundle: ArcSwapOption::empty(),
+        }
+    }
+
+    /// The trust domain whose bundle authenticates the endpoint.
+    pub(super) fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// Sets the bundle for the next handshakes.
+    pub(super) fn set(&self, bundle: Arc<Bundle>) {
+        self.bundle.store(Some(bundle));
+    }
+}
+
+impl BundleSource for EndpointBundle {
+    fn bundle(&self, trust_domain: &TrustDomain) -> Option<Arc<Bundle>> {
+        (trust_domain == &self.trust_domain)
+            .then(|| self.bundle.load_full())
+            .flatten()
+    }
+}
+
+/// A fetcher with the configuration it was built from.
+#[derive(Clone)]
+pub(super) struct Fetcher {
+    pub(super) fetcher: Arc<BundleFetcher>,
+    /// `Some` for `https_spiffe`.
+    pub(super) endpoint_bundle: Option<Arc<EndpointBundle>>,
+}
+
+struct Cached {
+    spec: RelationshipSpec,
+    fetcher: Fetcher,
+}
+
+/// Fetchers by trust domain.
+pub(super) struct Fetchers {
+    options: FetchOptions,
+    cache: Mutex<HashMap<TrustDomain, Cached>>,
+}
+
+impl Fetchers {
+    pub(super) fn new(options: FetchOptions) -> Self {
+        Self {
+            options,
+            cache: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The fetcher for `spec`, reused while the relationship's configuration is the same.
+    pub(super) fn get(&self, spec: &RelationshipSpec) -> Result<Fetcher, FetchError> {
+        if let Some(cached) = self.lock().get(&spec.trust_domain)
+            && cached.spec == *spec
+        {
+            return Ok(cached.fetcher.clone());
+        }
+        let fetcher = build(spec, self.options)?;
+        self.lock().insert(
+            spec.trust_domain.clone(),
+            Cached {
+                spec: spec.clone(),
+                fetcher: fetcher.clone(),
+            },
+        );
+        Ok(fetcher)
+    }
+
+    /// Drops the fetchers of relationships that are gone.
+    pub(super) fn retain(&self, live: &HashSet<&TrustDomain>) {
+        self.lock().retain(|td, _| live.contains(td));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TrustDomain, Cached>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+}
+
+fn build(spec: &RelationshipSpec, options: FetchOptions) -> Result<Fetcher, FetchError> {
+    let (auth, endpoint_bundle) = match &spec.profile {
+        EndpointProfile::HttpsWeb { extra_ca_pem } => (
+            EndpointAuth::HttpsWeb {
+                extra_roots: extra_roots(extra_ca_pem.as_deref())?,
+            },
+            None,
+        ),
+        EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => {
+            let bundle = Arc::new(EndpointBundle::new(endpoint_spiffe_id.trust_domain()));
+            (
+                EndpointAuth::HttpsSpiffe {
+                    endpoint_id: endpoint_spiffe_id.clone(),
+                    bundles: Arc::clone(&bundle) as Arc<dyn BundleSource>,
+                },
+                Some(bundle),
+            )
+        }
+    };
+    let fetcher = BundleFetcher::new(
+        spec.bundle_endpoint_url.as_str(),
+        spec.trust_domain.clone(),
+        auth,
+        options,
+    )?;
+    Ok(Fetcher {
+        fetcher: Arc::new(fetcher),
+        endpoint_bundle,
+    })
+}
+
+/// The DER certificates of an `extra_ca_pem`.
+fn extra_roots(pem_text: Option<&str>) -> Result<Vec<Vec<u8>>, FetchError> {
+    let Some(text) = pem_text else {
+        return Ok(Vec::new());
+    };
+    let blocks = pem::parse_many(text).map_err(|e| {
+        FetchError::Config(format!(
+            "extra_ca_pem is not valid PEM: {e}; give PEM CA certificates"
+        ))
+    })?;
+    let roots: Vec<Vec<u8>> = blocks
+        .into_iter()
+        .filter(|block| block.tag() == "CERTIFICATE")
+        .map(pem::Pem::into_contents)
+        .collect();
+    if roots.is_empty() {
+        return Err(FetchError::Config(
+            "extra_ca_pem holds no CERTIFICATE block; give PEM CA certificates".to_owned(),
+        ));
+    }
+    Ok(roots)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fedhub_core::SpiffeId;
+
+    fn spec(profile: EndpointProfile) -> RelationshipSpec {
+        RelationshipSpec {
+            trust_domain: TrustDomain::new("partner.test").unwrap(),
+            bundle_endpoint_url: "https://127.0.0.1:8443/".parse().unwrap(),
+            profile,
+            accept_empty_bundle: false,
+        }
+    }
+
+    fn spiffe(id: &str) -> EndpointProfile {
+        EndpointProfile::HttpsSpiffe {
+            endpoint_spiffe_id: SpiffeId::parse(id).unwrap(),
+        }
+    }
+
+    #[test]
+    fn endpoint_bundle_answers_only_its_trust_domain_and_only_once_set() {
+        let td = TrustDomain::new("partner.test").unwrap();
+        let source = EndpointBundle::new(td.clone());
+        assert!(source.bundle(&td).is_none(), "nothing before the first set");
+        source.set(Arc::new(Bundle::new(td.clone())));
+        assert!(source.bundle(&td).is_some());
+        assert!(
+            source
+                .bundle(&TrustDomain::new("other.test").unwrap())
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn fetchers_are_reused_until_the_configuration_changes() {
+        let fetchers = Fetchers::new(FetchOptions::default());
+        let first = fetchers
+            .get(&spec(spiffe("spiffe://partner.test/hub")))
+            .unwrap();
+        let again = fetchers
+            .get(&spec(spiffe("spiffe://partner.test/hub")))
+            .unwrap();
+        assert!(Arc::ptr_eq(&first.fetcher, &again.fetcher));
+        let source = first.endpoint_bundle.unwrap();
+        assert_eq!(source.trust_domain().name(), "partner.test");
+
+        let changed = fetchers
+            .get(&spec(spiffe("spiffe://issuer.test/hub")))
+            .unwrap();
+        assert!(!Arc::ptr_eq(&again.fetcher, &changed.fetcher));
+        assert_eq!(
+            changed.endpoint_bundle.unwrap().trust_domain().name(),
+            "issuer.test",
+            "non-self-serving: the endpoint ID's trust domain"
+        );
+
+        fetchers.retain(&HashSet::new());
+        let rebuilt = fetchers
+            .get(&spec(spiffe("spiffe://issuer.test/hub")))
+            .unwrap();
+        assert!(!Arc::ptr_eq(&changed.fetcher, &rebuilt.fetcher));
+    }
+
+    #[test]
+    fn extra_ca_pem_must_hold_certificates() {
+        assert!(extra_roots(None).unwrap().is_empty());
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let roots = extra_roots(Some(&format!("{}{}", cert.pem(), key.serialize_pem()))).unwrap();
+        assert_eq!(roots, vec![cert.der().to_vec()], "only CERTIFICATE blocks");
+        for bad in [
+            "garbage",
+            "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+        ] {
+            assert!(
+                matches!(extra_roots(Some(bad)), Err(FetchError::Config(_))),
+                "{bad}"
+            );
+        }
+        let web = EndpointProfile::HttpsWeb {
+            extra_ca_pem: Some(key.serialize_pem()),
+        };
+        assert!(matches!(
+            Fetchers::new(FetchOptions::default()).get(&spec(web)),
+            Err(FetchError::Config(_))
+        ));
+    }
+}

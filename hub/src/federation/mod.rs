@@ -1,0 +1,589 @@
+//! The federation manager: keeps a verified, fresh copy of the bundle of every foreign trust
+//! domain the hub federates with.
+//!
+//! [`FederationManager::run`] asks the registry for due refreshes and takes a lease on each
+//! one, so that among hub replicas sharing one database each due refresh is fetched by exactly
+//! one of them. Each relationship is fetched with the [`BundleFetcher`] of its profile
+//! (`https_web` with the relationship's extra roots, or `https_spiffe` authenticated by the
+//! stored bundle of the endpoint SPIFFE ID's trust domain, read from the registry right before
+//! each fetch), with the stored entity tag. A fetched bundle replaces the stored one only when
+//! [`check_fetched`] accepts it; on any failure or refusal the last good bundle stays and the
+//! error is recorded in the relationship's status. The next refresh follows
+//! [`FederationOptions`]. [`FederationManager::refresh_now`] does the same for one relationship
+//! at once, for `fedhub federation refresh`.
+//!
+//! Every attempt is logged with trust domain, URL, profile, peer identity and outcome (FED-34)
+//! and counted in the metrics of [`telemetry`].
+//!
+//! [`BundleFetcher`]: fedhub_bundle_endpoint::BundleFetcher
+
+mod fetchers;
+mod options;
+pub mod telemetry;
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fedhub_bundle_endpoint::{Acceptance, FetchOutcome, Rejection, check_fetched};
+use fedhub_core::{Bundle, SpiffeId, TrustDomain};
+use fedhub_registry::{
+    BundleRecord, EndpointProfile, Registry, RegistryError, Relationship, RelationshipSpec,
+};
+use time::OffsetDateTime;
+use tokio::sync::{Notify, Semaphore};
+use tokio::task::JoinSet;
+
+use crate::Hub;
+use fetchers::Fetchers;
+pub use options::FederationOptions;
+use telemetry::Outcome;
+
+/// How often the gauges are recomputed from the registry (and fetchers of deleted
+/// relationships dropped).
+const GAUGE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// What a refresh came to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RefreshOutcome {
+    /// A new bundle was fetched, verified and stored.
+    Updated {
+        /// Its `spiffe_sequence`.
+        sequence: Option<u64>,
+        /// How many authorities it holds (X.509 and JWT).
+        authorities: usize,
+    },
+    /// The endpoint served the stored bundle again (or answered `304 Not Modified`).
+    Unchanged,
+    /// No bundle was stored: the reason, also recorded as the relationship's last error. The
+    /// last good bundle stays in force.
+    Failed(String),
+}
+
+/// Why the federation manager could not do what was asked.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FederationError {
+    /// The options are unusable.
+    #[error("invalid federation options: {0}")]
+    InvalidOptions(String),
+    /// No relationship with this trust domain exists.
+    #[error(
+        "no federation relationship with trust domain {0}; create one with `fedhub federation create`"
+    )]
+    NotFound(TrustDomain),
+    /// Another refresh of the relationship is running (on this or another hub replica).
+    #[error(
+        "a refresh of trust domain {trust_domain} is already running on hub replica {holder}; its result will be in `fedhub federation show` shortly"
+    )]
+    Busy {
+        /// The relationship's trust domain.
+        trust_domain: TrustDomain,
+        /// The replica holding the refresh lease.
+        holder: String,
+    },
+    /// The registry failed; for a refresh this means its result was not recorded, and the
+    /// relationship is retried when its lease expires.
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+}
+
+/// Refreshes the bundles of the foreign trust domains in the registry's federation
+/// relationships. Cheap to clone; clones share the same state.
+#[derive(Clone)]
+pub struct FederationManager {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    hub: Hub,
+    options: FederationOptions,
+    fetchers: Fetchers,
+    wake: Notify,
+}
+
+impl std::fmt::Debug for FederationManager {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FederationManager")
+            .field("hub", &self.inner.hub)
+            .field("replica_id", &self.inner.options.replica_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a fetch attempt came to, before it is recorded.
+enum Verdict {
+    /// Store this bundle.
+    Replace(Bundle),
+    /// Keep the stored bundle, whose refresh hint is `hint`: it is still current.
+    Keep {
+        hint: Option<Duration>,
+        outcome: Outcome,
+    },
+    /// Keep the stored bundle and record the error.
+    Fail { outcome: Outcome, error: String },
+}
+
+struct Attempt {
+    verdict: Verdict,
+    /// The entity tag to store with a success.
+    etag: Option<String>,
+    /// The SPIFFE ID the endpoint authenticated as, when the fetch reports it.
+    peer: Option<SpiffeId>,
+}
+
+impl Attempt {
+    fn failed(outcome: Outcome, error: String) -> Self {
+        Self {
+            verdict: Verdict::Fail { outcome, error },
+            etag: None,
+            peer: None,
+        }
+    }
+}
+
+/// Why an attempt stopped before fetching or deciding.
+enum Stop {
+    /// The registry failed: nothing can be recorded.
+    Registry(RegistryError),
+    /// The attempt failed; recorded like a failed fetch.
+    Failed(Outcome, String),
+}
+
+impl From<RegistryError> for Stop {
+    fn from(error: RegistryError) -> Self {
+        Self::Registry(error)
+    }
+}
+
+impl FederationManager {
+    /// A manager refreshing the relationships in `hub`'s registry.
+    ///
+    /// # Errors
+    /// [`FederationError::InvalidOptions`] naming the unusable option.
+    pub fn new(hub: Hub, options: FederationOptions) -> Result<Self, FederationError> {
+        options.validate()?;
+        telemetry::describe();
+        Ok(Self {
+            inner: Arc::new(Inner {
+                fetchers: Fetchers::new(options.fetch),
+                hub,
+                options,
+                wake: Notify::new(),
+            }),
+        })
+    }
+
+    /// The options in force.
+    pub fn options(&self) -> &FederationOptions {
+        &self.inner.options
+    }
+
+    /// This replica's name in refresh leases.
+    pub fn replica_id(&self) -> &str {
+        &self.inner.options.replica_id
+    }
+
+    /// Makes [`run`](Self::run) look for due refreshes now rather than at its next poll, e.g.
+    /// right after a relationship was created or updated.
+    pub fn wake(&self) {
+        self.inner.wake.notify_one();
+    }
+
+    /// Refreshes due relationships until `shutdown` resolves, at most
+    /// [`FederationOptions::concurrency`] at once, asking the registry every
+    /// [`FederationOptions::poll_interval`] (or on [`wake`](Self::wake)) and whenever a fetch
+    /// ends. Gauges are recomputed every 10 s. At shutdown fetches in flight are abandoned:
+    /// nothing of them is stored, and their leases lapse so that another replica (or the next
+    /// start) takes them over.
+    pub async fn run(&self, shutdown: impl Future<Output = ()>) {
+        tracing::info!(replica_id = %self.replica_id(), "federation manager started");
+        let permits = Arc::new(Semaphore::new(self.inner.options.concurrency));
+        let mut tasks = JoinSet::new();
+        let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
+        gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            if self.claim_and_spawn(&permits, &mut tasks).await {
+                // A full batch: more may be due.
+                continue;
+            }
+            tokio::select! {
+                () = &mut shutdown => break,
+                () = self.inner.wake.notified() => {}
+                () = tokio::time::sleep(self.inner.options.poll_interval) => {}
+                Some(joined) = tasks.join_next() => {
+                    if let Err(error) = joined {
+                        tracing::error!(%error, "a federation refresh task failed");
+                    }
+                }
+                _ = gauges.tick() => self.update_gauges().await,
+            }
+        }
+        tasks.shutdown().await;
+        tracing::info!(replica_id = %self.replica_id(), "federation manager stopped");
+    }
+
+    /// Fetches the bundle of `trust_domain` now, whatever its schedule, and records the outcome
+    /// as a scheduled refresh would (the next one is scheduled from it).
+    ///
+    /// # Errors
+    /// [`FederationError::NotFound`], [`FederationError::Busy`] while a refresh of it is
+    /// running, [`FederationError::Registry`] when the registry fails. A failed fetch is not an
+    /// error: it is [`RefreshOutcome::Failed`].
+    pub async fn refresh_now(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<RefreshOutcome, FederationError> {
+        let registry = self.inner.hub.registry();
+        let options = &self.inner.options;
+        let not_found = || FederationError::NotFound(trust_domain.clone());
+        let claimed = registry
+            .claim_refresh(
+                trust_domain,
+                &options.replica_id,
+                OffsetDateTime::now_utc(),
+                options.lease,
+            )
+            .await
+            .map_err(|error| match error {
+                RegistryError::NotFound { .. } => not_found(),
+                other => other.into(),
+            })?;
+        let Some(relationship) = claimed else {
+            let holder = registry
+                .get_relationship(trust_domain)
+                .await?
+                .ok_or_else(not_found)?
+                .status
+                .lease_owner
+                .unwrap_or_default();
+            return Err(FederationError::Busy {
+                trust_domain: trust_domain.clone(),
+                holder,
+            });
+        };
+        self.refresh(relationship).await
+    }
+
+    /// Claims as many due refreshes as there are free permits and starts them. Returns whether
+    /// the batch was full.
+    async fn claim_and_spawn(&self, permits: &Arc<Semaphore>, tasks: &mut JoinSet<()>) -> bool {
+        let options = &self.inner.options;
+        let free = u32::try_from(permits.available_permits()).unwrap_or(u32::MAX);
+        if free == 0 {
+            return false;
+        }
+        let limit = options.batch.min(free);
+        let claimed = match self
+            .inner
+            .hub
+            .registry()
+            .claim_due_refreshes(
+                &options.replica_id,
+                OffsetDateTime::now_utc(),
+                options.lease,
+                limit,
+            )
+            .await
+        {
+            Ok(claimed) => claimed,
+            Err(error) => {
+                tracing::warn!(%error, "cannot claim due federation refreshes; retrying");
+                return false;
+            }
+        };
+        let full = u32::try_from(claimed.len()) == Ok(limit);
+        for relationship in claimed {
+            // Never waits: only this loop takes permits, and it claimed no more than are free.
+            let Ok(permit) = Arc::clone(permits).acquire_owned().await else {
+                return false;
+            };
+            let manager = self.clone();
+            tasks.spawn(async move {
+                let _permit = permit;
+                let trust_domain = relationship.spec.trust_domain.clone();
+                match manager.refresh(relationship).await {
+                    Ok(_) => {}
+                    // Deleted meanwhile: nothing is stored for it, and it is not polled again.
+                    Err(FederationError::Registry(RegistryError::NotFound { .. })) => {
+                        tracing::info!(
+                            %trust_domain,
+                            "federation relationship deleted during its refresh; result dropped"
+                        );
+                    }
+                    Err(error) => tracing::error!(
+                        %trust_domain,
+                        %error,
+                        "federation refresh not recorded; retried when its lease expires"
+                    ),
+                }
+            });
+        }
+        full
+    }
+
+    /// Fetches and checks the bundle of a relationship whose lease this replica holds, then
+    /// records the outcome and releases the lease.
+    async fn refresh(&self, relationship: Relationship) -> Result<RefreshOutcome, FederationError> {
+        let attempt = match self.attempt(&relationship).await {
+            Ok(attempt) => attempt,
+            Err(Stop::Failed(outcome, error)) => Attempt::failed(outcome, error),
+            Err(Stop::Registry(error)) => return Err(error.into()),
+        };
+        let spec = &relationship.spec;
+        let td = &spec.trust_domain;
+        let options = &self.inner.options;
+        let owner = options.replica_id.as_str();
+        let registry = self.inner.hub.registry();
+        let peer = attempt
+            .peer
+            .map_or_else(|| expected_peer(spec), |peer| peer.to_string());
+        let etag = attempt.etag.as_deref();
+        let random = rand::random::<f64>();
+        let now = OffsetDateTime::now_utc();
+        match attempt.verdict {
+            Verdict::Replace(bundle) => {
+                let delay = options.success_delay(bundle.refresh_hint(), random);
+                log_success(spec, &peer, Outcome::Updated, bundle.sequence(), delay);
+                telemetry::count(td, Outcome::Updated);
+                let record = BundleRecord::new(td.clone(), bundle.to_json(), bundle.sequence());
+                registry
+                    .record_refresh_success(td, owner, Some(&record), etag, now + delay)
+                    .await?;
+                telemetry::set_failures(td, 0);
+                telemetry::set_bundle_age(td, 0.0);
+                if let Err(error) = self.inner.hub.notify_changed().await {
+                    tracing::warn!(%error, "cannot signal the new bundle; the change poll will");
+                }
+                Ok(RefreshOutcome::Updated {
+                    sequence: bundle.sequence(),
+                    authorities: bundle.x509_authorities().len() + bundle.jwt_authorities().len(),
+                })
+            }
+            Verdict::Keep { hint, outcome } => {
+                let delay = options.success_delay(hint, random);
+                log_success(spec, &peer, outcome, None, delay);
+                telemetry::count(td, outcome);
+                registry
+                    .record_refresh_success(td, owner, None, etag, now + delay)
+                    .await?;
+                telemetry::set_failures(td, 0);
+                Ok(RefreshOutcome::Unchanged)
+            }
+            Verdict::Fail { outcome, error } => {
+                let failures = relationship.status.consecutive_failures.saturating_add(1);
+                let delay = options.failure_delay(failures, random);
+                log_failure(spec, &peer, outcome, &error, failures, delay);
+                telemetry::count(td, outcome);
+                registry
+                    .record_refresh_failure(td, owner, &error, now + delay)
+                    .await?;
+                telemetry::set_failures(td, failures);
+                Ok(RefreshOutcome::Failed(error))
+            }
+        }
+    }
+
+    /// Fetches the relationship's bundle and decides what to do with it.
+    async fn attempt(&self, relationship: &Relationship) -> Result<Attempt, Stop> {
+        let spec = &relationship.spec;
+        let td = &spec.trust_domain;
+        let registry = self.inner.hub.registry();
+        let current = stored_bundle(registry, td).await?;
+        let fetcher = self
+            .inner
+            .fetchers
+            .get(spec)
+            .map_err(|error| Stop::Failed(Outcome::FetchError, error.to_string()))?;
+        if let Some(source) = &fetcher.endpoint_bundle {
+            let endpoint_td = source.trust_domain();
+            let trusted = if endpoint_td == td {
+                current.clone()
+            } else {
+                stored_bundle(registry, endpoint_td).await?
+            };
+            let trusted = trusted.ok_or_else(|| {
+                Stop::Failed(
+                    Outcome::FetchError,
+                    format!(
+                        "no bundle of trust domain {endpoint_td} is stored to authenticate the \
+                         bundle endpoint; give the relationship a bootstrap bundle or store one \
+                         with `fedhub bundle set`"
+                    ),
+                )
+            })?;
+            source.set(trusted);
+        }
+        // Without a stored bundle a `304` would leave nothing to keep: fetch in full.
+        let stored_etag = current.as_ref().and(relationship.status.etag.clone());
+        let attempt = match fetcher.fetcher.fetch(stored_etag.as_deref()).await {
+            Err(error) => Attempt::failed(Outcome::FetchError, error.to_string()),
+            Ok(FetchOutcome::NotModified) => Attempt {
+                verdict: Verdict::Keep {
+                    hint: current.as_ref().and_then(|bundle| bundle.refresh_hint()),
+                    outcome: Outcome::NotModified,
+                },
+                etag: stored_etag,
+                peer: None,
+            },
+            Ok(FetchOutcome::Fetched {
+                bundle, etag, peer, ..
+            }) => {
+                let verdict = match check_fetched(
+                    td,
+                    current.as_deref(),
+                    &bundle,
+                    spec.accept_empty_bundle,
+                ) {
+                    Ok(Acceptance::Replace) => Verdict::Replace(bundle),
+                    Ok(Acceptance::Unchanged) => Verdict::Keep {
+                        hint: bundle.refresh_hint(),
+                        outcome: Outcome::Unchanged,
+                    },
+                    Err(rejection @ Rejection::Empty) => Verdict::Fail {
+                        outcome: Outcome::EmptyBundle,
+                        error: rejection.to_string(),
+                    },
+                    Err(rejection) => Verdict::Fail {
+                        outcome: Outcome::Rejected,
+                        error: rejection.to_string(),
+                    },
+                };
+                Attempt {
+                    verdict,
+                    etag,
+                    peer,
+                }
+            }
+        };
+        Ok(attempt)
+    }
+
+    /// Sets the gauges of every relationship from the registry, and drops the fetchers of
+    /// relationships that are gone.
+    async fn update_gauges(&self) {
+        let registry = self.inner.hub.registry();
+        let (relationships, bundles) =
+            match tokio::try_join!(registry.list_relationships(), registry.list_bundles()) {
+                Ok(both) => both,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read federation status for metrics");
+                    return;
+                }
+            };
+        let updated: HashMap<&TrustDomain, OffsetDateTime> = bundles
+            .iter()
+            .map(|bundle| (&bundle.trust_domain, bundle.updated_at))
+            .collect();
+        let now = OffsetDateTime::now_utc();
+        for relationship in &relationships {
+            let td = &relationship.spec.trust_domain;
+            telemetry::set_failures(td, relationship.status.consecutive_failures);
+            if let Some(updated_at) = updated.get(td) {
+                telemetry::set_bundle_age(td, (now - *updated_at).as_seconds_f64().max(0.0));
+            }
+        }
+        let live: HashSet<&TrustDomain> = relationships
+            .iter()
+            .map(|relationship| &relationship.spec.trust_domain)
+            .collect();
+        self.inner.fetchers.retain(&live);
+    }
+}
+
+/// The stored bundle of `trust_domain`, parsed.
+async fn stored_bundle(
+    registry: &Registry,
+    trust_domain: &TrustDomain,
+) -> Result<Option<Arc<Bundle>>, Stop> {
+    let Some(record) = registry.get_bundle(trust_domain).await? else {
+        return Ok(None);
+    };
+    Bundle::from_json(trust_domain.clone(), record.document.as_bytes())
+        .map(|bundle| Some(Arc::new(bundle)))
+        .map_err(|error| {
+            Stop::Failed(
+                Outcome::FetchError,
+                format!(
+                    "the stored bundle of trust domain {trust_domain} is unreadable ({error}); \
+                     replace it with `fedhub bundle set`"
+                ),
+            )
+        })
+}
+
+/// Who the endpoint should authenticate as: the endpoint SPIFFE ID, or the URL host.
+fn expected_peer(spec: &RelationshipSpec) -> String {
+    match &spec.profile {
+        EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => endpoint_spiffe_id.to_string(),
+        EndpointProfile::HttpsWeb { .. } => spec
+            .bundle_endpoint_url
+            .host_str()
+            .unwrap_or_default()
+            .to_owned(),
+    }
+}
+
+fn whole_seconds(delay: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(Duration::from_secs(delay.as_secs()))
+}
+
+fn log_success(
+    spec: &RelationshipSpec,
+    peer: &str,
+    outcome: Outcome,
+    sequence: Option<u64>,
+    delay: Duration,
+) {
+    tracing::info!(
+        trust_domain = %spec.trust_domain,
+        url = %spec.bundle_endpoint_url,
+        profile = spec.profile.name(),
+        peer,
+        outcome = outcome.as_str(),
+        sequence,
+        next_refresh_in = %whole_seconds(delay),
+        "federated bundle refreshed"
+    );
+}
+
+fn log_failure(
+    spec: &RelationshipSpec,
+    peer: &str,
+    outcome: Outcome,
+    error: &str,
+    failures: u32,
+    delay: Duration,
+) {
+    let message = if outcome == Outcome::EmptyBundle {
+        "federated bundle endpoint served a bundle with no keys; the last good bundle is kept"
+    } else {
+        "federated bundle refresh failed; the last good bundle is kept"
+    };
+    tracing::warn!(
+        trust_domain = %spec.trust_domain,
+        url = %spec.bundle_endpoint_url,
+        profile = spec.profile.name(),
+        peer,
+        outcome = outcome.as_str(),
+        error,
+        consecutive_failures = failures,
+        next_refresh_in = %whole_seconds(delay),
+        "{message}"
+    );
+}
+
+impl crate::admin::RefreshNow for FederationManager {
+    fn refresh_now(&self, trust_domain: TrustDomain) -> crate::admin::RefreshFuture {
+        let manager = self.clone();
+        Box::pin(async move {
+            match FederationManager::refresh_now(&manager, &trust_domain).await {
+                Ok(RefreshOutcome::Failed(reason)) => Err(reason),
+                Ok(_) => Ok(()),
+                Err(error) => Err(error.to_string()),
+            }
+        })
+    }
+}

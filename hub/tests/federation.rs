@@ -1,0 +1,613 @@
+//! The federation manager against real TLS bundle endpoints on loopback: two hubs federating
+//! both ways, key rollover, hostile endpoints, scheduling, and replicas sharing one database.
+
+#![expect(
+    clippy::unwrap_used,
+    clippy::too_many_lines,
+    reason = "test code: a failed step is a failed test, and scenarios read top to bottom"
+)]
+
+mod common;
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::*;
+use fedhub_core::bundle::X509Authority;
+use fedhub_core::{SpiffeId, TrustDomain};
+use fedhub_hub::Hub;
+use fedhub_hub::federation::telemetry::{BUNDLE_AGE_SECONDS, CONSECUTIVE_FAILURES};
+use fedhub_hub::federation::{
+    FederationError, FederationManager, FederationOptions, RefreshOutcome,
+};
+use fedhub_hub::https::SwappableCert;
+use fedhub_registry::{EndpointProfile, RelationshipSpec};
+use url::Url;
+
+// --- two hubs -------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hubs_federate_both_ways_and_follow_key_rollover() {
+    recorded();
+    let (alpha, _alpha_dir) = open_hub("alpha.test", "1s").await;
+    let (beta, _beta_dir) = open_hub("beta.test", "1s").await;
+    let alpha_endpoint = Server::bundle_endpoint(&alpha).await;
+    let beta_endpoint = Server::bundle_endpoint(&beta).await;
+    let alpha_manager = FederationManager::new(alpha.clone(), options("alpha-1")).unwrap();
+    let beta_manager = FederationManager::new(beta.clone(), options("beta-1")).unwrap();
+    let runs = [run(&alpha_manager), run(&beta_manager)];
+
+    // Created while the managers run: picked up by their next poll. Bootstrapped with each
+    // other's bundle (FED-19), one-way each (FED-7).
+    let (a, b) = (alpha.trust_domain().clone(), beta.trust_domain().clone());
+    beta.registry()
+        .create_relationship(
+            ACTOR,
+            &spiffe_spec(&a, &alpha_endpoint.url, alpha.hub_id()),
+            Some(&record(&alpha.own_bundle())),
+        )
+        .await
+        .unwrap();
+    alpha
+        .registry()
+        .create_relationship(
+            ACTOR,
+            &spiffe_spec(&b, &beta_endpoint.url, beta.hub_id()),
+            Some(&record(&beta.own_bundle())),
+        )
+        .await
+        .unwrap();
+    eventually(
+        "both sides to refresh",
+        Duration::from_secs(10),
+        async || {
+            status(&beta, &a).await.last_success_at.is_some()
+                && status(&alpha, &b).await.last_success_at.is_some()
+        },
+    )
+    .await;
+    assert_eq!(stored(&beta, &a).await, Some((*alpha.own_bundle()).clone()));
+    assert_eq!(stored(&alpha, &b).await, Some((*beta.own_bundle()).clone()));
+    assert_eq!(
+        stored(&alpha, &a).await,
+        Some((*alpha.own_bundle()).clone())
+    );
+    let refreshed = status(&beta, &a).await;
+    assert_eq!(refreshed.last_error, None);
+    assert!(
+        refreshed.next_refresh_at.unwrap() <= now() + Duration::from_secs(3),
+        "the 1 s hint is followed"
+    );
+
+    // Alpha publishes a new CA before it signs with it: beta picks up the new sequence with
+    // both authorities.
+    alpha.rotate(false).await.unwrap();
+    let published = (*alpha.own_bundle()).clone();
+    assert_eq!(published.sequence(), Some(2));
+    assert_eq!(published.x509_authorities().len(), 2);
+    eventually(
+        "beta to fetch alpha's new bundle",
+        Duration::from_secs(10),
+        async || stored(&beta, &a).await.as_ref() == Some(&published),
+    )
+    .await;
+
+    // Alpha now signs with the new CA, and re-mints the endpoint's SVID with it. The bootstrap
+    // bundle does not hold that CA: later fetches verify with the latest fetched bundle
+    // (FED-20), so they keep working without any manual step.
+    alpha.rotate(true).await.unwrap();
+    let activated = now();
+    eventually(
+        "a refresh after the activation",
+        Duration::from_secs(10),
+        async || {
+            status(&beta, &a)
+                .await
+                .last_success_at
+                .is_some_and(|at| at > activated + Duration::from_secs(1))
+        },
+    )
+    .await;
+    let after = status(&beta, &a).await;
+    assert_eq!(after.last_error, None);
+    assert_eq!(after.consecutive_failures, 0);
+    assert_eq!(stored(&beta, &a).await, Some((*alpha.own_bundle()).clone()));
+    assert_eq!(stored(&alpha, &b).await, Some((*beta.own_bundle()).clone()));
+    assert!(refreshes("alpha.test", "updated") >= 1);
+    assert!(refreshes("alpha.test", "not_modified") + refreshes("alpha.test", "unchanged") >= 1);
+    assert_eq!(gauge(CONSECUTIVE_FAILURES, "alpha.test"), Some(0.0));
+    assert!(gauge(BUNDLE_AGE_SECONDS, "alpha.test").is_some());
+
+    for (stop, task) in runs {
+        drop(stop);
+        tokio::time::timeout(Duration::from_secs(5), task)
+            .await
+            .expect("the manager stops at shutdown")
+            .unwrap();
+    }
+}
+
+// --- refresh_now and scheduling -------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_now_reports_outcomes_and_schedules_by_hint_and_backoff() {
+    let options = FederationOptions {
+        max_refresh: Duration::from_secs(300),
+        ..options("local-1")
+    };
+    let pair = pair("sched.test", "10m", options).await;
+    let endpoint = Server::bundle_endpoint(&pair.remote).await;
+    pair.federate(&endpoint.url, Some(&pair.remote_bundle()))
+        .await;
+
+    pair.remote.rotate(false).await.unwrap();
+    let t = now();
+    assert_eq!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Updated {
+            sequence: Some(2),
+            authorities: 4
+        }
+    );
+    let current = pair.remote_bundle();
+    assert_eq!(stored(&pair.local, &pair.td).await, Some(current.clone()));
+    let after = status(&pair.local, &pair.td).await;
+    assert!(after.etag.is_some());
+    assert_eq!(after.lease_owner, None);
+    assert_scheduled(after.next_refresh_at, t, 300); // the 10 min hint, clamped to 5 min
+    assert_eq!(gauge(BUNDLE_AGE_SECONDS, "sched.test"), Some(0.0));
+
+    // The stored entity tag is sent: 304.
+    assert_eq!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Unchanged
+    );
+    assert_eq!(refreshes("sched.test", "updated"), 1);
+    assert_eq!(refreshes("sched.test", "not_modified"), 1);
+
+    // Endpoint down: the bundle stays; the delay backs off 5 s, 10 s, 20 s, then holds at the
+    // 20 s cap.
+    endpoint.stop().await;
+    for (failures, delay) in [(1, 5), (2, 10), (3, 20), (4, 20)] {
+        let t = now();
+        pair.assert_refused(&current, "cannot reach the bundle endpoint")
+            .await;
+        let after = status(&pair.local, &pair.td).await;
+        assert_eq!(after.consecutive_failures, failures);
+        assert_scheduled(after.next_refresh_at, t, delay);
+    }
+    assert_eq!(refreshes("sched.test", "fetch_error"), 4);
+    assert_eq!(gauge(CONSECUTIVE_FAILURES, "sched.test"), Some(4.0));
+
+    // Back (at a new address): a success resets the backoff, the hint rules again.
+    let endpoint = Server::bundle_endpoint(&pair.remote).await;
+    pair.local
+        .registry()
+        .update_relationship(
+            ACTOR,
+            &spiffe_spec(&pair.td, &endpoint.url, pair.remote.hub_id()),
+        )
+        .await
+        .unwrap();
+    let t = now();
+    assert_eq!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Unchanged
+    );
+    assert_eq!(refreshes("sched.test", "unchanged"), 1);
+    let after = status(&pair.local, &pair.td).await;
+    assert_eq!(after.consecutive_failures, 0);
+    assert_eq!(after.last_error, None);
+    assert_scheduled(after.next_refresh_at, t, 300);
+    assert_eq!(gauge(CONSECUTIVE_FAILURES, "sched.test"), Some(0.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refresh_now_refuses_while_another_replica_holds_the_lease() {
+    let pair = pair("busy.test", "5m", options("local-1")).await;
+    let endpoint = Server::bundle_endpoint(&pair.remote).await;
+    let bootstrap = pair.remote_bundle();
+    pair.federate(&endpoint.url, Some(&bootstrap)).await;
+    pair.local
+        .registry()
+        .claim_refresh(&pair.td, "other-replica", now(), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let error = pair.manager.refresh_now(&pair.td).await.unwrap_err();
+    assert!(
+        matches!(&error, FederationError::Busy { holder, .. } if holder == "other-replica"),
+        "{error}"
+    );
+    assert!(error.to_string().contains("other-replica"), "{error}");
+    assert_eq!(status(&pair.local, &pair.td).await.last_attempt_at, None);
+
+    let unknown = TrustDomain::new("nowhere.test").unwrap();
+    assert!(matches!(
+        pair.manager.refresh_now(&unknown).await,
+        Err(FederationError::NotFound(td)) if td == unknown
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relationship_deleted_during_a_fetch_gets_no_bundle_back() {
+    let pair = pair("deleted.test", "5m", options("local-1")).await;
+    let mut newer = pair.remote_bundle();
+    newer.set_sequence(Some(2));
+    let stub = stub("/", newer.to_json());
+    stub.lock().unwrap().delay = Duration::from_millis(500);
+    let server = serve_stub(&stub, pair.remote.server_cert()).await;
+    pair.federate(&server.url, Some(&pair.remote_bundle()))
+        .await;
+
+    let manager = pair.manager.clone();
+    let td = pair.td.clone();
+    let refresh = tokio::spawn(async move { manager.refresh_now(&td).await });
+    eventually("the fetch to start", Duration::from_secs(5), async || {
+        !stub.lock().unwrap().requests.is_empty()
+    })
+    .await;
+    pair.local
+        .registry()
+        .delete_relationship(ACTOR, &pair.td, false)
+        .await
+        .unwrap();
+    let error = refresh.await.unwrap().unwrap_err();
+    assert!(matches!(error, FederationError::Registry(_)), "{error}");
+    assert_eq!(
+        stored(&pair.local, &pair.td).await,
+        None,
+        "FED-35: stays deleted"
+    );
+}
+
+// --- hostile endpoints ----------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_error_keeps_the_last_good_bundle() {
+    let pair = pair("status.test", "5m", options("local-1")).await;
+    let bootstrap = pair.remote_bundle();
+    let stub = stub("/", bootstrap.to_json());
+    stub.lock().unwrap().status = StatusCode::INTERNAL_SERVER_ERROR;
+    let server = serve_stub(&stub, pair.remote.server_cert()).await;
+    pair.federate(&server.url, Some(&bootstrap)).await;
+    pair.assert_refused(&bootstrap, "HTTP 500").await;
+    assert_eq!(refreshes("status.test", "fetch_error"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_endpoint_spiffe_id_keeps_the_last_good_bundle() {
+    let pair = pair("wrongid.test", "5m", options("local-1")).await;
+    let endpoint = Server::bundle_endpoint(&pair.remote).await;
+    let bootstrap = pair.remote_bundle();
+    let expected = SpiffeId::parse("spiffe://wrongid.test/not-the-hub").unwrap();
+    pair.federate_as(&endpoint.url, expected, Some(&bootstrap))
+        .await;
+    pair.assert_refused(
+        &bootstrap,
+        "server presented spiffe://wrongid.test/fedhub/hub, expected spiffe://wrongid.test/not-the-hub",
+    )
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sequence_rollback_keeps_the_last_good_bundle() {
+    let pair = pair("rollback.test", "5m", options("local-1")).await;
+    let endpoint = Server::bundle_endpoint(&pair.remote).await;
+    // The stored bundle is newer (sequence 7) than the served one (sequence 1).
+    let mut newer = pair.remote_bundle();
+    newer.set_sequence(Some(7));
+    pair.federate(&endpoint.url, Some(&newer)).await;
+    pair.assert_refused(&newer, "lower than the stored 7").await;
+    assert_eq!(refreshes("rollback.test", "rejected"), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_bundle_is_refused_unless_the_relationship_accepts_it() {
+    let pair = pair("empty.test", "5m", options("local-1")).await;
+    let bootstrap = pair.remote_bundle();
+    let stub = stub("/", r#"{"keys":[],"spiffe_sequence":9}"#.to_owned());
+    let server = serve_stub(&stub, pair.remote.server_cert()).await;
+    pair.federate(&server.url, Some(&bootstrap)).await;
+    pair.assert_refused(&bootstrap, "no keys").await;
+    assert_eq!(refreshes("empty.test", "empty_bundle"), 1);
+    assert_eq!(refreshes("empty.test", "rejected"), 0);
+
+    // Opted in: applied as a revocation of every key.
+    let mut spec = spiffe_spec(&pair.td, &server.url, pair.remote.hub_id());
+    spec.accept_empty_bundle = true;
+    pair.local
+        .registry()
+        .update_relationship(ACTOR, &spec)
+        .await
+        .unwrap();
+    assert_eq!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Updated {
+            sequence: Some(9),
+            authorities: 0
+        }
+    );
+    let revoked = stored(&pair.local, &pair.td).await.unwrap();
+    assert!(revoked.is_empty());
+    assert_eq!(revoked.sequence(), Some(9));
+    assert_eq!(status(&pair.local, &pair.td).await.last_error, None);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authority_of_another_trust_domain_keeps_the_last_good_bundle() {
+    let pair = pair("foreign.test", "5m", options("local-1")).await;
+    let bootstrap = pair.remote_bundle();
+    let mut hostile = bootstrap.clone();
+    hostile.add_x509_authority(X509Authority::parse(ca_cert(&["spiffe://other.test"]).2).unwrap());
+    hostile.set_sequence(Some(2));
+    let stub = stub("/", hostile.to_json());
+    let server = serve_stub(&stub, pair.remote.server_cert()).await;
+    pair.federate(&server.url, Some(&bootstrap)).await;
+    pair.assert_refused(&bootstrap, "spiffe://other.test").await;
+    assert_eq!(refreshes("foreign.test", "rejected"), 1);
+}
+
+// --- profiles -------------------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_web_trusts_the_relationship_extra_roots() {
+    let pair = pair("web.test", "5m", options("local-1")).await;
+    let (ca_params, ca_key, ca_der) = ca_cert(&[]);
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let mut leaf = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    leaf.subject_alt_names = vec![rcgen::SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST))];
+    let leaf = leaf.signed_by(&leaf_key, &issuer).unwrap();
+    let cert = SwappableCert::new(certified_key(
+        vec![leaf.der().to_vec()],
+        leaf_key.serialize_der(),
+    ));
+    let served = pair.remote_bundle();
+    let endpoint = serve_stub(&stub("/", served.to_json()), cert).await;
+    let web = |ca_der: Vec<u8>| RelationshipSpec {
+        trust_domain: pair.td.clone(),
+        bundle_endpoint_url: endpoint.url.clone(),
+        profile: EndpointProfile::HttpsWeb {
+            extra_ca_pem: Some(pem::encode(&pem::Pem::new("CERTIFICATE", ca_der))),
+        },
+        accept_empty_bundle: false,
+    };
+    pair.local
+        .registry()
+        .create_relationship(ACTOR, &web(ca_der), None)
+        .await
+        .unwrap();
+    assert_eq!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Updated {
+            sequence: Some(1),
+            authorities: 2
+        }
+    );
+    assert_eq!(stored(&pair.local, &pair.td).await, Some(served.clone()));
+
+    // Another private CA: the endpoint is not trusted, the bundle stays.
+    pair.local
+        .registry()
+        .update_relationship(ACTOR, &web(ca_cert(&[]).2))
+        .await
+        .unwrap();
+    pair.assert_refused(&served, "not signed by").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn non_self_serving_endpoint_is_verified_with_the_current_bundle_of_its_trust_domain() {
+    // The endpoint of gamma.test is served by the issuer.test hub (FED-21).
+    let pair = pair("issuer.test", "5m", options("local-1")).await;
+    let gamma = TrustDomain::new("gamma.test").unwrap();
+    let first = ca_bundle(&gamma, 1);
+    let stub = stub("/", first.to_json());
+    let server = serve_stub(&stub, pair.remote.server_cert()).await;
+    pair.local
+        .registry()
+        .create_relationship(
+            ACTOR,
+            &spiffe_spec(&gamma, &server.url, pair.remote.hub_id()),
+            None,
+        )
+        .await
+        .unwrap();
+
+    // Nothing stored for issuer.test: nothing to authenticate the endpoint with.
+    let outcome = pair.manager.refresh_now(&gamma).await.unwrap();
+    assert!(
+        matches!(&outcome, RefreshOutcome::Failed(reason) if reason.contains("no bundle of trust domain issuer.test")),
+        "{outcome:?}"
+    );
+    assert!(stub.lock().unwrap().requests.is_empty(), "nothing fetched");
+
+    pair.local
+        .registry()
+        .put_bundle(ACTOR, &record(&pair.remote_bundle()))
+        .await
+        .unwrap();
+    assert_eq!(
+        pair.manager.refresh_now(&gamma).await.unwrap(),
+        RefreshOutcome::Updated {
+            sequence: Some(1),
+            authorities: 1
+        }
+    );
+    assert_eq!(stored(&pair.local, &gamma).await, Some(first.clone()));
+
+    // The stored issuer.test bundle changes to one without the issuer's CA: the very next
+    // handshake uses it, nothing cached vouches for the endpoint any more.
+    pair.local
+        .registry()
+        .put_bundle(ACTOR, &record(&ca_bundle(&pair.td, 2)))
+        .await
+        .unwrap();
+    stub.lock()
+        .unwrap()
+        .bodies
+        .insert("/".to_owned(), ca_bundle(&gamma, 2).to_json());
+    let outcome = pair.manager.refresh_now(&gamma).await.unwrap();
+    assert!(
+        matches!(&outcome, RefreshOutcome::Failed(reason) if reason.contains("not signed by")),
+        "{outcome:?}"
+    );
+    assert_eq!(stored(&pair.local, &gamma).await, Some(first));
+}
+
+// --- replicas -------------------------------------------------------------------------------
+
+/// Two hub replicas (one data directory, one database, two replica ids) refresh 20
+/// relationships; a slow stub endpoint counts the fetches of each. Every due refresh is
+/// fetched exactly once, in two rounds.
+async fn replicas_fetch_each_due_refresh_exactly_once(database_url: Option<String>) {
+    let (issuer, _issuer_dir) = open_hub("replica-issuer.test", "5m").await;
+    let dir = tempfile::tempdir().unwrap();
+    let config = hub_config("replicas.test", dir.path(), "5m", database_url.as_deref());
+    let first = Hub::open(config.clone()).await.unwrap();
+    let second = Hub::open(config).await.unwrap();
+    first
+        .registry()
+        .put_bundle(ACTOR, &record(&issuer.own_bundle()))
+        .await
+        .unwrap();
+
+    let count = 20;
+    let names: Vec<String> = (0..count).map(|i| format!("r{i:02}")).collect();
+    let stub = stub("/unused", String::new());
+    stub.lock().unwrap().delay = Duration::from_millis(300);
+    let server = serve_stub(&stub, issuer.server_cert()).await;
+    let mut specs = Vec::new();
+    for name in &names {
+        let td = TrustDomain::new(&format!("{name}.test")).unwrap();
+        stub.lock()
+            .unwrap()
+            .bodies
+            .insert(format!("/{name}"), ca_bundle(&td, 1).to_json());
+        let spec = spiffe_spec(&td, &server.url.join(name).unwrap(), issuer.hub_id());
+        first
+            .registry()
+            .create_relationship(ACTOR, &spec, None)
+            .await
+            .unwrap();
+        specs.push(spec);
+    }
+
+    let slow = |replica: &str| FederationOptions {
+        default_refresh: Duration::from_secs(3600),
+        min_refresh: Duration::from_secs(3600),
+        max_refresh: Duration::from_secs(3600),
+        batch: 2,
+        concurrency: 4,
+        poll_interval: Duration::from_millis(20),
+        ..options(replica)
+    };
+    let managers = [
+        FederationManager::new(first.clone(), slow("replica-1")).unwrap(),
+        FederationManager::new(second.clone(), slow("replica-2")).unwrap(),
+    ];
+    let runs: Vec<_> = managers.iter().map(run).collect();
+
+    for round in 1..=2 {
+        let total = round * count;
+        // A plain loop: an async closure here would keep the scenario from being `Send`.
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let fetched: usize = stub.lock().unwrap().requests.values().sum();
+            let relationships = first.registry().list_relationships().await.unwrap();
+            if fetched >= total
+                && relationships
+                    .iter()
+                    .all(|r| r.status.lease_owner.is_none() && r.status.last_success_at.is_some())
+            {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: {fetched} fetches"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // Give a double fetch time to show.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        {
+            let stub = stub.lock().unwrap();
+            for name in &names {
+                assert_eq!(
+                    stub.requests.get(&format!("/{name}")),
+                    Some(&round),
+                    "{name} in round {round}: {:?}",
+                    stub.requests
+                );
+            }
+        }
+        for relationship in first.registry().list_relationships().await.unwrap() {
+            assert_eq!(relationship.status.last_error, None);
+        }
+        if round == 1 {
+            // Due again at once.
+            for spec in &specs {
+                first
+                    .registry()
+                    .update_relationship(ACTOR, spec)
+                    .await
+                    .unwrap();
+            }
+        }
+    }
+    let max_in_flight = stub.lock().unwrap().max_in_flight;
+    assert!(
+        max_in_flight > 4,
+        "both replicas fetched at once (each runs at most 4): {max_in_flight}"
+    );
+
+    for (stop, task) in runs {
+        drop(stop);
+        task.await.unwrap();
+    }
+    first.registry().close().await;
+    second.registry().close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_sqlite_fetch_each_due_refresh_exactly_once() {
+    replicas_fetch_each_due_refresh_exactly_once(None).await;
+}
+
+/// The same on one PostgreSQL database (a fresh schema in `FEDHUB_TEST_DATABASE_URL`), the
+/// scale-out setup. Skipped without the variable, except in CI.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_sharing_postgres_fetch_each_due_refresh_exactly_once() {
+    use sqlx::{AssertSqlSafe, Connection as _};
+
+    let Ok(base) = std::env::var("FEDHUB_TEST_DATABASE_URL") else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "FEDHUB_TEST_DATABASE_URL must be set in CI"
+        );
+        eprintln!("note: FEDHUB_TEST_DATABASE_URL is not set; skipping the PostgreSQL variant");
+        return;
+    };
+    sqlx::any::install_default_drivers();
+    let mut admin = sqlx::AnyConnection::connect(&base).await.unwrap();
+    let schema = format!("fedhub_federation_{:016x}", rand::random::<u64>());
+    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    let mut url = Url::parse(&base).unwrap();
+    url.query_pairs_mut()
+        .append_pair("options", &format!("-c search_path={schema}"));
+    let outcome = tokio::spawn(replicas_fetch_each_due_refresh_exactly_once(Some(
+        url.to_string(),
+    )))
+    .await;
+    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
+        .execute(&mut admin)
+        .await
+        .unwrap();
+    if let Err(error) = outcome {
+        std::panic::resume_unwind(error.into_panic());
+    }
+}

@@ -1,0 +1,74 @@
+//! FED-34: every refresh is logged with trust domain, URL, profile, peer identity and outcome.
+//! A test binary of its own, because it installs a log subscriber (tracing caches per call
+//! site whether anyone listens, which tests on other threads would disturb).
+
+#![expect(
+    clippy::unwrap_used,
+    reason = "test code: a failed step is a failed test"
+)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+
+use common::*;
+use fedhub_hub::federation::RefreshOutcome;
+
+/// Collects formatted log lines.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// FED-34: every fetch outcome is logged with trust domain, URL, profile and peer identity.
+/// On a current-thread runtime, so the thread's subscriber sees every event.
+#[tokio::test]
+async fn every_refresh_is_logged_with_url_profile_peer_and_outcome() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let pair = pair("logged.test", "5m", options("local-1")).await;
+    let endpoint = Server::bundle_endpoint(&pair.remote).await;
+    pair.federate(&endpoint.url, Some(&pair.remote_bundle()))
+        .await;
+    let url = endpoint.url.clone();
+    assert_eq!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Unchanged
+    );
+    endpoint.stop().await;
+    pair.manager.refresh_now(&pair.td).await.unwrap();
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = logs
+        .lines()
+        .filter(|line| line.contains("trust_domain=logged.test"))
+        .collect();
+    assert_eq!(lines.len(), 2, "{logs}");
+    for line in &lines {
+        assert!(line.contains(&format!("url={url}")), "{line}");
+        assert!(line.contains("profile=\"https_spiffe\""), "{line}");
+        assert!(
+            line.contains("peer=\"spiffe://logged.test/fedhub/hub\""),
+            "{line}"
+        );
+    }
+    assert!(lines[0].contains("INFO") && lines[0].contains("outcome=\"unchanged\""));
+    assert!(lines[1].contains("WARN") && lines[1].contains("outcome=\"fetch_error\""));
+    assert!(lines[1].contains("cannot reach"), "{}", lines[1]);
+}
