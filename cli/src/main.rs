@@ -76,7 +76,7 @@ fn main() -> ExitCode {
     logging::init();
     let result = match cli.command {
         Command::Api(args) => api::run(args),
-        Command::Demo(args) => Ok(demo::run(&args)),
+        Command::Demo(args) => demo::run(&args),
         Command::Hub(command) => hub_cmd::run(command),
         Command::Token(command) => command.run(),
         Command::Entry(command) => command.run(),

@@ -167,7 +167,8 @@ fn time_claim(claims: &Map<String, Value>, name: &str) -> Option<SystemTime> {
         .then(|| SystemTime::UNIX_EPOCH + Duration::from_secs_f64(seconds))
 }
 
-fn struct_to_json(s: prost_types::Struct) -> Map<String, Value> {
+/// A protobuf `Struct` (the claims of `ValidateJWTSVID`) as JSON.
+pub fn struct_to_json(s: prost_types::Struct) -> Map<String, Value> {
     s.fields
         .into_iter()
         .map(|(name, value)| (name, value_to_json(value)))

@@ -9,13 +9,13 @@
 //! `--timeout`.
 
 mod bundles;
-mod client;
-mod endpoint;
-mod jwt;
+pub(crate) mod client;
+pub(crate) mod endpoint;
+pub(crate) mod jwt;
 mod output;
 mod watch;
 mod write;
-mod x509;
+pub(crate) mod x509;
 
 use std::io::Read as _;
 use std::path::PathBuf;

@@ -1,0 +1,245 @@
+//! `fedhub demo` end to end: the real binary, then independent clients (the `spiffe` crate, a
+//! plain HTTP client, the admin CLI) using what `demo.json` lists.
+#![expect(clippy::unwrap_used, reason = "test set-up fails loudly")]
+
+use std::io::{BufRead as _, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+const FEDHUB: &str = env!("CARGO_BIN_EXE_fedhub");
+
+fn demo_json(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("demo.json")).unwrap()).unwrap()
+}
+
+fn check_demo_json(dir: &Path) -> Vec<Value> {
+    let doc = demo_json(dir);
+    let domains = doc["trust_domains"].as_array().unwrap().clone();
+    assert_eq!(domains.len(), 2);
+    assert_eq!(domains[0]["trust_domain"], "alpha.test", "alpha first");
+    assert_eq!(domains[1]["trust_domain"], "beta.test");
+    for domain in &domains {
+        for key in [
+            "trust_domain",
+            "workload_socket",
+            "admin_socket",
+            "bundle_endpoint_url",
+            "bundle_endpoint_spiffe_id",
+            "oidc_issuer_url",
+            "ca_bundle_pem",
+            "workload_spiffe_id",
+            "lab_api_url",
+        ] {
+            assert!(domain[key].is_string(), "{key} missing in {domain}");
+        }
+        for key in ["workload_socket", "admin_socket", "ca_bundle_pem"] {
+            assert!(
+                Path::new(domain[key].as_str().unwrap()).is_absolute(),
+                "{key} is not absolute"
+            );
+        }
+    }
+    assert_eq!(domains[0]["workload_spiffe_id"], "spiffe://alpha.test/web");
+    assert_eq!(domains[1]["workload_spiffe_id"], "spiffe://beta.test/echo");
+    domains
+}
+
+#[test]
+fn demo_runs_every_step_and_exits_zero() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = Command::new(FEDHUB)
+        .args(["demo", "--dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "stdout:\n{stdout}\nstderr:\n{stderr}"
+    );
+    assert!(stdout.contains("All steps passed"), "{stdout}");
+    for step in [
+        "[4/6] Cross-domain mTLS",
+        "[5/6] JWT-SVID",
+        "[6/6] Rotation",
+    ] {
+        assert!(stdout.contains(step), "{step} missing:\n{stdout}");
+    }
+    check_demo_json(dir.path());
+}
+
+/// A `fedhub demo --keep-running` process, stopped with SIGTERM on drop.
+struct KeepRunning {
+    child: Child,
+    dir: PathBuf,
+}
+
+impl KeepRunning {
+    fn start(dir: &Path) -> Self {
+        let mut child = Command::new(FEDHUB)
+            .args(["demo", "--keep-running", "--dir"])
+            .arg(dir)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap();
+        let stdout = child.stdout.take().unwrap();
+        let (ready_tx, ready_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let line = line.unwrap_or_default();
+                if line.contains("Everything keeps running") {
+                    let _ = ready_tx.send(Ok(()));
+                }
+                if line.contains("The demo failed") {
+                    let _ = ready_tx.send(Err(line));
+                }
+            }
+        });
+        match ready_rx.recv_timeout(Duration::from_secs(120)) {
+            Ok(Ok(())) => {}
+            other => panic!("the demo did not come up: {other:?}"),
+        }
+        Self {
+            child,
+            dir: dir.to_owned(),
+        }
+    }
+
+    fn stop(mut self) -> std::process::ExitStatus {
+        rustix::process::kill_process(
+            rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap(),
+            rustix::process::Signal::TERM,
+        )
+        .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the demo did not stop on SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for KeepRunning {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn spiffe_client(runtime: &tokio::runtime::Runtime, socket: &str) -> spiffe::WorkloadApiClient {
+    runtime
+        .block_on(spiffe::WorkloadApiClient::connect_to(format!(
+            "unix://{socket}"
+        )))
+        .unwrap()
+}
+
+fn http_get(url: &str) -> (u16, Value) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let response = reqwest::Client::builder()
+            .use_preconfigured_tls(
+                rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+            )
+            .build()
+            .unwrap()
+            .get(url)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    })
+}
+
+#[test]
+fn keep_running_serves_independent_clients_from_demo_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = KeepRunning::start(dir.path());
+    let domains = check_demo_json(&demo.dir);
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+
+    // The spiffe crate sees an SVID and both trust domains' bundles on each socket.
+    for domain in &domains {
+        let client = spiffe_client(&runtime, domain["workload_socket"].as_str().unwrap());
+        let context = runtime.block_on(client.fetch_x509_context()).unwrap();
+        let svid = context.default_svid().unwrap();
+        assert_eq!(
+            svid.spiffe_id().to_string(),
+            domain["workload_spiffe_id"].as_str().unwrap()
+        );
+        for td in ["alpha.test", "beta.test"] {
+            let td = spiffe::TrustDomain::new(td).unwrap();
+            assert!(
+                context.bundle_set().get(&td).is_some(),
+                "{td} bundle missing"
+            );
+        }
+    }
+
+    // A JWT-SVID from alpha validates through beta's socket.
+    let alpha = spiffe_client(&runtime, domains[0]["workload_socket"].as_str().unwrap());
+    let beta = spiffe_client(&runtime, domains[1]["workload_socket"].as_str().unwrap());
+    let token = runtime
+        .block_on(alpha.fetch_jwt_svid(["spiffe://beta.test/echo"], None))
+        .unwrap();
+    let validated = runtime
+        .block_on(beta.validate_jwt_token("spiffe://beta.test/echo", token.token()))
+        .unwrap();
+    assert_eq!(validated.spiffe_id().to_string(), "spiffe://alpha.test/web");
+
+    // The lab API answers on every endpoint, and never shows a private key.
+    let lab = domains[0]["lab_api_url"].as_str().unwrap();
+    for path in [
+        "/spiffe/.well-known/spiffe-bundle",
+        "/spiffe/svid/x509",
+        "/spiffe/svid/x509/chain",
+        "/spiffe/svid/jwt?audience=spiffe://beta.test/echo",
+        "/spiffe/svid/info",
+        "/spiffe/workload",
+        "/spiffe/trust-bundle",
+        "/spiffe/demo/rotation",
+        "/spiffe/status",
+    ] {
+        let (status, body) = http_get(&format!("{lab}{path}"));
+        assert_eq!(status, 200, "{path}: {body}");
+        assert!(
+            !body.to_string().contains("PRIVATE KEY"),
+            "{path} leaks a key"
+        );
+    }
+
+    // The admin CLI works against the demo's admin sockets.
+    let output = Command::new(FEDHUB)
+        .args(["federation", "list", "--output", "json", "--admin-socket"])
+        .arg(domains[0]["admin_socket"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{output:?}");
+    let list: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(list[0]["trust_domain"], "beta.test");
+
+    assert!(demo.stop().success(), "the demo exits 0 on SIGTERM");
+}
