@@ -8,10 +8,12 @@
 //! - [`jwt`]: the [`JwtSvidIssuer`] the sync layer implements to mint JWT-SVIDs, and the token
 //!   cache in front of it.
 //! - [`workload`]: the SPIFFE Workload API served on a Unix domain socket.
+//! - [`sds`]: Envoy SDS v3 on the same socket.
 
 pub mod attest;
 pub mod cache;
 pub mod jwt;
+pub mod sds;
 pub mod workload;
 
 #[cfg(test)]
