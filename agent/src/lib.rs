@@ -12,6 +12,7 @@
 //! - [`jwt`]: the [`JwtSvidIssuer`] the sync layer implements to mint JWT-SVIDs, and the token
 //!   cache in front of it.
 //! - [`workload`]: the SPIFFE Workload API served on a Unix domain socket.
+//! - [`sds`]: Envoy SDS v3 on the same socket.
 
 pub mod attest;
 mod backoff;
@@ -20,6 +21,7 @@ pub mod config;
 mod hub;
 pub mod jwt;
 pub mod run;
+pub mod sds;
 pub mod store;
 mod sync;
 pub mod workload;

@@ -10,6 +10,7 @@
 //! - Limits: requests up to 64 KiB, 64 concurrent streams per connection, 1024 open watch
 //!   streams in total (more are refused with `UNAVAILABLE`).
 //! - `FetchWITSVID` and `FetchWITBundles` answer `UNIMPLEMENTED` (WAPI-2).
+//! - The same server answers Envoy SDS ([`crate::sds`]), which needs no security header.
 
 mod error;
 mod messages;
@@ -147,6 +148,7 @@ impl WorkloadEndpoint {
     ) -> Result<(), ServeError> {
         let Self { listener, socket } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
+        let sds = crate::sds::server(state.clone(), stop_rx.clone());
         let api = WorkloadApi::new(state, issuer, MAX_OPEN_STREAMS, stop_rx);
         let api = SpiffeWorkloadApiServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
         let api = InterceptedService::new(api, require_security_header);
@@ -163,6 +165,7 @@ impl WorkloadEndpoint {
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
             .http2_max_header_list_size(MAX_HEADER_BYTES)
             .add_service(api)
+            .add_service(sds)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         drop(socket);

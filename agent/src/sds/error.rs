@@ -1,0 +1,82 @@
+//! The one mapping from SDS failures to gRPC status codes; the codes match the Workload API's
+//! for the same causes.
+
+use tonic::{Code, Status};
+
+use crate::attest::AttestError;
+
+/// Everything an SDS call can fail with.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum SdsError {
+    #[error("workload attestation failed")]
+    Attestation(#[source] AttestError),
+    #[error("the agent has not synced with its hub yet; retry shortly")]
+    NotSynced,
+    #[error("no identity issued")]
+    NoIdentity,
+    #[error("type_url {0:?} is not served here; request {secret}", secret = super::SECRET_TYPE_URL)]
+    WrongTypeUrl(String),
+    #[error("too many open SDS streams; retry shortly")]
+    TooManyStreams,
+    #[error("the agent is shutting down; reconnect shortly")]
+    ShuttingDown,
+    #[error("incremental (delta) SDS is not implemented by this agent; use StreamSecrets")]
+    DeltaUnimplemented,
+}
+
+impl SdsError {
+    fn code(&self) -> Code {
+        match self {
+            Self::WrongTypeUrl(_) => Code::InvalidArgument,
+            Self::NoIdentity => Code::PermissionDenied,
+            Self::Attestation(_) | Self::NotSynced | Self::TooManyStreams | Self::ShuttingDown => {
+                Code::Unavailable
+            }
+            Self::DeltaUnimplemented => Code::Unimplemented,
+        }
+    }
+}
+
+impl From<SdsError> for Status {
+    fn from(error: SdsError) -> Self {
+        match &error {
+            SdsError::Attestation(cause) => {
+                tracing::warn!(error = %cause, "sds: workload attestation failed");
+            }
+            other => tracing::debug!(error = %other, "sds request refused"),
+        }
+        Status::new(error.code(), error.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_map_to_the_workload_api_codes() {
+        let cases = [
+            (
+                SdsError::Attestation(AttestError::ProcessGone { pid: 1 }),
+                Code::Unavailable,
+            ),
+            (SdsError::NotSynced, Code::Unavailable),
+            (SdsError::NoIdentity, Code::PermissionDenied),
+            (SdsError::WrongTypeUrl("x".into()), Code::InvalidArgument),
+            (SdsError::TooManyStreams, Code::Unavailable),
+            (SdsError::ShuttingDown, Code::Unavailable),
+            (SdsError::DeltaUnimplemented, Code::Unimplemented),
+        ];
+        for (error, code) in cases {
+            assert_eq!(Status::from(error).code(), code);
+        }
+    }
+
+    #[test]
+    fn attestation_details_stay_out_of_the_status() {
+        let status = Status::from(SdsError::Attestation(AttestError::ProcessReplaced {
+            pid: 7,
+        }));
+        assert_eq!(status.message(), "workload attestation failed");
+    }
+}
