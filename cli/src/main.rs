@@ -9,6 +9,7 @@ mod api;
 mod demo;
 mod hub_cmd;
 mod logging;
+mod oidc_cmd;
 mod output;
 
 use std::process::ExitCode;
@@ -35,6 +36,9 @@ enum Command {
     /// Run the hub: the identity server of a trust domain.
     #[command(subcommand)]
     Hub(hub_cmd::HubCommand),
+    /// Serve OIDC discovery for a trust domain's JWT keys on its own.
+    #[command(subcommand)]
+    Oidc(oidc_cmd::OidcCommand),
     /// Generate join tokens for agents (admin API).
     Token(admin::token::TokenCommand),
     /// Manage registration entries (admin API).
@@ -78,6 +82,7 @@ fn main() -> ExitCode {
         Command::Api(args) => api::run(args),
         Command::Demo(args) => demo::run(&args),
         Command::Hub(command) => hub_cmd::run(command),
+        Command::Oidc(command) => oidc_cmd::run(command),
         Command::Token(command) => command.run(),
         Command::Entry(command) => command.run(),
         Command::Bundle(command) => command.run(),

@@ -243,3 +243,113 @@ fn keep_running_serves_independent_clients_from_demo_json() {
 
     assert!(demo.stop().success(), "the demo exits 0 on SIGTERM");
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `fedhub oidc run` standalone, fed from the demo hub's bundle endpoint (https_spiffe, with the
+/// bundle exported through the admin CLI as bootstrap) and from the demo agent's socket.
+#[test]
+fn standalone_oidc_serves_the_hub_keys_from_both_sources() {
+    let dir = tempfile::tempdir().unwrap();
+    let demo = KeepRunning::start(dir.path());
+    let domains = check_demo_json(&demo.dir);
+    let alpha = &domains[0];
+    let exported = Command::new(FEDHUB)
+        .args(["bundle", "show", "--format", "spiffe", "--admin-socket"])
+        .arg(alpha["admin_socket"].as_str().unwrap())
+        .output()
+        .unwrap();
+    assert!(exported.status.success(), "{exported:?}");
+    let bundle_file = dir.path().join("alpha-bundle.json");
+    std::fs::write(&bundle_file, &exported.stdout).unwrap();
+    let bundle: Value = serde_json::from_slice(&exported.stdout).unwrap();
+    let kid = bundle["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find_map(|k| k["kid"].as_str())
+        .unwrap()
+        .to_owned();
+
+    let sources = [
+        format!(
+            "bundle_endpoint_url = \"{}\"\nendpoint_spiffe_id = \"{}\"\ntrust_bundle_file = \"{}\"",
+            alpha["bundle_endpoint_url"].as_str().unwrap(),
+            alpha["bundle_endpoint_spiffe_id"].as_str().unwrap(),
+            bundle_file.display()
+        ),
+        format!(
+            "workload_socket = \"unix://{}\"",
+            alpha["workload_socket"].as_str().unwrap()
+        ),
+    ];
+    for (i, source) in sources.iter().enumerate() {
+        let port = free_port();
+        let config = dir.path().join(format!("oidc-{i}.toml"));
+        std::fs::write(
+            &config,
+            format!(
+                "issuer = \"http://127.0.0.1:{port}\"\naddress = \"127.0.0.1:{port}\"\n\
+                 allow_insecure_http = true\nrefresh_interval = \"1s\"\n\
+                 [source]\ntrust_domain = \"alpha.test\"\n{source}\n"
+            ),
+        )
+        .unwrap();
+        let mut oidc = Command::new(FEDHUB)
+            .args(["oidc", "run", "--config"])
+            .arg(&config)
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let keys = loop {
+            if let (200, keys) = http_get_quiet(&format!("http://127.0.0.1:{port}/keys"))
+                && keys.to_string().contains(&kid)
+            {
+                break keys;
+            }
+            assert!(Instant::now() < deadline, "source {i}: keys never published");
+            std::thread::sleep(Duration::from_millis(200));
+        };
+        assert_eq!(keys["keys"][0]["use"], "sig");
+        let (status, discovery) = http_get(&format!(
+            "http://127.0.0.1:{port}/.well-known/openid-configuration"
+        ));
+        assert_eq!(status, 200);
+        assert_eq!(discovery["issuer"], format!("http://127.0.0.1:{port}"));
+        let _ = oidc.kill();
+        let _ = oidc.wait();
+    }
+    assert!(demo.stop().success());
+}
+
+fn http_get_quiet(url: &str) -> (u16, Value) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let Ok(response) = reqwest::Client::builder()
+            .use_preconfigured_tls(
+                rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+            )
+            .build()
+            .unwrap()
+            .get(url)
+            .send()
+            .await
+        else {
+            return (0, Value::Null);
+        };
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
+}
