@@ -170,8 +170,8 @@ pub struct Entry {
     /// `federates_with_groups` sorted and without repeats, an empty hint dropped.
     ///
     /// What the entry federates with in effect also depends on its groups' members and on
-    /// the relationships: see [`crate::FederationScope`]. Changes to those do not change the entry
-    /// or its revision.
+    /// the relationships: see [`crate::FederationScope`]. Changes to those do not change the
+    /// entry or its revision.
     pub spec: EntrySpec,
     /// Starts at 1 and grows by one on every change to the entry.
     pub revision: u64,
