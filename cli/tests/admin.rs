@@ -826,6 +826,211 @@ fn agents(hub: &TestHub) {
     assert!(err.contains("not found"), "{err}");
 }
 
+/// The trust domain names in a JSON array.
+fn names(value: &Value) -> Vec<&str> {
+    value
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect()
+}
+
+fn groups(hub: &TestHub) {
+    web_relationship(hub, "g1.test");
+    web_relationship(hub, "g2.test");
+    let group = ["federation", "group"];
+    let created = hub.json(
+        &[
+            &group[..],
+            &["create", "--name", "partners", "--trust-domain", "g1.test"],
+        ]
+        .concat(),
+    );
+    assert_eq!(created["name"], "partners");
+    assert_eq!(names(&created["members"]), ["g1.test"]);
+    let err = hub.refused(&[&group[..], &["create", "--name", "Partners"]].concat());
+    assert!(err.contains("invalid federation group name"), "{err}");
+    let err = hub.refused(
+        &[
+            &group[..],
+            &["create", "--name", "x", "--trust-domain", "nope.test"],
+        ]
+        .concat(),
+    );
+    assert!(
+        err.contains("trust domain nope.test has no federation relationship"),
+        "{err}"
+    );
+    let err = hub.refused(&[&group[..], &["create", "--name", "partners"]].concat());
+    assert!(err.contains("already exists"), "{err}");
+
+    // An entry federating with the group follows its membership without being edited.
+    let base = [
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://alpha.test/grouped",
+        "--parent-id",
+        "spiffe://alpha.test/agent/node-9",
+        "--selector",
+        "unix:uid:7",
+    ];
+    let err = hub.refused(&[&base[..], &["--federates-with-group", "nope"]].concat());
+    assert!(
+        err.contains("federation group nope, which does not exist"),
+        "{err}"
+    );
+    let entry = hub.json(&[&base[..], &["--federates-with-group", "partners"]].concat());
+    let id = entry["id"].as_str().unwrap().to_owned();
+    assert_eq!(
+        entry["federates_with_groups"],
+        serde_json::json!(["partners"])
+    );
+    assert_eq!(entry["federates_with_all"], false);
+    assert_eq!(names(&entry["effective_federates_with"]), ["g1.test"]);
+    let grown = hub.json(
+        &[
+            &group[..],
+            &["add", "--name", "partners", "--trust-domain", "g2.test"],
+        ]
+        .concat(),
+    );
+    assert_eq!(names(&grown["members"]), ["g1.test", "g2.test"]);
+    let shown = hub.json(&["entry", "show", "--entry-id", &id]);
+    assert_eq!(
+        names(&shown["effective_federates_with"]),
+        ["g1.test", "g2.test"]
+    );
+    assert_eq!(shown["revision"], 1);
+    let text = hub.ok(&["entry", "show", "--entry-id", &id]);
+    assert_eq!(field(&text, "federates with groups"), "partners");
+    assert_eq!(field(&text, "federates with all"), "false");
+    assert_eq!(field(&text, "effective federation"), "g1.test, g2.test");
+    for (args, expected) in [
+        (
+            ["add", "--name", "partners", "--trust-domain", "g2.test"],
+            "already a member",
+        ),
+        (
+            ["add", "--name", "partners", "--trust-domain", "nope.test"],
+            "nope.test has no federation relationship",
+        ),
+        (
+            ["add", "--name", "nope", "--trust-domain", "g1.test"],
+            "federation group nope not found",
+        ),
+    ] {
+        let err = hub.refused(&[&group[..], &args[..]].concat());
+        assert!(err.contains(expected), "{err}");
+    }
+
+    // Federating with all: every relationship, also later ones.
+    let updated = hub.json(&["entry", "update", "--entry-id", &id, "--federates-with-all"]);
+    assert_eq!(updated["federates_with_all"], true);
+    assert_eq!(
+        updated["federates_with_groups"],
+        serde_json::json!(["partners"])
+    );
+    assert_eq!(updated["revision"], 2);
+    web_relationship(hub, "g3.test");
+    let shown = hub.json(&["entry", "show", "--entry-id", &id]);
+    let effective = names(&shown["effective_federates_with"]);
+    for td in ["g1.test", "g2.test", "g3.test"] {
+        assert!(effective.contains(&td), "{effective:?}");
+    }
+    let listed = hub.ok(&[
+        "entry",
+        "list",
+        "--spiffe-id",
+        "spiffe://alpha.test/grouped",
+    ]);
+    assert!(listed.contains("group:partners, all"), "{listed}");
+    let cleared = hub.json(&[
+        "entry",
+        "update",
+        "--entry-id",
+        &id,
+        "--federates-with-all=false",
+        "--clear",
+        "federates-with-groups",
+    ]);
+    assert_eq!(cleared["federates_with_all"], false);
+    assert_eq!(cleared["federates_with_groups"], serde_json::json!([]));
+    assert_eq!(cleared["effective_federates_with"], serde_json::json!([]));
+
+    // Removing members; listing groups.
+    let shrunk = hub.json(
+        &[
+            &group[..],
+            &["remove", "--name", "partners", "--trust-domain", "g1.test"],
+        ]
+        .concat(),
+    );
+    assert_eq!(names(&shrunk["members"]), ["g2.test"]);
+    let err = hub.refused(
+        &[
+            &group[..],
+            &["remove", "--name", "partners", "--trust-domain", "g1.test"],
+        ]
+        .concat(),
+    );
+    assert!(
+        err.contains("member g1.test of federation group partners not found"),
+        "{err}"
+    );
+    hub.ok(&[
+        &group[..],
+        &["create", "--name", "others", "--trust-domain", "g2.test"],
+    ]
+    .concat());
+    let listed = hub.json(&[&group[..], &["list"]].concat());
+    let listed: Vec<(&str, Vec<&str>)> = listed
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| (g["name"].as_str().unwrap(), names(&g["members"])))
+        .collect();
+    assert_eq!(
+        listed,
+        [("others", vec!["g2.test"]), ("partners", vec!["g2.test"])]
+    );
+    let table = hub.ok(&[&group[..], &["list"]].concat());
+    assert!(table.starts_with("NAME"), "{table}");
+    assert!(table.contains("partners"), "{table}");
+    let text = hub.ok(&[&group[..], &["show", "--name", "partners"]].concat());
+    assert_eq!(field(&text, "members"), "g2.test");
+
+    // A group in use is deleted only with --force; the entries drop it.
+    hub.ok(&[
+        "entry",
+        "update",
+        "--entry-id",
+        &id,
+        "--federates-with-group",
+        "partners",
+    ]);
+    let err = hub.refused(&[&group[..], &["delete", "--name", "partners"]].concat());
+    assert!(err.contains("is used by 1 entries"), "{err}");
+    assert!(err.contains("force"), "{err}");
+    let deleted = hub.json(&[&group[..], &["delete", "--name", "partners", "--force"]].concat());
+    assert_eq!(deleted["entries_updated"], 1);
+    let shown = hub.json(&["entry", "show", "--entry-id", &id]);
+    assert_eq!(shown["federates_with_groups"], serde_json::json!([]));
+    let err = hub.refused(&[&group[..], &["show", "--name", "partners"]].concat());
+    assert!(err.contains("federation group partners not found"), "{err}");
+
+    // Deleting a relationship takes it out of its groups.
+    hub.ok(&["federation", "delete", "--trust-domain", "g2.test"]);
+    let others = hub.json(&[&group[..], &["show", "--name", "others"]].concat());
+    assert_eq!(others["members"], serde_json::json!([]));
+}
+
+#[test]
+fn federation_groups() {
+    groups(&TestHub::start());
+}
+
 #[test]
 fn join_tokens() {
     tokens(&TestHub::start());
@@ -973,6 +1178,7 @@ fn admin_flow_on_postgres() {
         entries(&hub);
         bundles(&hub);
         agents(&hub);
+        groups(&hub);
     });
     runtime
         .block_on(

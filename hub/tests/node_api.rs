@@ -884,6 +884,158 @@ async fn sync_pushes_entries_and_bundles_when_they_change() {
     hub.stop().await.unwrap();
 }
 
+/// A web relationship with `name`, with a stored bundle of sequence `sequence`; returns the
+/// bundle document.
+async fn federate_with(hub: &TestHub, name: &str, sequence: u64) -> String {
+    let trust_domain = TrustDomain::new(name).unwrap();
+    let mut bundle = Bundle::new(trust_domain.clone());
+    bundle.set_sequence(Some(sequence));
+    let document = bundle.to_json();
+    hub.hub
+        .registry()
+        .create_relationship(
+            ACTOR,
+            &RelationshipSpec {
+                trust_domain: trust_domain.clone(),
+                bundle_endpoint_url: url::Url::parse(&format!("https://{name}/bundle")).unwrap(),
+                profile: EndpointProfile::HttpsWeb { extra_ca_pem: None },
+                accept_empty_bundle: false,
+            },
+            Some(&BundleRecord::new(
+                trust_domain,
+                document.clone(),
+                Some(sequence),
+            )),
+        )
+        .await
+        .unwrap();
+    hub.hub.notify_changed().await.unwrap();
+    document
+}
+
+/// The `federates_with` of the entry with `spiffe_id` in `snapshot`.
+fn federates_with<'a>(snapshot: &'a SyncSnapshot, spiffe_id: &str) -> &'a [String] {
+    &snapshot
+        .entries
+        .iter()
+        .find(|e| e.spiffe_id == spiffe_id)
+        .unwrap()
+        .federates_with
+}
+
+fn bundle_names(snapshot: &SyncSnapshot) -> Vec<&str> {
+    let mut names: Vec<&str> = snapshot
+        .federated_bundles
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    names
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_follows_federation_groups_and_federates_with_all() {
+    let hub = TestHub::start("").await;
+    let registry = hub.hub.registry().clone();
+    let agent = hub.join("token-of-the-group-agent").await;
+    registry
+        .create_federation_group(ACTOR, "partners", &[])
+        .await
+        .unwrap();
+    let mut spec = EntrySpec::new(
+        id("spiffe://alpha.test/grouped"),
+        agent.spiffe_id().clone(),
+        vec![sel("unix:uid:1")],
+    );
+    spec.federates_with_groups = vec!["partners".into()];
+    let grouped = hub.create(&spec).await;
+    let mut stream = hub
+        .mtls(&agent)
+        .await
+        .sync(SyncRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let snapshot = next_snapshot(&mut stream).await.unwrap();
+    assert!(federates_with(&snapshot, "spiffe://alpha.test/grouped").is_empty());
+    assert!(snapshot.federated_bundles.is_empty());
+
+    // A relationship outside the group changes nothing for this agent.
+    let beta = federate_with(&hub, "beta.test", 3).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(700), stream.message())
+            .await
+            .is_err(),
+        "no snapshot while beta.test is outside the group"
+    );
+
+    // Joining the group brings beta.test to the entry, with its bundle, without editing it.
+    registry
+        .add_federation_group_member(ACTOR, "partners", &TrustDomain::new("beta.test").unwrap())
+        .await
+        .unwrap();
+    hub.hub.notify_changed().await.unwrap();
+    let snapshot = next_snapshot(&mut stream).await.unwrap();
+    assert_eq!(
+        federates_with(&snapshot, "spiffe://alpha.test/grouped"),
+        ["beta.test"]
+    );
+    assert_eq!(
+        snapshot
+            .federated_bundles
+            .get("beta.test")
+            .map(Vec::as_slice),
+        Some(beta.as_bytes())
+    );
+    let unchanged = registry.get_entry(grouped.id).await.unwrap().unwrap();
+    assert_eq!(unchanged, grouped, "the entry itself was not edited");
+    assert_eq!(snapshot.entries[0].revision, 1);
+
+    // An entry federating with all: every relationship, also the ones created later.
+    let mut spec = EntrySpec::new(
+        id("spiffe://alpha.test/everyone"),
+        agent.spiffe_id().clone(),
+        vec![sel("unix:uid:2")],
+    );
+    spec.federates_with_all = true;
+    hub.create(&spec).await;
+    let snapshot = next_snapshot(&mut stream).await.unwrap();
+    assert_eq!(
+        federates_with(&snapshot, "spiffe://alpha.test/everyone"),
+        ["beta.test"]
+    );
+    let gamma = federate_with(&hub, "gamma.test", 5).await;
+    let snapshot = next_snapshot(&mut stream).await.unwrap();
+    assert_eq!(
+        federates_with(&snapshot, "spiffe://alpha.test/everyone"),
+        ["beta.test", "gamma.test"]
+    );
+    assert_eq!(
+        federates_with(&snapshot, "spiffe://alpha.test/grouped"),
+        ["beta.test"]
+    );
+    assert_eq!(bundle_names(&snapshot), ["beta.test", "gamma.test"]);
+    assert_eq!(
+        snapshot
+            .federated_bundles
+            .get("gamma.test")
+            .map(Vec::as_slice),
+        Some(gamma.as_bytes())
+    );
+
+    // Leaving the group takes beta.test from the grouped entry only.
+    registry
+        .remove_federation_group_member(ACTOR, "partners", &TrustDomain::new("beta.test").unwrap())
+        .await
+        .unwrap();
+    hub.hub.notify_changed().await.unwrap();
+    let snapshot = next_snapshot(&mut stream).await.unwrap();
+    assert!(federates_with(&snapshot, "spiffe://alpha.test/grouped").is_empty());
+    assert_eq!(bundle_names(&snapshot), ["beta.test", "gamma.test"]);
+
+    hub.stop().await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_sync_streams_and_returns() {
     let hub = TestHub::start("").await;

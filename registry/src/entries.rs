@@ -12,6 +12,7 @@ use uuid::Uuid;
 
 use crate::error::RegistryError;
 use crate::feed::{ChangeKind, record_audit, record_change};
+use crate::groups::validate_group_name;
 use crate::selector::{self, Selector};
 use crate::store::{Fields, Registry, now, sha256_hex, unix, whole_seconds};
 
@@ -41,6 +42,12 @@ pub struct EntrySpec {
     /// Foreign trust domains whose bundles the workload receives; each needs a federation
     /// relationship. A set, stored sorted.
     pub federates_with: Vec<TrustDomain>,
+    /// Federation groups whose member trust domains the workload federates with, whatever
+    /// the members are at the time; each group must exist. A set, stored sorted.
+    pub federates_with_groups: Vec<String>,
+    /// Whether the workload federates with every trust domain the hub has a federation
+    /// relationship with, including those created later.
+    pub federates_with_all: bool,
     /// X509-SVID lifetime; `None` means the hub default.
     pub x509_svid_ttl: Option<Duration>,
     /// JWT-SVID lifetime; `None` means the hub default.
@@ -61,6 +68,8 @@ impl EntrySpec {
             parent_id,
             selectors,
             federates_with: Vec::new(),
+            federates_with_groups: Vec::new(),
+            federates_with_all: false,
             x509_svid_ttl: None,
             jwt_svid_ttl: None,
             dns_names: Vec::new(),
@@ -109,6 +118,12 @@ impl EntrySpec {
         let mut federates_with = self.federates_with.clone();
         federates_with.sort();
         federates_with.dedup();
+        for name in &self.federates_with_groups {
+            validate_group_name(name)?;
+        }
+        let mut federates_with_groups = self.federates_with_groups.clone();
+        federates_with_groups.sort();
+        federates_with_groups.dedup();
         let identity: Vec<String> = [self.spiffe_id.to_string(), self.parent_id.to_string()]
             .into_iter()
             .chain(selectors.iter().map(ToString::to_string))
@@ -118,6 +133,7 @@ impl EntrySpec {
             selectors_json: selector::to_json(&selectors),
             dns_names_json: serde_json::Value::from(self.dns_names.clone()).to_string(),
             federates_with,
+            federates_with_groups,
             hint: hint.map(str::to_owned),
             x509_svid_ttl: self
                 .x509_svid_ttl
@@ -138,6 +154,7 @@ struct Stored {
     selectors_json: String,
     dns_names_json: String,
     federates_with: Vec<TrustDomain>,
+    federates_with_groups: Vec<String>,
     hint: Option<String>,
     x509_svid_ttl: Option<i64>,
     jwt_svid_ttl: Option<i64>,
@@ -149,8 +166,12 @@ struct Stored {
 pub struct Entry {
     /// The entry id, a random UUID.
     pub id: Uuid,
-    /// What was registered, normalised: selectors and `federates_with` sorted and without
-    /// repeats, an empty hint dropped.
+    /// What was registered, normalised: selectors, `federates_with` and
+    /// `federates_with_groups` sorted and without repeats, an empty hint dropped.
+    ///
+    /// What the entry federates with in effect also depends on its groups' members and on
+    /// the relationships: see [`crate::FederationScope`]. Changes to those do not change the
+    /// entry or its revision.
     pub spec: EntrySpec,
     /// Starts at 1 and grows by one on every change to the entry.
     pub revision: u64,
@@ -167,24 +188,30 @@ pub struct EntryFilter {
     pub spiffe_id: Option<SpiffeId>,
     /// Only entries with this parent ID.
     pub parent_id: Option<SpiffeId>,
-    /// Only entries that federate with this trust domain.
+    /// Only entries that name this trust domain in `federates_with` (not through a group or
+    /// `federates_with_all`).
     pub federates_with: Option<TrustDomain>,
 }
 
-/// Selects entries joined with their federated trust domains, one row per pair (or one row
-/// with a NULL `federated_td`); `entries_from_rows` folds them back together.
+/// Selects entries joined with their federated trust domains and federation groups, one row
+/// per trust domain or group (or one row with both NULL); `entries_from_rows` folds them back
+/// together.
 macro_rules! select_entries {
     () => {
         "SELECT e.id, e.spiffe_id, e.parent_id, e.selectors, e.x509_svid_ttl, e.jwt_svid_ttl, \
-         e.dns_names, e.hint, e.expires_at, e.revision, e.created_at, e.updated_at, \
-         f.trust_domain AS federated_td \
-         FROM entries e LEFT JOIN entry_federation f ON f.entry_id = e.id "
+         e.dns_names, e.hint, e.expires_at, e.federates_with_all, e.revision, e.created_at, \
+         e.updated_at, f.trust_domain AS federated_td, f.group_name AS federated_group \
+         FROM entries e LEFT JOIN \
+         (SELECT entry_id, trust_domain, NULL AS group_name FROM entry_federation \
+         UNION ALL SELECT entry_id, NULL, group_name FROM entry_federation_groups) f \
+         ON f.entry_id = e.id "
     };
 }
 
+/// Keeps the rows of one entry together; `entries_from_rows` sorts each entry's lists.
 macro_rules! entry_order {
     () => {
-        " ORDER BY e.spiffe_id, e.parent_id, e.id, f.trust_domain"
+        " ORDER BY e.spiffe_id, e.parent_id, e.id"
     };
 }
 
@@ -194,13 +221,19 @@ fn entries_from_rows(rows: &[AnyRow]) -> Result<Vec<Entry>, RegistryError> {
     for row in rows {
         let f = Fields::new(row, KIND, "id")?;
         let federated = f.opt_trust_domain("federated_td")?;
+        let group = f.opt_text("federated_group")?;
         if current.as_deref() != Some(f.key()) {
             entries.push(entry_from_fields(&f)?);
             current = Some(f.key().to_owned());
         }
-        if let (Some(entry), Some(td)) = (entries.last_mut(), federated) {
-            entry.spec.federates_with.push(td);
+        if let Some(entry) = entries.last_mut() {
+            entry.spec.federates_with.extend(federated);
+            entry.spec.federates_with_groups.extend(group);
         }
+    }
+    for entry in &mut entries {
+        entry.spec.federates_with.sort();
+        entry.spec.federates_with_groups.sort();
     }
     Ok(entries)
 }
@@ -217,6 +250,8 @@ fn entry_from_fields(f: &Fields<'_>) -> Result<Entry, RegistryError> {
             parent_id: f.spiffe_id("parent_id")?,
             selectors,
             federates_with: Vec::new(),
+            federates_with_groups: Vec::new(),
+            federates_with_all: f.flag("federates_with_all")?,
             x509_svid_ttl: f.opt_duration("x509_svid_ttl")?,
             jwt_svid_ttl: f.opt_duration("jwt_svid_ttl")?,
             dns_names,
@@ -255,8 +290,8 @@ async fn load_entry(conn: &mut AnyConnection, id: &str) -> Result<Option<Entry>,
     Ok(entries_from_rows(&rows)?.pop())
 }
 
-/// Refuses trust domains without a federation relationship and specs that repeat another
-/// entry's identity (other than entry `id` itself).
+/// Refuses trust domains without a federation relationship, unknown federation groups and
+/// specs that repeat another entry's identity (other than entry `id` itself).
 async fn check_conflicts(
     conn: &mut AnyConnection,
     id: &str,
@@ -284,20 +319,55 @@ async fn check_conflicts(
             });
         }
     }
+    for name in &stored.federates_with_groups {
+        let known: i64 =
+            sqlx::query_scalar("SELECT COUNT(*) FROM federation_groups WHERE name = $1")
+                .bind(name.as_str())
+                .fetch_one(&mut *conn)
+                .await?;
+        if known == 0 {
+            return Err(RegistryError::UnknownFederationGroup { name: name.clone() });
+        }
+    }
     Ok(())
 }
 
 async fn insert_federation(
     conn: &mut AnyConnection,
     id: &str,
-    federates_with: &[TrustDomain],
+    stored: &Stored,
 ) -> Result<(), RegistryError> {
-    for td in federates_with {
+    for td in &stored.federates_with {
         sqlx::query("INSERT INTO entry_federation (entry_id, trust_domain) VALUES ($1, $2)")
             .bind(id)
             .bind(td.name())
             .execute(&mut *conn)
             .await?;
+    }
+    for name in &stored.federates_with_groups {
+        sqlx::query("INSERT INTO entry_federation_groups (entry_id, group_name) VALUES ($1, $2)")
+            .bind(id)
+            .bind(name.as_str())
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
+}
+
+/// Gives entries `ids` a new revision because something they referred to was removed; part of
+/// the caller's write transaction.
+pub(crate) async fn touch_entries(
+    conn: &mut AnyConnection,
+    ids: &[String],
+    at: i64,
+) -> Result<(), RegistryError> {
+    for id in ids {
+        sqlx::query("UPDATE entries SET revision = revision + 1, updated_at = $2 WHERE id = $1")
+            .bind(id.as_str())
+            .bind(at)
+            .execute(&mut *conn)
+            .await?;
+        record_change(conn, at, ChangeKind::Entry, id).await?;
     }
     Ok(())
 }
@@ -308,6 +378,8 @@ fn audit_details(spec: &EntrySpec, stored: &Stored) -> serde_json::Value {
         "parent_id": spec.parent_id.as_str(),
         "selectors": selector::canonical(&spec.selectors).iter().map(ToString::to_string).collect::<Vec<_>>(),
         "federates_with": stored.federates_with.iter().map(TrustDomain::name).collect::<Vec<_>>(),
+        "federates_with_groups": stored.federates_with_groups,
+        "federates_with_all": spec.federates_with_all,
         "x509_svid_ttl": stored.x509_svid_ttl,
         "jwt_svid_ttl": stored.jwt_svid_ttl,
         "dns_names": spec.dns_names,
@@ -335,8 +407,9 @@ impl Registry {
         check_conflicts(&mut tx, &id, &stored).await?;
         sqlx::query(
             "INSERT INTO entries (id, spiffe_id, parent_id, selectors, identity_key, \
-             x509_svid_ttl, jwt_svid_ttl, dns_names, hint, expires_at, revision, created_at, \
-             updated_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, 1, $11, $11)",
+             x509_svid_ttl, jwt_svid_ttl, dns_names, hint, expires_at, federates_with_all, \
+             revision, created_at, updated_at) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, 1, $11, $11)",
         )
         .bind(id.as_str())
         .bind(spec.spiffe_id.as_str())
@@ -349,9 +422,10 @@ impl Registry {
         .bind(stored.hint.as_deref())
         .bind(stored.expires_at)
         .bind(at)
+        .bind(i16::from(spec.federates_with_all))
         .execute(&mut *tx)
         .await?;
-        insert_federation(&mut tx, &id, &stored.federates_with).await?;
+        insert_federation(&mut tx, &id, &stored).await?;
         record_change(&mut tx, at, ChangeKind::Entry, &id).await?;
         record_audit(
             &mut tx,
@@ -394,8 +468,8 @@ impl Registry {
         sqlx::query(
             "UPDATE entries SET spiffe_id = $2, parent_id = $3, selectors = $4, \
              identity_key = $5, x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8, \
-             hint = $9, expires_at = $10, revision = revision + 1, updated_at = $11 \
-             WHERE id = $1",
+             hint = $9, expires_at = $10, federates_with_all = $12, revision = revision + 1, \
+             updated_at = $11 WHERE id = $1",
         )
         .bind(id.as_str())
         .bind(spec.spiffe_id.as_str())
@@ -408,13 +482,18 @@ impl Registry {
         .bind(stored.hint.as_deref())
         .bind(stored.expires_at)
         .bind(at)
+        .bind(i16::from(spec.federates_with_all))
         .execute(&mut *tx)
         .await?;
         sqlx::query("DELETE FROM entry_federation WHERE entry_id = $1")
             .bind(id.as_str())
             .execute(&mut *tx)
             .await?;
-        insert_federation(&mut tx, &id, &stored.federates_with).await?;
+        sqlx::query("DELETE FROM entry_federation_groups WHERE entry_id = $1")
+            .bind(id.as_str())
+            .execute(&mut *tx)
+            .await?;
+        insert_federation(&mut tx, &id, &stored).await?;
         record_change(&mut tx, at, ChangeKind::Entry, &id).await?;
         record_audit(
             &mut tx,

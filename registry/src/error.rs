@@ -73,6 +73,24 @@ pub enum RegistryError {
         /// The trust domain without a relationship.
         trust_domain: TrustDomain,
     },
+    /// An entry names a federation group that does not exist.
+    #[error(
+        "entry federates with federation group {name}, which does not exist; create it with `fedhub federation group create` first"
+    )]
+    UnknownFederationGroup {
+        /// The group name.
+        name: String,
+    },
+    /// A trust domain without a federation relationship was to join a federation group.
+    #[error(
+        "trust domain {trust_domain} has no federation relationship; create the relationship before adding it to federation group {group}"
+    )]
+    UnknownGroupMember {
+        /// The group.
+        group: String,
+        /// The trust domain without a relationship.
+        trust_domain: TrustDomain,
+    },
     /// No join token with this value exists.
     #[error("join token is unknown; generate one with `fedhub token generate`")]
     JoinTokenUnknown,

@@ -11,8 +11,10 @@ use time::OffsetDateTime;
 use url::Url;
 
 use crate::bundles::{BundleRecord, remove_bundle, upsert_bundle, validate_bundle};
+use crate::entries::touch_entries;
 use crate::error::{RegistryError, is_unique_violation};
 use crate::feed::{ChangeKind, record_audit, record_change};
+use crate::groups::remove_from_groups;
 use crate::store::{Fields, Registry, now, unix, unix_after, whole_seconds};
 
 /// The longest `extra_ca_pem` accepted, in bytes.
@@ -389,7 +391,8 @@ impl Registry {
         rows.iter().map(Relationship::from_row).collect()
     }
 
-    /// Deletes a relationship and its stored foreign bundle.
+    /// Deletes a relationship and its stored foreign bundle, and removes the trust domain
+    /// from every federation group (each recorded as changed).
     ///
     /// While entries federate with the trust domain this is refused, unless `force` is set:
     /// then those entries drop the trust domain from `federates_with` and get a new revision.
@@ -431,16 +434,8 @@ impl Registry {
             .bind(trust_domain.name())
             .execute(&mut *tx)
             .await?;
-        for id in &entry_ids {
-            sqlx::query(
-                "UPDATE entries SET revision = revision + 1, updated_at = $2 WHERE id = $1",
-            )
-            .bind(id.as_str())
-            .bind(at)
-            .execute(&mut *tx)
-            .await?;
-            record_change(&mut tx, at, ChangeKind::Entry, id).await?;
-        }
+        touch_entries(&mut tx, &entry_ids, at).await?;
+        let groups_updated = remove_from_groups(&mut tx, trust_domain, at).await?;
         sqlx::query("DELETE FROM federation_relationships WHERE trust_domain = $1")
             .bind(trust_domain.name())
             .execute(&mut *tx)
@@ -453,7 +448,12 @@ impl Registry {
             actor,
             "federation.delete",
             trust_domain.name(),
-            &json!({ "force": force, "entries_updated": entry_ids, "bundle_deleted": bundle_deleted }),
+            &json!({
+                "force": force,
+                "entries_updated": entry_ids,
+                "groups_updated": groups_updated,
+                "bundle_deleted": bundle_deleted,
+            }),
         )
         .await?;
         tx.commit().await?;

@@ -24,6 +24,9 @@ pub enum ChangeKind {
     Entry,
     /// An agent; the key is its SPIFFE ID.
     Agent,
+    /// A federation group (created, deleted, or a member added or removed); the key is the
+    /// group name.
+    FederationGroup,
 }
 
 impl ChangeKind {
@@ -34,13 +37,20 @@ impl ChangeKind {
             Self::Federation => "federation",
             Self::Entry => "entry",
             Self::Agent => "agent",
+            Self::FederationGroup => "federation_group",
         }
     }
 
     fn parse(name: &str) -> Option<Self> {
-        [Self::Bundle, Self::Federation, Self::Entry, Self::Agent]
-            .into_iter()
-            .find(|kind| kind.as_str() == name)
+        [
+            Self::Bundle,
+            Self::Federation,
+            Self::Entry,
+            Self::Agent,
+            Self::FederationGroup,
+        ]
+        .into_iter()
+        .find(|kind| kind.as_str() == name)
     }
 }
 
@@ -63,7 +73,7 @@ pub struct Change {
     pub at: OffsetDateTime,
     /// What kind of record changed.
     pub kind: ChangeKind,
-    /// Which record: trust domain name, entry id or agent SPIFFE ID.
+    /// Which record: trust domain name, entry id, agent SPIFFE ID or federation group name.
     pub key: String,
 }
 

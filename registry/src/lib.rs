@@ -9,7 +9,10 @@
 //! - bundles, own and foreign ([`BundleRecord`]);
 //! - federation relationships with their refresh status and a refresh lease that hub
 //!   replicas claim ([`Relationship`], [`Registry::claim_due_refreshes`]);
-//! - registration entries ([`Entry`]), with node aliases ([`NODE_ALIAS_PARENT_PATH`]);
+//! - federation groups: named sets of trust domains ([`FederationGroup`]);
+//! - registration entries ([`Entry`]), with node aliases ([`NODE_ALIAS_PARENT_PATH`]); an
+//!   entry federates with trust domains it names, with the members of groups it names, and
+//!   optionally with every relationship ([`FederationScope`] resolves them);
 //! - agents ([`Agent`]) and join tokens (hashed; [`Registry::consume_join_token`]);
 //! - an audit log of admin changes ([`AuditEvent`]) and a change feed ([`Change`]) that
 //!   hubs poll to push changes to their agents.
@@ -23,6 +26,7 @@ mod entries;
 mod error;
 mod federation;
 mod feed;
+mod groups;
 mod join_tokens;
 mod selector;
 mod store;
@@ -41,6 +45,7 @@ pub use federation::{
     MAX_REFRESH_ERROR_LEN, RefreshStatus, Relationship, RelationshipSpec,
 };
 pub use feed::{AuditEvent, Change, ChangeKind, MAX_ACTOR_LEN};
+pub use groups::{FederationGroup, FederationScope, MAX_GROUP_NAME_LEN};
 pub use join_tokens::{JoinTokenUse, MAX_JOIN_TOKEN_LEN, MIN_JOIN_TOKEN_LEN};
 pub use selector::{MAX_SELECTOR_TYPE_LEN, MAX_SELECTOR_VALUE_LEN, Selector, SelectorError};
 pub use store::{Backend, POSTGRES_MIGRATOR, Registry, SQLITE_MIGRATOR};

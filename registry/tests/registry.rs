@@ -17,6 +17,7 @@ use fedhub_registry::{
     AgentAttestation, Backend, ChangeKind, EndpointProfile, EntryFilter, NODE_ALIAS_PARENT_PATH,
     POSTGRES_MIGRATOR, RefreshStatus, Registry, RegistryError, SQLITE_MIGRATOR,
 };
+use fedhub_registry::{FederationGroup, MAX_GROUP_NAME_LEN};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
 use time::OffsetDateTime;
@@ -41,6 +42,10 @@ both_backends!(
     change_feed_records_every_write_in_order,
     audit_log_records_admin_changes,
     invalid_stored_values_are_reported_as_corrupt,
+    federation_groups_create_list_add_remove_delete,
+    entries_federate_with_groups_and_with_all,
+    deleting_a_used_group_needs_force,
+    deleting_a_relationship_removes_it_from_its_groups,
 );
 
 fn now() -> OffsetDateTime {
@@ -1461,5 +1466,511 @@ async fn forced_bundle_delete_keeps_the_relationship_due_now(db: TestDb) {
     assert!(
         matches!(err, RegistryError::NotFound { kind: "bundle", .. }),
         "{err}"
+    );
+}
+
+/// The changes after `revision`, as a set of (kind, key).
+async fn changes_after(reg: &Registry, revision: u64) -> BTreeSet<(ChangeKind, String)> {
+    reg.changes_since(revision, 100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.kind, c.key))
+        .collect()
+}
+
+fn members(group: &FederationGroup) -> Vec<&str> {
+    group
+        .members
+        .iter()
+        .map(fedhub_core::TrustDomain::name)
+        .collect()
+}
+
+async fn federation_groups_create_list_add_remove_delete(db: TestDb) {
+    let reg = &db.registry;
+    for name in ["a.example", "b.example", "c.example"] {
+        reg.create_relationship(ACTOR, &web_relationship(name), None)
+            .await
+            .unwrap();
+    }
+
+    // Names are lowercase words of at most 64 bytes.
+    for bad in ["Partners", "", "a b", &"x".repeat(MAX_GROUP_NAME_LEN + 1)] {
+        let err = reg
+            .create_federation_group(ACTOR, bad, &[])
+            .await
+            .unwrap_err();
+        assert!(matches!(err, RegistryError::Invalid { .. }), "{bad}: {err}");
+    }
+    // Members need a relationship; nothing is stored then.
+    let before = reg.latest_revision().await.unwrap();
+    let err = reg
+        .create_federation_group(ACTOR, "partners", &[td("a.example"), td("nowhere.example")])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::UnknownGroupMember { group, trust_domain }
+            if group == "partners" && trust_domain.name() == "nowhere.example"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("create the relationship"), "{err}");
+    assert_eq!(reg.get_federation_group("partners").await.unwrap(), None);
+    assert_eq!(reg.latest_revision().await.unwrap(), before);
+
+    let created = reg
+        .create_federation_group(
+            ACTOR,
+            "partners",
+            &[td("b.example"), td("a.example"), td("b.example")],
+        )
+        .await
+        .unwrap();
+    assert_eq!(created.name, "partners");
+    assert_eq!(members(&created), ["a.example", "b.example"]);
+    assert_eq!(
+        reg.get_federation_group("partners").await.unwrap(),
+        Some(created.clone())
+    );
+    let err = reg
+        .create_federation_group(ACTOR, "partners", &[])
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::AlreadyExists {
+                kind: "federation group",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let empty = reg
+        .create_federation_group(ACTOR, "empty", &[])
+        .await
+        .unwrap();
+    assert!(empty.members.is_empty());
+    let listed = reg.list_federation_groups().await.unwrap();
+    assert_eq!(listed, [empty, created]);
+
+    // Adding and removing members.
+    let before = reg.latest_revision().await.unwrap();
+    let grown = reg
+        .add_federation_group_member(ACTOR, "partners", &td("c.example"))
+        .await
+        .unwrap();
+    assert_eq!(members(&grown), ["a.example", "b.example", "c.example"]);
+    assert_eq!(
+        changes_after(reg, before).await,
+        [(ChangeKind::FederationGroup, "partners".to_owned())].into()
+    );
+    let err = reg
+        .add_federation_group_member(ACTOR, "partners", &td("c.example"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
+    assert!(err.to_string().contains("already a member"), "{err}");
+    let err = reg
+        .add_federation_group_member(ACTOR, "partners", &td("nowhere.example"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::UnknownGroupMember { .. }),
+        "{err}"
+    );
+    let err = reg
+        .add_federation_group_member(ACTOR, "nope", &td("a.example"))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RegistryError::NotFound {
+                kind: "federation group",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let shrunk = reg
+        .remove_federation_group_member(ACTOR, "partners", &td("a.example"))
+        .await
+        .unwrap();
+    assert_eq!(members(&shrunk), ["b.example", "c.example"]);
+    let err = reg
+        .remove_federation_group_member(ACTOR, "partners", &td("a.example"))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+    assert!(
+        err.to_string()
+            .contains("member a.example of federation group partners not found"),
+        "{err}"
+    );
+    // Refused calls left no change behind: one for the add, one for the remove.
+    assert_eq!(reg.latest_revision().await.unwrap(), before + 2);
+
+    let audit: Vec<(String, String)> = reg
+        .list_audit(3)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|event| (event.action, event.target))
+        .collect();
+    assert_eq!(
+        audit,
+        [
+            ("federation_group.remove_member".into(), "partners".into()),
+            ("federation_group.add_member".into(), "partners".into()),
+            ("federation_group.create".into(), "empty".into()),
+        ]
+    );
+
+    // An unused group goes without force.
+    let before = reg.latest_revision().await.unwrap();
+    assert_eq!(
+        reg.delete_federation_group(ACTOR, "partners", false)
+            .await
+            .unwrap(),
+        0
+    );
+    assert_eq!(reg.get_federation_group("partners").await.unwrap(), None);
+    assert_eq!(
+        changes_after(reg, before).await,
+        [(ChangeKind::FederationGroup, "partners".to_owned())].into()
+    );
+    let err = reg
+        .delete_federation_group(ACTOR, "partners", true)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+    // The relationships stay.
+    assert_eq!(reg.list_relationships().await.unwrap().len(), 3);
+}
+
+async fn entries_federate_with_groups_and_with_all(db: TestDb) {
+    let reg = &db.registry;
+    for name in ["a.example", "b.example"] {
+        reg.create_relationship(ACTOR, &web_relationship(name), None)
+            .await
+            .unwrap();
+    }
+    reg.create_federation_group(ACTOR, "partners", &[td("b.example")])
+        .await
+        .unwrap();
+    reg.create_federation_group(ACTOR, "later", &[])
+        .await
+        .unwrap();
+    let agent = "spiffe://example.org/agent";
+
+    // Unknown and malformed group names are refused.
+    let mut spec = entry("spiffe://example.org/grouped", agent, &["unix:uid:1"]);
+    spec.federates_with_groups = vec!["partners".into(), "nope".into()];
+    let err = reg.create_entry(ACTOR, &spec).await.unwrap_err();
+    assert!(
+        matches!(&err, RegistryError::UnknownFederationGroup { name } if name == "nope"),
+        "{err}"
+    );
+    assert!(
+        err.to_string().contains("fedhub federation group create"),
+        "{err}"
+    );
+    spec.federates_with_groups = vec!["Bad Name".into()];
+    let err = reg.create_entry(ACTOR, &spec).await.unwrap_err();
+    assert!(matches!(err, RegistryError::Invalid { .. }), "{err}");
+
+    // Stored sorted and without repeats, next to the explicit list.
+    spec.federates_with = vec![td("a.example")];
+    spec.federates_with_groups = vec!["partners".into(), "later".into(), "partners".into()];
+    let grouped = reg.create_entry(ACTOR, &spec).await.unwrap();
+    assert_eq!(grouped.spec.federates_with, [td("a.example")]);
+    assert_eq!(grouped.spec.federates_with_groups, ["later", "partners"]);
+    assert!(!grouped.spec.federates_with_all);
+    let mut all = entry("spiffe://example.org/all", agent, &["unix:uid:2"]);
+    all.federates_with_all = true;
+    let all = reg.create_entry(ACTOR, &all).await.unwrap();
+    assert!(all.spec.federates_with_all);
+    let plain = reg
+        .create_entry(
+            ACTOR,
+            &entry("spiffe://example.org/plain", agent, &["unix:uid:3"]),
+        )
+        .await
+        .unwrap();
+    for read in [
+        reg.list_entries(&EntryFilter::default()).await.unwrap(),
+        reg.entries_for_agent(&id(agent), &[]).await.unwrap(),
+    ] {
+        assert_eq!(read, [all.clone(), grouped.clone(), plain.clone()]);
+    }
+    let audit = &reg.list_audit(1).await.unwrap()[0];
+    assert_eq!(
+        audit.details["federates_with_groups"],
+        serde_json::json!([])
+    );
+
+    let scope = reg.federation_scope().await.unwrap();
+    let effective = |scope: &fedhub_registry::FederationScope, e: &fedhub_registry::Entry| {
+        scope
+            .effective_federates_with(&e.spec)
+            .iter()
+            .map(|td| td.name().to_owned())
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(effective(&scope, &grouped), ["a.example", "b.example"]);
+    assert_eq!(effective(&scope, &all), ["a.example", "b.example"]);
+    assert!(effective(&scope, &plain).is_empty());
+
+    // New members and new relationships reach entries without touching them.
+    reg.create_relationship(ACTOR, &web_relationship("c.example"), None)
+        .await
+        .unwrap();
+    reg.add_federation_group_member(ACTOR, "later", &td("c.example"))
+        .await
+        .unwrap();
+    let scope = reg.federation_scope().await.unwrap();
+    assert_eq!(
+        effective(&scope, &grouped),
+        ["a.example", "b.example", "c.example"]
+    );
+    assert_eq!(
+        effective(&scope, &all),
+        ["a.example", "b.example", "c.example"]
+    );
+    assert_eq!(
+        reg.get_entry(grouped.id).await.unwrap(),
+        Some(grouped.clone())
+    );
+    assert_eq!(reg.get_entry(all.id).await.unwrap(), Some(all.clone()));
+
+    // An update replaces the groups and the flag.
+    let mut spec = grouped.spec.clone();
+    spec.federates_with_groups = vec!["later".into()];
+    spec.federates_with_all = true;
+    let updated = reg.update_entry(ACTOR, grouped.id, &spec).await.unwrap();
+    assert_eq!(updated.spec.federates_with_groups, ["later"]);
+    assert!(updated.spec.federates_with_all);
+    assert_eq!(updated.revision, 2);
+    spec.federates_with_groups = vec!["nope".into()];
+    let err = reg
+        .update_entry(ACTOR, grouped.id, &spec)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RegistryError::UnknownFederationGroup { .. }),
+        "{err}"
+    );
+    spec.federates_with_groups.clear();
+    spec.federates_with_all = false;
+    let cleared = reg.update_entry(ACTOR, grouped.id, &spec).await.unwrap();
+    assert!(cleared.spec.federates_with_groups.is_empty());
+    assert!(!cleared.spec.federates_with_all);
+
+    // Deleting an entry frees its groups.
+    reg.delete_entry(ACTOR, all.id).await.unwrap();
+    reg.delete_entry(ACTOR, cleared.id).await.unwrap();
+    assert_eq!(
+        reg.delete_federation_group(ACTOR, "later", false)
+            .await
+            .unwrap(),
+        0
+    );
+}
+
+async fn deleting_a_used_group_needs_force(db: TestDb) {
+    let reg = &db.registry;
+    reg.create_relationship(ACTOR, &web_relationship("a.example"), None)
+        .await
+        .unwrap();
+    reg.create_federation_group(ACTOR, "partners", &[td("a.example")])
+        .await
+        .unwrap();
+    reg.create_federation_group(ACTOR, "others", &[])
+        .await
+        .unwrap();
+    let agent = "spiffe://example.org/agent";
+    let mut both = entry("spiffe://example.org/both", agent, &["unix:uid:1"]);
+    both.federates_with_groups = vec!["partners".into(), "others".into()];
+    let both = reg.create_entry(ACTOR, &both).await.unwrap();
+    let mut only = entry("spiffe://example.org/only", agent, &["unix:uid:2"]);
+    only.federates_with_groups = vec!["partners".into()];
+    let only = reg.create_entry(ACTOR, &only).await.unwrap();
+
+    let before = reg.latest_revision().await.unwrap();
+    let err = reg
+        .delete_federation_group(ACTOR, "partners", false)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains("federation group partners is used by 2 entries"),
+        "{err}"
+    );
+    assert!(
+        reg.get_federation_group("partners")
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(reg.latest_revision().await.unwrap(), before);
+
+    assert_eq!(
+        reg.delete_federation_group(ACTOR, "partners", true)
+            .await
+            .unwrap(),
+        2
+    );
+    assert_eq!(reg.get_federation_group("partners").await.unwrap(), None);
+    let both_after = reg.get_entry(both.id).await.unwrap().unwrap();
+    assert_eq!(both_after.spec.federates_with_groups, ["others"]);
+    assert_eq!(both_after.revision, 2);
+    let only_after = reg.get_entry(only.id).await.unwrap().unwrap();
+    assert!(only_after.spec.federates_with_groups.is_empty());
+    assert_eq!(only_after.revision, 2);
+    assert_eq!(
+        changes_after(reg, before).await,
+        [
+            (ChangeKind::Entry, both.id.to_string()),
+            (ChangeKind::Entry, only.id.to_string()),
+            (ChangeKind::FederationGroup, "partners".to_owned()),
+        ]
+        .into()
+    );
+    // The member's relationship stays.
+    assert!(
+        reg.get_relationship(&td("a.example"))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let audit = &reg.list_audit(1).await.unwrap()[0];
+    assert_eq!(audit.action, "federation_group.delete");
+    assert_eq!(audit.details["force"], true);
+}
+
+async fn deleting_a_relationship_removes_it_from_its_groups(db: TestDb) {
+    let reg = &db.registry;
+    for name in ["a.example", "b.example"] {
+        reg.create_relationship(ACTOR, &web_relationship(name), None)
+            .await
+            .unwrap();
+    }
+    reg.create_federation_group(ACTOR, "one", &[td("a.example"), td("b.example")])
+        .await
+        .unwrap();
+    reg.create_federation_group(ACTOR, "two", &[td("a.example")])
+        .await
+        .unwrap();
+    reg.create_federation_group(ACTOR, "three", &[td("b.example")])
+        .await
+        .unwrap();
+    let mut spec = entry(
+        "spiffe://example.org/w",
+        "spiffe://example.org/agent",
+        &["unix:uid:1"],
+    );
+    spec.federates_with_groups = vec!["two".into()];
+    spec.federates_with_all = true;
+    let grouped = reg.create_entry(ACTOR, &spec).await.unwrap();
+
+    // Entries reaching the trust domain only through a group or `all` do not block the delete.
+    let before = reg.latest_revision().await.unwrap();
+    assert_eq!(
+        reg.delete_relationship(ACTOR, &td("a.example"), false)
+            .await
+            .unwrap(),
+        0
+    );
+    let groups = reg.list_federation_groups().await.unwrap();
+    let groups: Vec<(&str, Vec<&str>)> = groups
+        .iter()
+        .map(|g| (g.name.as_str(), members(g)))
+        .collect();
+    assert_eq!(
+        groups,
+        [
+            ("one", vec!["b.example"]),
+            ("three", vec!["b.example"]),
+            ("two", vec![]),
+        ]
+    );
+    assert_eq!(
+        changes_after(reg, before).await,
+        [
+            (ChangeKind::Federation, "a.example".to_owned()),
+            (ChangeKind::FederationGroup, "one".to_owned()),
+            (ChangeKind::FederationGroup, "two".to_owned()),
+        ]
+        .into()
+    );
+    let scope = reg.federation_scope().await.unwrap();
+    assert_eq!(
+        scope.effective_federates_with(&grouped.spec),
+        [td("b.example")]
+    );
+    assert_eq!(reg.get_entry(grouped.id).await.unwrap(), Some(grouped));
+    let audit = &reg.list_audit(1).await.unwrap()[0];
+    assert_eq!(audit.action, "federation.delete");
+    assert_eq!(
+        audit.details["groups_updated"],
+        serde_json::json!(["one", "two"])
+    );
+}
+
+/// Upgrading a SQLite database of the first schema (the change feed table is rebuilt) keeps
+/// its change feed and entries; old entries federate with no groups and not with all.
+#[tokio::test]
+async fn sqlite_upgrade_to_federation_groups_keeps_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("old.db");
+    sqlx::any::install_default_drivers();
+    let pool = sqlx::any::AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .await
+        .unwrap();
+    SQLITE_MIGRATOR.run_to(1, &pool).await.unwrap();
+    let entry_id = uuid::Uuid::new_v4();
+    sqlx::raw_sql(sqlx::AssertSqlSafe(format!(
+        "UPDATE change_head SET revision = 2; \
+         INSERT INTO changes (revision, at, kind, key) VALUES \
+         (1, 100, 'bundle', 'example.org'), (2, 200, 'entry', '{entry_id}'); \
+         INSERT INTO entries (id, spiffe_id, parent_id, selectors, identity_key, dns_names, \
+         revision, created_at, updated_at) VALUES ('{entry_id}', 'spiffe://example.org/w', \
+         'spiffe://example.org/agent', '[\"unix:uid:1\"]', 'key', '[]', 1, 200, 200);"
+    )))
+    .execute(&pool)
+    .await
+    .unwrap();
+    pool.close().await;
+
+    let reg = Registry::open_sqlite(&path).await.unwrap();
+    let summary: Vec<(u64, ChangeKind, String)> = reg
+        .changes_since(0, 10)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.revision, c.kind, c.key))
+        .collect();
+    assert_eq!(
+        summary,
+        [
+            (1, ChangeKind::Bundle, "example.org".to_owned()),
+            (2, ChangeKind::Entry, entry_id.to_string()),
+        ]
+    );
+    let old = reg.get_entry(entry_id).await.unwrap().unwrap();
+    assert!(old.spec.federates_with_groups.is_empty());
+    assert!(!old.spec.federates_with_all);
+    reg.create_federation_group(ACTOR, "partners", &[])
+        .await
+        .unwrap();
+    let last = reg.changes_since(2, 10).await.unwrap();
+    assert_eq!(last.len(), 1);
+    assert_eq!(
+        (last[0].revision, last[0].kind),
+        (3, ChangeKind::FederationGroup)
     );
 }

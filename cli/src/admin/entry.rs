@@ -44,7 +44,7 @@ enum EntryAction {
         /// Only entries with this parent ID.
         #[arg(long, value_name = "ID")]
         parent_id: Option<SpiffeId>,
-        /// Only entries federating with this trust domain.
+        /// Only entries naming this trust domain in --federates-with.
         #[arg(long, value_name = "TRUST_DOMAIN")]
         federates_with: Option<TrustDomain>,
     },
@@ -89,6 +89,14 @@ struct EntryOptions {
     /// needs a federation relationship.
     #[arg(long = "federates-with", value_name = "TRUST_DOMAIN")]
     federates_with: Vec<TrustDomain>,
+    /// A federation group whose members the workload federates with, also members added
+    /// later; repeat for several.
+    #[arg(long = "federates-with-group", value_name = "NAME")]
+    federates_with_groups: Vec<String>,
+    /// Federate with every trust domain the hub has a relationship with, also ones created
+    /// later (`--federates-with-all=false` turns it off).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    federates_with_all: Option<bool>,
     /// X509-SVID lifetime, e.g. `1h` (default: the hub's).
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     x509_svid_ttl: Option<Duration>,
@@ -107,6 +115,7 @@ struct EntryOptions {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum ClearField {
     FederatesWith,
+    FederatesWithGroups,
     DnsNames,
     Hint,
     X509SvidTtl,
@@ -118,6 +127,12 @@ impl EntryOptions {
     fn apply(self, spec: &mut EntrySpecBody) {
         if !self.federates_with.is_empty() {
             spec.federates_with = self.federates_with;
+        }
+        if !self.federates_with_groups.is_empty() {
+            spec.federates_with_groups = self.federates_with_groups;
+        }
+        if let Some(all) = self.federates_with_all {
+            spec.federates_with_all = all;
         }
         if let Some(ttl) = self.x509_svid_ttl {
             spec.x509_svid_ttl_secs = Some(ttl.as_secs());
@@ -151,6 +166,8 @@ impl EntryCommand {
                         parent_id,
                         selectors,
                         federates_with: Vec::new(),
+                        federates_with_groups: Vec::new(),
+                        federates_with_all: false,
                         x509_svid_ttl_secs: None,
                         jwt_svid_ttl_secs: None,
                         dns_names: Vec::new(),
@@ -197,6 +214,7 @@ impl EntryCommand {
                     for field in clear {
                         match field {
                             ClearField::FederatesWith => spec.federates_with.clear(),
+                            ClearField::FederatesWithGroups => spec.federates_with_groups.clear(),
                             ClearField::DnsNames => spec.dns_names.clear(),
                             ClearField::Hint => spec.hint = None,
                             ClearField::X509SvidTtl => spec.x509_svid_ttl_secs = None,
@@ -251,6 +269,15 @@ fn show(ctx: &Ctx, entry: &EntryView) -> anyhow::Result<()> {
         ("parent id", spec.parent_id.to_string()),
         ("selectors", output::list(&spec.selectors)),
         ("federates with", output::list(&spec.federates_with)),
+        (
+            "federates with groups",
+            output::list(&spec.federates_with_groups),
+        ),
+        ("federates with all", spec.federates_with_all.to_string()),
+        (
+            "effective federation",
+            output::list(&entry.effective_federates_with),
+        ),
         ("x509-svid ttl", ttl(spec.x509_svid_ttl_secs)),
         ("jwt-svid ttl", ttl(spec.jwt_svid_ttl_secs)),
         ("dns names", output::list(&spec.dns_names)),
@@ -259,6 +286,23 @@ fn show(ctx: &Ctx, entry: &EntryView) -> anyhow::Result<()> {
         ("created", output::time(Some(entry.created_at))),
         ("updated", output::time(Some(entry.updated_at))),
     ]))
+}
+
+/// What an entry federates with, in one cell: its trust domains, `group:NAME` for each group
+/// and `all` for every relationship.
+fn federation(spec: &EntrySpecBody) -> String {
+    let parts: Vec<String> = spec
+        .federates_with
+        .iter()
+        .map(ToString::to_string)
+        .chain(
+            spec.federates_with_groups
+                .iter()
+                .map(|g| format!("group:{g}")),
+        )
+        .chain(spec.federates_with_all.then(|| "all".to_owned()))
+        .collect();
+    output::list(&parts)
 }
 
 fn list(ctx: &Ctx, entries: &[EntryView]) -> anyhow::Result<()> {
@@ -273,7 +317,7 @@ fn list(ctx: &Ctx, entries: &[EntryView]) -> anyhow::Result<()> {
                 entry.spec.spiffe_id.to_string(),
                 entry.spec.parent_id.to_string(),
                 output::list(&entry.spec.selectors),
-                output::list(&entry.spec.federates_with),
+                federation(&entry.spec),
                 entry.revision.to_string(),
             ]
         })

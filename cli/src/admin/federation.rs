@@ -1,4 +1,5 @@
-//! `fedhub federation create|list|show|update|delete|refresh`.
+//! `fedhub federation create|list|show|update|delete|refresh`, and `fedhub federation group …`
+//! ([`super::group`]).
 
 use std::path::PathBuf;
 
@@ -8,6 +9,7 @@ use fedhub_hub::admin::api::{
 };
 use hyper::Method;
 
+use super::group::GroupAction;
 use super::{AdminArgs, Ctx, read_text};
 use crate::admin_client::{encode, query};
 use crate::output::{self, OutputFormat};
@@ -105,7 +107,8 @@ enum FederationAction {
     Delete {
         #[command(flatten)]
         trust_domain: TrustDomainArg,
-        /// Also while entries federate with it (they drop it from federates_with).
+        /// Also while entries federate with it (they drop it from federates_with). It leaves
+        /// its federation groups in any case.
         #[arg(long)]
         force: bool,
     },
@@ -113,6 +116,11 @@ enum FederationAction {
     Refresh {
         #[command(flatten)]
         trust_domain: TrustDomainArg,
+    },
+    /// Federation groups: named sets of trust domains that entries federate with as a whole.
+    Group {
+        #[command(subcommand)]
+        action: GroupAction,
     },
 }
 
@@ -230,6 +238,7 @@ impl FederationCommand {
                         ctx.client.request(Method::POST, &path).await?;
                     show(&ctx, &refreshed)
                 }
+                FederationAction::Group { action } => action.run(&ctx).await,
             }
         })
     }

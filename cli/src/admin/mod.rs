@@ -5,6 +5,7 @@ pub mod agent;
 pub mod bundle;
 pub mod entry;
 pub mod federation;
+mod group;
 pub mod token;
 
 use std::future::Future;

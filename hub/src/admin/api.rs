@@ -101,6 +101,13 @@ pub struct EntrySpecBody {
     /// Foreign trust domains whose bundles the workload receives.
     #[serde(default)]
     pub federates_with: Vec<TrustDomain>,
+    /// Federation groups whose members the workload federates with, whatever the members are
+    /// at the time.
+    #[serde(default)]
+    pub federates_with_groups: Vec<String>,
+    /// Federate with every trust domain the hub has a relationship with, also later ones.
+    #[serde(default)]
+    pub federates_with_all: bool,
     /// X509-SVID lifetime in seconds; absent: the hub default.
     #[serde(default)]
     pub x509_svid_ttl_secs: Option<u64>,
@@ -123,6 +130,9 @@ pub struct EntryView {
     /// What is registered.
     #[serde(flatten)]
     pub spec: EntrySpecBody,
+    /// The trust domains it federates with in effect now: `federates_with`, the members of
+    /// its groups and, with `federates_with_all`, every relationship.
+    pub effective_federates_with: Vec<TrustDomain>,
     /// Grows by one on every change.
     pub revision: u64,
     /// When it was created.
@@ -138,7 +148,7 @@ pub struct EntryQuery {
     pub spiffe_id: Option<SpiffeId>,
     /// Only entries with this parent ID.
     pub parent_id: Option<SpiffeId>,
-    /// Only entries federating with this trust domain.
+    /// Only entries naming this trust domain in `federates_with`.
     pub federates_with: Option<TrustDomain>,
 }
 
@@ -332,6 +342,36 @@ pub struct StoredBundleSummary {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeletedRelationship {
     /// How many entries dropped the trust domain from `federates_with` (with `force`).
+    pub entries_updated: u64,
+}
+
+/// `POST /v1/federation-groups`: create a federation group.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CreateFederationGroup {
+    /// The name: 1 to 64 of `a-z`, `0-9`, `.`, `_` and `-`.
+    pub name: String,
+    /// Its first members; each needs a federation relationship.
+    #[serde(default)]
+    pub members: Vec<TrustDomain>,
+}
+
+/// A federation group: a named set of trust domains that entries federate with as a whole.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FederationGroupView {
+    /// Its name.
+    pub name: String,
+    /// The member trust domains, sorted.
+    pub members: Vec<TrustDomain>,
+    /// When it was created.
+    pub created_at: Timestamp,
+    /// When it or its membership last changed.
+    pub updated_at: Timestamp,
+}
+
+/// The answer to `DELETE /v1/federation-groups/{name}`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeletedFederationGroup {
+    /// How many entries dropped the group from `federates_with_groups` (with `force`).
     pub entries_updated: u64,
 }
 

@@ -70,6 +70,8 @@ impl From<RegistryError> for ApiError {
             RegistryError::Invalid { .. }
             | RegistryError::Selector(_)
             | RegistryError::UnknownFederatedTrustDomain { .. }
+            | RegistryError::UnknownFederationGroup { .. }
+            | RegistryError::UnknownGroupMember { .. }
             | RegistryError::JoinTokenUnknown
             | RegistryError::JoinTokenUsed
             | RegistryError::JoinTokenExpired => Self::Invalid(message),
@@ -140,6 +142,19 @@ mod tests {
             ),
             (
                 RegistryError::UnknownFederatedTrustDomain {
+                    trust_domain: TrustDomain::new("b.test").unwrap(),
+                },
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                RegistryError::UnknownFederationGroup {
+                    name: "partners".into(),
+                },
+                StatusCode::BAD_REQUEST,
+            ),
+            (
+                RegistryError::UnknownGroupMember {
+                    group: "partners".into(),
                     trust_domain: TrustDomain::new("b.test").unwrap(),
                 },
                 StatusCode::BAD_REQUEST,

@@ -24,6 +24,9 @@
 //! | `GET`, `POST /v1/federation` | list, create relationships |
 //! | `GET`, `PUT`, `DELETE /v1/federation/{trust_domain}?force=` | show, update, delete one |
 //! | `POST /v1/federation/{trust_domain}/refresh` | fetch its bundle now ([`RefreshNow`]) |
+//! | `GET`, `POST /v1/federation-groups` | list, create federation groups |
+//! | `GET`, `DELETE /v1/federation-groups/{name}?force=` | show, delete a group |
+//! | `PUT`, `DELETE /v1/federation-groups/{name}/members/{trust_domain}` | add, remove a member |
 //! | `GET /v1/agents` | list agents |
 //! | `GET`, `DELETE /v1/agents/{spiffe_id}` | show, evict an agent (ID percent-encoded) |
 //! | `POST /v1/agents/{spiffe_id}/ban` | ban an agent |
@@ -160,6 +163,18 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/federation/{trust_domain}/refresh",
             post(handlers::federation::refresh),
+        )
+        .route(
+            "/federation-groups",
+            get(handlers::groups::list).post(handlers::groups::create),
+        )
+        .route(
+            "/federation-groups/{name}",
+            get(handlers::groups::show).delete(handlers::groups::delete),
+        )
+        .route(
+            "/federation-groups/{name}/members/{trust_domain}",
+            put(handlers::groups::add_member).delete(handlers::groups::remove_member),
         )
         .route("/agents", get(handlers::agents::list))
         .route(

@@ -24,7 +24,10 @@ fn same_content(a: &SyncSnapshot, b: &SyncSnapshot) -> bool {
 }
 
 impl NodeApi {
-    fn entry_message(&self, entry: &Entry) -> EntryMessage {
+    /// The entry as sent to agents, with the trust domains it federates with in effect
+    /// (`federates_with`: its own list, its groups' members and, with `federates_with_all`,
+    /// every relationship).
+    fn entry_message(&self, entry: &Entry, federates_with: &[TrustDomain]) -> EntryMessage {
         let config = self.hub.config();
         let spec = &entry.spec;
         EntryMessage {
@@ -32,8 +35,7 @@ impl NodeApi {
             spiffe_id: spec.spiffe_id.to_string(),
             parent_id: spec.parent_id.to_string(),
             selectors: spec.selectors.iter().map(ToString::to_string).collect(),
-            federates_with: spec
-                .federates_with
+            federates_with: federates_with
                 .iter()
                 .map(|td| td.name().to_owned())
                 .collect(),
@@ -46,17 +48,27 @@ impl NodeApi {
     }
 
     /// The agent's entries, the own bundle, and the stored bundles of every trust domain its
-    /// entries federate with (those without a stored bundle are left out).
+    /// entries federate with in effect (those without a stored bundle are left out). Groups
+    /// and `federates_with_all` are resolved here, so a new group member or relationship
+    /// reaches agents without the entries being edited.
     async fn snapshot(&self, agent: &Agent, revision: u64) -> Result<SyncSnapshot, Status> {
         let registry = self.hub.registry();
         let entries = registry
             .entries_for_agent(&agent.spiffe_id, &agent.selectors)
             .await
             .map_err(status::registry)?;
-        let own = self.hub.trust_domain();
-        let federated: BTreeSet<&TrustDomain> = entries
+        let scope = registry
+            .federation_scope()
+            .await
+            .map_err(status::registry)?;
+        let resolved: Vec<(&Entry, Vec<TrustDomain>)> = entries
             .iter()
-            .flat_map(|entry| &entry.spec.federates_with)
+            .map(|entry| (entry, scope.effective_federates_with(&entry.spec)))
+            .collect();
+        let own = self.hub.trust_domain();
+        let federated: BTreeSet<&TrustDomain> = resolved
+            .iter()
+            .flat_map(|(_, federates_with)| federates_with)
             .filter(|td| *td != own)
             .collect();
         let mut federated_bundles = HashMap::new();
@@ -72,7 +84,10 @@ impl NodeApi {
         }
         Ok(SyncSnapshot {
             revision: i64::try_from(revision).unwrap_or(i64::MAX),
-            entries: entries.iter().map(|e| self.entry_message(e)).collect(),
+            entries: resolved
+                .iter()
+                .map(|(entry, federates_with)| self.entry_message(entry, federates_with))
+                .collect(),
             bundle: self.hub.own_bundle().to_json().into_bytes(),
             federated_bundles,
         })

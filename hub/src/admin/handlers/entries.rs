@@ -6,7 +6,7 @@ use axum::Json;
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use fedhub_registry::{Entry, EntryFilter, EntrySpec, Selector};
+use fedhub_registry::{Entry, EntryFilter, EntrySpec, FederationScope, Selector};
 use uuid::Uuid;
 
 use super::member_of;
@@ -33,6 +33,8 @@ fn to_spec(state: &AdminState, body: EntrySpecBody) -> Result<EntrySpec, ApiErro
         .collect::<Result<Vec<_>, _>>()?;
     let mut spec = EntrySpec::new(body.spiffe_id, body.parent_id, selectors);
     spec.federates_with = body.federates_with;
+    spec.federates_with_groups = body.federates_with_groups;
+    spec.federates_with_all = body.federates_with_all;
     spec.x509_svid_ttl = body.x509_svid_ttl_secs.map(Duration::from_secs);
     spec.jwt_svid_ttl = body.jwt_svid_ttl_secs.map(Duration::from_secs);
     spec.dns_names = body.dns_names;
@@ -40,7 +42,9 @@ fn to_spec(state: &AdminState, body: EntrySpecBody) -> Result<EntrySpec, ApiErro
     Ok(spec)
 }
 
-fn view(entry: Entry) -> EntryView {
+/// The entry on the wire; `scope` resolves what it federates with in effect.
+fn view(entry: Entry, scope: &FederationScope) -> EntryView {
+    let effective_federates_with = scope.effective_federates_with(&entry.spec);
     let spec = entry.spec;
     EntryView {
         id: entry.id.to_string(),
@@ -49,11 +53,14 @@ fn view(entry: Entry) -> EntryView {
             parent_id: spec.parent_id,
             selectors: spec.selectors.iter().map(ToString::to_string).collect(),
             federates_with: spec.federates_with,
+            federates_with_groups: spec.federates_with_groups,
+            federates_with_all: spec.federates_with_all,
             x509_svid_ttl_secs: spec.x509_svid_ttl.map(|d| d.as_secs()),
             jwt_svid_ttl_secs: spec.jwt_svid_ttl.map(|d| d.as_secs()),
             dns_names: spec.dns_names,
             hint: spec.hint,
         },
+        effective_federates_with,
         revision: entry.revision,
         created_at: ts(entry.created_at),
         updated_at: ts(entry.updated_at),
@@ -71,8 +78,15 @@ pub(in crate::admin) async fn list(
         parent_id: query.parent_id,
         federates_with: query.federates_with,
     };
-    let entries = state.hub.registry().list_entries(&filter).await?;
-    Ok(Json(entries.into_iter().map(view).collect()))
+    let registry = state.hub.registry();
+    let entries = registry.list_entries(&filter).await?;
+    let scope = registry.federation_scope().await?;
+    Ok(Json(
+        entries
+            .into_iter()
+            .map(|entry| view(entry, &scope))
+            .collect(),
+    ))
 }
 
 /// `POST /v1/entries`.
@@ -83,10 +97,12 @@ pub(in crate::admin) async fn create(
 ) -> Result<(StatusCode, Json<EntryView>), ApiError> {
     let Json(body) = body?;
     let spec = to_spec(&state, body)?;
-    let entry = state.hub.registry().create_entry(&actor, &spec).await?;
+    let registry = state.hub.registry();
+    let entry = registry.create_entry(&actor, &spec).await?;
     state.changed().await;
     tracing::info!(%actor, id = %entry.id, spiffe_id = %entry.spec.spiffe_id, "entry created");
-    Ok((StatusCode::CREATED, Json(view(entry))))
+    let scope = registry.federation_scope().await?;
+    Ok((StatusCode::CREATED, Json(view(entry, &scope))))
 }
 
 /// `GET /v1/entries/{id}`.
@@ -96,13 +112,13 @@ pub(in crate::admin) async fn show(
 ) -> Result<Json<EntryView>, ApiError> {
     let Path(id) = id?;
     let id = entry_id(&id)?;
-    let entry = state
-        .hub
-        .registry()
+    let registry = state.hub.registry();
+    let entry = registry
         .get_entry(id)
         .await?
         .ok_or_else(|| ApiError::NotFound(format!("entry {id} not found")))?;
-    Ok(Json(view(entry)))
+    let scope = registry.federation_scope().await?;
+    Ok(Json(view(entry, &scope)))
 }
 
 /// `PUT /v1/entries/{id}`: replaces the entry.
@@ -116,10 +132,12 @@ pub(in crate::admin) async fn update(
     let id = entry_id(&id)?;
     let Json(body) = body?;
     let spec = to_spec(&state, body)?;
-    let entry = state.hub.registry().update_entry(&actor, id, &spec).await?;
+    let registry = state.hub.registry();
+    let entry = registry.update_entry(&actor, id, &spec).await?;
     state.changed().await;
     tracing::info!(%actor, %id, revision = entry.revision, "entry updated");
-    Ok(Json(view(entry)))
+    let scope = registry.federation_scope().await?;
+    Ok(Json(view(entry, &scope)))
 }
 
 /// `DELETE /v1/entries/{id}`.

@@ -4,6 +4,7 @@ pub(super) mod agents;
 pub(super) mod bundles;
 pub(super) mod entries;
 pub(super) mod federation;
+pub(super) mod groups;
 pub(super) mod tokens;
 
 use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
