@@ -313,7 +313,10 @@ fn standalone_oidc_serves_the_hub_keys_from_both_sources() {
             {
                 break keys;
             }
-            assert!(Instant::now() < deadline, "source {i}: keys never published");
+            assert!(
+                Instant::now() < deadline,
+                "source {i}: keys never published"
+            );
             std::thread::sleep(Duration::from_millis(200));
         };
         assert_eq!(keys["keys"][0]["use"], "sig");

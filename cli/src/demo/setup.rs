@@ -271,6 +271,8 @@ socket_path = "{socket}"
             parent_id: token.spiffe_id,
             selectors: vec![format!("unix:uid:{}", rustix::process::getuid().as_raw())],
             federates_with: vec![peer.trust_domain.clone()],
+            federates_with_groups: Vec::new(),
+            federates_with_all: false,
             x509_svid_ttl_secs: None,
             jwt_svid_ttl_secs: None,
             dns_names: Vec::new(),
