@@ -231,6 +231,40 @@ fn keep_running_serves_independent_clients_from_demo_json() {
         );
     }
 
+    // The POST endpoints: validation of the peer's credentials, and the demo calls.
+    let beta_lab = domains[1]["lab_api_url"].as_str().unwrap();
+    let (_, token) = http_get(&format!(
+        "{beta_lab}/spiffe/svid/jwt?audience=spiffe://alpha.test/web"
+    ));
+    let (status, validated) = http_post(
+        &format!("{lab}/spiffe/validate/jwt"),
+        &serde_json::json!({ "token": token["token"] }),
+    );
+    assert_eq!(status, 200, "{validated}");
+    assert_eq!(validated["spiffe_id"], "spiffe://beta.test/echo");
+    let (status, refused) = http_post(
+        &format!("{lab}/spiffe/validate/jwt"),
+        &serde_json::json!({ "token": token["token"], "audience": "someone-else" }),
+    );
+    assert_eq!(status, 422, "{refused}");
+    assert_eq!(refused["valid"], false);
+    let (_, chain) = http_get(&format!("{beta_lab}/spiffe/svid/x509/chain"));
+    let (status, verified) = http_post(
+        &format!("{lab}/spiffe/validate/x509"),
+        &serde_json::json!({ "chain_pem": chain }),
+    );
+    assert_eq!(status, 200, "{verified}");
+    assert_eq!(verified["spiffe_id"], "spiffe://beta.test/echo");
+    let (status, mtls) = http_post(&format!("{lab}/spiffe/demo/mtls/call"), &Value::Null);
+    assert_eq!(status, 200, "{mtls}");
+    assert_eq!(mtls["server_spiffe_id"], "spiffe://beta.test/echo");
+    let (status, jwt) = http_post(
+        &format!("{beta_lab}/spiffe/demo/jwt-auth/call"),
+        &Value::Null,
+    );
+    assert_eq!(status, 200, "{jwt}");
+    assert_eq!(jwt["validated_caller"], "spiffe://beta.test/echo");
+
     // The admin CLI works against the demo's admin sockets.
     let output = Command::new(FEDHUB)
         .args(["federation", "list", "--output", "json", "--admin-socket"])
@@ -329,6 +363,31 @@ fn standalone_oidc_serves_the_hub_keys_from_both_sources() {
         let _ = oidc.wait();
     }
     assert!(demo.stop().success());
+}
+
+fn http_post(url: &str, body: &Value) -> (u16, Value) {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let client = reqwest::Client::builder()
+            .use_preconfigured_tls(
+                rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                    rustls::crypto::aws_lc_rs::default_provider(),
+                ))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_root_certificates(rustls::RootCertStore::empty())
+                .with_no_client_auth(),
+            )
+            .build()
+            .unwrap();
+        let mut request = client.post(url);
+        if !body.is_null() {
+            request = request.json(body);
+        }
+        let response = request.send().await.unwrap();
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    })
 }
 
 fn http_get_quiet(url: &str) -> (u16, Value) {

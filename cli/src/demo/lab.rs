@@ -436,3 +436,67 @@ async fn status(State(lab): State<Lab>) -> LabResult {
     }))
     .into_response())
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::Request;
+    use tower::ServiceExt as _;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn answers_503_with_a_clear_body_when_the_agent_is_unreachable() {
+        let lab = Lab {
+            me: Workload {
+                name: "web",
+                spiffe_id: SpiffeId::parse("spiffe://alpha.test/web").unwrap(),
+                socket: "/nonexistent/agent.sock".into(),
+            },
+            mtls_address: "127.0.0.1:1".into(),
+            peer: Peer {
+                spiffe_id: SpiffeId::parse("spiffe://beta.test/echo").unwrap(),
+                mtls_address: "127.0.0.1:1".into(),
+                lab_url: "http://127.0.0.1:1".into(),
+            },
+            http: reqwest::Client::builder()
+                .use_preconfigured_tls(
+                    rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                        rustls::crypto::aws_lc_rs::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+                )
+                .build()
+                .unwrap(),
+        };
+        for path in [
+            "/spiffe/status",
+            "/spiffe/svid/info",
+            "/spiffe/trust-bundle",
+        ] {
+            let response = router(lab.clone())
+                .oneshot(Request::get(path).body(Body::empty()).unwrap())
+                .await
+                .unwrap();
+            assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE, "{path}");
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            let text = String::from_utf8_lossy(&body);
+            assert!(text.contains("is the agent running"), "{path}: {text}");
+        }
+        // The workload description needs no agent.
+        let response = router(lab)
+            .oneshot(
+                Request::get("/spiffe/workload")
+                    .body(Body::empty())
+                    .unwrap(),
+            )
+            .await
+            .unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+}
