@@ -116,6 +116,8 @@ async fn https_web_profile_serves_operator_certificate_and_reloads_it() {
         r#"
         trust_domain = "alpha.test"
         data_dir = "{}"
+        [agent_api]
+        address = "127.0.0.1:0"
         [bundle_endpoint]
         address = "127.0.0.1:0"
         {extra}
@@ -228,7 +230,7 @@ async fn startup_failures_name_the_setting() {
         files.key_file.display()
     );
     let cfg = HubConfig::from_toml(&format!(
-        "trust_domain = \"alpha.test\"\ndata_dir = \"{}\"\n[bundle_endpoint]\naddress = \"127.0.0.1:0\"\n{extra}\n[health]\nenabled = false",
+        "trust_domain = \"alpha.test\"\ndata_dir = \"{}\"\n[agent_api]\naddress = \"127.0.0.1:0\"\n[bundle_endpoint]\naddress = \"127.0.0.1:0\"\n{extra}\n[health]\nenabled = false",
         dir.path().display()
     ))
     .unwrap();
