@@ -94,7 +94,7 @@ async fn run_async(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         rustix::process::getuid().as_raw()
     );
     let (alpha_plan, beta_plan) = (alpha.plan.clone(), beta.plan.clone());
-    let (alpha, beta) =
+    let (mut alpha, mut beta) =
         tokio::try_join!(alpha.with_agent(&beta_plan), beta.with_agent(&alpha_plan))?;
     setup::wait_until_federated(&alpha, &beta).await?;
     setup::wait_until_federated(&beta, &alpha).await?;
@@ -105,7 +105,7 @@ async fn run_async(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     );
 
     let http = pki::http_client(&web_pki)?;
-    let (alpha_lab, beta_lab) = setup::start_labs(&alpha, &beta, http.clone())?;
+    let (alpha_lab, beta_lab) = setup::start_labs(&mut alpha, &mut beta, http.clone())?;
     write_demo_json(&dir, &[&alpha, &beta], &web_pki)?;
     say!("      wrote {}", dir.join("demo.json").display());
 
@@ -179,7 +179,7 @@ fn write_demo_json(
                 "oidc_issuer_url": d.plan.oidc_issuer(),
                 "ca_bundle_pem": pki.ca_file.display().to_string(),
                 "workload_spiffe_id": d.workload.spiffe_id.to_string(),
-                "lab_api_url": d.plan.lab_url(),
+                "lab_api_url": d.lab_url(),
             })
         })
         .collect();

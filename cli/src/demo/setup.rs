@@ -14,9 +14,9 @@ use fedhub_hub::admin::api::{
     BundleView, CreateJoinToken, CreateRelationship, EntrySpecBody, EntryView, JoinTokenView,
     Profile, RelationshipConfig, RelationshipView, RotateRequest, RotateView,
 };
-use fedhub_hub::config::HubConfig;
+use fedhub_hub::config::{HubConfig, TlsFiles};
 use fedhub_hub::federation::FederationOptions;
-use fedhub_hub::run::{LaunchOptions, RunningHub};
+use fedhub_hub::run::{LaunchOptions, RunError, RunningHub};
 use hyper::Method;
 use tokio_util::sync::CancellationToken;
 
@@ -38,11 +38,7 @@ pub struct DomainPlan {
     pub admin_socket: PathBuf,
     /// The agent's Workload API socket.
     pub agent_socket: PathBuf,
-    agent_api_port: u16,
-    bundle_port: u16,
     oidc_port: u16,
-    mtls_port: u16,
-    lab_port: u16,
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -63,11 +59,7 @@ impl DomainPlan {
             admin_socket: dir.join("hub").join("admin").join("admin.sock"),
             agent_socket: dir.join("agent.sock"),
             dir,
-            agent_api_port: free_port()?,
-            bundle_port: free_port()?,
             oidc_port: free_port()?,
-            mtls_port: free_port()?,
-            lab_port: free_port()?,
         })
     }
 
@@ -76,19 +68,78 @@ impl DomainPlan {
         format!("https://127.0.0.1:{}", self.oidc_port)
     }
 
-    /// The lab API's base URL.
-    pub fn lab_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.lab_port)
-    }
-
-    fn mtls_address(&self) -> String {
-        format!("127.0.0.1:{}", self.mtls_port)
-    }
-
     fn workload_id(&self) -> anyhow::Result<SpiffeId> {
         Ok(self
             .trust_domain
             .spiffe_id(&format!("/{}", self.workload))?)
+    }
+}
+
+enum LaunchError {
+    PortTaken(anyhow::Error),
+    Other(anyhow::Error),
+}
+
+impl<E: Into<anyhow::Error>> From<E> for LaunchError {
+    fn from(error: E) -> Self {
+        Self::Other(error.into())
+    }
+}
+
+/// Writes `hub.toml` and starts the hub; the agent API and bundle endpoint take ephemeral
+/// ports, read back from the running hub.
+async fn launch_hub(plan: &DomainPlan, oidc: &TlsFiles) -> Result<RunningHub, LaunchError> {
+    let config_path = plan.dir.join("hub.toml");
+    let text = format!(
+        r#"# Written by `fedhub demo`.
+trust_domain = "{td}"
+data_dir = "{data}"
+
+[agent_api]
+address = "127.0.0.1:0"
+
+[bundle_endpoint]
+address = "127.0.0.1:0"
+refresh_hint = "10s"
+
+[oidc]
+enabled = true
+address = "127.0.0.1:{oidc_port}"
+issuer = "{issuer}"
+cert_file = "{cert}"
+key_file = "{key}"
+
+[health]
+enabled = false
+"#,
+        td = plan.trust_domain,
+        data = plan.dir.join("hub").display(),
+        oidc_port = plan.oidc_port,
+        issuer = plan.oidc_issuer(),
+        cert = oidc.cert_file.display(),
+        key = oidc.key_file.display(),
+    );
+    std::fs::write(&config_path, text)?;
+    let config = HubConfig::load(&config_path)
+        .with_context(|| format!("demo hub configuration {}", config_path.display()))?;
+    let options = LaunchOptions {
+        federation: FederationOptions {
+            min_refresh: Duration::from_secs(1),
+            ..FederationOptions::default()
+        },
+        ..LaunchOptions::default()
+    };
+    match fedhub_hub::run::launch_with(config, options).await {
+        Ok(hub) => Ok(hub),
+        Err(
+            error @ RunError::Bind {
+                what: "oidc.address",
+                ..
+            },
+        ) => Err(LaunchError::PortTaken(error.into())),
+        Err(error) => Err(LaunchError::Other(
+            anyhow::Error::new(error).context(format!("starting the hub of {}", plan.trust_domain)),
+        )),
     }
 }
 
@@ -102,6 +153,10 @@ pub struct Domain {
     admin: AdminClient,
     agent: Option<RunningAgent>,
     entry: Option<(String, EntrySpecBody)>,
+    mtls_listener: Option<StdListener>,
+    lab_listener: Option<StdListener>,
+    mtls_address: String,
+    lab_url: String,
 }
 
 impl Domain {
@@ -111,51 +166,25 @@ impl Domain {
     /// When the configuration is refused or the hub cannot start.
     pub async fn start(plan: &DomainPlan, pki: &DemoPki) -> anyhow::Result<Self> {
         let oidc = pki.issue(&plan.dir, "oidc")?;
-        let config_path = plan.dir.join("hub.toml");
-        let text = format!(
-            r#"# Written by `fedhub demo`.
-trust_domain = "{td}"
-data_dir = "{data}"
-
-[agent_api]
-address = "127.0.0.1:{agent_api}"
-
-[bundle_endpoint]
-address = "127.0.0.1:{bundle}"
-refresh_hint = "10s"
-
-[oidc]
-enabled = true
-address = "127.0.0.1:{oidc_port}"
-issuer = "{issuer}"
-cert_file = "{cert}"
-key_file = "{key}"
-
-[health]
-enabled = false
-"#,
-            td = plan.trust_domain,
-            data = plan.dir.join("hub").display(),
-            agent_api = plan.agent_api_port,
-            bundle = plan.bundle_port,
-            oidc_port = plan.oidc_port,
-            issuer = plan.oidc_issuer(),
-            cert = oidc.cert_file.display(),
-            key = oidc.key_file.display(),
-        );
-        std::fs::write(&config_path, text)?;
-        let config = HubConfig::load(&config_path)
-            .with_context(|| format!("demo hub configuration {}", config_path.display()))?;
-        let options = LaunchOptions {
-            federation: FederationOptions {
-                min_refresh: Duration::from_secs(1),
-                ..FederationOptions::default()
-            },
-            ..LaunchOptions::default()
+        let mut plan = plan.clone();
+        // The OIDC issuer names its port, so that port is chosen before the hub binds it;
+        // should another process take it in between, choose again.
+        let mut attempts = 0;
+        let hub = loop {
+            match launch_hub(&plan, &oidc).await {
+                Err(LaunchError::PortTaken(error)) if attempts < 5 => {
+                    tracing::info!(%error, "OIDC port taken meanwhile; choosing another");
+                    attempts += 1;
+                    plan.oidc_port = free_port()?;
+                }
+                Err(LaunchError::PortTaken(error) | LaunchError::Other(error)) => {
+                    return Err(error);
+                }
+                Ok(hub) => break hub,
+            }
         };
-        let hub = fedhub_hub::run::launch_with(config, options)
-            .await
-            .with_context(|| format!("starting the hub of {}", plan.trust_domain))?;
+        let mtls_listener = StdListener::bind("127.0.0.1:0")?;
+        let lab_listener = StdListener::bind("127.0.0.1:0")?;
         Ok(Self {
             workload: Workload {
                 name: plan.workload,
@@ -163,16 +192,28 @@ enabled = false
                 socket: plan.agent_socket.clone(),
             },
             admin: AdminClient::new(plan.admin_socket.clone()),
-            plan: plan.clone(),
+            mtls_address: mtls_listener.local_addr()?.to_string(),
+            lab_url: format!("http://{}", lab_listener.local_addr()?),
+            mtls_listener: Some(mtls_listener),
+            lab_listener: Some(lab_listener),
+            plan,
             hub,
             agent: None,
             entry: None,
         })
     }
 
+    /// The lab API's base URL.
+    pub fn lab_url(&self) -> &str {
+        &self.lab_url
+    }
+
     /// The hub's bundle endpoint URL.
     pub fn bundle_endpoint_url(&self) -> String {
-        format!("https://127.0.0.1:{}/", self.plan.bundle_port)
+        self.hub
+            .bound
+            .bundle_endpoint
+            .map_or_else(String::new, |address| format!("https://{address}/"))
     }
 
     /// The SPIFFE ID the hub's bundle endpoint presents.
@@ -245,13 +286,17 @@ enabled = false
             format!(
                 r#"# Written by `fedhub demo`. The join token is single use and already spent.
 trust_domain = "{td}"
-hub_address = "127.0.0.1:{port}"
+hub_address = "{hub_address}"
 trust_bundle_file = "{bundle}"
 data_dir = "{data}"
 socket_path = "{socket}"
 "#,
                 td = self.plan.trust_domain,
-                port = self.plan.agent_api_port,
+                hub_address = self
+                    .hub
+                    .bound
+                    .agent_api
+                    .context("the hub has no agent API address")?,
                 bundle = bundle_file.display(),
                 data = self.plan.dir.join("agent").display(),
                 socket = self.plan.agent_socket.display(),
@@ -393,25 +438,29 @@ pub struct RunningLab {
     pub stop: CancellationToken,
 }
 
-fn start_lab(domain: &Domain, peer: &Domain, http: reqwest::Client) -> anyhow::Result<RunningLab> {
+fn start_lab(
+    domain: &mut Domain,
+    peer: &Domain,
+    http: reqwest::Client,
+) -> anyhow::Result<RunningLab> {
     let lab = Lab {
         me: domain.workload.clone(),
-        mtls_address: domain.plan.mtls_address(),
+        mtls_address: domain.mtls_address.clone(),
         peer: Peer {
             spiffe_id: peer.workload.spiffe_id.clone(),
-            mtls_address: peer.plan.mtls_address(),
-            lab_url: peer.plan.lab_url(),
+            mtls_address: peer.mtls_address.clone(),
+            lab_url: peer.lab_url.clone(),
         },
         http,
     };
     let stop = CancellationToken::new();
-    let mtls = std_listener(&domain.plan.mtls_address())?;
+    let mtls = tokio_listener(domain.mtls_listener.take())?;
     tokio::spawn(domain.workload.clone().serve_mtls(
         mtls,
         peer.workload.spiffe_id.clone(),
         stop.clone(),
     ));
-    let api = std_listener(&format!("127.0.0.1:{}", domain.plan.lab_port))?;
+    let api = tokio_listener(domain.lab_listener.take())?;
     let router = lab::router(lab.clone());
     let stopped = stop.clone().cancelled_owned();
     tokio::spawn(async move {
@@ -429,13 +478,13 @@ fn start_lab(domain: &Domain, peer: &Domain, http: reqwest::Client) -> anyhow::R
     });
     Ok(RunningLab {
         lab,
-        url: domain.plan.lab_url(),
+        url: domain.lab_url.clone(),
         stop,
     })
 }
 
-fn std_listener(address: &str) -> anyhow::Result<tokio::net::TcpListener> {
-    let listener = StdListener::bind(address).with_context(|| format!("binding {address}"))?;
+fn tokio_listener(listener: Option<StdListener>) -> anyhow::Result<tokio::net::TcpListener> {
+    let listener = listener.context("the lab was started twice")?;
     listener.set_nonblocking(true)?;
     Ok(tokio::net::TcpListener::from_std(listener)?)
 }
@@ -445,12 +494,11 @@ fn std_listener(address: &str) -> anyhow::Result<tokio::net::TcpListener> {
 /// # Errors
 /// When a port cannot be bound.
 pub fn start_labs(
-    alpha: &Domain,
-    beta: &Domain,
+    alpha: &mut Domain,
+    beta: &mut Domain,
     http: reqwest::Client,
 ) -> anyhow::Result<(RunningLab, RunningLab)> {
-    Ok((
-        start_lab(alpha, beta, http.clone())?,
-        start_lab(beta, alpha, http)?,
-    ))
+    let alpha_lab = start_lab(alpha, beta, http.clone())?;
+    let beta_lab = start_lab(beta, alpha, http)?;
+    Ok((alpha_lab, beta_lab))
 }
