@@ -1,0 +1,134 @@
+//! `fedhub-bench`: loopback benchmarks of fedhub. Every figure in docs/benchmarks.md comes
+//! from this binary; run `fedhub-bench --help` for the subcommands.
+#![expect(clippy::print_stdout, reason = "a benchmark binary reports on stdout")]
+
+mod demo;
+mod env;
+mod propagation;
+mod signing;
+mod stats;
+mod workload;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Loopback benchmarks of fedhub.
+#[derive(Debug, Parser)]
+#[command(version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Workload API latency (FetchX509SVID first message, FetchJWTSVID cached) under
+    /// concurrent clients, and the RSS of a `fedhub agent run` process with many entries.
+    WorkloadApi {
+        /// Concurrent clients, each on its own connection.
+        #[arg(long, default_value_t = 100)]
+        clients: usize,
+        /// Seconds of load per call kind.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Entries registered for the agent process whose memory is measured.
+        #[arg(long, default_value_t = 1000)]
+        entries: usize,
+        /// The `fedhub` binary (default: next to this one).
+        #[arg(long)]
+        fedhub: Option<PathBuf>,
+    },
+    /// Time from a foreign bundle stored in the hub to its arrival on an open FetchX509SVID
+    /// stream.
+    Propagation {
+        /// Bundle changes timed.
+        #[arg(long, default_value_t = 50)]
+        samples: usize,
+    },
+    /// X509-SVID signings per second through the node API, against `openssl speed`.
+    Signing {
+        /// Seconds of load.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// SVIDs per SignX509Svids request (at most 64).
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Concurrent requests.
+        #[arg(long, default_value_t = 4)]
+        concurrency: usize,
+    },
+    /// Wall time of the release `fedhub demo`.
+    Demo {
+        /// Runs.
+        #[arg(long, default_value_t = 5)]
+        runs: usize,
+        /// The `fedhub` binary (default: next to this one).
+        #[arg(long)]
+        fedhub: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("error")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("fedhub-bench: cannot start the runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async move {
+        match cli.command {
+            Command::WorkloadApi {
+                clients,
+                seconds,
+                entries,
+                fedhub,
+            } => workload::run(clients, seconds, entries, fedhub).await,
+            Command::Propagation { samples } => propagation::run(samples).await,
+            Command::Signing {
+                seconds,
+                batch,
+                concurrency,
+            } => signing::run(seconds, batch, concurrency).await,
+            Command::Demo { runs, fedhub } => demo::run(runs, fedhub),
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("fedhub-bench: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The `fedhub` binary: `explicit`, else next to this one.
+fn fedhub_binary(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    use anyhow::Context as _;
+    let path = match explicit {
+        Some(path) => path,
+        None => std::env::current_exe()?
+            .parent()
+            .context("the bench binary has no directory")?
+            .join("fedhub"),
+    };
+    anyhow::ensure!(
+        path.is_file(),
+        "{} does not exist; build it with `cargo build --release -p fedhub-cli` or pass --fedhub",
+        path.display()
+    );
+    Ok(path)
+}
