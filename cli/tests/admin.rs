@@ -213,10 +213,10 @@ fn tokens(hub: &TestHub) {
         "token",
         "generate",
         "--spiffe-id",
-        "spiffe://alpha.test/agent/node-1",
+        "spiffe://alpha.test/fedhub/agent/node-1",
     ]);
     assert!(
-        named.contains("spiffe://alpha.test/agent/node-1"),
+        named.contains("spiffe://alpha.test/fedhub/agent/node-1"),
         "{named}"
     );
     assert!(named.contains("token:"), "{named}");
@@ -232,6 +232,15 @@ fn tokens(hub: &TestHub) {
         "spiffe://beta.test/agent",
     ]);
     assert!(err.contains("not in this hub's trust domain"), "{err}");
+
+    // An ID outside the agent namespace could never attest: refused when the token is made.
+    let err = hub.refused(&[
+        "token",
+        "generate",
+        "--spiffe-id",
+        "spiffe://alpha.test/node2",
+    ]);
+    assert!(err.contains("not an agent ID"), "{err}");
 }
 
 /// A relationship with `name` that needs no files: https_web on the system roots.

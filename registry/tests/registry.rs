@@ -30,6 +30,7 @@ both_backends!(
     relationships_create_get_list_update_delete,
     bootstrap_bundle_and_relationship_are_atomic,
     entry_federating_with_unknown_trust_domain_is_refused,
+    entries_may_not_issue_reserved_fedhub_ids,
     deleting_a_used_relationship_needs_force,
     duplicate_entries_are_refused_whatever_the_selector_order,
     entries_create_get_list_filter_update_delete,
@@ -302,6 +303,27 @@ async fn bootstrap_bundle_and_relationship_are_atomic(db: TestDb) {
         None
     );
     assert_eq!(reg.get_bundle(&td("fourth.example")).await.unwrap(), None);
+}
+
+async fn entries_may_not_issue_reserved_fedhub_ids(db: TestDb) {
+    let reg = &db.registry;
+    for id in [
+        "spiffe://example.org/fedhub/hub",
+        "spiffe://example.org/fedhub/agent/join_token/abc",
+        "spiffe://example.org/fedhub/server",
+        "spiffe://example.org/fedhub",
+    ] {
+        let spec = entry(id, "spiffe://example.org/agent", &["unix:uid:1"]);
+        let err = reg.create_entry(ACTOR, &spec).await.unwrap_err();
+        assert!(err.to_string().contains("reserved"), "{id}: {err}");
+    }
+    // Parents in that namespace (agents, the node alias parent) stay allowed.
+    let spec = entry(
+        "spiffe://example.org/web",
+        "spiffe://example.org/fedhub/agent/join_token/abc",
+        &["unix:uid:1"],
+    );
+    reg.create_entry(ACTOR, &spec).await.unwrap();
 }
 
 async fn entry_federating_with_unknown_trust_domain_is_refused(db: TestDb) {

@@ -56,7 +56,7 @@ struct Settings {
     /// https_spiffe: the SPIFFE ID the endpoint presents.
     #[arg(long, value_name = "ID")]
     endpoint_spiffe_id: Option<SpiffeId>,
-    /// https_web: PEM CA certificates of a private PKI, instead of the system roots.
+    /// https_web: PEM CA certificates of a private PKI, trusted in addition to the system roots.
     #[arg(long, value_name = "FILE")]
     extra_ca_file: Option<PathBuf>,
     /// Apply a bundle without keys (revoking everything) instead of keeping the last good one.

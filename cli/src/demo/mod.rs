@@ -296,7 +296,7 @@ async fn step_jwt_oidc(
         &validation,
     )?;
     say!(
-        "      {} keys published; a JWT-SVID verified against them: sub = {}",
+        "      JWKS with {} key(s); a JWT-SVID verified against it: sub = {}",
         keys.keys.len(),
         verified.claims["sub"]
     );

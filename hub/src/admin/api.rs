@@ -272,7 +272,7 @@ pub struct RelationshipConfig {
     /// `https_spiffe`: the SPIFFE ID the endpoint must present.
     #[serde(default)]
     pub endpoint_spiffe_id: Option<SpiffeId>,
-    /// `https_web`: PEM CA certificates of a private PKI instead of the system roots.
+    /// `https_web`: PEM CA certificates of a private PKI, trusted in addition to the system roots.
     #[serde(default)]
     pub extra_ca_pem: Option<String>,
     /// Apply a bundle without keys (a revocation of everything) instead of refusing it.

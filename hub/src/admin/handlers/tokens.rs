@@ -37,6 +37,14 @@ pub(in crate::admin) async fn create(
     let spiffe_id = match request.spiffe_id {
         Some(id) => {
             member_of("spiffe_id", &id, trust_domain)?;
+            if !crate::node::is_agent_id(trust_domain, &id) {
+                return Err(ApiError::Invalid(format!(
+                    "spiffe_id {id} is not an agent ID: agents are named under \
+                     spiffe://{trust_domain}{}, e.g. spiffe://{trust_domain}{}node-1",
+                    crate::node::AGENT_ID_PREFIX,
+                    crate::node::AGENT_ID_PREFIX
+                )));
+            }
             id
         }
         None => join_token_agent_id(trust_domain, &token),
