@@ -252,19 +252,26 @@ impl ServerCertVerifier for SpiffeServerCertVerifier {
 /// Verifies a TLS client's X509-SVID (for use by TLS servers). A client certificate is
 /// mandatory, and no CA names are hinted to clients.
 #[derive(Debug)]
-pub struct SpiffeClientCertVerifier(SvidVerifier);
+pub struct SpiffeClientCertVerifier(SvidVerifier, bool);
 
 impl SpiffeClientCertVerifier {
     /// A verifier that takes bundles from `bundles` on every handshake and accepts clients the
-    /// `authorizer` allows.
+    /// `authorizer` allows. Clients must present a certificate.
     pub fn new(bundles: Arc<dyn BundleSource>, authorizer: Authorizer) -> Self {
-        Self(SvidVerifier::new(bundles, authorizer))
+        Self(SvidVerifier::new(bundles, authorizer), true)
+    }
+
+    /// Like [`SpiffeClientCertVerifier::new`], but clients may also connect without a
+    /// certificate (the server then decides per request); a certificate that is presented is
+    /// verified and authorized all the same.
+    pub fn optional(bundles: Arc<dyn BundleSource>, authorizer: Authorizer) -> Self {
+        Self(SvidVerifier::new(bundles, authorizer), false)
     }
 }
 
 impl ClientCertVerifier for SpiffeClientCertVerifier {
     fn client_auth_mandatory(&self) -> bool {
-        true
+        self.1
     }
 
     fn root_hint_subjects(&self) -> &[DistinguishedName] {

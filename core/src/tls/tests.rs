@@ -393,3 +393,14 @@ fn installing_the_default_provider_is_idempotent() {
     // A default-provider builder works now without naming a provider.
     let _ = ClientConfig::builder();
 }
+
+#[test]
+fn client_certificates_are_mandatory_unless_asked_otherwise() {
+    use rustls::server::danger::ClientCertVerifier as _;
+    let bundles: Arc<dyn BundleSource> = Arc::new(crate::BundleSet::new());
+    assert!(
+        SpiffeClientCertVerifier::new(Arc::clone(&bundles), Authorizer::Any)
+            .client_auth_mandatory()
+    );
+    assert!(!SpiffeClientCertVerifier::optional(bundles, Authorizer::Any).client_auth_mandatory());
+}

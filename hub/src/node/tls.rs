@@ -11,10 +11,8 @@ use std::time::{Duration, SystemTime};
 use fedhub_core::tls::SpiffeClientCertVerifier;
 use fedhub_core::x509::spiffe_id_of;
 use fedhub_core::{Authorizer, Bundle, BundleSource, SpiffeId, TrustDomain};
-use rustls::client::danger::HandshakeSignatureValid;
-use rustls::pki_types::{CertificateDer, UnixTime};
-use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use rustls::ServerConfig;
+use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -81,58 +79,11 @@ impl BundleSource for OwnBundle {
     }
 }
 
-/// Verifies agent SVIDs like [`SpiffeClientCertVerifier`], but lets clients without a
-/// certificate in: attestation happens before an agent has an SVID. A certificate that is
-/// presented must verify.
-#[derive(Debug)]
-struct OptionalAgentCert(SpiffeClientCertVerifier);
-
-impl ClientCertVerifier for OptionalAgentCert {
-    fn client_auth_mandatory(&self) -> bool {
-        false
-    }
-
-    fn root_hint_subjects(&self) -> &[DistinguishedName] {
-        self.0.root_hint_subjects()
-    }
-
-    fn verify_client_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        now: UnixTime,
-    ) -> Result<ClientCertVerified, rustls::Error> {
-        self.0.verify_client_cert(end_entity, intermediates, now)
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_verify_schemes()
-    }
-}
-
 /// The node API's TLS configuration: the hub SVID (rotated with the hub), client certificates
 /// optional and, when presented, agent SVIDs of the own trust domain only.
 pub(super) fn server_config(hub: &Hub) -> Result<Arc<ServerConfig>, rustls::Error> {
     let trust_domain = hub.trust_domain().clone();
-    let verifier = SpiffeClientCertVerifier::new(
+    let verifier = SpiffeClientCertVerifier::optional(
         Arc::new(OwnBundle(hub.clone())),
         Authorizer::predicate(move |id| super::is_agent_id(&trust_domain, id)),
     );
@@ -140,7 +91,7 @@ pub(super) fn server_config(hub: &Hub) -> Result<Arc<ServerConfig>, rustls::Erro
         rustls::crypto::aws_lc_rs::default_provider(),
     ))
     .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-    .with_client_cert_verifier(Arc::new(OptionalAgentCert(verifier)))
+    .with_client_cert_verifier(Arc::new(verifier))
     .with_cert_resolver(hub.server_cert());
     config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(Arc::new(config))
