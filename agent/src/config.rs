@@ -18,8 +18,7 @@ pub const ENV_PREFIX: &str = "FEDHUB_AGENT__";
 /// The environment variable that supplies the join token (kept out of config files).
 pub const JOIN_TOKEN_ENV: &str = "FEDHUB_AGENT_JOIN_TOKEN";
 
-/// The default SPIFFE ID path of the hub, as the hub's own default.
-pub const HUB_ID_PATH: &str = "/fedhub/hub";
+pub use fedhub_core::id::HUB_ID_PATH;
 
 /// The default Workload API socket.
 pub const DEFAULT_SOCKET_PATH: &str = "/tmp/fedhub/agent.sock";

@@ -17,6 +17,10 @@ pub const MAX_SPIFFE_ID_LEN: usize = 2048;
 
 const SCHEME_PREFIX: &str = "spiffe://";
 
+/// The path of the hub's own SPIFFE ID by default (`spiffe://<td>/fedhub/hub`): the hub presents
+/// it on its bundle endpoint and agent API, and agents expect it unless configured otherwise.
+pub const HUB_ID_PATH: &str = "/fedhub/hub";
+
 /// Why a string is not a valid SPIFFE ID or trust domain name.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -15,8 +15,7 @@ use serde::Deserialize;
 /// The environment variable prefix for overrides, e.g. `FEDHUB_HUB__CA__TTL=12h`.
 pub const ENV_PREFIX: &str = "FEDHUB_HUB__";
 
-/// The default SPIFFE ID path of the hub's own SVID (bundle endpoint server, agent API).
-pub const HUB_ID_PATH: &str = "/fedhub/hub";
+pub use fedhub_core::id::HUB_ID_PATH;
 
 /// Why the configuration cannot be used. Each message names the key and what to do.
 #[derive(Debug, thiserror::Error)]
