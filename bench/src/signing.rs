@@ -45,6 +45,7 @@ async fn node_client(
             let connector = connector.clone();
             async move {
                 let tcp = TcpStream::connect(address).await?;
+                tcp.set_nodelay(true)?;
                 let name = ServerName::try_from("node-api.invalid")
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
                 let tls = connector.connect(name, tcp).await?;

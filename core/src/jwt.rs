@@ -19,14 +19,15 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{self, EcdsaKeyPair, RsaEncoding, RsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
+use jsonwebtoken::{Algorithm, DecodingKey};
 use serde_json::{Map, Value, json};
-use x509_parser::asn1_rs::{FromDer, Oid, ParseResult, Sequence};
-use x509_parser::oid_registry::OID_PKCS1_RSAENCRYPTION;
 
 use crate::bundle::{BundleSource, JwtAuthority};
 use crate::id::{SpiffeId, TrustDomain};
@@ -290,10 +291,59 @@ pub enum JwtError {
 pub struct JwtSigner {
     kid: String,
     alg: JwtAlgorithm,
-    jwt_alg: Algorithm,
-    encoding: EncodingKey,
+    key: Arc<SigningKey>,
     public: PublicKey,
     issuer: Option<String>,
+}
+
+/// A private key parsed once for signing: loading a PKCS#8 key checks the key pair, which
+/// costs about as much as a signature, so it is not done per token.
+enum SigningKey {
+    Ecdsa(EcdsaKeyPair),
+    Rsa(RsaKeyPair, &'static dyn RsaEncoding),
+}
+
+impl SigningKey {
+    fn new(key: &PrivateKey, alg: JwtAlgorithm) -> Result<Self, JwtError> {
+        let bad = |e: aws_lc_rs::error::KeyRejected| KeyError::BadPrivateKey(e.to_string());
+        let pkcs8 = key.pkcs8_der();
+        let ecdsa = |algorithm| EcdsaKeyPair::from_pkcs8(algorithm, pkcs8).map(Self::Ecdsa);
+        let rsa = |encoding| RsaKeyPair::from_pkcs8(pkcs8).map(|pair| Self::Rsa(pair, encoding));
+        Ok(match alg {
+            JwtAlgorithm::ES256 => ecdsa(&signature::ECDSA_P256_SHA256_FIXED_SIGNING),
+            JwtAlgorithm::ES384 => ecdsa(&signature::ECDSA_P384_SHA384_FIXED_SIGNING),
+            JwtAlgorithm::ES512 => ecdsa(&signature::ECDSA_P521_SHA512_FIXED_SIGNING),
+            JwtAlgorithm::RS256 => rsa(&signature::RSA_PKCS1_SHA256),
+            JwtAlgorithm::RS384 => rsa(&signature::RSA_PKCS1_SHA384),
+            JwtAlgorithm::RS512 => rsa(&signature::RSA_PKCS1_SHA512),
+            JwtAlgorithm::PS256 => rsa(&signature::RSA_PSS_SHA256),
+            JwtAlgorithm::PS384 => rsa(&signature::RSA_PSS_SHA384),
+            JwtAlgorithm::PS512 => rsa(&signature::RSA_PSS_SHA512),
+        }
+        .map_err(bad)?)
+    }
+
+    /// The JWS signature of `message`: `r || s` for ECDSA (RFC 7518 §3.4), the PKCS#1 or PSS
+    /// signature for RSA.
+    fn sign(&self, message: &[u8]) -> Result<Vec<u8>, JwtError> {
+        let failed = |_| JwtError::Signing("the crypto backend failed to sign".into());
+        let rng = SystemRandom::new();
+        match self {
+            Self::Ecdsa(pair) => Ok(pair.sign(&rng, message).map_err(failed)?.as_ref().to_vec()),
+            Self::Rsa(pair, encoding) => {
+                let mut signature = vec![0; pair.public_modulus_len()];
+                pair.sign(*encoding, &rng, message, &mut signature)
+                    .map_err(failed)?;
+                Ok(signature)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for SigningKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("SigningKey(<redacted>)")
+    }
 }
 
 impl JwtSigner {
@@ -312,23 +362,16 @@ impl JwtSigner {
             return Err(JwtError::EmptyKeyId);
         }
         let public = PublicKey::from_spki_der(&key.public_key_der()?)?;
-        let jwt_alg = alg
-            .jsonwebtoken()
-            .filter(|_| alg.fits(&public))
-            .ok_or_else(|| JwtError::AlgorithmKeyMismatch {
+        if alg.jsonwebtoken().is_none() || !alg.fits(&public) {
+            return Err(JwtError::AlgorithmKeyMismatch {
                 alg,
                 key: describe(&public),
-            })?;
-        let encoding = match key.key_type() {
-            KeyType::EcP256 | KeyType::EcP384 => EncodingKey::from_ec_der(key.pkcs8_der()),
-            // aws-lc-rs, behind jsonwebtoken, loads RSA signing keys as PKCS#1 only.
-            KeyType::Rsa2048 => EncodingKey::from_rsa_der(rsa_private_key_der(key.pkcs8_der())?),
-        };
+            });
+        }
         Ok(Self {
             kid,
             alg,
-            jwt_alg,
-            encoding,
+            key: Arc::new(SigningKey::new(key, alg)?),
             public,
             issuer: None,
         })
@@ -416,9 +459,7 @@ impl JwtSigner {
             URL_SAFE_NO_PAD.encode(header.to_string()),
             URL_SAFE_NO_PAD.encode(Value::Object(claims).to_string())
         );
-        let signature =
-            jsonwebtoken::crypto::sign(signing_input.as_bytes(), &self.encoding, self.jwt_alg)
-                .map_err(|e| JwtError::Signing(e.to_string()))?;
+        let signature = URL_SAFE_NO_PAD.encode(self.key.sign(signing_input.as_bytes())?);
         Ok(format!("{signing_input}.{signature}"))
     }
 }
@@ -720,24 +761,6 @@ fn describe(key: &PublicKey) -> String {
     match key {
         PublicKey::Ec { curve, .. } => format!("EC {}", curve.jwk_name()),
         PublicKey::Rsa { n, .. } => format!("RSA {}-bit", n.len() * 8),
-    }
-}
-
-/// The PKCS#1 `RSAPrivateKey` inside a PKCS#8 `PrivateKeyInfo` of algorithm rsaEncryption.
-fn rsa_private_key_der(pkcs8: &[u8]) -> Result<&[u8], JwtError> {
-    let parsed: ParseResult<'_, (Oid<'_>, &[u8])> = Sequence::from_der_and_then(pkcs8, |info| {
-        let (info, _version) = u32::from_der(info)?;
-        let (info, algorithm) = Sequence::from_der_and_then(info, Oid::from_der)?;
-        let (info, private_key) = <&[u8]>::from_der(info)?;
-        Ok((info, (algorithm, private_key)))
-    });
-    match parsed {
-        Ok((rest, (algorithm, private_key)))
-            if rest.is_empty() && algorithm == OID_PKCS1_RSAENCRYPTION =>
-        {
-            Ok(private_key)
-        }
-        _ => Err(KeyError::BadPrivateKey("not a PKCS#8 rsaEncryption private key".into()).into()),
     }
 }
 

@@ -149,10 +149,10 @@ impl PrivateKey {
 
     /// The key as PEM `PRIVATE KEY` text, for writing to a 0600 file.
     pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
-        Zeroizing::new(pem::encode(&pem::Pem::new(
-            "PRIVATE KEY",
-            self.pkcs8.as_slice(),
-        )))
+        Zeroizing::new(pem::encode_config(
+            &pem::Pem::new("PRIVATE KEY", self.pkcs8.as_slice()),
+            crate::x509::pem_config(),
+        ))
     }
 
     /// The rcgen key pair, for signing certificates.
@@ -384,7 +384,9 @@ mod tests {
         for key_type in [KeyType::EcP256, KeyType::EcP384, KeyType::Rsa2048] {
             let key = PrivateKey::generate(key_type).unwrap();
             assert_eq!(key.key_type(), key_type);
-            let reloaded = PrivateKey::from_pkcs8_pem(&key.to_pkcs8_pem()).unwrap();
+            let pem_text = key.to_pkcs8_pem();
+            assert!(!pem_text.contains('\r'), "PEM uses LF line endings");
+            let reloaded = PrivateKey::from_pkcs8_pem(&pem_text).unwrap();
             assert_eq!(reloaded.key_type(), key_type);
             let spki = key.public_key_der().unwrap();
             assert_eq!(spki, reloaded.public_key_der().unwrap());

@@ -8,12 +8,14 @@
 //! leaf's extKeyUsage.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rcgen::string::{Ia5String, PrintableString};
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, DnValue,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyUsagePurpose, PublicKeyData, SanType, SerialNumber,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, PublicKeyData, SanType,
+    SerialNumber,
 };
 use rustls_pki_types::{CertificateDer, UnixTime};
 use time::OffsetDateTime;
@@ -377,6 +379,9 @@ impl CaParams {
 pub struct CaSigner {
     chain: Vec<Vec<u8>>,
     key: PrivateKey,
+    /// The CA certificate's name and key identifier with the parsed signing key, built once:
+    /// parsing the PKCS#8 key (which checks the key pair) costs as much as a signature.
+    issuer: Arc<Issuer<'static, KeyPair>>,
     trust_domain: TrustDomain,
     not_after: SystemTime,
     /// How many certificates of `chain` go out with a minted leaf: all but a self-signed root.
@@ -407,8 +412,15 @@ impl CaSigner {
                 presented -= 1;
             }
         }
+        let issuer = Issuer::from_ca_cert_der(
+            &CertificateDer::from(ca_der.as_slice()),
+            key.rcgen_key_pair()?,
+        )
+        .map_err(mint_error)?;
+        check_issuer_name(&issuer, &ca)?;
         Ok(Self {
             trust_domain: id.trust_domain(),
+            issuer: Arc::new(issuer),
             chain,
             key,
             not_after,
@@ -570,7 +582,11 @@ impl CaSigner {
             ExtendedKeyUsagePurpose::ClientAuth,
         ];
         params.use_authority_key_identifier_extension = true;
-        let leaf = sign(&params, &public_key, self.certificate(), &self.key)?;
+        let leaf = params
+            .signed_by(&public_key, &self.issuer)
+            .map_err(mint_error)?
+            .der()
+            .to_vec();
 
         let mut chain = Vec::with_capacity(self.presented + 1);
         chain.push(leaf);
@@ -648,14 +664,22 @@ impl X509Svid {
 
     /// The chain as PEM `CERTIFICATE` blocks, leaf first.
     pub fn chain_pem(&self) -> String {
-        pem::encode_many(
-            &self
-                .chain
-                .iter()
-                .map(|der| pem::Pem::new("CERTIFICATE", der.as_slice()))
-                .collect::<Vec<_>>(),
-        )
+        certificates_pem(self.chain.iter().map(Vec::as_slice))
     }
+}
+
+/// DER certificates as PEM `CERTIFICATE` blocks with LF line endings, in order.
+pub fn certificates_pem<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
+    let blocks: Vec<pem::Pem> = ders
+        .into_iter()
+        .map(|der| pem::Pem::new("CERTIFICATE", der))
+        .collect();
+    pem::encode_many_config(&blocks, pem_config())
+}
+
+/// How fedhub writes PEM: LF line endings, as Unix tools expect.
+pub(crate) fn pem_config() -> pem::EncodeConfig {
+    pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF)
 }
 
 impl fmt::Debug for X509Svid {
@@ -669,6 +693,8 @@ impl fmt::Debug for X509Svid {
 }
 
 /// Signs `params` for `subject_key` with the CA `issuer_der`/`issuer_key`.
+/// Signs `params` for `subject_key` with a CA given by its certificate and key (for one-off
+/// certificates such as intermediate CAs; [`CaSigner`] keeps its issuer instead).
 fn sign(
     params: &CertificateParams,
     subject_key: &impl PublicKeyData,
@@ -680,19 +706,32 @@ fn sign(
         issuer_key.rcgen_key_pair()?,
     )
     .map_err(mint_error)?;
-    let der = params
+    check_issuer_name(&issuer, &parse_cert(issuer_der, 0)?)?;
+    Ok(params
         .signed_by(subject_key, &issuer)
         .map_err(mint_error)?
         .der()
-        .to_vec();
-    // rcgen re-encodes the issuer's name; path building needs it byte for byte.
-    let minted = parse_cert(&der, 0)?;
-    if minted.issuer().as_raw() != parse_cert(issuer_der, 0)?.subject().as_raw() {
-        return Err(X509Error::Mint(
+        .to_vec())
+}
+
+/// Checks that rcgen reproduces `ca`'s subject byte for byte as the issuer name of what
+/// `issuer` signs (it re-encodes the name; path building needs an exact match), by signing a
+/// throwaway certificate. rcgen's encoding depends on the name alone, so one check per issuer
+/// covers every certificate it signs.
+fn check_issuer_name(
+    issuer: &Issuer<'_, KeyPair>,
+    ca: &X509Certificate<'_>,
+) -> Result<(), X509Error> {
+    let probe = CertificateParams::default()
+        .signed_by(issuer.key(), issuer)
+        .map_err(mint_error)?;
+    if parse_cert(probe.der(), 0)?.issuer().as_raw() == ca.subject().as_raw() {
+        Ok(())
+    } else {
+        Err(X509Error::Mint(
             "the CA's subject name cannot be reproduced exactly (multi-valued or repeated attributes); use a CA with a simple subject".into(),
-        ));
+        ))
     }
-    Ok(der)
 }
 
 fn parse_cert(der: &[u8], index: usize) -> Result<X509Certificate<'_>, X509Error> {

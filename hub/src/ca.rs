@@ -16,7 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fedhub_core::jwt::{JwtAlgorithm, JwtSigner};
-use fedhub_core::x509::{CaParams, CaSigner, X509Error};
+use fedhub_core::x509::{CaParams, CaSigner, X509Error, certificates_pem};
 use fedhub_core::{JwtAuthority, KeyType, PrivateKey, SpiffeId, TrustDomain, X509Authority};
 use serde::{Deserialize, Serialize};
 
@@ -355,11 +355,7 @@ impl CaManager {
             &self.key_path("x509", &id),
             signer.key().to_pkcs8_pem().as_bytes(),
         )?;
-        let pem: String = signer
-            .chain()
-            .iter()
-            .map(|der| pem::encode(&pem::Pem::new("CERTIFICATE", der.clone())))
-            .collect();
+        let pem = certificates_pem(signer.chain().iter().map(Vec::as_slice));
         write(&self.cert_path(&id), pem.as_bytes())?;
         Ok(X509Slot {
             meta: SlotMeta {

@@ -318,15 +318,7 @@ impl Bundle {
     /// The X.509 authorities as concatenated PEM `CERTIFICATE` blocks (empty when there are
     /// none).
     pub fn x509_authorities_pem(&self) -> String {
-        let blocks: Vec<pem::Pem> = self
-            .x509_authorities()
-            .iter()
-            .map(|a| pem::Pem::new(PEM_CERTIFICATE, a.der()))
-            .collect();
-        pem::encode_many_config(
-            &blocks,
-            pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
-        )
+        crate::x509::certificates_pem(self.x509_authorities().iter().map(X509Authority::der))
     }
 
     /// Builds a bundle of `trust_domain` holding the X.509 authorities in PEM `CERTIFICATE`

@@ -853,11 +853,3 @@ fn algorithm_names_are_case_sensitive_and_fit_their_key_types() {
         assert_eq!(fitting, if key_type == KeyType::Rsa2048 { 6 } else { 1 });
     }
 }
-
-#[test]
-fn pkcs1_extraction_requires_an_rsa_pkcs8_key() {
-    let pkcs1 = rsa_private_key_der(KEYS.rsa.pkcs8_der()).unwrap();
-    assert!(RsaKeyPair::from_der(pkcs1).is_ok());
-    assert!(rsa_private_key_der(KEYS.k1.pkcs8_der()).is_err());
-    assert!(rsa_private_key_der(b"\x30\x00").is_err());
-}

@@ -831,7 +831,9 @@ fn chain_exports_as_pem_and_debug_hides_the_key() {
     )
     .unwrap();
     let svid = mint(&inter, "spiffe://example.org/web", KeyType::EcP256);
-    let blocks = pem::parse_many(svid.chain_pem()).unwrap();
+    let text = svid.chain_pem();
+    assert!(!text.contains('\r'), "PEM uses LF line endings: {text:?}");
+    let blocks = pem::parse_many(text).unwrap();
     assert_eq!(blocks.len(), 2);
     for (block, der) in blocks.iter().zip(svid.chain()) {
         assert_eq!(block.tag(), "CERTIFICATE");

@@ -175,6 +175,11 @@ pub(super) async fn accept_loop(
             },
             () = stopped(&mut stop) => return Ok(()),
         };
+        // gRPC writes frames in pieces: without TCP_NODELAY, Nagle's algorithm and delayed
+        // ACKs stall each response by tens of milliseconds.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(peer = %remote_addr, %error, "could not set TCP_NODELAY");
+        }
         let acceptor = acceptor.clone();
         let connections = connections.clone();
         tokio::spawn(async move {
