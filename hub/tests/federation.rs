@@ -158,10 +158,15 @@ async fn refresh_now_reports_outcomes_and_schedules_by_hint_and_backoff() {
     assert_scheduled(after.next_refresh_at, t, 300); // the 10 min hint, clamped to 5 min
     assert_eq!(gauge(BUNDLE_AGE_SECONDS, "sched.test"), Some(0.0));
 
-    // The stored entity tag is sent: 304.
+    // The stored entity tag is sent: 304. Only the status moves: no change for the agents.
+    let revision = pair.local.registry().latest_revision().await.unwrap();
     assert_eq!(
         pair.manager.refresh_now(&pair.td).await.unwrap(),
         RefreshOutcome::Unchanged
+    );
+    assert_eq!(
+        pair.local.registry().latest_revision().await.unwrap(),
+        revision
     );
     assert_eq!(refreshes("sched.test", "updated"), 1);
     assert_eq!(refreshes("sched.test", "not_modified"), 1);

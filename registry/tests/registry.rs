@@ -40,6 +40,7 @@ both_backends!(
     claims_are_exclusive_across_replicas,
     claim_refresh_takes_one_relationship_whatever_its_schedule,
     refresh_success_and_failure_update_status,
+    refresh_bookkeeping_writes_no_change,
     change_feed_records_every_write_in_order,
     audit_log_records_admin_changes,
     invalid_stored_values_are_reported_as_corrupt,
@@ -1225,6 +1226,86 @@ async fn refresh_success_and_failure_update_status(db: TestDb) {
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
+}
+
+/// A refresh that finds the bundle unchanged, or fails, updates the status but writes no
+/// change: otherwise every poll would wake every agent's sync stream. Only a bundle that
+/// really differs is written, with one bundle change.
+async fn refresh_bookkeeping_writes_no_change(db: TestDb) {
+    let reg = &db.registry;
+    let partner = td("partner.example");
+    let boot = bundle("partner.example", 1, "boot");
+    reg.create_relationship(ACTOR, &web_relationship("partner.example"), Some(&boot))
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    let mut at = now();
+    let claim = async |at: OffsetDateTime| {
+        let claimed = reg
+            .claim_due_refreshes("hub-a", at, lease, 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+    };
+    let before = reg.latest_revision().await.unwrap();
+
+    // 304 (no bundle) and the same bundle fetched again: status only.
+    claim(at).await;
+    let changed = reg
+        .record_refresh_success(&partner, "hub-a", None, Some("\"e1\""), at)
+        .await
+        .unwrap();
+    assert!(!changed);
+    let mut same = boot.clone();
+    same.updated_at = boot.updated_at + time::Duration::hours(1);
+    at += time::Duration::minutes(1);
+    claim(at).await;
+    let changed = reg
+        .record_refresh_success(&partner, "hub-a", Some(&same), Some("\"e1\""), at)
+        .await
+        .unwrap();
+    assert!(!changed);
+    assert_eq!(
+        reg.get_bundle(&partner).await.unwrap(),
+        Some(boot.clone()),
+        "the stored bundle is not rewritten"
+    );
+    // A failure: status only.
+    at += time::Duration::minutes(1);
+    claim(at).await;
+    reg.record_refresh_failure(&partner, "hub-a", "connection refused", at)
+        .await
+        .unwrap();
+    assert_eq!(reg.latest_revision().await.unwrap(), before);
+    assert!(changes_after(reg, before).await.is_empty());
+    let status = reg
+        .get_relationship(&partner)
+        .await
+        .unwrap()
+        .unwrap()
+        .status;
+    assert_eq!(status.consecutive_failures, 1);
+    assert!(status.last_success_at.is_some());
+    assert_eq!(status.etag.as_deref(), Some("\"e1\""));
+
+    // A new sequence, or new content under the same sequence: one bundle change each.
+    for (sequence, marker) in [(2, "rotated"), (2, "rotated again")] {
+        at += time::Duration::minutes(1);
+        claim(at).await;
+        let revision = reg.latest_revision().await.unwrap();
+        let fresh = bundle("partner.example", sequence, marker);
+        let changed = reg
+            .record_refresh_success(&partner, "hub-a", Some(&fresh), None, at)
+            .await
+            .unwrap();
+        assert!(changed, "{marker}");
+        assert_eq!(reg.get_bundle(&partner).await.unwrap(), Some(fresh));
+        assert_eq!(
+            changes_after(reg, revision).await,
+            [(ChangeKind::Bundle, "partner.example".to_owned())].into()
+        );
+        assert_eq!(reg.latest_revision().await.unwrap(), revision + 1);
+    }
 }
 
 async fn change_feed_records_every_write_in_order(db: TestDb) {

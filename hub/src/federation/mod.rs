@@ -349,12 +349,12 @@ impl FederationManager {
                 log_success(spec, &peer, Outcome::Updated, bundle.sequence(), delay);
                 telemetry::count(td, Outcome::Updated);
                 let record = BundleRecord::new(td.clone(), bundle.to_json(), bundle.sequence());
-                registry
+                let changed = registry
                     .record_refresh_success(td, owner, Some(&record), etag, now + delay)
                     .await?;
                 telemetry::set_failures(td, 0);
                 telemetry::set_bundle_age(td, 0.0);
-                if let Err(error) = self.inner.hub.notify_changed().await {
+                if changed && let Err(error) = self.inner.hub.notify_changed().await {
                     tracing::warn!(%error, "cannot signal the new bundle; the change poll will");
                 }
                 Ok(RefreshOutcome::Updated {
