@@ -235,6 +235,56 @@ async fn refresh_now_refuses_while_another_replica_holds_the_lease() {
     ));
 }
 
+/// FED-32: a bundle an admin sets over a federated one is an override that stays until a
+/// refresh replaces it. The stored etag goes with it, so the next refresh is not answered
+/// `304` about the bundle the override replaced: it fetches in full, and the acceptance rules
+/// decide against the override (the sequence rule included).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_set_overrides_until_the_next_refresh_replaces_it() {
+    let pair = pair("override.test", "5m", options("local-1")).await;
+    let endpoint = Server::bundle_endpoint(&pair.remote).await;
+    let served = pair.remote_bundle();
+    pair.federate(&endpoint.url, Some(&served)).await;
+    assert_eq!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Unchanged
+    );
+    assert!(status(&pair.local, &pair.td).await.etag.is_some());
+
+    // An override under the served sequence (it must keep the endpoint's CA: the endpoint is
+    // authenticated with the stored bundle).
+    let mut set = served.clone();
+    set.add_x509_authority(X509Authority::parse(ca_cert(&[]).2).unwrap());
+    pair.local
+        .registry()
+        .put_bundle(ACTOR, &record(&set))
+        .await
+        .unwrap();
+    let after_set = status(&pair.local, &pair.td).await;
+    assert_eq!(after_set.etag, None, "the next refresh fetches in full");
+    assert!(after_set.next_refresh_at.is_some(), "the schedule is kept");
+    assert_eq!(stored(&pair.local, &pair.td).await, Some(set));
+    assert_eq!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Updated {
+            sequence: served.sequence(),
+            authorities: served.x509_authorities().len() + served.jwt_authorities().len(),
+        }
+    );
+    assert_eq!(stored(&pair.local, &pair.td).await, Some(served.clone()));
+
+    // An override with a higher sequence than the endpoint serves is kept: the endpoint's
+    // bundle is a rollback against it.
+    let mut ahead = served.clone();
+    ahead.set_sequence(Some(5));
+    pair.local
+        .registry()
+        .put_bundle(ACTOR, &record(&ahead))
+        .await
+        .unwrap();
+    pair.assert_refused(&ahead, "lower than the stored 5").await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relationship_deleted_during_a_fetch_gets_no_bundle_back() {
     let pair = pair("deleted.test", "5m", options("local-1")).await;
