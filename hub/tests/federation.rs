@@ -285,6 +285,65 @@ async fn bundle_set_overrides_until_the_next_refresh_replaces_it() {
     pair.assert_refused(&ahead, "lower than the stored 5").await;
 }
 
+/// The bundle age counts from the last successful refresh, not from the last replacement: an
+/// endpoint that keeps serving the same, old bundle keeps it young, at the refresh and in the
+/// gauges recomputed from the registry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_age_counts_from_the_last_successful_refresh() {
+    let hourly = FederationOptions {
+        default_refresh: Duration::from_secs(3600),
+        min_refresh: Duration::from_secs(3600),
+        max_refresh: Duration::from_secs(3600),
+        ..options("local-1")
+    };
+    let pair = pair("age.test", "5m", hourly).await;
+    let endpoint = Server::bundle_endpoint(&pair.remote).await;
+    // Stored an hour ago, and served unchanged since.
+    let mut old = record(&pair.remote_bundle());
+    old.updated_at -= Duration::from_secs(3600);
+    pair.local
+        .registry()
+        .create_relationship(
+            ACTOR,
+            &spiffe_spec(&pair.td, &endpoint.url, pair.remote.hub_id()),
+            Some(&old),
+        )
+        .await
+        .unwrap();
+
+    assert_eq!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Unchanged
+    );
+    assert_eq!(gauge(BUNDLE_AGE_SECONDS, "age.test"), Some(0.0));
+    assert_eq!(
+        pair.local
+            .registry()
+            .get_bundle(&pair.td)
+            .await
+            .unwrap()
+            .unwrap()
+            .updated_at,
+        old.updated_at,
+        "not replaced"
+    );
+
+    // The periodic recomputation (at once when the manager starts; nothing is due for an
+    // hour) agrees. A marker value shows when it has run.
+    metrics::gauge!(BUNDLE_AGE_SECONDS, "trust_domain" => "age.test").set(-1.0);
+    let (stop, task) = run(&pair.manager);
+    eventually(
+        "the gauges to be recomputed",
+        Duration::from_secs(5),
+        async || gauge(BUNDLE_AGE_SECONDS, "age.test") != Some(-1.0),
+    )
+    .await;
+    let age = gauge(BUNDLE_AGE_SECONDS, "age.test").unwrap();
+    assert!((0.0..60.0).contains(&age), "age {age} s");
+    drop(stop);
+    task.await.unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn relationship_deleted_during_a_fetch_gets_no_bundle_back() {
     let pair = pair("deleted.test", "5m", options("local-1")).await;
