@@ -20,8 +20,24 @@ pub const JOIN_TOKEN_ENV: &str = "FEDHUB_AGENT_JOIN_TOKEN";
 
 pub use fedhub_core::id::HUB_ID_PATH;
 
-/// The default Workload API socket.
-pub const DEFAULT_SOCKET_PATH: &str = "/tmp/fedhub/agent.sock";
+/// The default Workload API socket of an agent running as root: in `/run`, which only root
+/// can write (and which `PrivateTmp=` and `/tmp` cleaners leave alone).
+pub const DEFAULT_SOCKET_PATH: &str = "/run/fedhub/agent.sock";
+
+/// The default Workload API socket of an agent running as another user, who cannot create
+/// directories in `/run`. `/tmp` is world-writable, so the agent refuses a `/tmp/fedhub` that
+/// another user created first (see [`WorkloadEndpoint::bind`](crate::WorkloadEndpoint::bind)).
+pub const DEFAULT_USER_SOCKET_PATH: &str = "/tmp/fedhub/agent.sock";
+
+/// The default Workload API socket for an agent of effective uid `euid`:
+/// [`DEFAULT_SOCKET_PATH`] for root, else [`DEFAULT_USER_SOCKET_PATH`].
+pub fn default_socket_path(euid: u32) -> &'static Path {
+    Path::new(if euid == 0 {
+        DEFAULT_SOCKET_PATH
+    } else {
+        DEFAULT_USER_SOCKET_PATH
+    })
+}
 
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/fedhub/agent";
@@ -182,7 +198,7 @@ pub struct AgentConfig {
     pub attestation: Option<NodeAttestation>,
     /// Where the agent SVID, its key and the last bundle are kept.
     pub data_dir: PathBuf,
-    /// The Workload API socket.
+    /// The Workload API socket; by default [`default_socket_path`] of the agent's uid.
     pub socket_path: PathBuf,
 }
 
@@ -199,8 +215,7 @@ struct Settings {
     x509pop: Option<X509PopSettings>,
     #[serde(default = "defaults::data_dir")]
     data_dir: PathBuf,
-    #[serde(default = "defaults::socket_path")]
-    socket_path: PathBuf,
+    socket_path: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -217,8 +232,11 @@ mod defaults {
         PathBuf::from(super::DEFAULT_DATA_DIR)
     }
 
+    /// The default socket of this process's effective uid; the non-root one when the uid
+    /// cannot be read (binding then reads it again and says what failed).
     pub fn socket_path() -> PathBuf {
-        PathBuf::from(super::DEFAULT_SOCKET_PATH)
+        let euid = crate::workload::effective_uid().unwrap_or(u32::MAX);
+        super::default_socket_path(euid).to_owned()
     }
 }
 
@@ -334,7 +352,8 @@ impl Settings {
                 format!("must not be empty (default {DEFAULT_DATA_DIR})"),
             ));
         }
-        if !self.socket_path.is_absolute() {
+        let socket_path = self.socket_path.unwrap_or_else(defaults::socket_path);
+        if !socket_path.is_absolute() {
             return Err(invalid(
                 "socket_path",
                 format!(
@@ -351,7 +370,7 @@ impl Settings {
             trust_bootstrap,
             attestation,
             data_dir: self.data_dir,
-            socket_path: self.socket_path,
+            socket_path,
         })
     }
 }
@@ -426,7 +445,19 @@ mod tests {
         assert_eq!(config.trust_bootstrap, TrustBootstrap::None);
         assert_eq!(config.attestation, None);
         assert_eq!(config.data_dir, Path::new(DEFAULT_DATA_DIR));
-        assert_eq!(config.socket_path, Path::new(DEFAULT_SOCKET_PATH));
+        assert_eq!(
+            config.socket_path,
+            default_socket_path(crate::workload::effective_uid().unwrap())
+        );
+    }
+
+    #[test]
+    fn the_default_socket_is_in_run_for_root_only() {
+        assert_eq!(default_socket_path(0), Path::new("/run/fedhub/agent.sock"));
+        assert_eq!(
+            default_socket_path(1000),
+            Path::new("/tmp/fedhub/agent.sock")
+        );
     }
 
     #[test]
@@ -474,7 +505,10 @@ mod tests {
             config.trust_bootstrap,
             TrustBootstrap::BundleFile(_)
         ));
-        assert_eq!(config.socket_path, Path::new(DEFAULT_SOCKET_PATH));
+        assert_eq!(
+            config.socket_path,
+            default_socket_path(crate::workload::effective_uid().unwrap())
+        );
     }
 
     #[test]
