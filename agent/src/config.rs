@@ -42,29 +42,9 @@ pub fn default_socket_path(euid: u32) -> &'static Path {
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/fedhub/agent";
 
-/// Why the configuration cannot be used. Each message names the key and what to do.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read or parsed, or a value has the wrong type.
-    #[error("{0}")]
-    Parse(String),
-    /// A value parsed but is not acceptable.
-    #[error("{key}: {message}")]
-    Invalid {
-        /// The dotted key, e.g. `x509pop.cert_file`.
-        key: &'static str,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
-}
-
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
-}
+/// Why the configuration cannot be used (shared with the hub's configuration).
+pub use fedhub_config::ConfigError;
+use fedhub_config::{format_figment_error, invalid, require_file};
 
 /// The hub's agent API address: a host name or IP address and a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -247,13 +227,7 @@ impl AgentConfig {
     /// # Errors
     /// [`ConfigError`] naming the offending key and the fix.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        if !path.is_file() {
-            return Err(ConfigError::Parse(format!(
-                "config file {} does not exist or is not a file; pass --config with the path \
-                 of an agent.toml (see agent/agent.example.toml)",
-                path.display()
-            )));
-        }
+        require_file(path, "an agent.toml (see agent/agent.example.toml)")?;
         let mut figment = Figment::new()
             .merge(Toml::file(path))
             .merge(Env::prefixed(ENV_PREFIX).split("__"));
@@ -278,22 +252,6 @@ impl AgentConfig {
             .map_err(|e| ConfigError::Parse(format_figment_error(&e)))?;
         settings.validate()
     }
-}
-
-fn format_figment_error(error: &figment::Error) -> String {
-    error
-        .clone()
-        .into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            if key.is_empty() {
-                e.kind.to_string()
-            } else {
-                format!("{key}: {}", e.kind)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 impl Settings {
