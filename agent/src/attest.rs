@@ -16,7 +16,10 @@
 //! everything else. When it changed, or the process is gone, attestation fails (WEP-10).
 //!
 //! The agent needs to read `/proc/<pid>/exe` of its callers, so it normally runs as root (or
-//! with `CAP_SYS_PTRACE`); callers of the agent's own uid can always be attested.
+//! with `CAP_SYS_PTRACE`); callers of the agent's own uid can always be attested. When the
+//! kernel refuses (`EACCES`, `EPERM`), attestation fails with [`AttestError::NotPermitted`]: a
+//! cause that lasts until the agent gets the rights, so the caller is told so (no "retry") and
+//! the agent warns once per cause rather than on every call.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt::Write as _;
@@ -24,6 +27,7 @@ use std::fs::File;
 use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_lc_rs::digest;
@@ -65,7 +69,9 @@ impl<S: Into<String>> FromIterator<S> for Selectors {
 }
 
 /// Why a caller could not be attested. The Workload API answers all of them with
-/// `UNAVAILABLE` "workload attestation failed" (WAPI-14); the details go to the log only.
+/// `UNAVAILABLE` (WAPI-14, and the status table of the checklist: "workload attestation
+/// itself failed"; never `PERMISSION_DENIED`, which tells a caller it has no identity). The
+/// status message is [`AttestError::status_message`]; the details go to the log only.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum AttestError {
@@ -84,7 +90,25 @@ pub enum AttestError {
         /// The caller's process id.
         pid: i32,
     },
-    /// A file could not be read (often: the agent lacks the rights to inspect the caller).
+    /// The kernel refused to let the agent inspect the caller's process (`EACCES` or `EPERM`
+    /// on `/proc/<pid>/…`): the agent runs without `CAP_SYS_PTRACE` (reading another user's
+    /// `/proc/<pid>/exe`) or `CAP_DAC_READ_SEARCH` (reading its executable). Retrying does not
+    /// help; granting the capabilities does.
+    #[error(
+        "the agent may not inspect process {pid} (reading {path}: {source}); to attest callers \
+         of other users it needs CAP_SYS_PTRACE and CAP_DAC_READ_SEARCH: run it as root or grant \
+         it these capabilities (AmbientCapabilities= in its systemd unit, see docs/deployment.md)"
+    )]
+    NotPermitted {
+        /// The caller's process id.
+        pid: i32,
+        /// The file under `/proc/<pid>`.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// A file could not be read.
     #[error("cannot read {path}: {source}; run the agent as root to attest other users")]
     Read {
         /// The file.
@@ -104,6 +128,99 @@ pub enum AttestError {
     /// The blocking attestation task panicked or was cancelled.
     #[error("the attestation task failed: {0}")]
     Task(String),
+}
+
+/// The status message for a caller whose attestation failed for another reason than
+/// [`AttestError::NotPermitted`].
+pub const ATTESTATION_FAILED: &str = "workload attestation failed";
+
+/// The status message for a caller the agent may not inspect.
+pub const ATTESTATION_NOT_PERMITTED: &str = "workload attestation failed: the agent is not \
+    permitted to inspect the calling process; it needs CAP_SYS_PTRACE to attest callers of other \
+    users, and retrying does not help until it gets it (run the agent as root or grant it the \
+    capability; the agent's log says more)";
+
+impl AttestError {
+    /// What a caller is told: [`ATTESTATION_NOT_PERMITTED`] when the agent lacks the rights to
+    /// inspect it (a cause that retrying does not fix), else [`ATTESTATION_FAILED`]. Paths,
+    /// pids and error texts stay in the agent's log.
+    pub fn status_message(&self) -> &'static str {
+        match self {
+            Self::NotPermitted { .. } => ATTESTATION_NOT_PERMITTED,
+            _ => ATTESTATION_FAILED,
+        }
+    }
+
+    /// Whether the cause lasts until the agent's configuration or host changes (rights,
+    /// unreadable or malformed system files), as opposed to one caller's process going away.
+    fn is_lasting(&self) -> bool {
+        matches!(
+            self,
+            Self::NotPermitted { .. } | Self::Read { .. } | Self::Parse { .. }
+        )
+    }
+
+    /// The cause, as an index into [`FailureLog`]'s flags.
+    fn cause_index(&self) -> usize {
+        match self {
+            Self::NotPermitted { .. } => 0,
+            Self::Read { .. } => 1,
+            Self::Parse { .. } => 2,
+            Self::NoPeerCredentials => 3,
+            Self::ProcessGone { .. } => 4,
+            Self::ProcessReplaced { .. } => 5,
+            Self::Task(_) => 6,
+        }
+    }
+}
+
+/// Remembers which lasting causes of failed attestations were already logged at warn, so that
+/// a cause like a missing capability is logged once, not on every call of every workload.
+#[derive(Debug)]
+pub(crate) struct FailureLog {
+    warned: [AtomicBool; 7],
+}
+
+impl FailureLog {
+    /// A log that has warned about nothing yet.
+    pub(crate) const fn new() -> Self {
+        Self {
+            warned: [const { AtomicBool::new(false) }; 7],
+        }
+    }
+
+    /// The level `error` is logged at: `WARN` for a passing cause (the caller's process went
+    /// away) and for the first occurrence of each lasting cause, `DEBUG` for later ones.
+    pub(crate) fn level(&self, error: &AttestError) -> tracing::Level {
+        if !error.is_lasting() || !self.warned[error.cause_index()].swap(true, Ordering::Relaxed) {
+            tracing::Level::WARN
+        } else {
+            tracing::Level::DEBUG
+        }
+    }
+}
+
+/// The agent's one [`FailureLog`]: whether the agent may inspect other users' processes is a
+/// property of the process, shared by the Workload API and SDS.
+static FAILURES: FailureLog = FailureLog::new();
+
+/// Logs a failed attestation for `api` (`"workload api"`, `"sds"`) at the level
+/// [`FailureLog::level`] chooses; a warning about a lasting cause says that later occurrences
+/// are logged at debug.
+pub(crate) fn log_failure(api: &'static str, error: &AttestError) {
+    if FAILURES.level(error) == tracing::Level::WARN {
+        if error.is_lasting() {
+            tracing::warn!(
+                api,
+                error = %error,
+                "workload attestation failed; further failures of this cause are logged at debug"
+            );
+        } else {
+            tracing::warn!(api, error = %error, "workload attestation failed");
+        }
+    } else {
+        tracing::debug!(api, error = %error, "workload attestation failed");
+    }
 }
 
 /// Attests Workload API callers from their peer credentials. Cheap to clone; clones share the
@@ -309,11 +426,20 @@ fn sha256_hex(file: &mut File) -> io::Result<String> {
 }
 
 /// Maps a failed read under `/proc/<pid>` to [`AttestError::ProcessGone`] when the process no
-/// longer exists (`ENOENT`, `ESRCH`).
+/// longer exists (`ENOENT`, `ESRCH`), and to [`AttestError::NotPermitted`] when the kernel
+/// refuses the agent (`EACCES`, `EPERM`).
 fn proc_error(path: &Path, pid: i32, source: io::Error) -> AttestError {
+    const EPERM: i32 = 1;
     const ESRCH: i32 = 3;
+    const EACCES: i32 = 13;
     if source.kind() == io::ErrorKind::NotFound || source.raw_os_error() == Some(ESRCH) {
         AttestError::ProcessGone { pid }
+    } else if matches!(source.raw_os_error(), Some(EACCES | EPERM)) {
+        AttestError::NotPermitted {
+            pid,
+            path: path.to_owned(),
+            source,
+        }
     } else {
         AttestError::Read {
             path: path.to_owned(),
@@ -440,6 +566,57 @@ mod tests {
             attestor.confirm_same_process(4343, 100),
             Err(AttestError::ProcessGone { pid: 4343 })
         ));
+    }
+
+    #[test]
+    fn a_refused_proc_read_means_the_agent_lacks_the_capability() {
+        let exe = Path::new("/proc/4242/exe");
+        for errno in [13, 1] {
+            let err = proc_error(exe, 4242, io::Error::from_raw_os_error(errno));
+            let AttestError::NotPermitted { pid, path, .. } = &err else {
+                panic!("errno {errno}: {err:?}");
+            };
+            assert_eq!((*pid, path.as_path()), (4242, exe));
+            let text = err.to_string();
+            assert!(text.contains("/proc/4242/exe"), "{text}");
+            assert!(text.contains("CAP_SYS_PTRACE"), "{text}");
+            assert!(!text.contains("retry"), "{text}");
+            assert_eq!(err.status_message(), ATTESTATION_NOT_PERMITTED);
+        }
+        // A vanished process is still a passing cause, told apart.
+        let gone = proc_error(exe, 4242, io::Error::from_raw_os_error(3));
+        assert!(matches!(gone, AttestError::ProcessGone { pid: 4242 }));
+        assert_eq!(gone.status_message(), ATTESTATION_FAILED);
+    }
+
+    #[test]
+    fn a_lasting_cause_is_warned_about_once() {
+        let log = FailureLog::new();
+        let denied = || {
+            proc_error(
+                Path::new("/proc/1/exe"),
+                1,
+                io::Error::from_raw_os_error(13),
+            )
+        };
+        assert_eq!(log.level(&denied()), tracing::Level::WARN);
+        for _ in 0..3 {
+            assert_eq!(log.level(&denied()), tracing::Level::DEBUG);
+        }
+        // Another lasting cause gets its own first warning.
+        let parse = AttestError::Parse {
+            path: "/proc/1/stat".into(),
+            reason: "no command name".into(),
+        };
+        assert_eq!(log.level(&parse), tracing::Level::WARN);
+        assert_eq!(log.level(&parse), tracing::Level::DEBUG);
+        // A caller's process going away is about that call: warned about every time.
+        for _ in 0..2 {
+            assert_eq!(
+                log.level(&AttestError::ProcessGone { pid: 1 }),
+                tracing::Level::WARN
+            );
+        }
     }
 
     #[test]

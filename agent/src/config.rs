@@ -20,35 +20,31 @@ pub const JOIN_TOKEN_ENV: &str = "FEDHUB_AGENT_JOIN_TOKEN";
 
 pub use fedhub_core::id::HUB_ID_PATH;
 
-/// The default Workload API socket.
-pub const DEFAULT_SOCKET_PATH: &str = "/tmp/fedhub/agent.sock";
+/// The default Workload API socket of an agent running as root: in `/run`, which only root
+/// can write (and which `PrivateTmp=` and `/tmp` cleaners leave alone).
+pub const DEFAULT_SOCKET_PATH: &str = "/run/fedhub/agent.sock";
+
+/// The default Workload API socket of an agent running as another user, who cannot create
+/// directories in `/run`. `/tmp` is world-writable, so the agent refuses a `/tmp/fedhub` that
+/// another user created first (see [`WorkloadEndpoint::bind`](crate::WorkloadEndpoint::bind)).
+pub const DEFAULT_USER_SOCKET_PATH: &str = "/tmp/fedhub/agent.sock";
+
+/// The default Workload API socket for an agent of effective uid `euid`:
+/// [`DEFAULT_SOCKET_PATH`] for root, else [`DEFAULT_USER_SOCKET_PATH`].
+pub fn default_socket_path(euid: u32) -> &'static Path {
+    Path::new(if euid == 0 {
+        DEFAULT_SOCKET_PATH
+    } else {
+        DEFAULT_USER_SOCKET_PATH
+    })
+}
 
 /// The default data directory.
 pub const DEFAULT_DATA_DIR: &str = "/var/lib/fedhub/agent";
 
-/// Why the configuration cannot be used. Each message names the key and what to do.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read or parsed, or a value has the wrong type.
-    #[error("{0}")]
-    Parse(String),
-    /// A value parsed but is not acceptable.
-    #[error("{key}: {message}")]
-    Invalid {
-        /// The dotted key, e.g. `x509pop.cert_file`.
-        key: &'static str,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
-}
-
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
-}
+/// Why the configuration cannot be used (shared with the hub's configuration).
+pub use fedhub_config::ConfigError;
+use fedhub_config::{format_figment_error, invalid, require_file};
 
 /// The hub's agent API address: a host name or IP address and a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -182,7 +178,7 @@ pub struct AgentConfig {
     pub attestation: Option<NodeAttestation>,
     /// Where the agent SVID, its key and the last bundle are kept.
     pub data_dir: PathBuf,
-    /// The Workload API socket.
+    /// The Workload API socket; by default [`default_socket_path`] of the agent's uid.
     pub socket_path: PathBuf,
 }
 
@@ -199,8 +195,7 @@ struct Settings {
     x509pop: Option<X509PopSettings>,
     #[serde(default = "defaults::data_dir")]
     data_dir: PathBuf,
-    #[serde(default = "defaults::socket_path")]
-    socket_path: PathBuf,
+    socket_path: Option<PathBuf>,
 }
 
 #[derive(Deserialize)]
@@ -217,8 +212,11 @@ mod defaults {
         PathBuf::from(super::DEFAULT_DATA_DIR)
     }
 
+    /// The default socket of this process's effective uid; the non-root one when the uid
+    /// cannot be read (binding then reads it again and says what failed).
     pub fn socket_path() -> PathBuf {
-        PathBuf::from(super::DEFAULT_SOCKET_PATH)
+        let euid = crate::workload::effective_uid().unwrap_or(u32::MAX);
+        super::default_socket_path(euid).to_owned()
     }
 }
 
@@ -229,13 +227,7 @@ impl AgentConfig {
     /// # Errors
     /// [`ConfigError`] naming the offending key and the fix.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        if !path.is_file() {
-            return Err(ConfigError::Parse(format!(
-                "config file {} does not exist or is not a file; pass --config with the path \
-                 of an agent.toml (see agent/agent.example.toml)",
-                path.display()
-            )));
-        }
+        require_file(path, "an agent.toml (see agent/agent.example.toml)")?;
         let mut figment = Figment::new()
             .merge(Toml::file(path))
             .merge(Env::prefixed(ENV_PREFIX).split("__"));
@@ -260,22 +252,6 @@ impl AgentConfig {
             .map_err(|e| ConfigError::Parse(format_figment_error(&e)))?;
         settings.validate()
     }
-}
-
-fn format_figment_error(error: &figment::Error) -> String {
-    error
-        .clone()
-        .into_iter()
-        .map(|e| {
-            let key = e.path.join(".");
-            if key.is_empty() {
-                e.kind.to_string()
-            } else {
-                format!("{key}: {}", e.kind)
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
 }
 
 impl Settings {
@@ -334,7 +310,8 @@ impl Settings {
                 format!("must not be empty (default {DEFAULT_DATA_DIR})"),
             ));
         }
-        if !self.socket_path.is_absolute() {
+        let socket_path = self.socket_path.unwrap_or_else(defaults::socket_path);
+        if !socket_path.is_absolute() {
             return Err(invalid(
                 "socket_path",
                 format!(
@@ -351,7 +328,7 @@ impl Settings {
             trust_bootstrap,
             attestation,
             data_dir: self.data_dir,
-            socket_path: self.socket_path,
+            socket_path,
         })
     }
 }
@@ -426,7 +403,19 @@ mod tests {
         assert_eq!(config.trust_bootstrap, TrustBootstrap::None);
         assert_eq!(config.attestation, None);
         assert_eq!(config.data_dir, Path::new(DEFAULT_DATA_DIR));
-        assert_eq!(config.socket_path, Path::new(DEFAULT_SOCKET_PATH));
+        assert_eq!(
+            config.socket_path,
+            default_socket_path(crate::workload::effective_uid().unwrap())
+        );
+    }
+
+    #[test]
+    fn the_default_socket_is_in_run_for_root_only() {
+        assert_eq!(default_socket_path(0), Path::new("/run/fedhub/agent.sock"));
+        assert_eq!(
+            default_socket_path(1000),
+            Path::new("/tmp/fedhub/agent.sock")
+        );
     }
 
     #[test]
@@ -474,7 +463,10 @@ mod tests {
             config.trust_bootstrap,
             TrustBootstrap::BundleFile(_)
         ));
-        assert_eq!(config.socket_path, Path::new(DEFAULT_SOCKET_PATH));
+        assert_eq!(
+            config.socket_path,
+            default_socket_path(crate::workload::effective_uid().unwrap())
+        );
     }
 
     #[test]

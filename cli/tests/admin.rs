@@ -1134,6 +1134,7 @@ impl RefreshNow for FakeRefresher {
             registry
                 .record_refresh_success(&trust_domain, "fake", None, None, next)
                 .await
+                .map(drop)
                 .map_err(|e| e.to_string())
         })
     }

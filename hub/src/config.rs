@@ -17,29 +17,9 @@ pub const ENV_PREFIX: &str = "FEDHUB_HUB__";
 
 pub use fedhub_core::id::HUB_ID_PATH;
 
-/// Why the configuration cannot be used. Each message names the key and what to do.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ConfigError {
-    /// The file could not be read or parsed, or a value has the wrong type.
-    #[error("{0}")]
-    Parse(String),
-    /// A value parsed but is not acceptable.
-    #[error("{key}: {message}")]
-    Invalid {
-        /// The dotted key, e.g. `bundle_endpoint.profile`.
-        key: &'static str,
-        /// What is wrong and how to fix it.
-        message: String,
-    },
-}
-
-fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
-    ConfigError::Invalid {
-        key,
-        message: message.into(),
-    }
-}
+/// Why the configuration cannot be used (shared with the agent's configuration).
+pub use fedhub_config::ConfigError;
+use fedhub_config::{format_figment_error, invalid, require_file};
 
 /// The bundle endpoint profile served by the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -342,13 +322,7 @@ impl HubConfig {
     /// # Errors
     /// [`ConfigError`] naming the offending key and the fix.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        if !path.is_file() {
-            return Err(ConfigError::Parse(format!(
-                "config file {} does not exist or is not a file; pass --config with the path \
-                 of a hub.toml (see hub/hub.example.toml)",
-                path.display()
-            )));
-        }
+        require_file(path, "a hub.toml (see hub/hub.example.toml)")?;
         Self::from_figment(
             &Figment::new()
                 .merge(Toml::file(path))
@@ -370,20 +344,6 @@ impl HubConfig {
             .map_err(|e| ConfigError::Parse(format_figment_error(&e)))?;
         settings.validate()
     }
-}
-
-fn format_figment_error(error: &figment::Error) -> String {
-    let mut messages = Vec::new();
-    for e in error.clone() {
-        let key = e.path.join(".");
-        let what = e.kind.to_string();
-        messages.push(if key.is_empty() {
-            what
-        } else {
-            format!("{key}: {what}")
-        });
-    }
-    messages.join("; ")
 }
 
 fn key_type(key: &'static str, value: &str) -> Result<KeyType, ConfigError> {

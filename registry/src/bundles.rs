@@ -131,6 +131,13 @@ impl Registry {
     /// Stores (inserts or replaces) a bundle, e.g. our own after a CA rotation or one set by an
     /// admin.
     ///
+    /// When a federation relationship refreshes the bundle's trust domain, the stored bundle is
+    /// a local override (checklist FED-32) that stays in force until a refresh replaces it: the
+    /// relationship's stored etag is dropped, so that its next refresh fetches in full and
+    /// judges the endpoint's bundle against the override by the usual acceptance rules,
+    /// instead of being told `304 Not Modified` about the bundle the override replaced. The
+    /// refresh schedule is kept.
+    ///
     /// # Errors
     /// [`RegistryError::Invalid`] when the document is not a JSON object or the sequence does
     /// not fit, [`RegistryError::Database`].
@@ -142,6 +149,10 @@ impl Registry {
         record.validate()?;
         let mut tx = self.begin_write().await?;
         upsert_bundle(&mut tx, record).await?;
+        sqlx::query("UPDATE federation_relationships SET etag = NULL WHERE trust_domain = $1")
+            .bind(record.trust_domain.name())
+            .execute(&mut *tx)
+            .await?;
         record_audit(
             &mut tx,
             unix(now()),

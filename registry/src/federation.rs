@@ -551,6 +551,11 @@ impl Registry {
     /// `bundle` (`None` when the endpoint reported it unchanged), the `etag`, clears the last
     /// error and schedules the next refresh. All in one transaction.
     ///
+    /// The bundle is written, and a [`ChangeKind::Bundle`] change recorded, only when its
+    /// document or sequence differs from the stored one; the refresh status alone is
+    /// bookkeeping and writes no change, so a poll that finds the bundle unchanged does not
+    /// wake the agents' sync streams. Returns whether the stored bundle changed.
+    ///
     /// # Errors
     /// [`RegistryError::Invalid`] for a bundle of another trust domain,
     /// [`RegistryError::NotFound`], [`RegistryError::LeaseNotHeld`] when `owner` lost the lease
@@ -562,7 +567,7 @@ impl Registry {
         bundle: Option<&BundleRecord>,
         etag: Option<&str>,
         next_refresh_at: OffsetDateTime,
-    ) -> Result<(), RegistryError> {
+    ) -> Result<bool, RegistryError> {
         if let Some(bundle) = bundle {
             validate_bundle(bundle, trust_domain)?;
         }
@@ -585,17 +590,21 @@ impl Registry {
         if updated == 0 {
             return Err(lease_error(&mut tx, trust_domain, owner).await?);
         }
-        if let Some(bundle) = bundle {
-            upsert_bundle(&mut tx, bundle).await?;
-        }
-        record_change(&mut tx, at, ChangeKind::Federation, trust_domain.name()).await?;
+        let changed = match bundle {
+            Some(bundle) if bundle_differs(&mut tx, bundle).await? => {
+                upsert_bundle(&mut tx, bundle).await?;
+                true
+            }
+            _ => false,
+        };
         tx.commit().await?;
-        Ok(())
+        Ok(changed)
     }
 
     /// Records a failed refresh by the lease holder `owner` and releases the lease: keeps the
     /// stored bundle, sets the error (cut to [`MAX_REFRESH_ERROR_LEN`] bytes), counts the
-    /// failure and schedules the next attempt.
+    /// failure and schedules the next attempt. Like the status of a success, this is
+    /// bookkeeping and writes no change to the feed.
     ///
     /// # Errors
     /// [`RegistryError::NotFound`], [`RegistryError::LeaseNotHeld`] when `owner` lost the
@@ -626,10 +635,27 @@ impl Registry {
         if updated == 0 {
             return Err(lease_error(&mut tx, trust_domain, owner).await?);
         }
-        record_change(&mut tx, at, ChangeKind::Federation, trust_domain.name()).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Whether `bundle` differs from the stored bundle of its trust domain (in document or
+/// sequence), or none is stored.
+async fn bundle_differs(
+    conn: &mut AnyConnection,
+    bundle: &BundleRecord,
+) -> Result<bool, RegistryError> {
+    let stored =
+        sqlx::query("SELECT trust_domain, document, sequence FROM bundles WHERE trust_domain = $1")
+            .bind(bundle.trust_domain.name())
+            .fetch_optional(&mut *conn)
+            .await?;
+    let Some(row) = stored else {
+        return Ok(true);
+    };
+    let f = Fields::new(&row, "bundle", "trust_domain")?;
+    Ok(f.text("document")? != bundle.document || f.opt_unsigned("sequence")? != bundle.sequence)
 }
 
 /// Why a lease holder's update matched no row: the relationship is gone, or its lease is not

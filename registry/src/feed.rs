@@ -17,8 +17,8 @@ pub const MAX_ACTOR_LEN: usize = 256;
 pub enum ChangeKind {
     /// A bundle; the key is the trust domain name.
     Bundle,
-    /// A federation relationship (configuration or refresh status); the key is the trust
-    /// domain name.
+    /// A federation relationship (created, updated or deleted); the key is the trust domain
+    /// name. Refresh bookkeeping (status, schedule, lease) is not a change.
     Federation,
     /// A registration entry; the key is the entry id.
     Entry,

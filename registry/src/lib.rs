@@ -18,7 +18,9 @@
 //!   hubs poll to push changes to their agents.
 //!
 //! Every write is one transaction that also appends to the change feed; admin calls take an
-//! `actor` and write their audit row in the same transaction.
+//! `actor` and write their audit row in the same transaction. Bookkeeping that agents never
+//! see (refresh status and schedule, refresh leases, agent heartbeats) writes no change, so a
+//! federation refresh that finds the bundle unchanged wakes nobody.
 
 mod agents;
 mod bundles;

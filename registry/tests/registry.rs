@@ -27,6 +27,7 @@ both_backends!(
     bundles_put_get_list_delete,
     bundle_of_a_relationship_cannot_be_deleted_alone,
     forced_bundle_delete_keeps_the_relationship_due_now,
+    bundle_set_over_a_relationship_drops_its_etag,
     relationships_create_get_list_update_delete,
     bootstrap_bundle_and_relationship_are_atomic,
     entry_federating_with_unknown_trust_domain_is_refused,
@@ -40,6 +41,7 @@ both_backends!(
     claims_are_exclusive_across_replicas,
     claim_refresh_takes_one_relationship_whatever_its_schedule,
     refresh_success_and_failure_update_status,
+    refresh_bookkeeping_writes_no_change,
     change_feed_records_every_write_in_order,
     audit_log_records_admin_changes,
     invalid_stored_values_are_reported_as_corrupt,
@@ -1227,6 +1229,81 @@ async fn refresh_success_and_failure_update_status(db: TestDb) {
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
 }
 
+/// A refresh that finds the bundle unchanged, or fails, updates the status but writes no
+/// change: otherwise every poll would wake every agent's sync stream. Only a bundle that
+/// really differs is written, with one bundle change.
+async fn refresh_bookkeeping_writes_no_change(db: TestDb) {
+    let reg = &db.registry;
+    let partner = td("partner.example");
+    let boot = bundle("partner.example", 1, "boot");
+    reg.create_relationship(ACTOR, &web_relationship("partner.example"), Some(&boot))
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    let mut at = now();
+    let claim = async |at: OffsetDateTime| {
+        let claimed = reg
+            .claim_due_refreshes("hub-a", at, lease, 10)
+            .await
+            .unwrap();
+        assert_eq!(claimed.len(), 1);
+    };
+    let before = reg.latest_revision().await.unwrap();
+
+    // 304 (no bundle) and the same bundle fetched again: status only.
+    claim(at).await;
+    let changed = reg
+        .record_refresh_success(&partner, "hub-a", None, Some("\"e1\""), at)
+        .await
+        .unwrap();
+    assert!(!changed);
+    let mut same = boot.clone();
+    same.updated_at = boot.updated_at + time::Duration::hours(1);
+    at += time::Duration::minutes(1);
+    claim(at).await;
+    let changed = reg
+        .record_refresh_success(&partner, "hub-a", Some(&same), Some("\"e1\""), at)
+        .await
+        .unwrap();
+    assert!(!changed);
+    assert_eq!(
+        reg.get_bundle(&partner).await.unwrap(),
+        Some(boot.clone()),
+        "the stored bundle is not rewritten"
+    );
+    // A failure: status only.
+    at += time::Duration::minutes(1);
+    claim(at).await;
+    reg.record_refresh_failure(&partner, "hub-a", "connection refused", at)
+        .await
+        .unwrap();
+    assert_eq!(reg.latest_revision().await.unwrap(), before);
+    assert!(changes_after(reg, before).await.is_empty());
+    let status = status_of(reg, "partner.example").await;
+    assert_eq!(status.consecutive_failures, 1);
+    assert!(status.last_success_at.is_some());
+    assert_eq!(status.etag.as_deref(), Some("\"e1\""));
+
+    // A new sequence, or new content under the same sequence: one bundle change each.
+    for (sequence, marker) in [(2, "rotated"), (2, "rotated again")] {
+        at += time::Duration::minutes(1);
+        claim(at).await;
+        let revision = reg.latest_revision().await.unwrap();
+        let fresh = bundle("partner.example", sequence, marker);
+        let changed = reg
+            .record_refresh_success(&partner, "hub-a", Some(&fresh), None, at)
+            .await
+            .unwrap();
+        assert!(changed, "{marker}");
+        assert_eq!(reg.get_bundle(&partner).await.unwrap(), Some(fresh));
+        assert_eq!(
+            changes_after(reg, revision).await,
+            [(ChangeKind::Bundle, "partner.example".to_owned())].into()
+        );
+        assert_eq!(reg.latest_revision().await.unwrap(), revision + 1);
+    }
+}
+
 async fn change_feed_records_every_write_in_order(db: TestDb) {
     let reg = &db.registry;
     assert_eq!(reg.latest_revision().await.unwrap(), 0);
@@ -1453,22 +1530,43 @@ async fn invalid_stored_values_are_reported_as_corrupt(db: TestDb) {
     );
 }
 
-async fn forced_bundle_delete_keeps_the_relationship_due_now(db: TestDb) {
-    let reg = &db.registry;
-    let spec = web_relationship("partner.example");
-    let boot = bundle("partner.example", 1, "boot");
-    reg.create_relationship(ACTOR, &spec, Some(&boot))
+/// The refresh status of the relationship with `name`.
+async fn status_of(reg: &Registry, name: &str) -> RefreshStatus {
+    reg.get_relationship(&td(name))
+        .await
+        .unwrap()
+        .expect("the relationship exists")
+        .status
+}
+
+/// Creates a web relationship with a bootstrap bundle for each of `names`, and records a
+/// successful refresh of each with the etag `"v1"`, next due at `next`.
+async fn refreshed_relationships(reg: &Registry, names: &[&str], next: OffsetDateTime) {
+    for name in names {
+        reg.create_relationship(
+            ACTOR,
+            &web_relationship(name),
+            Some(&bundle(name, 1, "boot")),
+        )
         .await
         .unwrap();
+    }
     let claimed = reg
         .claim_due_refreshes("replica-1", now(), Duration::from_secs(30), 10)
         .await
         .unwrap();
-    assert_eq!(claimed.len(), 1);
-    let later = now() + Duration::from_secs(3600);
-    reg.record_refresh_success(&spec.trust_domain, "replica-1", None, Some("\"v1\""), later)
-        .await
-        .unwrap();
+    assert_eq!(claimed.len(), names.len());
+    for name in names {
+        reg.record_refresh_success(&td(name), "replica-1", None, Some("\"v1\""), next)
+            .await
+            .unwrap();
+    }
+}
+
+async fn forced_bundle_delete_keeps_the_relationship_due_now(db: TestDb) {
+    let reg = &db.registry;
+    let spec = web_relationship("partner.example");
+    refreshed_relationships(reg, &["partner.example"], now() + Duration::from_secs(3600)).await;
 
     reg.force_delete_bundle(ACTOR, &spec.trust_domain)
         .await
@@ -1488,6 +1586,29 @@ async fn forced_bundle_delete_keeps_the_relationship_due_now(db: TestDb) {
     assert!(
         matches!(err, RegistryError::NotFound { kind: "bundle", .. }),
         "{err}"
+    );
+}
+
+/// A bundle set over a federated one (FED-32 override) drops the relationship's etag, so its
+/// next refresh fetches in full rather than hearing `304` about the replaced bundle; the
+/// schedule stays. Other relationships keep theirs.
+async fn bundle_set_over_a_relationship_drops_its_etag(db: TestDb) {
+    let reg = &db.registry;
+    let later = now() + Duration::from_secs(3600);
+    refreshed_relationships(reg, &["partner.example", "other.example"], later).await;
+
+    let before = reg.latest_revision().await.unwrap();
+    let set = bundle("partner.example", 1, "set by an admin");
+    reg.put_bundle(ACTOR, &set).await.unwrap();
+    assert_eq!(reg.get_bundle(&set.trust_domain).await.unwrap(), Some(set));
+    let status = status_of(reg, "partner.example").await;
+    assert_eq!(status.etag, None, "a full fetch follows");
+    assert_eq!(status.next_refresh_at, Some(later), "the schedule stays");
+    let other = status_of(reg, "other.example").await;
+    assert_eq!(other.etag.as_deref(), Some("\"v1\""));
+    assert_eq!(
+        changes_after(reg, before).await,
+        [(ChangeKind::Bundle, "partner.example".to_owned())].into()
     );
 }
 

@@ -8,7 +8,8 @@ use crate::attest::AttestError;
 /// Everything an SDS call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SdsError {
-    #[error("workload attestation failed")]
+    /// Told as [`AttestError::status_message`]: the details stay in the log.
+    #[error("{}", .0.status_message())]
     Attestation(#[source] AttestError),
     #[error("the agent has not synced with its hub yet; retry shortly")]
     NotSynced,
@@ -41,7 +42,7 @@ impl From<SdsError> for Status {
     fn from(error: SdsError) -> Self {
         match &error {
             SdsError::Attestation(cause) => {
-                tracing::warn!(error = %cause, "sds: workload attestation failed");
+                crate::attest::log_failure("sds", cause);
             }
             other => tracing::debug!(error = %other, "sds request refused"),
         }
@@ -78,5 +79,13 @@ mod tests {
             pid: 7,
         }));
         assert_eq!(status.message(), "workload attestation failed");
+
+        let status = Status::from(SdsError::Attestation(AttestError::NotPermitted {
+            pid: 7,
+            path: "/proc/7/exe".into(),
+            source: std::io::Error::from_raw_os_error(13),
+        }));
+        assert_eq!(status.code(), Code::Unavailable);
+        assert_eq!(status.message(), crate::attest::ATTESTATION_NOT_PERMITTED);
     }
 }

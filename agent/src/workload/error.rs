@@ -11,7 +11,8 @@ use crate::jwt::IssueError;
 pub(crate) enum ApiError {
     #[error("security header missing from request")]
     MissingSecurityHeader,
-    #[error("workload attestation failed")]
+    /// Told as [`AttestError::status_message`]: the details stay in the log.
+    #[error("{}", .0.status_message())]
     Attestation(#[source] AttestError),
     #[error("the agent has not synced with its hub yet; retry shortly")]
     NotSynced,
@@ -65,7 +66,7 @@ impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match &error {
             ApiError::Attestation(cause) => {
-                tracing::warn!(error = %cause, "workload attestation failed");
+                crate::attest::log_failure("workload api", cause);
             }
             ApiError::Issue(cause) => tracing::warn!(error = %cause, "JWT-SVID issuance failed"),
             other => tracing::debug!(error = %other, "workload api request refused"),
@@ -115,5 +116,28 @@ mod tests {
             pid: 7,
         }));
         assert_eq!(status.message(), "workload attestation failed");
+    }
+
+    /// A caller the agent may not inspect hears why, and that retrying does not help; still
+    /// `UNAVAILABLE` (checklist §4.4: attestation itself failed), never `PERMISSION_DENIED`.
+    #[test]
+    fn a_caller_the_agent_may_not_inspect_is_told_the_cause() {
+        let status = Status::from(ApiError::Attestation(AttestError::NotPermitted {
+            pid: 7,
+            path: "/proc/7/exe".into(),
+            source: std::io::Error::from_raw_os_error(13),
+        }));
+        assert_eq!(status.code(), Code::Unavailable);
+        let message = status.message();
+        assert!(
+            message.starts_with("workload attestation failed: "),
+            "{message}"
+        );
+        assert!(message.contains("CAP_SYS_PTRACE"), "{message}");
+        assert!(message.contains("retrying does not help"), "{message}");
+        assert!(
+            !message.contains("/proc/7"),
+            "details stay in the log: {message}"
+        );
     }
 }

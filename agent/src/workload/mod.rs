@@ -15,6 +15,7 @@
 mod error;
 mod messages;
 mod service;
+mod socket_dir;
 
 use std::future::Future;
 use std::io;
@@ -33,6 +34,7 @@ use tonic::{Request, Status};
 
 use self::error::ApiError;
 use self::service::WorkloadApi;
+pub(crate) use self::socket_dir::effective_uid;
 use crate::cache::AgentState;
 use crate::jwt::JwtSvidIssuer;
 
@@ -60,6 +62,30 @@ pub enum ServeError {
         #[source]
         source: io::Error,
     },
+    /// Another user could replace the socket: its directory, a directory above it, or a
+    /// symbolic link on the way is not owned by root or the agent's user, or group or others
+    /// may write to the directory (without the sticky bit).
+    #[error(
+        "unsafe workload api socket location: the {what} {path} (owner uid {owner}, mode \
+         {mode:04o}) {problem}, so another user could replace the socket; {fix}"
+    )]
+    UnsafeDirectory {
+        /// `directory` or `symbolic link`.
+        what: &'static str,
+        /// The directory or link.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// Its permission bits.
+        mode: u32,
+        /// What is wrong with it.
+        problem: String,
+        /// How to fix it.
+        fix: String,
+    },
+    /// The agent's own uid could not be read, to check the socket's directory.
+    #[error("cannot read the agent's effective uid from /proc/self/status: {0}")]
+    OwnUid(#[source] io::Error),
     /// Something that is not a socket sits at the socket path.
     #[error("{path} exists and is not a socket; remove it or choose another socket path")]
     NotASocket {
@@ -97,20 +123,33 @@ pub struct WorkloadEndpoint {
 }
 
 impl WorkloadEndpoint {
-    /// Binds the socket at `path`: creates its directory if missing, replaces a stale socket
-    /// (one nobody serves on), and makes it connectable by every local user (mode 0777;
-    /// callers are identified by attestation, WEP-11). Must run inside a Tokio runtime.
+    /// Binds the socket at `path`: makes sure its directory is one only root and the agent's
+    /// user can change (creating it, mode 0755, when missing; see below), replaces a stale
+    /// socket (one nobody serves on; anything else at the path is left alone), and makes it
+    /// connectable by every local user (mode 0777; callers are identified by attestation,
+    /// WEP-11). Must run inside a Tokio runtime.
+    ///
+    /// Workloads trust whatever answers at the path, so the socket's directory, every
+    /// directory above it and every symbolic link on the way must be owned by root or the
+    /// agent's effective uid, and no directory may be writable by group or others unless it
+    /// has the sticky bit (as `/tmp`). Otherwise another local user could put their own
+    /// socket in its place, e.g. after creating `/tmp/fedhub` before the agent first ran.
     ///
     /// # Errors
+    /// [`ServeError::UnsafeDirectory`] naming the directory, its owner and mode, and the fix;
     /// [`ServeError::NotASocket`] or [`ServeError::InUse`] when the path is taken;
-    /// [`ServeError::CreateDir`] or [`ServeError::Socket`] when a file operation fails.
+    /// [`ServeError::CreateDir`], [`ServeError::OwnUid`] or [`ServeError::Socket`] when a file
+    /// operation fails.
     pub fn bind(path: impl AsRef<Path>) -> Result<Self, ServeError> {
         let path = path.as_ref().to_owned();
-        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| ServeError::CreateDir {
-                path: dir.to_owned(),
-                source,
-            })?;
+        let uid = socket_dir::effective_uid().map_err(ServeError::OwnUid)?;
+        let absolute = std::path::absolute(&path).map_err(|source| ServeError::Socket {
+            action: "resolve",
+            path: path.clone(),
+            source,
+        })?;
+        if let Some(dir) = absolute.parent() {
+            socket_dir::prepare(dir, uid)?;
         }
         remove_stale_socket(&path)?;
         let socket_error = |action| {
@@ -301,7 +340,38 @@ mod tests {
         let stale = std::os::unix::net::UnixListener::bind(dir.path().join("stale.sock")).unwrap();
         drop(stale);
         WorkloadEndpoint::bind(dir.path().join("stale.sock")).unwrap();
+        // A link is not a socket, even one to a socket: neither followed nor removed.
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(matches!(
+            WorkloadEndpoint::bind(&link),
+            Err(ServeError::NotASocket { .. })
+        ));
+        assert!(link.symlink_metadata().is_ok());
         drop(live);
         assert!(!path.exists(), "dropping the endpoint removes the socket");
+    }
+
+    #[tokio::test]
+    async fn binding_refuses_a_directory_another_user_could_change() {
+        let dir = tempfile::tempdir().unwrap();
+        let open = dir.path().join("open");
+        std::fs::create_dir(&open).unwrap();
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let socket = open.join("agent.sock");
+        let error = WorkloadEndpoint::bind(&socket).unwrap_err();
+        assert!(
+            matches!(&error, ServeError::UnsafeDirectory { path, .. } if *path == open),
+            "{error}"
+        );
+        let message = error.to_string();
+        assert!(message.contains(&open.display().to_string()), "{message}");
+        assert!(message.contains("mode 0777"), "{message}");
+        assert!(message.contains("chmod go-w"), "{message}");
+        assert!(!socket.exists(), "nothing is bound there");
+
+        // Fixed as the message says: bound.
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).unwrap();
+        WorkloadEndpoint::bind(&socket).unwrap();
     }
 }

@@ -10,6 +10,7 @@ mod setup;
 mod workload;
 
 use std::io::Write as _;
+use std::os::unix::fs::DirBuilderExt as _;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -52,8 +53,7 @@ async fn run_async(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let dir = match &args.dir {
         Some(dir) => {
-            std::fs::create_dir_all(dir)
-                .with_context(|| format!("cannot create --dir {}", dir.display()))?;
+            create_dirs(dir).with_context(|| format!("cannot create --dir {}", dir.display()))?;
             std::path::absolute(dir)?
         }
         None => tempdir()?,
@@ -146,11 +146,22 @@ fn seq(sequence: Option<u64>) -> String {
     sequence.map_or_else(|| "none".to_owned(), |s| s.to_string())
 }
 
+/// Creates `dir` and missing parents with mode 0755 (less what the umask takes away), so never
+/// writable by group or others: under a umask of 002 plain `create_dir_all` would make them
+/// group-writable, and the agent refuses such a socket directory. Existing directories keep
+/// their mode.
+pub(crate) fn create_dirs(dir: &std::path::Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o755)
+        .create(dir)
+}
+
 fn tempdir() -> anyhow::Result<PathBuf> {
     let base = std::env::temp_dir();
     for attempt in 0..100u32 {
         let dir = base.join(format!("fedhub-demo-{}-{attempt}", std::process::id()));
-        match std::fs::create_dir(&dir) {
+        match std::fs::DirBuilder::new().mode(0o755).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
             Err(e) => return Err(e).context("cannot create a temporary directory"),

@@ -52,7 +52,7 @@ impl DomainPlan {
     /// When no free port or directory can be had.
     pub fn new(trust_domain: &str, workload: &'static str, base: &Path) -> anyhow::Result<Self> {
         let dir = base.join(trust_domain);
-        std::fs::create_dir_all(&dir)?;
+        super::create_dirs(&dir)?;
         Ok(Self {
             trust_domain: TrustDomain::new(trust_domain)?,
             workload,

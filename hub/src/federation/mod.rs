@@ -13,7 +13,8 @@
 //! at once, for `fedhub federation refresh`.
 //!
 //! Every attempt is logged with trust domain, URL, profile, peer identity and outcome (FED-34)
-//! and counted in the metrics of [`telemetry`].
+//! and counted in the metrics of [`telemetry`]; the bundle age there counts from the last
+//! successful refresh, not from the last replacement.
 //!
 //! [`BundleFetcher`]: fedhub_bundle_endpoint::BundleFetcher
 
@@ -349,12 +350,12 @@ impl FederationManager {
                 log_success(spec, &peer, Outcome::Updated, bundle.sequence(), delay);
                 telemetry::count(td, Outcome::Updated);
                 let record = BundleRecord::new(td.clone(), bundle.to_json(), bundle.sequence());
-                registry
+                let changed = registry
                     .record_refresh_success(td, owner, Some(&record), etag, now + delay)
                     .await?;
                 telemetry::set_failures(td, 0);
                 telemetry::set_bundle_age(td, 0.0);
-                if let Err(error) = self.inner.hub.notify_changed().await {
+                if changed && let Err(error) = self.inner.hub.notify_changed().await {
                     tracing::warn!(%error, "cannot signal the new bundle; the change poll will");
                 }
                 Ok(RefreshOutcome::Updated {
@@ -370,6 +371,8 @@ impl FederationManager {
                     .record_refresh_success(td, owner, None, etag, now + delay)
                     .await?;
                 telemetry::set_failures(td, 0);
+                // Verified current just now, though not replaced.
+                telemetry::set_bundle_age(td, 0.0);
                 Ok(RefreshOutcome::Unchanged)
             }
             Verdict::Fail { outcome, error } => {
@@ -473,7 +476,7 @@ impl FederationManager {
                     return;
                 }
             };
-        let updated: HashMap<&TrustDomain, OffsetDateTime> = bundles
+        let stored: HashMap<&TrustDomain, OffsetDateTime> = bundles
             .iter()
             .map(|bundle| (&bundle.trust_domain, bundle.updated_at))
             .collect();
@@ -481,8 +484,10 @@ impl FederationManager {
         for relationship in &relationships {
             let td = &relationship.spec.trust_domain;
             telemetry::set_failures(td, relationship.status.consecutive_failures);
-            if let Some(updated_at) = updated.get(td) {
-                telemetry::set_bundle_age(td, (now - *updated_at).as_seconds_f64().max(0.0));
+            if let Some(stored_at) = stored.get(td) {
+                let age =
+                    telemetry::bundle_age(now, relationship.status.last_success_at, *stored_at);
+                telemetry::set_bundle_age(td, age);
             }
         }
         let live: HashSet<&TrustDomain> = relationships

@@ -2,10 +2,23 @@
 //! exporter renders them).
 
 use fedhub_core::TrustDomain;
+use time::OffsetDateTime;
 
-/// Counter of refresh attempts, labelled `trust_domain` and `outcome` (see [`Outcome`]).
+/// Counter of refresh attempts, labelled `trust_domain` and `outcome`: `updated` (a new bundle
+/// was stored), `unchanged` (the endpoint served the stored bundle), `not_modified` (`304`),
+/// `fetch_error`, `rejected` or `empty_bundle`.
 pub const REFRESH_TOTAL: &str = "fedhub_federation_refresh_total";
-/// Gauge: seconds since the stored bundle of `trust_domain` was last replaced.
+/// Gauge: seconds since the stored bundle of `trust_domain` was last known to be current,
+/// that is since the later of
+/// - the relationship's last successful refresh: the endpoint was reached and authenticated
+///   and served either this bundle (unchanged, or `304 Not Modified`) or a newer one that
+///   replaced it; and
+/// - the time the bundle was stored by other means: a bootstrap bundle, or `fedhub bundle
+///   set`.
+///
+/// So while refreshes succeed the age stays below the refresh interval, whether or not the
+/// bundle changes; it grows past that only while refreshes fail or are refused. Set to 0 at each successful refresh and
+/// recomputed from the registry every 10 s; not set for a relationship without a stored bundle.
 pub const BUNDLE_AGE_SECONDS: &str = "fedhub_federation_bundle_age_seconds";
 /// Gauge: failed refreshes of `trust_domain` since its last success.
 pub const CONSECUTIVE_FAILURES: &str = "fedhub_federation_consecutive_failures";
@@ -49,7 +62,8 @@ pub(super) fn describe() {
     metrics::describe_gauge!(
         BUNDLE_AGE_SECONDS,
         metrics::Unit::Seconds,
-        "Seconds since the stored bundle of a federated trust domain was last replaced."
+        "Seconds since the stored bundle of a federated trust domain was last known current: \
+         its last successful refresh, or a later bootstrap or bundle set."
     );
     metrics::describe_gauge!(
         CONSECUTIVE_FAILURES,
@@ -66,6 +80,17 @@ pub(super) fn count(trust_domain: &TrustDomain, outcome: Outcome) {
     .increment(1);
 }
 
+/// The value of [`BUNDLE_AGE_SECONDS`] at `now` for a bundle stored at `stored_at` whose
+/// relationship last refreshed successfully at `last_success_at`; never negative.
+pub(super) fn bundle_age(
+    now: OffsetDateTime,
+    last_success_at: Option<OffsetDateTime>,
+    stored_at: OffsetDateTime,
+) -> f64 {
+    let current_at = last_success_at.map_or(stored_at, |success| success.max(stored_at));
+    (now - current_at).as_seconds_f64().max(0.0)
+}
+
 pub(super) fn set_bundle_age(trust_domain: &TrustDomain, seconds: f64) {
     metrics::gauge!(BUNDLE_AGE_SECONDS, "trust_domain" => trust_domain.name().to_owned())
         .set(seconds);
@@ -74,4 +99,35 @@ pub(super) fn set_bundle_age(trust_domain: &TrustDomain, seconds: f64) {
 pub(super) fn set_failures(trust_domain: &TrustDomain, failures: u32) {
     metrics::gauge!(CONSECUTIVE_FAILURES, "trust_domain" => trust_domain.name().to_owned())
         .set(f64::from(failures));
+}
+
+#[cfg(test)]
+mod tests {
+    use time::Duration;
+
+    use super::*;
+
+    fn assert_age(age: f64, seconds: f64) {
+        assert!(
+            (age - seconds).abs() < 1e-6,
+            "age {age} s, expected {seconds} s"
+        );
+    }
+
+    #[test]
+    fn bundle_age_counts_from_the_latest_sign_of_currency() {
+        let now = OffsetDateTime::UNIX_EPOCH + Duration::days(20_000);
+        let hours_ago = |hours| now - Duration::hours(hours);
+        // Never refreshed: since the bootstrap bundle was stored.
+        assert_age(bundle_age(now, None, hours_ago(3)), 3.0 * 3600.0);
+        // Refreshed since (unchanged or replaced): since the refresh, however old the bundle.
+        assert_age(bundle_age(now, Some(hours_ago(1)), hours_ago(30)), 3600.0);
+        // Set by an admin after the last refresh: since the set.
+        assert_age(
+            bundle_age(now, Some(hours_ago(5)), hours_ago(2)),
+            2.0 * 3600.0,
+        );
+        // Clocks of replicas may disagree a little: never negative.
+        assert_age(bundle_age(now, Some(now + Duration::seconds(2)), now), 0.0);
+    }
 }

@@ -1,0 +1,173 @@
+//! What the hub's and the agent's configurations share (`fedhub_hub::config`,
+//! `fedhub_agent::config`): both are TOML files with environment overrides, read with figment
+//! and validated into typed values, and both report problems the same way.
+//!
+//! - [`ConfigError`]: every message names the key and what to do.
+//! - [`invalid`]: the error for a value that parsed but is not acceptable.
+//! - [`require_file`]: the error for a `--config` path that is not a file.
+//! - [`format_figment_error`]: figment's errors (unknown keys, wrong types, TOML syntax) as one
+//!   line per problem, each prefixed with its dotted key.
+
+use std::path::Path;
+
+/// Why a configuration cannot be used. Each message names the key and what to do.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ConfigError {
+    /// The file could not be read or parsed, or a value has the wrong type.
+    #[error("{0}")]
+    Parse(String),
+    /// A value parsed but is not acceptable.
+    #[error("{key}: {message}")]
+    Invalid {
+        /// The dotted key, e.g. `bundle_endpoint.profile` or `x509pop.cert_file`.
+        key: &'static str,
+        /// What is wrong and how to fix it.
+        message: String,
+    },
+}
+
+impl From<figment::Error> for ConfigError {
+    /// A [`ConfigError::Parse`] worded by [`format_figment_error`].
+    fn from(error: figment::Error) -> Self {
+        Self::Parse(format_figment_error(&error))
+    }
+}
+
+/// The error for `key`, whose value parsed but is not acceptable: `message` says what is wrong
+/// and how to fix it.
+pub fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid {
+        key,
+        message: message.into(),
+    }
+}
+
+/// Checks that the configuration file `path` exists and is a file. `expected` completes the
+/// advice "pass --config with the path of …", e.g. `a hub.toml (see hub/hub.example.toml)`.
+///
+/// # Errors
+/// [`ConfigError::Parse`] naming the path and the fix.
+pub fn require_file(path: &Path, expected: &str) -> Result<(), ConfigError> {
+    if path.is_file() {
+        return Ok(());
+    }
+    Err(ConfigError::Parse(format!(
+        "config file {} does not exist or is not a file; pass --config with the path of \
+         {expected}",
+        path.display()
+    )))
+}
+
+/// Every problem in `error`, joined with `; `, each as `dotted.key: what` (or just `what` when
+/// it concerns no key, e.g. a TOML syntax error).
+pub fn format_figment_error(error: &figment::Error) -> String {
+    error
+        .clone()
+        .into_iter()
+        .map(|e| {
+            let key = e.path.join(".");
+            if key.is_empty() {
+                e.kind.to_string()
+            } else {
+                format!("{key}: {}", e.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use figment::Figment;
+    use figment::providers::{Format as _, Toml};
+    use serde::Deserialize;
+
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "only deserialized, to provoke figment errors")]
+    struct Settings {
+        name: Option<String>,
+        section: Option<Section>,
+    }
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[expect(dead_code, reason = "only deserialized, to provoke figment errors")]
+    struct Section {
+        port: u16,
+    }
+
+    fn parse_error(toml: &str) -> String {
+        let error = Figment::new()
+            .merge(Toml::string(toml))
+            .extract::<Settings>()
+            .unwrap_err();
+        ConfigError::from(error).to_string()
+    }
+
+    #[test]
+    fn figment_errors_name_the_dotted_key() {
+        // Several problems at once, one line each; without a key, no prefix.
+        let several = figment::Error::from("first problem".to_owned())
+            .with_path("a.b")
+            .chain(figment::Error::from("second problem".to_owned()));
+        // (A chain iterates from the error chained last.)
+        assert_eq!(
+            format_figment_error(&several),
+            "second problem; a.b: first problem"
+        );
+        let syntax = parse_error("name = \n");
+        assert!(!syntax.starts_with(':'), "{syntax}");
+        assert!(syntax.contains("TOML"), "{syntax}");
+        assert_eq!(
+            parse_error("[section]\nport = \"x\"\n"),
+            "section.port: invalid type: found string \"x\", expected u16"
+        );
+        assert_eq!(
+            parse_error("nmae = \"a\"\n"),
+            "nmae: unknown field: found `nmae`, expected ``name` or `section``"
+        );
+        assert_eq!(parse_error("[section]\n"), "section: missing field `port`");
+    }
+
+    #[test]
+    fn invalid_values_name_the_key_then_the_fix() {
+        let error = invalid(
+            "x509pop.cert_file",
+            "is empty; give the path of a PEM chain",
+        );
+        assert_eq!(
+            error.to_string(),
+            "x509pop.cert_file: is empty; give the path of a PEM chain"
+        );
+        assert!(matches!(
+            error,
+            ConfigError::Invalid {
+                key: "x509pop.cert_file",
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn a_missing_config_file_is_named_with_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("hub.toml");
+        let error = require_file(&missing, "a hub.toml (see hub/hub.example.toml)").unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            format!(
+                "config file {} does not exist or is not a file; pass --config with the path \
+                 of a hub.toml (see hub/hub.example.toml)",
+                missing.display()
+            )
+        );
+        // A directory is not a config file either.
+        assert!(require_file(dir.path(), "x").is_err());
+        std::fs::write(&missing, "").unwrap();
+        require_file(&missing, "x").unwrap();
+    }
+}
