@@ -537,3 +537,60 @@ async fn oversized_requests_are_refused() {
         .unwrap_err();
     assert_eq!(error.code(), Code::OutOfRange, "{error:?}");
 }
+
+#[tokio::test]
+async fn grpc_reflection_describes_the_workload_api() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
+    use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
+    use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
+    use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
+
+    let own = Domain::new("own.test");
+    let agent = Agent::start(&own);
+    let endpoint = spiffe::transport::Endpoint::parse(&agent.uri()).unwrap();
+    let mut client =
+        ServerReflectionClient::new(spiffe::transport::connect(&endpoint).await.unwrap());
+    let ask = |request: MessageRequest| {
+        futures::stream::iter([ServerReflectionRequest {
+            host: String::new(),
+            message_request: Some(request),
+        }])
+    };
+
+    let mut answers = client
+        .server_reflection_info(ask(MessageRequest::ListServices(String::new())))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::ListServicesResponse(list)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no service list");
+    };
+    let names: Vec<String> = list.service.into_iter().map(|s| s.name).collect();
+    assert!(names.contains(&"SpiffeWorkloadAPI".to_owned()), "{names:?}");
+
+    let mut answers = client
+        .server_reflection_info(ask(MessageRequest::FileContainingSymbol(
+            "SpiffeWorkloadAPI".into(),
+        )))
+        .await
+        .unwrap()
+        .into_inner();
+    let Some(MessageResponse::FileDescriptorResponse(files)) =
+        answers.message().await.unwrap().unwrap().message_response
+    else {
+        panic!("no file descriptor for the Workload API");
+    };
+    let file = <prost_types::FileDescriptorProto as prost::Message>::decode(
+        files.file_descriptor_proto[0].as_slice(),
+    )
+    .unwrap();
+    let methods: Vec<&str> = file.service[0]
+        .method
+        .iter()
+        .filter_map(|m| m.name.as_deref())
+        .collect();
+    assert!(methods.contains(&"FetchX509SVID"), "{methods:?}");
+    assert!(methods.contains(&"FetchJWTSVID"), "{methods:?}");
+}

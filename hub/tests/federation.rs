@@ -590,7 +590,9 @@ async fn replicas_fetch_each_due_refresh_exactly_once(database_url: Option<Strin
     let count = 20;
     let names: Vec<String> = (0..count).map(|i| format!("r{i:02}")).collect();
     let stub = stub("/unused", String::new());
-    stub.lock().unwrap().delay = Duration::from_millis(300);
+    // Slow answers, so that one replica cannot finish its share before the other one has
+    // claimed any, even on a loaded machine: each replica holds at most 4 fetches.
+    stub.lock().unwrap().delay = Duration::from_secs(1);
     let server = serve_stub(&stub, issuer.server_cert()).await;
     let mut specs = Vec::new();
     for name in &names {

@@ -10,6 +10,10 @@ pub mod workload {
     include!(concat!(env!("OUT_DIR"), "/_.rs"));
 }
 
+/// The encoded `FileDescriptorSet` of `workload.proto`, for gRPC server reflection (WEP-12).
+pub const WORKLOAD_DESCRIPTOR_SET: &[u8] =
+    include_bytes!(concat!(env!("OUT_DIR"), "/workload_descriptor_set.bin"));
+
 /// The hub's node API.
 #[allow(missing_docs, clippy::pedantic, clippy::all)]
 pub mod node {

@@ -31,6 +31,7 @@ use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
 use tonic::{Request, Status};
+use tonic_reflection::server::{v1, v1alpha};
 
 use self::error::ApiError;
 use self::service::WorkloadApi;
@@ -98,6 +99,9 @@ pub enum ServeError {
         /// The socket path.
         path: PathBuf,
     },
+    /// The gRPC reflection service could not be built from the Workload API's descriptors.
+    #[error("cannot build the gRPC reflection service: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
     /// A socket operation failed (remove stale, bind, set permissions).
     #[error("cannot {action} the socket {path}: {source}")]
     Socket {
@@ -191,6 +195,7 @@ impl WorkloadEndpoint {
         let api = WorkloadApi::new(state, issuer, MAX_OPEN_STREAMS, stop_rx);
         let api = SpiffeWorkloadApiServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
         let api = InterceptedService::new(api, require_security_header);
+        let (reflection_v1, reflection_v1alpha) = reflection()?;
         let incoming = futures::stream::unfold(listener, |listener| async move {
             let accepted = accept(&listener).await;
             Some((accepted, listener))
@@ -205,11 +210,30 @@ impl WorkloadEndpoint {
             .http2_max_header_list_size(MAX_HEADER_BYTES)
             .add_service(api)
             .add_service(sds)
+            .add_service(reflection_v1)
+            .add_service(reflection_v1alpha)
             .serve_with_incoming_shutdown(incoming, shutdown)
             .await;
         drop(socket);
         served.map_err(ServeError::from)
     }
+}
+
+/// gRPC server reflection (both protocol versions clients use) describing the Workload API,
+/// so that tools such as `grpcurl` find it without the proto file (WEP-12 SHOULD). The SDS
+/// service is not described: Envoy does not need reflection.
+fn reflection() -> Result<
+    (
+        v1::ServerReflectionServer<impl v1::ServerReflection>,
+        v1alpha::ServerReflectionServer<impl v1alpha::ServerReflection>,
+    ),
+    ServeError,
+> {
+    let build = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(fedhub_proto::WORKLOAD_DESCRIPTOR_SET)
+    };
+    Ok((build().build_v1()?, build().build_v1alpha()?))
 }
 
 /// Binds `socket_path` and serves the Workload API until `shutdown` completes; see
