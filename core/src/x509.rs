@@ -294,6 +294,7 @@ pub struct CaParams {
     ttl: Duration,
     path_len: Option<u8>,
     common_name: Option<String>,
+    issued_at: Option<SystemTime>,
 }
 
 impl CaParams {
@@ -304,7 +305,17 @@ impl CaParams {
             ttl: DEFAULT_CA_TTL,
             path_len: None,
             common_name: None,
+            issued_at: None,
         }
+    }
+
+    /// Sets the moment of minting that the validity period counts from (default: the clock
+    /// when the CA is minted), so a caller keeping its own schedule gets exactly
+    /// `issued_at + ttl` as `notAfter`.
+    #[must_use]
+    pub fn with_issued_at(mut self, issued_at: SystemTime) -> Self {
+        self.issued_at = Some(issued_at);
+        self
     }
 
     /// Sets the validity period, counted from the moment of minting.
@@ -331,6 +342,10 @@ impl CaParams {
     /// The trust domain.
     pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
+    }
+
+    fn issued_at(&self) -> SystemTime {
+        self.issued_at.unwrap_or_else(SystemTime::now)
     }
 
     fn certificate_params(
@@ -434,7 +449,7 @@ impl CaSigner {
     /// [`X509Error::InvalidTtl`] for a zero or huge TTL; [`X509Error::Key`] or
     /// [`X509Error::Mint`] if the key cannot sign.
     pub fn self_signed(params: &CaParams, key: PrivateKey) -> Result<Self, X509Error> {
-        let cert_params = params.certificate_params(SystemTime::now(), None)?;
+        let cert_params = params.certificate_params(params.issued_at(), None)?;
         let der = cert_params
             .self_signed(&key.rcgen_key_pair()?)
             .map_err(mint_error)?
@@ -474,7 +489,7 @@ impl CaSigner {
             });
         }
         let mut cert_params = params.certificate_params(
-            SystemTime::now(),
+            params.issued_at(),
             Some(system_time(&parent.validity().not_after)),
         )?;
         cert_params.use_authority_key_identifier_extension = true;

@@ -346,6 +346,7 @@ impl CaManager {
         let key = PrivateKey::generate(self.options.x509_key_type)?;
         let params = CaParams::new(self.options.trust_domain.clone())
             .with_ttl(self.options.ttl)
+            .with_issued_at(now)
             .with_common_name(format!("fedhub CA {}", &id[..8]));
         let signer = match &self.upstream {
             None => CaSigner::self_signed(&params, key)?,

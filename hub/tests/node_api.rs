@@ -1147,7 +1147,7 @@ async fn an_evicted_agent_is_refused_until_it_attests_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn renewal_supersedes_the_old_agent_svid() {
+async fn renewal_supersedes_the_old_agent_svid_once_the_new_one_is_used() {
     let hub = TestHub::start("").await;
     let agent = hub.join("token-of-a-renewing-one").await;
     let entry = hub
@@ -1160,19 +1160,39 @@ async fn renewal_supersedes_the_old_agent_svid() {
     let mut old_client = hub.mtls(&agent).await;
     let mut stream = old_client.sync(SyncRequest {}).await.unwrap().into_inner();
     next_snapshot(&mut stream).await.unwrap();
-
-    let key = agent_key();
-    let renewed = old_client
-        .renew_agent(RenewAgentRequest {
+    let renew = |client: &mut NodeClient<Channel>, key: &PrivateKey| {
+        let request = RenewAgentRequest {
             agent_public_key: key.public_key_der().unwrap(),
-        })
+        };
+        let mut client = client.clone();
+        async move { client.renew_agent(request).await }
+    };
+
+    // A renewal whose answer is lost: the agent still holds only the old SVID, which keeps
+    // working, and renews again.
+    let lost_key = agent_key();
+    let lost = renew(&mut old_client, &lost_key)
         .await
         .unwrap()
         .into_inner();
+    let lost = X509Svid::new_checked(lost.cert_chain, lost_key).unwrap();
+    sign_x509(&mut old_client, &[&entry]).await.unwrap();
+    let key = agent_key();
+    let renewed = renew(&mut old_client, &key).await.unwrap().into_inner();
     assert_eq!(renewed.spiffe_id, agent.spiffe_id().as_str());
     let renewed = X509Svid::new_checked(renewed.cert_chain, key).unwrap();
     assert_ne!(renewed.leaf(), agent.leaf());
+    assert_status(
+        sign_x509(&mut hub.mtls(&lost).await, &[&entry]).await,
+        Code::PermissionDenied,
+        "superseded",
+    );
 
+    // The first use of the new SVID makes it current: the old one is refused from then on,
+    // and its sync stream ends.
+    sign_x509(&mut hub.mtls(&renewed).await, &[&entry])
+        .await
+        .unwrap();
     assert_status(
         sign_x509(&mut old_client, &[&entry]).await,
         Code::PermissionDenied,

@@ -21,8 +21,8 @@ const KIND: &str = "agent";
 
 macro_rules! agent_columns {
     () => {
-        "spiffe_id, attestation_type, serial, svid_expires_at, selectors, banned, created_at, \
-         updated_at, last_seen_at"
+        "spiffe_id, attestation_type, serial, svid_expires_at, pending_serial, \
+         pending_svid_expires_at, selectors, banned, created_at, updated_at, last_seen_at"
     };
 }
 
@@ -52,6 +52,12 @@ pub struct Agent {
     pub serial: Option<String>,
     /// When its current SVID expires; `None` once banned.
     pub svid_expires_at: Option<OffsetDateTime>,
+    /// The serial of the SVID of a renewal the agent has not used yet. The current SVID stays
+    /// accepted until the agent first presents this one ([`Registry::promote_agent_serial`]),
+    /// so a lost renewal answer costs nothing.
+    pub pending_serial: Option<String>,
+    /// When the pending SVID expires.
+    pub pending_svid_expires_at: Option<OffsetDateTime>,
     /// Its node selectors, sorted.
     pub selectors: Vec<Selector>,
     /// Whether it is banned: it may neither attest again nor renew.
@@ -72,6 +78,8 @@ impl Agent {
             attestation_type: f.text("attestation_type")?,
             serial: f.opt_text("serial")?,
             svid_expires_at: f.opt_time("svid_expires_at")?,
+            pending_serial: f.opt_text("pending_serial")?,
+            pending_svid_expires_at: f.opt_time("pending_svid_expires_at")?,
             selectors: selector::from_json(&f.text("selectors")?)
                 .map_err(|e| f.corrupt("selectors", e))?,
             banned: f.flag("banned")?,
@@ -143,6 +151,7 @@ impl Registry {
              VALUES ($1, $2, $3, $4, $5, 0, $6, $6, $6) \
              ON CONFLICT (spiffe_id) DO UPDATE SET attestation_type = excluded.attestation_type, \
              serial = excluded.serial, svid_expires_at = excluded.svid_expires_at, \
+             pending_serial = NULL, pending_svid_expires_at = NULL, \
              selectors = excluded.selectors, updated_at = excluded.updated_at, \
              last_seen_at = excluded.last_seen_at \
              WHERE agents.banned = 0 RETURNING ",
@@ -204,12 +213,14 @@ impl Registry {
         rows.iter().map(Agent::from_row).collect()
     }
 
-    /// Records the SVID an agent was issued on renewal.
+    /// Records the SVID an agent was issued on renewal as pending: the current SVID stays
+    /// accepted until the agent presents the new one ([`Registry::promote_agent_serial`]). A
+    /// second renewal replaces the pending SVID.
     ///
     /// # Errors
     /// [`RegistryError::Invalid`], [`RegistryError::NotFound`], [`RegistryError::AgentBanned`],
     /// [`RegistryError::Database`].
-    pub async fn set_agent_serial(
+    pub async fn set_pending_agent_serial(
         &self,
         spiffe_id: &SpiffeId,
         serial: &str,
@@ -219,7 +230,7 @@ impl Registry {
         let at = unix(now());
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
-            "UPDATE agents SET serial = $2, svid_expires_at = $3, updated_at = $4 \
+            "UPDATE agents SET pending_serial = $2, pending_svid_expires_at = $3, updated_at = $4 \
              WHERE spiffe_id = $1 AND banned = 0",
         )
         .bind(spiffe_id.as_str())
@@ -247,6 +258,38 @@ impl Registry {
         Ok(())
     }
 
+    /// Makes the pending SVID `serial` the agent's current one, once the agent presented it;
+    /// the previous SVID is refused from then on. Returns `false`, changing nothing, when
+    /// `serial` is not the pending serial (already promoted, replaced, banned or evicted).
+    ///
+    /// # Errors
+    /// [`RegistryError::Database`].
+    pub async fn promote_agent_serial(
+        &self,
+        spiffe_id: &SpiffeId,
+        serial: &str,
+    ) -> Result<bool, RegistryError> {
+        let at = unix(now());
+        let mut tx = self.begin_write().await?;
+        let updated = sqlx::query(
+            "UPDATE agents SET serial = pending_serial, svid_expires_at = pending_svid_expires_at, \
+             pending_serial = NULL, pending_svid_expires_at = NULL, updated_at = $3 \
+             WHERE spiffe_id = $1 AND pending_serial = $2 AND banned = 0",
+        )
+        .bind(spiffe_id.as_str())
+        .bind(serial)
+        .bind(at)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+        if updated == 0 {
+            return Ok(false);
+        }
+        record_change(&mut tx, at, ChangeKind::Agent, spiffe_id.as_str()).await?;
+        tx.commit().await?;
+        Ok(true)
+    }
+
     /// Bans an agent: it may no longer renew or attest again, and its serial is cleared.
     /// [`Registry::evict_agent`] lifts the ban by forgetting the agent.
     ///
@@ -256,7 +299,8 @@ impl Registry {
         let at = unix(now());
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
-            "UPDATE agents SET banned = 1, serial = NULL, svid_expires_at = NULL, updated_at = $2 \
+            "UPDATE agents SET banned = 1, serial = NULL, svid_expires_at = NULL, \
+             pending_serial = NULL, pending_svid_expires_at = NULL, updated_at = $2 \
              WHERE spiffe_id = $1",
         )
         .bind(spiffe_id.as_str())

@@ -883,14 +883,42 @@ async fn agents_attest_renew_ban_evict(db: TestDb) {
         std::slice::from_ref(&agent)
     );
 
-    reg.set_agent_serial(&agent_id, "0e0f", expires + time::Duration::hours(1))
+    // A renewal is pending until the agent presents the new SVID: both serials are known.
+    let renewed_expiry = expires + time::Duration::hours(1);
+    reg.set_pending_agent_serial(&agent_id, "0e0f", renewed_expiry)
         .await
         .unwrap();
     let seen = now() + time::Duration::minutes(5);
     reg.touch_agent(&agent_id, seen).await.unwrap();
     let agent = reg.get_agent(&agent_id).await.unwrap().unwrap();
-    assert_eq!(agent.serial.as_deref(), Some("0e0f"));
+    assert_eq!(agent.serial.as_deref(), Some("0c0d"));
+    assert_eq!(agent.pending_serial.as_deref(), Some("0e0f"));
+    assert_eq!(agent.pending_svid_expires_at, Some(renewed_expiry));
     assert_eq!(agent.last_seen_at, Some(seen));
+    // Only the pending serial is promoted, once.
+    assert!(!reg.promote_agent_serial(&agent_id, "0c0d").await.unwrap());
+    let head = reg.latest_revision().await.unwrap();
+    assert!(reg.promote_agent_serial(&agent_id, "0e0f").await.unwrap());
+    assert!(
+        reg.latest_revision().await.unwrap() > head,
+        "promotion is a change"
+    );
+    assert!(!reg.promote_agent_serial(&agent_id, "0e0f").await.unwrap());
+    let agent = reg.get_agent(&agent_id).await.unwrap().unwrap();
+    assert_eq!(agent.serial.as_deref(), Some("0e0f"));
+    assert_eq!(agent.svid_expires_at, Some(renewed_expiry));
+    assert_eq!(
+        (agent.pending_serial, agent.pending_svid_expires_at),
+        (None, None)
+    );
+    // A new attestation drops a pending renewal.
+    reg.set_pending_agent_serial(&agent_id, "1e1f", renewed_expiry)
+        .await
+        .unwrap();
+    let agent = reg.upsert_agent(&again).await.unwrap();
+    assert_eq!(agent.serial.as_deref(), Some("0c0d"));
+    assert_eq!(agent.pending_serial, None);
+    assert!(!reg.promote_agent_serial(&agent_id, "1e1f").await.unwrap());
 
     reg.ban_agent(ACTOR, &agent_id).await.unwrap();
     let banned = reg.get_agent(&agent_id).await.unwrap().unwrap();
@@ -902,7 +930,7 @@ async fn agents_attest_renew_ban_evict(db: TestDb) {
         "{err}"
     );
     let err = reg
-        .set_agent_serial(&agent_id, "1111", expires)
+        .set_pending_agent_serial(&agent_id, "1111", expires)
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::AgentBanned { .. }), "{err}");
@@ -920,7 +948,7 @@ async fn agents_attest_renew_ban_evict(db: TestDb) {
         reg.ban_agent(ACTOR, &unknown).await.unwrap_err(),
         reg.evict_agent(ACTOR, &unknown).await.unwrap_err(),
         reg.touch_agent(&unknown, now()).await.unwrap_err(),
-        reg.set_agent_serial(&unknown, "01", expires)
+        reg.set_pending_agent_serial(&unknown, "01", expires)
             .await
             .unwrap_err(),
     ] {

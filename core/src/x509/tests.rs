@@ -896,3 +896,18 @@ fn refuses_to_sign_under_a_name_it_cannot_reproduce() {
         "{err:?}"
     );
 }
+
+#[test]
+fn a_ca_minted_for_a_given_moment_expires_ttl_after_it() {
+    let issued_at = UNIX_EPOCH + Duration::from_secs(4_000_000_000);
+    let params = CaParams::new(td("example.org"))
+        .with_ttl(HOUR)
+        .with_issued_at(issued_at);
+    let ca =
+        CaSigner::self_signed(&params, PrivateKey::generate(KeyType::EcP256).unwrap()).unwrap();
+    assert_eq!(
+        ca.not_after(),
+        issued_at + HOUR,
+        "counted from issued_at, not the clock"
+    );
+}

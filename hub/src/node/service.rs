@@ -136,8 +136,36 @@ impl NodeApi {
 
     /// The agent record behind `peer`, if the presented SVID is still its current one: the
     /// agent exists (not evicted), is not banned, and `peer.serial` is the stored serial (not
-    /// superseded by a renewal or a new attestation).
+    /// superseded by a renewal or a new attestation). The SVID of a pending renewal becomes
+    /// current the first time it is presented, and the previous one is refused from then on.
     pub(super) async fn current_agent(&self, peer: &PeerAgent) -> Result<Agent, Status> {
+        let mut agent = self.agent_record(peer).await?;
+        if agent.pending_serial.as_deref() == Some(peer.serial.as_str()) {
+            let registry = self.hub.registry();
+            if registry
+                .promote_agent_serial(&peer.spiffe_id, &peer.serial)
+                .await
+                .map_err(status::registry)?
+            {
+                tracing::info!(agent.spiffe_id = %peer.spiffe_id, "renewed agent SVID in use");
+                // Ends the sync streams of the previous SVID.
+                self.notify_changed().await;
+            }
+            // Promoted by us or by a concurrent call (or replaced meanwhile): read it again.
+            agent = self.agent_record(peer).await?;
+        }
+        if agent.serial.as_deref() != Some(peer.serial.as_str()) {
+            return Err(Status::permission_denied(format!(
+                "this SVID of agent {} was superseded by a renewal or a new attestation; \
+                 connect with the current agent SVID",
+                peer.spiffe_id
+            )));
+        }
+        Ok(agent)
+    }
+
+    /// The stored record of `peer`'s agent; refused when evicted or banned.
+    async fn agent_record(&self, peer: &PeerAgent) -> Result<Agent, Status> {
         let agent = self
             .hub
             .registry()
@@ -154,13 +182,6 @@ impl NodeApi {
             return Err(status::registry(RegistryError::AgentBanned {
                 spiffe_id: peer.spiffe_id.clone(),
             }));
-        }
-        if agent.serial.as_deref() != Some(peer.serial.as_str()) {
-            return Err(Status::permission_denied(format!(
-                "this SVID of agent {} was superseded by a renewal or a new attestation; \
-                 connect with the current agent SVID",
-                peer.spiffe_id
-            )));
         }
         Ok(agent)
     }
@@ -307,7 +328,7 @@ impl Node for NodeService {
         self.0
             .hub
             .registry()
-            .set_agent_serial(
+            .set_pending_agent_serial(
                 &agent.spiffe_id,
                 &svid.serial,
                 OffsetDateTime::from(svid.expires_at),
@@ -320,7 +341,6 @@ impl Node for NodeService {
                 )),
                 other => status::registry(other),
             })?;
-        self.0.notify_changed().await;
         tracing::info!(agent.spiffe_id = %agent.spiffe_id, "agent SVID renewed");
         Ok(Response::new(
             self.0.agent_svid_message(&agent.spiffe_id, svid.chain),
