@@ -89,6 +89,16 @@ pub struct KeyStatus {
     pub not_after: u64,
 }
 
+/// The authorities a CA publishes, each with its expiry; see
+/// [`CaManager::published_authorities`].
+#[derive(Debug, Clone)]
+pub struct PublishedAuthorities {
+    /// X.509 roots, each until the last CA under it expires.
+    pub x509: Vec<(X509Authority, SystemTime)>,
+    /// JWT keys, each until it expires.
+    pub jwt: Vec<(JwtAuthority, SystemTime)>,
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 struct SlotMeta {
     id: String,
@@ -510,6 +520,34 @@ impl CaManager {
     /// The JWT authorities to publish: every held JWT key.
     pub fn jwt_authorities(&self) -> Vec<JwtAuthority> {
         self.jwt.iter().map(|s| s.signer.jwt_authority()).collect()
+    }
+
+    /// What this CA publishes, each authority with the time it may leave the bundle: the root
+    /// of every held X.509 CA until the last CA under it expires, and every JWT key until it
+    /// expires. Replicas record these in the registry; the own bundle is their union.
+    pub fn published_authorities(&self) -> PublishedAuthorities {
+        let mut x509: Vec<(X509Authority, SystemTime)> = Vec::new();
+        for slot in &self.x509 {
+            let Some(root) = slot.signer.root_authority() else {
+                continue;
+            };
+            let not_after = UNIX_EPOCH + Duration::from_secs(slot.meta.not_after);
+            match x509.iter_mut().find(|(held, _)| *held == root) {
+                Some((_, held_until)) => *held_until = (*held_until).max(not_after),
+                None => x509.push((root, not_after)),
+            }
+        }
+        let jwt = self
+            .jwt
+            .iter()
+            .map(|s| {
+                (
+                    s.signer.jwt_authority(),
+                    UNIX_EPOCH + Duration::from_secs(s.meta.not_after),
+                )
+            })
+            .collect();
+        PublishedAuthorities { x509, jwt }
     }
 
     /// Mints an X509-SVID with the active CA; see [`CaSigner::mint_x509_svid`].

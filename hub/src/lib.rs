@@ -10,6 +10,8 @@
 //! - [`https`]: serving axum routers over TLS (or plain HTTP where allowed) with handshake and
 //!   header read timeouts, graceful shutdown and swappable certificates.
 //! - [`node`]: the node API agents use (attestation, SVID signing, sync), over TLS.
+//! - [`replica`]: the replica id kept in the data directory, under which this hub publishes
+//!   its CA's authorities when several replicas share one registry.
 
 pub mod admin;
 pub mod ca;
@@ -18,6 +20,7 @@ pub mod federation;
 pub mod fsutil;
 pub mod https;
 pub mod node;
+pub mod replica;
 pub mod run;
 pub mod state;
 

@@ -1,6 +1,12 @@
 //! The hub's shared state: registry, CA, the own bundle as published, the hub's own SVID, and
 //! the change signal that wakes agent sync streams.
+//!
+//! Several replicas may share one registry. Each keeps its own CA and JWT keys and records the
+//! authorities it publishes under its replica id; the own bundle every replica serves is the
+//! union stored in the registry, reloaded whenever the change feed says another replica
+//! changed it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::{Duration, SystemTime};
 
@@ -8,9 +14,10 @@ use fedhub_bundle_endpoint::BundlePublisher;
 use fedhub_core::x509::X509Svid;
 use fedhub_core::{Bundle, PrivateKey, SpiffeId, TrustDomain};
 use fedhub_oidc_discovery::OidcPublisher;
-use fedhub_registry::{BundleRecord, Registry, RegistryError};
+use fedhub_registry::{ChangeKind, Registry, RegistryError, ReplicaAuthorities};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
+use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::ca::{CaError, CaManager, CaOptions, KeyStatus};
@@ -58,13 +65,29 @@ pub enum HubError {
     /// TLS material could not be prepared.
     #[error("TLS: {0}")]
     Tls(String),
+    /// The replica id could not be read or created.
+    #[error(transparent)]
+    ReplicaId(#[from] crate::replica::ReplicaIdError),
 }
+
+/// At most this many changes are read to see whether the own bundle is among them; past it,
+/// the own bundle is reloaded anyway.
+const CHANGES_SCAN_LIMIT: u32 = 1000;
 
 struct Inner {
     config: HubConfig,
+    replica_id: String,
     registry: Registry,
     ca: RwLock<CaManager>,
     own_bundle: watch::Sender<Arc<Bundle>>,
+    /// Held while the own bundle is published or reloaded, so that what is served follows
+    /// the order of the registry's writes.
+    own_bundle_lock: tokio::sync::Mutex<()>,
+    /// Counts changes of the CA's keys; housekeeping publishes again while the published
+    /// count is behind (after a failed publication).
+    key_generation: AtomicU64,
+    /// The key generation last published.
+    published_generation: AtomicU64,
     revision: watch::Sender<u64>,
     bundle_endpoint: BundlePublisher,
     oidc: Option<OidcPublisher>,
@@ -113,6 +136,7 @@ impl Hub {
             path: config.data_dir.clone(),
             source,
         })?;
+        let replica_id = crate::replica::load_or_create(&config.data_dir)?;
         let registry = Registry::connect(&config.database_url).await?;
         let now = SystemTime::now();
         let ca = CaManager::open(
@@ -142,9 +166,13 @@ impl Hub {
         let revision = registry.latest_revision().await?;
         let hub = Self {
             inner: Arc::new(Inner {
+                replica_id,
                 registry,
                 ca: RwLock::new(ca),
                 own_bundle: watch::channel(empty).0,
+                own_bundle_lock: tokio::sync::Mutex::new(()),
+                key_generation: AtomicU64::new(0),
+                published_generation: AtomicU64::new(0),
                 revision: watch::channel(revision).0,
                 bundle_endpoint: BundlePublisher::new(Vec::new()),
                 oidc,
@@ -167,12 +195,18 @@ impl Hub {
         &self.inner.config.trust_domain
     }
 
+    /// This replica's id, kept in the data directory (see [`crate::replica`]).
+    pub fn replica_id(&self) -> &str {
+        &self.inner.replica_id
+    }
+
     /// The registry.
     pub fn registry(&self) -> &Registry {
         &self.inner.registry
     }
 
-    /// The own bundle as currently published.
+    /// The own bundle as currently served: the union of the authorities every replica of
+    /// this trust domain publishes.
     pub fn own_bundle(&self) -> Arc<Bundle> {
         self.inner.own_bundle.borrow().clone()
     }
@@ -219,96 +253,140 @@ impl Hub {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Wakes sync streams after a local write, without waiting for the next poll.
+    /// Wakes sync streams after a local write, without waiting for the next poll. When the
+    /// own bundle is among the changes (another replica published), it is reloaded first, so
+    /// woken sync streams send the new one.
     ///
     /// # Errors
     /// [`HubError::Registry`] when the revision cannot be read.
     pub async fn notify_changed(&self) -> Result<(), HubError> {
         let latest = self.inner.registry.latest_revision().await?;
+        let seen = *self.inner.revision.borrow();
+        if latest <= seen {
+            return Ok(());
+        }
+        let changes = self
+            .inner
+            .registry
+            .changes_since(seen, CHANGES_SCAN_LIMIT)
+            .await?;
+        let own = self.trust_domain().name();
+        let own_bundle_changed = changes.len() >= CHANGES_SCAN_LIMIT as usize
+            || changes.first().is_none_or(|c| c.revision != seen + 1)
+            || changes
+                .iter()
+                .any(|c| c.kind == ChangeKind::Bundle && c.key == own);
+        if own_bundle_changed {
+            self.reload_own_bundle().await?;
+        }
+        // Revisions only move forward, also when polls and local writes race.
         self.inner.revision.send_if_modified(|current| {
-            let changed = *current != latest;
-            *current = latest;
-            changed
+            let newer = latest > *current;
+            if newer {
+                *current = latest;
+            }
+            newer
         });
         Ok(())
     }
 
-    /// Builds the own bundle from the CA's keys, stores it with the next sequence number when
-    /// its content changed, and publishes it (bundle endpoint, OIDC, subscribers). Returns
-    /// whether it changed.
+    /// Serves the own bundle as stored now, if it differs from the one served.
     ///
     /// # Errors
-    /// [`HubError`] when the stored bundle is unreadable or the write fails.
-    pub async fn publish_own_bundle(&self) -> Result<bool, HubError> {
-        let td = self.trust_domain().clone();
-        let mut bundle = Bundle::new(td.clone());
-        {
-            let ca = self.ca();
-            for authority in ca.x509_authorities() {
-                bundle.add_x509_authority(authority);
-            }
-            for authority in ca.jwt_authorities() {
-                bundle.add_jwt_authority(authority);
-            }
-        }
-        bundle.set_refresh_hint(
-            self.inner
-                .config
-                .bundle_endpoint
-                .as_ref()
-                .map(|b| b.refresh_hint)
-                .or(Some(Duration::from_secs(300))),
-        );
-        let stored = match self.inner.registry.get_bundle(&td).await? {
-            Some(record) => Some(
-                Bundle::from_json(td.clone(), record.document.as_bytes()).map_err(|e| {
-                    HubError::StoredBundle {
-                        trust_domain: td.clone(),
-                        reason: e.to_string(),
-                    }
-                })?,
-            ),
-            None => None,
+    /// [`HubError`] when the stored bundle cannot be read.
+    async fn reload_own_bundle(&self) -> Result<(), HubError> {
+        let _serving = self.inner.own_bundle_lock.lock().await;
+        let td = self.trust_domain();
+        let Some(record) = self.inner.registry.get_bundle(td).await? else {
+            return Ok(());
         };
-        let changed = match &stored {
-            Some(old)
-                if old.same_authorities(&bundle) && old.refresh_hint() == bundle.refresh_hint() =>
-            {
-                bundle.set_sequence(old.sequence());
-                false
+        let bundle = Bundle::from_json(td.clone(), record.document.as_bytes()).map_err(|e| {
+            HubError::StoredBundle {
+                trust_domain: td.clone(),
+                reason: e.to_string(),
             }
-            Some(old) => {
-                bundle.set_sequence(Some(old.sequence().unwrap_or(0) + 1));
-                true
-            }
-            None => {
-                bundle.set_sequence(Some(1));
-                true
-            }
-        };
-        let document = bundle.to_json();
-        if changed {
-            let record = BundleRecord::new(td, document.clone(), bundle.sequence());
-            self.inner
-                .registry
-                .put_bundle(SYSTEM_ACTOR, &record)
-                .await?;
+        })?;
+        if *self.own_bundle() != bundle {
             tracing::info!(
                 sequence = bundle.sequence(),
                 x509_authorities = bundle.x509_authorities().len(),
                 jwt_authorities = bundle.jwt_authorities().len(),
-                "own bundle updated"
+                "own bundle changed by another replica"
             );
+            self.serve_own_bundle(bundle, record.document);
         }
+        Ok(())
+    }
+
+    /// Serves `bundle` (stored as `document`) on the bundle endpoint, OIDC and to subscribers.
+    fn serve_own_bundle(&self, bundle: Bundle, document: String) {
         self.inner.bundle_endpoint.publish(document);
         if let Some(oidc) = &self.inner.oidc {
             oidc.publish_keys(&bundle);
         }
         self.inner.own_bundle.send_replace(Arc::new(bundle));
-        if changed {
+    }
+
+    /// Publishes this replica's CA keys and serves the own bundle: the union of every
+    /// replica's unexpired authorities, stored with the next sequence number when its content
+    /// changed (see [`Registry::publish_replica_authorities`]). Returns whether it changed.
+    ///
+    /// # Errors
+    /// [`HubError`] when the write fails.
+    pub async fn publish_own_bundle(&self) -> Result<bool, HubError> {
+        self.publish_own_bundle_at(SystemTime::now()).await
+    }
+
+    /// [`Hub::publish_own_bundle`] at `now`: authorities expired then leave the bundle.
+    async fn publish_own_bundle_at(&self, now: SystemTime) -> Result<bool, HubError> {
+        let serving = self.inner.own_bundle_lock.lock().await;
+        // Read before the keys, so the keys published are at least this generation.
+        let generation = self.inner.key_generation.load(Ordering::Acquire);
+        let authorities = self.ca().published_authorities();
+        let publication = ReplicaAuthorities {
+            replica_id: self.inner.replica_id.clone(),
+            trust_domain: self.trust_domain().clone(),
+            x509: authorities
+                .x509
+                .into_iter()
+                .map(|(authority, not_after)| (authority, OffsetDateTime::from(not_after)))
+                .collect(),
+            jwt: authorities
+                .jwt
+                .into_iter()
+                .map(|(authority, not_after)| (authority, OffsetDateTime::from(not_after)))
+                .collect(),
+            refresh_hint: Some(
+                self.inner
+                    .config
+                    .bundle_endpoint
+                    .as_ref()
+                    .map_or(Duration::from_secs(300), |b| b.refresh_hint),
+            ),
+        };
+        let published = self
+            .inner
+            .registry
+            .publish_replica_authorities(SYSTEM_ACTOR, &publication, OffsetDateTime::from(now))
+            .await?;
+        self.inner
+            .published_generation
+            .fetch_max(generation, Ordering::AcqRel);
+        if published.changed {
+            tracing::info!(
+                replica_id = %self.inner.replica_id,
+                sequence = published.bundle.sequence(),
+                x509_authorities = published.bundle.x509_authorities().len(),
+                jwt_authorities = published.bundle.jwt_authorities().len(),
+                "own bundle updated"
+            );
+        }
+        self.serve_own_bundle(published.bundle, published.record.document);
+        drop(serving);
+        if published.changed {
             self.notify_changed().await?;
         }
-        Ok(changed)
+        Ok(published.changed)
     }
 
     /// Forces a rotation: publishes new keys now; with `activate`, they also sign from now on.
@@ -324,6 +402,7 @@ impl Hub {
                 ca.activate_prepared()?;
             }
         }
+        self.inner.key_generation.fetch_add(1, Ordering::AcqRel);
         self.publish_own_bundle().await?;
         if activate {
             self.renew_hub_svid()?;
@@ -343,14 +422,27 @@ impl Hub {
     }
 
     /// One round of housekeeping: applies the CA rotation schedule (publishing the bundle when
-    /// it changed) and renews the hub SVID at half its lifetime or when its CA retired.
+    /// the keys changed, when an authority of any replica expired, or when an earlier
+    /// publication failed) and renews the hub SVID at half its lifetime or when its CA retired.
     ///
     /// # Errors
     /// [`HubError`] when keys or storage fail; the previous state stays in force.
     pub async fn tick(&self, now: SystemTime) -> Result<(), HubError> {
         let changed = self.ca_mut().tick(now)?;
         if changed {
-            self.publish_own_bundle().await?;
+            self.inner.key_generation.fetch_add(1, Ordering::AcqRel);
+        }
+        // Another replica's authority may have expired, even one of a replica that stopped.
+        let expired = self
+            .inner
+            .registry
+            .next_authority_expiry(self.trust_domain())
+            .await?
+            .is_some_and(|at| at <= OffsetDateTime::from(now));
+        let unpublished = self.inner.key_generation.load(Ordering::Acquire)
+            > self.inner.published_generation.load(Ordering::Acquire);
+        if changed || expired || unpublished {
+            self.publish_own_bundle_at(now).await?;
         }
         let svid = self.hub_svid();
         let lifetime = self.inner.config.x509_svid_ttl;

@@ -108,6 +108,21 @@ pub(crate) async fn upsert_bundle(
     .await
 }
 
+/// The bundle of `trust_domain`, if stored; part of the caller's transaction.
+pub(crate) async fn fetch_bundle(
+    conn: &mut AnyConnection,
+    trust_domain: &TrustDomain,
+) -> Result<Option<BundleRecord>, RegistryError> {
+    let row = sqlx::query(
+        "SELECT trust_domain, document, sequence, updated_at FROM bundles \
+         WHERE trust_domain = $1",
+    )
+    .bind(trust_domain.name())
+    .fetch_optional(&mut *conn)
+    .await?;
+    row.as_ref().map(BundleRecord::from_row).transpose()
+}
+
 /// Deletes a bundle and, when there was one, records the change; part of the caller's
 /// transaction. Returns whether a bundle was deleted.
 pub(crate) async fn remove_bundle(
@@ -174,14 +189,8 @@ impl Registry {
         &self,
         trust_domain: &TrustDomain,
     ) -> Result<Option<BundleRecord>, RegistryError> {
-        let row = sqlx::query(
-            "SELECT trust_domain, document, sequence, updated_at FROM bundles \
-             WHERE trust_domain = $1",
-        )
-        .bind(trust_domain.name())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(BundleRecord::from_row).transpose()
+        let mut conn = self.pool.acquire().await?;
+        fetch_bundle(&mut conn, trust_domain).await
     }
 
     /// All stored bundles, ordered by trust domain.

@@ -6,7 +6,8 @@
 //! `migrations/postgres`), applied by [`Registry::connect`] and [`Registry::open_sqlite`].
 //!
 //! What is stored:
-//! - bundles, own and foreign ([`BundleRecord`]);
+//! - bundles, own and foreign ([`BundleRecord`]); the own bundle is the union of the
+//!   authorities every hub replica publishes ([`Registry::publish_replica_authorities`]);
 //! - federation relationships with their refresh status and a refresh lease that hub
 //!   replicas claim ([`Relationship`], [`Registry::claim_due_refreshes`]);
 //! - federation groups: named sets of trust domains ([`FederationGroup`]);
@@ -30,6 +31,7 @@ mod federation;
 mod feed;
 mod groups;
 mod join_tokens;
+mod own_bundle;
 mod selector;
 mod store;
 
@@ -49,5 +51,9 @@ pub use federation::{
 pub use feed::{AuditEvent, Change, ChangeKind, MAX_ACTOR_LEN};
 pub use groups::{FederationGroup, FederationScope, MAX_GROUP_NAME_LEN};
 pub use join_tokens::{JoinTokenUse, MAX_JOIN_TOKEN_LEN, MIN_JOIN_TOKEN_LEN};
+pub use own_bundle::{
+    AuthorityKind, BundleReplica, MAX_REPLICA_AUTHORITIES, MAX_REPLICA_ID_LEN,
+    OwnBundlePublication, ReplicaAuthorities, ReplicaAuthority,
+};
 pub use selector::{MAX_SELECTOR_TYPE_LEN, MAX_SELECTOR_VALUE_LEN, Selector, SelectorError};
 pub use store::{Backend, POSTGRES_MIGRATOR, Registry, SQLITE_MIGRATOR};

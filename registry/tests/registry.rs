@@ -17,6 +17,7 @@ use fedhub_registry::{
     AgentAttestation, Backend, ChangeKind, EndpointProfile, EntryFilter, NODE_ALIAS_PARENT_PATH,
     POSTGRES_MIGRATOR, RefreshStatus, Registry, RegistryError, SQLITE_MIGRATOR,
 };
+use fedhub_registry::{AuthorityKind, MAX_REPLICA_ID_LEN, ReplicaAuthorities};
 use fedhub_registry::{FederationGroup, MAX_GROUP_NAME_LEN};
 use sha2::{Digest, Sha256};
 use sqlx::Row;
@@ -49,6 +50,10 @@ both_backends!(
     entries_federate_with_groups_and_with_all,
     deleting_a_used_group_needs_force,
     deleting_a_relationship_removes_it_from_its_groups,
+    own_bundle_is_the_union_of_every_replicas_authorities,
+    expired_authorities_and_replicas_leave_the_own_bundle,
+    concurrent_publications_lose_no_replicas_keys,
+    replica_publications_are_validated,
 );
 
 fn now() -> OffsetDateTime {
@@ -2144,4 +2149,312 @@ async fn sqlite_upgrade_to_federation_groups_keeps_data() {
         (last[0].revision, last[0].kind),
         (3, ChangeKind::FederationGroup)
     );
+}
+
+// --- the own bundle of several replicas -----------------------------------------------------
+
+/// A fresh self-signed CA root of `example.org`.
+fn x509_authority() -> fedhub_core::X509Authority {
+    let key = fedhub_core::PrivateKey::generate(fedhub_core::KeyType::EcP256).unwrap();
+    fedhub_core::CaSigner::self_signed(&fedhub_core::CaParams::new(td("example.org")), key)
+        .unwrap()
+        .root_authority()
+        .unwrap()
+}
+
+/// A fresh JWT key with id `kid`.
+fn jwt_authority(kid: &str) -> fedhub_core::JwtAuthority {
+    let key = fedhub_core::PrivateKey::generate(fedhub_core::KeyType::EcP256).unwrap();
+    let public = fedhub_core::PublicKey::from_spki_der(&key.public_key_der().unwrap()).unwrap();
+    fedhub_core::JwtAuthority::new(kid, public)
+}
+
+/// What replica `id` publishes: one X.509 root and one JWT key per expiry given.
+fn replica(id: &str, expiries: &[OffsetDateTime]) -> ReplicaAuthorities {
+    ReplicaAuthorities {
+        replica_id: id.to_owned(),
+        trust_domain: td("example.org"),
+        x509: expiries.iter().map(|at| (x509_authority(), *at)).collect(),
+        jwt: expiries
+            .iter()
+            .enumerate()
+            .map(|(i, at)| (jwt_authority(&format!("{id}-{i}")), *at))
+            .collect(),
+        refresh_hint: Some(Duration::from_secs(300)),
+    }
+}
+
+/// Whether `bundle` holds every authority `replica` publishes.
+fn holds_all(bundle: &fedhub_core::Bundle, replica: &ReplicaAuthorities) -> bool {
+    replica
+        .x509
+        .iter()
+        .all(|(a, _)| bundle.x509_authorities().contains(a))
+        && replica
+            .jwt
+            .iter()
+            .all(|(a, _)| bundle.jwt_authority(a.kid()) == Some(a))
+}
+
+/// Whether `bundle` holds any authority `replica` publishes.
+fn holds_any(bundle: &fedhub_core::Bundle, replica: &ReplicaAuthorities) -> bool {
+    replica
+        .x509
+        .iter()
+        .any(|(a, _)| bundle.x509_authorities().contains(a))
+        || replica
+            .jwt
+            .iter()
+            .any(|(a, _)| bundle.jwt_authority(a.kid()).is_some())
+}
+
+async fn stored_own(reg: &Registry) -> fedhub_core::Bundle {
+    let record = reg.get_bundle(&td("example.org")).await.unwrap().unwrap();
+    let bundle =
+        fedhub_core::Bundle::from_json(td("example.org"), record.document.as_bytes()).unwrap();
+    assert_eq!(bundle.sequence(), record.sequence);
+    bundle
+}
+
+async fn own_bundle_is_the_union_of_every_replicas_authorities(db: TestDb) {
+    let reg = &db.registry;
+    let day = now() + time::Duration::days(1);
+    let a = replica("replica-a", &[day]);
+    let mut b = replica("replica-b", &[day]);
+    b.refresh_hint = Some(Duration::from_secs(60));
+
+    let first = reg
+        .publish_replica_authorities(ACTOR, &a, now())
+        .await
+        .unwrap();
+    assert!(first.changed);
+    assert_eq!(first.record.sequence, Some(1));
+    assert!(holds_all(&first.bundle, &a));
+
+    let other = db.reopen().await;
+    let second = other
+        .publish_replica_authorities(ACTOR, &b, now())
+        .await
+        .unwrap();
+    assert!(second.changed);
+    assert_eq!(second.record.sequence, Some(2));
+    assert!(holds_all(&second.bundle, &a), "replica a's keys kept");
+    assert!(holds_all(&second.bundle, &b));
+    assert_eq!(second.bundle.x509_authorities().len(), 2);
+    assert_eq!(second.bundle.jwt_authorities().len(), 2);
+    assert_eq!(
+        second.bundle.refresh_hint(),
+        Some(Duration::from_secs(60)),
+        "the shortest hint of the replicas"
+    );
+    assert_eq!(second.next_expiry, Some(day));
+    assert_eq!(stored_own(reg).await, second.bundle);
+
+    // The change reaches the other replicas through the feed.
+    let changes = reg.changes_since(0, 100).await.unwrap();
+    let bundle_changes: Vec<u64> = changes
+        .iter()
+        .filter(|c| c.kind == ChangeKind::Bundle && c.key == "example.org")
+        .map(|c| c.revision)
+        .collect();
+    assert_eq!(bundle_changes.len(), 2);
+
+    // Publishing the same keys again changes nothing and writes no change.
+    let revision = reg.latest_revision().await.unwrap();
+    let again = reg
+        .publish_replica_authorities(ACTOR, &a, now())
+        .await
+        .unwrap();
+    assert!(!again.changed);
+    assert_eq!(
+        again.record, second.record,
+        "the stored document stays as is"
+    );
+    assert_eq!(reg.latest_revision().await.unwrap(), revision);
+
+    // A rotation on replica a keeps replica b's keys.
+    let mut rotated = a.clone();
+    rotated.x509.push((x509_authority(), day));
+    rotated.jwt.push((jwt_authority("replica-a-next"), day));
+    let third = reg
+        .publish_replica_authorities(ACTOR, &rotated, now())
+        .await
+        .unwrap();
+    assert!(third.changed);
+    assert_eq!(third.record.sequence, Some(3));
+    assert!(holds_all(&third.bundle, &rotated));
+    assert!(holds_all(&third.bundle, &b));
+    assert_eq!(third.bundle.x509_authorities().len(), 3);
+
+    let replicas = reg.list_bundle_replicas(&td("example.org")).await.unwrap();
+    let ids: Vec<&str> = replicas.iter().map(|r| r.replica_id.as_str()).collect();
+    assert_eq!(ids, ["replica-a", "replica-b"]);
+    assert_eq!(replicas[0].authorities.len(), 4);
+    assert_eq!(replicas[1].authorities.len(), 2);
+    assert_eq!(replicas[1].refresh_hint, Some(Duration::from_secs(60)));
+    assert!(
+        replicas[1]
+            .authorities
+            .iter()
+            .any(|x| x.kind == AuthorityKind::Jwt && x.key_id == "replica-b-0")
+    );
+
+    let audit = reg.list_audit(10).await.unwrap();
+    assert_eq!(
+        audit
+            .iter()
+            .filter(|e| e.action == "bundle.publish")
+            .count(),
+        3,
+        "each change is audited, the no-op is not"
+    );
+}
+
+async fn expired_authorities_and_replicas_leave_the_own_bundle(db: TestDb) {
+    let reg = &db.registry;
+    let start = now();
+    let soon = start + time::Duration::minutes(10);
+    let day = start + time::Duration::days(1);
+    // Replica a holds a retiring key (expiring soon) and a current one.
+    let a = replica("replica-a", &[soon, day]);
+    // Replica b stopped: its only keys expire soon.
+    let b = replica("replica-b", &[soon]);
+    reg.publish_replica_authorities(ACTOR, &b, start)
+        .await
+        .unwrap();
+    let published = reg
+        .publish_replica_authorities(ACTOR, &a, start)
+        .await
+        .unwrap();
+    assert_eq!(published.bundle.x509_authorities().len(), 3);
+    assert_eq!(published.next_expiry, Some(soon));
+    assert_eq!(
+        reg.next_authority_expiry(&td("example.org")).await.unwrap(),
+        Some(soon)
+    );
+
+    // Replica a publishes again once they expired (as the hub's housekeeping does).
+    let later = soon + time::Duration::seconds(1);
+    let after = reg
+        .publish_replica_authorities(ACTOR, &a, later)
+        .await
+        .unwrap();
+    assert!(after.changed);
+    assert_eq!(
+        after.record.sequence,
+        Some(published.record.sequence.unwrap() + 1)
+    );
+    assert!(
+        !holds_any(&after.bundle, &b),
+        "the stopped replica's keys left"
+    );
+    assert!(after.bundle.x509_authorities().contains(&a.x509[1].0));
+    assert!(
+        !after.bundle.x509_authorities().contains(&a.x509[0].0),
+        "a's own expired key left"
+    );
+    assert_eq!(after.bundle.x509_authorities().len(), 1);
+    assert_eq!(after.bundle.jwt_authorities().len(), 1);
+    assert_eq!(after.next_expiry, Some(day));
+    assert_eq!(stored_own(reg).await, after.bundle);
+
+    let replicas = reg.list_bundle_replicas(&td("example.org")).await.unwrap();
+    assert_eq!(replicas.len(), 1, "the replica without keys was collected");
+    assert_eq!(replicas[0].replica_id, "replica-a");
+    assert_eq!(replicas[0].authorities.len(), 2);
+
+    // Keys already expired are never recorded.
+    let late = replica("replica-c", &[start]);
+    let published = reg
+        .publish_replica_authorities(ACTOR, &late, later)
+        .await
+        .unwrap();
+    assert!(!published.changed);
+    assert!(!holds_any(&published.bundle, &late));
+    assert_eq!(
+        reg.list_bundle_replicas(&td("example.org"))
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+}
+
+async fn concurrent_publications_lose_no_replicas_keys(db: TestDb) {
+    const REPLICAS: usize = 6;
+    const ROUNDS: usize = 4;
+    let day = now() + time::Duration::days(1);
+    let mut handles = vec![db.registry.clone()];
+    for _ in 1..3 {
+        handles.push(db.reopen().await);
+    }
+    // Every replica rotates ROUNDS times, all at once, each through a registry handle of its
+    // own pool (as replicas in other processes would).
+    let mut tasks = Vec::new();
+    for r in 0..REPLICAS {
+        let reg = handles[r % handles.len()].clone();
+        tasks.push(tokio::spawn(async move {
+            let mut publication = replica(&format!("replica-{r}"), &[day]);
+            for _ in 0..ROUNDS {
+                publication.x509.push((x509_authority(), day));
+                reg.publish_replica_authorities(ACTOR, &publication, now())
+                    .await
+                    .unwrap();
+                tokio::task::yield_now().await;
+            }
+            publication
+        }));
+    }
+    let mut publications = Vec::new();
+    for task in tasks {
+        publications.push(task.await.unwrap());
+    }
+    let bundle = stored_own(&db.registry).await;
+    for publication in &publications {
+        assert!(
+            holds_all(&bundle, publication),
+            "{} lost keys",
+            publication.replica_id
+        );
+    }
+    assert_eq!(bundle.x509_authorities().len(), REPLICAS * (ROUNDS + 1));
+    assert_eq!(bundle.jwt_authorities().len(), REPLICAS);
+    // Every publication changed the union: one sequence number each.
+    assert_eq!(bundle.sequence(), Some((REPLICAS * ROUNDS) as u64));
+}
+
+async fn replica_publications_are_validated(db: TestDb) {
+    let reg = &db.registry;
+    let day = now() + time::Duration::days(1);
+    for bad in [
+        "",
+        "has space",
+        "slash/y",
+        &"x".repeat(MAX_REPLICA_ID_LEN + 1),
+    ] {
+        let error = reg
+            .publish_replica_authorities(ACTOR, &replica(bad, &[day]), now())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                RegistryError::Invalid {
+                    field: "replica id",
+                    ..
+                }
+            ),
+            "{bad:?}: {error}"
+        );
+    }
+    let mut none = replica("replica-a", &[]);
+    none.x509.clear();
+    assert!(matches!(
+        reg.publish_replica_authorities(ACTOR, &none, now())
+            .await
+            .unwrap_err(),
+        RegistryError::Invalid { .. }
+    ));
+    assert_eq!(reg.get_bundle(&td("example.org")).await.unwrap(), None);
+    assert_eq!(reg.latest_revision().await.unwrap(), 0);
 }

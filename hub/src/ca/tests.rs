@@ -109,6 +109,41 @@ fn rotation_publishes_at_half_activates_at_five_sixths_and_retires_at_expiry() {
 }
 
 #[test]
+fn published_authorities_carry_each_keys_expiry() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    let mut ca = CaManager::open(options(dir.path()), now).unwrap();
+    ca.prepare_next(now + HOUR).unwrap();
+    let published = ca.published_authorities();
+    let bundle = bundle_of(&ca);
+    assert_eq!(published.x509.len(), 2);
+    assert_eq!(published.jwt.len(), 2);
+    for (authority, _) in &published.x509 {
+        assert!(bundle.x509_authorities().contains(authority));
+    }
+    let status = ca.status();
+    for (authority, not_after) in &published.jwt {
+        assert_eq!(bundle.jwt_authority(authority.kid()), Some(authority));
+        let key = status.iter().find(|k| k.id == authority.kid()).unwrap();
+        assert_eq!(*not_after, UNIX_EPOCH + Duration::from_secs(key.not_after));
+    }
+    let jwt_expiries: Vec<SystemTime> = published.jwt.iter().map(|(_, at)| *at).collect();
+    assert_eq!(
+        jwt_expiries[1].duration_since(jwt_expiries[0]).unwrap(),
+        HOUR,
+        "each key expires on its own schedule"
+    );
+    let x509_expiries: Vec<u64> = status
+        .iter()
+        .filter(|k| k.kind == "x509")
+        .map(|k| k.not_after)
+        .collect();
+    for ((_, not_after), expected) in published.x509.iter().zip(x509_expiries) {
+        assert_eq!(*not_after, UNIX_EPOCH + Duration::from_secs(expected));
+    }
+}
+
+#[test]
 fn forced_rotation_publishes_then_activates() {
     let dir = tempfile::tempdir().unwrap();
     let now = SystemTime::now();
@@ -200,6 +235,20 @@ fn upstream_ca_signs_intermediates_and_the_bundle_holds_the_upstream_root() {
     );
     ca.prepare_next(now).unwrap();
     assert_eq!(ca.x509_authorities().len(), 1, "rotation keeps one root");
+    let published = ca.published_authorities();
+    assert_eq!(published.x509.len(), 1, "the upstream root, once");
+    let latest = ca
+        .status()
+        .iter()
+        .filter(|k| k.kind == "x509")
+        .map(|k| k.not_after)
+        .max()
+        .unwrap();
+    assert_eq!(
+        published.x509[0].1,
+        UNIX_EPOCH + Duration::from_secs(latest),
+        "published until the last intermediate under it expires"
+    );
     let id = SpiffeId::parse("spiffe://alpha.test/web").unwrap();
     let chain = ca.mint_x509_svid(&id, &workload_key(), HOUR, &[]).unwrap();
     assert_eq!(chain.len(), 2, "leaf and intermediate");

@@ -70,7 +70,9 @@ fn peer_agent(certificates: Option<&[CertificateDer<'_>]>) -> Option<PeerAgent> 
     })
 }
 
-/// The hub's own bundle, as currently published, for verifying agent SVIDs.
+/// The hub's own bundle as currently served, for verifying agent SVIDs: the union of every
+/// replica's authorities, read on each handshake, so an agent attested at any replica is
+/// accepted and a rotation or a new replica counts without a restart.
 struct OwnBundle(Hub);
 
 impl BundleSource for OwnBundle {
