@@ -23,7 +23,6 @@ use fedhub_hub::federation::{
 };
 use fedhub_hub::https::SwappableCert;
 use fedhub_registry::{EndpointProfile, RelationshipSpec};
-use url::Url;
 
 // --- two hubs -------------------------------------------------------------------------------
 
@@ -695,35 +694,8 @@ async fn replicas_sharing_sqlite_fetch_each_due_refresh_exactly_once() {
 /// scale-out setup. Skipped without the variable, except in CI.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_sharing_postgres_fetch_each_due_refresh_exactly_once() {
-    use sqlx::{AssertSqlSafe, Connection as _};
-
-    let Ok(base) = std::env::var("FEDHUB_TEST_DATABASE_URL") else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "FEDHUB_TEST_DATABASE_URL must be set in CI"
-        );
-        eprintln!("note: FEDHUB_TEST_DATABASE_URL is not set; skipping the PostgreSQL variant");
-        return;
-    };
-    sqlx::any::install_default_drivers();
-    let mut admin = sqlx::AnyConnection::connect(&base).await.unwrap();
-    let schema = format!("fedhub_federation_{:016x}", rand::random::<u64>());
-    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let mut url = Url::parse(&base).unwrap();
-    url.query_pairs_mut()
-        .append_pair("options", &format!("-c search_path={schema}"));
-    let outcome = tokio::spawn(replicas_fetch_each_due_refresh_exactly_once(Some(
-        url.to_string(),
-    )))
+    fedhub_tests::postgres::with_schema("fedhub_federation", |url| {
+        replicas_fetch_each_due_refresh_exactly_once(Some(url))
+    })
     .await;
-    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    if let Err(error) = outcome {
-        std::panic::resume_unwind(error.into_panic());
-    }
 }

@@ -1262,35 +1262,7 @@ async fn attestations_and_signings_are_rate_limited() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn attestation_and_signing_on_postgres() {
-    use sqlx::{AnyConnection, AssertSqlSafe, Connection as _};
-
-    const VAR: &str = "FEDHUB_TEST_DATABASE_URL";
-    let Ok(base) = std::env::var(VAR) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{VAR} must be set in CI to run the PostgreSQL tests"
-        );
-        eprintln!("note: {VAR} is not set; skipping the PostgreSQL variant");
-        return;
-    };
-    sqlx::any::install_default_drivers();
-    let mut admin = AnyConnection::connect(&base).await.unwrap();
-    let schema = format!("fedhub_node_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.query_pairs_mut()
-        .append_pair("options", &format!("-c search_path={schema}"));
-    let outcome = tokio::spawn(postgres_flow(url.to_string())).await;
-    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&mut admin)
-        .await
-        .unwrap();
-    if let Err(error) = outcome {
-        std::panic::resume_unwind(error.into_panic());
-    }
+    fedhub_tests::postgres::with_schema("fedhub_node_test", postgres_flow).await;
 }
 
 async fn postgres_flow(database_url: String) {

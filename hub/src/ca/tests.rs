@@ -105,7 +105,10 @@ fn rotation_publishes_at_half_activates_at_five_sixths_and_retires_at_expiry() {
         .map(|a| a.der().to_vec())
         .collect();
     assert_eq!(published.len(), 2);
-    assert!(!published.contains(&first), "the expired CA is not published");
+    assert!(
+        !published.contains(&first),
+        "the expired CA is not published"
+    );
 }
 
 #[test]

@@ -3,19 +3,16 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::time::Duration;
 
 use fedhub_core::{SpiffeId, TrustDomain};
 use fedhub_registry::{
     BundleRecord, EndpointProfile, EntrySpec, Registry, RelationshipSpec, Selector,
 };
+use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
-use sqlx::{AnyConnection, AnyPool, AssertSqlSafe, Connection};
 use tempfile::TempDir;
 use url::Url;
 
-/// The environment variable naming the PostgreSQL database for tests.
-pub const DATABASE_URL_VAR: &str = "FEDHUB_TEST_DATABASE_URL";
 /// The actor of admin calls in tests.
 pub const ACTOR: &str = "test-admin";
 
@@ -92,56 +89,23 @@ where
 /// is skipped with a note, or fails when `CI` is set.
 pub async fn run_postgres<F, Fut>(test: F)
 where
-    F: FnOnce(TestDb) -> Fut,
+    F: FnOnce(TestDb) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
-    let Ok(base) = std::env::var(DATABASE_URL_VAR) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{DATABASE_URL_VAR} must be set in CI to run the PostgreSQL tests"
-        );
-        eprintln!("note: {DATABASE_URL_VAR} is not set; skipping the PostgreSQL variant");
-        return;
-    };
-    sqlx::any::install_default_drivers();
-    let mut admin = tokio::time::timeout(Duration::from_secs(10), AnyConnection::connect(&base))
-        .await
-        .map_err(|_| "timed out after 10 s".to_owned())
-        .and_then(|connected| connected.map_err(|e| e.to_string()))
-        .unwrap_or_else(|e| {
-            panic!("{DATABASE_URL_VAR} is set but PostgreSQL cannot be reached: {e}")
-        });
-    let schema = format!("fedhub_test_{}", uuid::Uuid::new_v4().simple());
-    sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}")))
-        .execute(&mut admin)
-        .await
-        .expect("create test schema");
-    let mut url = Url::parse(&base).expect("FEDHUB_TEST_DATABASE_URL is not a URL");
-    url.query_pairs_mut()
-        .append_pair("options", &format!("-c search_path={schema}"));
-    let url = url.to_string();
-    let outcome = match Registry::connect(&url).await {
-        Ok(registry) => {
-            let db = TestDb {
-                registry,
-                url,
-                sqlite_path: None,
-                _dir: None,
-            };
-            tokio::spawn(test(db)).await.map_err(|e| e.into_panic())
-        }
-        Err(e) => Err(Box::new(format!("connecting to the test schema failed: {e:?}")) as Panic),
-    };
-    sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE")))
-        .execute(&mut admin)
-        .await
-        .expect("drop test schema");
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
+    fedhub_tests::postgres::with_schema("fedhub_test", |url| async move {
+        let registry = Registry::connect(&url)
+            .await
+            .unwrap_or_else(|e| panic!("connecting to the test schema failed: {e:?}"));
+        test(TestDb {
+            registry,
+            url,
+            sqlite_path: None,
+            _dir: None,
+        })
+        .await;
+    })
+    .await;
 }
-
-type Panic = Box<dyn std::any::Any + Send>;
 
 pub fn td(name: &str) -> TrustDomain {
     TrustDomain::new(name).expect("trust domain")
