@@ -2,6 +2,7 @@
 //! from this binary; run `fedhub-bench --help` for the subcommands.
 #![expect(clippy::print_stdout, reason = "a benchmark binary reports on stdout")]
 
+mod bundle_endpoint;
 mod demo;
 mod env;
 mod propagation;
@@ -59,6 +60,40 @@ enum Command {
         #[arg(long, default_value_t = 4)]
         concurrency: usize,
     },
+    /// Bundle endpoint requests/s over HTTPS keep-alive with `wrk`: a `fedhub hub run` child
+    /// against nginx serving the same bytes with the same certificate and key.
+    BundleEndpoint {
+        /// Seconds of load per wrk run.
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// wrk connections, kept alive for the whole run.
+        #[arg(long, default_value_t = 32)]
+        connections: u32,
+        /// wrk threads.
+        #[arg(long, default_value_t = 2)]
+        threads: u32,
+        /// Rounds; each runs wrk against the hub, then against nginx.
+        #[arg(long, default_value_t = 3)]
+        rounds: usize,
+        /// Seconds of untimed load on each server before the first round (0: none).
+        #[arg(long, default_value_t = 2)]
+        warmup: u64,
+        /// Hub worker threads and nginx worker processes (default: the number of cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// The `fedhub` binary (default: next to this one).
+        #[arg(long)]
+        fedhub: Option<PathBuf>,
+        /// The nginx binary.
+        #[arg(long, default_value = "/usr/sbin/nginx")]
+        nginx: PathBuf,
+        /// The wrk binary.
+        #[arg(long, default_value = "wrk")]
+        wrk: PathBuf,
+        /// The openssl binary, used to report the TLS parameters an OpenSSL client negotiates.
+        #[arg(long, default_value = "openssl")]
+        openssl: PathBuf,
+    },
     /// Wall time of the release `fedhub demo`.
     Demo {
         /// Runs.
@@ -104,6 +139,31 @@ fn main() -> ExitCode {
                 concurrency,
             } => signing::run(seconds, batch, concurrency).await,
             Command::Demo { runs, fedhub } => demo::run(runs, fedhub),
+            Command::BundleEndpoint {
+                seconds,
+                connections,
+                threads,
+                rounds,
+                warmup,
+                workers,
+                fedhub,
+                nginx,
+                wrk,
+                openssl,
+            } => bundle_endpoint::run(&bundle_endpoint::Options {
+                seconds,
+                connections,
+                threads,
+                rounds,
+                warmup,
+                workers: workers.unwrap_or_else(|| {
+                    std::thread::available_parallelism().map_or(1, std::num::NonZero::get)
+                }),
+                fedhub,
+                nginx,
+                wrk,
+                openssl,
+            }),
         }
     });
     match result {

@@ -59,6 +59,19 @@ impl fmt::Display for Summary {
     }
 }
 
+/// The median of `values` (the mean of the two middle ones for an even count); `None` when
+/// empty.
+pub fn median(values: &[f64]) -> Option<f64> {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let mid = sorted.len() / 2;
+    match sorted.len() {
+        0 => None,
+        n if n % 2 == 1 => Some(sorted[mid]),
+        _ => Some(f64::midpoint(sorted[mid - 1], sorted[mid])),
+    }
+}
+
 /// `VmRSS` and `VmHWM` of a process in KiB, from `/proc/<pid>/status`.
 pub fn memory_kib(pid: &str) -> anyhow::Result<(u64, u64)> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
@@ -114,5 +127,13 @@ mod tests {
         assert_eq!(s.p99, Duration::from_millis(99));
         assert_eq!(s.max, Duration::from_millis(100));
         assert!(Summary::of(&mut []).is_none());
+    }
+
+    #[test]
+    fn medians_of_odd_and_even_counts() {
+        assert_eq!(median(&[3.0, 1.0, 2.0]), Some(2.0));
+        assert_eq!(median(&[4.0, 1.0, 3.0, 2.0]), Some(2.5));
+        assert_eq!(median(&[7.5]), Some(7.5));
+        assert_eq!(median(&[]), None);
     }
 }

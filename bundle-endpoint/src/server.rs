@@ -1,16 +1,20 @@
 //! Serving side of the bundle endpoint.
 //!
 //! The document is serialized once per change by the caller and handed to a
-//! [`BundlePublisher`]; requests only clone an `Arc`, never build JSON.
+//! [`BundlePublisher`]; requests only clone an `Arc`, never build JSON. Its header values
+//! (`ETag`, `Content-Length`) are built with it, so answering a request allocates nothing but
+//! the response itself.
 
+use std::convert::Infallible;
+use std::future::{Ready, ready};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use axum::extract::State;
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, Method, Request, StatusCode, header};
+use axum::response::Response;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use bytes::Bytes;
@@ -21,6 +25,7 @@ use sha2::{Digest as _, Sha256};
 pub struct PublishedBundle {
     body: Bytes,
     etag: HeaderValue,
+    content_length: HeaderValue,
 }
 
 impl PublishedBundle {
@@ -31,7 +36,12 @@ impl PublishedBundle {
         let digest = Sha256::digest(&body);
         let tag = format!("\"{}\"", URL_SAFE_NO_PAD.encode(&digest[..18]));
         let etag = HeaderValue::from_str(&tag).unwrap_or_else(|_| HeaderValue::from_static("\"\""));
-        Self { body, etag }
+        let content_length = HeaderValue::from(body.len());
+        Self {
+            body,
+            etag,
+            content_length,
+        }
     }
 
     /// The document bytes.
@@ -71,34 +81,95 @@ impl BundlePublisher {
 }
 
 /// The bundle endpoint router: `GET path` serves the current document; other methods on that
-/// path answer `405`, other paths `404`. `HEAD` is answered like `GET` without a body.
+/// path answer `405` with `Allow: GET, HEAD`, other paths `404`. `HEAD` is answered like `GET`
+/// without a body.
 ///
 /// `path` is the operator's choice (`/` by default in the hub) and must start with `/`.
+///
+/// With one resource there is nothing to route: a single service answers every request, so a
+/// request costs a path comparison rather than a trip through axum's router, handler and
+/// extractors.
 pub fn router(path: &str, publisher: BundlePublisher) -> Router {
-    Router::new()
-        .route(path, get(serve_bundle))
-        .with_state(publisher)
+    Router::new().fallback_service(BundleService {
+        path: Arc::from(path),
+        publisher,
+    })
 }
 
-async fn serve_bundle(State(publisher): State<BundlePublisher>, headers: HeaderMap) -> Response {
-    let current = publisher.current();
-    let cache_headers = [
-        (header::ETAG, current.etag.clone()),
-        (header::CACHE_CONTROL, HeaderValue::from_static("no-cache")),
-    ];
-    if if_none_match_hits(&headers, current.etag()) {
-        return (StatusCode::NOT_MODIFIED, cache_headers).into_response();
+/// Answers every request of the bundle endpoint.
+#[derive(Debug, Clone)]
+struct BundleService {
+    path: Arc<str>,
+    publisher: BundlePublisher,
+}
+
+impl<B> tower::Service<Request<B>> for BundleService {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Ready<Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
     }
-    (
-        StatusCode::OK,
-        [(
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        ready(Ok(self.answer(
+            request.method(),
+            request.uri().path(),
+            request.headers(),
+        )))
+    }
+}
+
+impl BundleService {
+    fn answer(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response {
+        if path != &*self.path {
+            return status_only(StatusCode::NOT_FOUND);
+        }
+        let with_body = match *method {
+            Method::GET => true,
+            Method::HEAD => false,
+            _ => {
+                let mut response = status_only(StatusCode::METHOD_NOT_ALLOWED);
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+                return response;
+            }
+        };
+        let current = self.publisher.current();
+        if if_none_match_hits(headers, current.etag()) {
+            let mut response = status_only(StatusCode::NOT_MODIFIED);
+            cache_headers(response.headers_mut(), &current);
+            return response;
+        }
+        let body = if with_body {
+            Body::from(current.body.clone())
+        } else {
+            Body::empty()
+        };
+        let mut response = Response::new(body);
+        let headers = response.headers_mut();
+        headers.reserve(4);
+        headers.insert(
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
-        )],
-        cache_headers,
-        current.body.clone(),
-    )
-        .into_response()
+        );
+        headers.insert(header::CONTENT_LENGTH, current.content_length.clone());
+        cache_headers(headers, &current);
+        response
+    }
+}
+
+fn status_only(status: StatusCode) -> Response {
+    let mut response = Response::new(Body::empty());
+    *response.status_mut() = status;
+    response
+}
+
+fn cache_headers(headers: &mut HeaderMap, current: &PublishedBundle) {
+    headers.insert(header::ETAG, current.etag.clone());
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
 }
 
 /// `If-None-Match` uses the weak comparison (RFC 9110 §13.1.2): `W/"x"` matches `"x"`, and `*`
@@ -208,7 +279,40 @@ mod tests {
         }
         let head = call(app, Method::HEAD, "/", None).await;
         assert_eq!(head.status(), StatusCode::OK);
+        // HEAD describes the GET response: same type, length and tag, no body.
+        assert_eq!(head.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(
+            head.headers()[header::CONTENT_LENGTH],
+            DOC.len().to_string().as_str()
+        );
+        assert!(head.headers().contains_key(header::ETAG));
         assert!(body_of(head).await.is_empty());
+    }
+
+    #[tokio::test]
+    async fn wrong_method_names_the_allowed_ones_and_other_paths_carry_nothing() {
+        let publisher = BundlePublisher::new(DOC);
+        let app = router("/bundle", publisher.clone());
+        let post = call(app.clone(), Method::POST, "/bundle", None).await;
+        assert_eq!(post.headers()[header::ALLOW], "GET, HEAD");
+        assert!(!post.headers().contains_key(header::ETAG));
+        assert!(body_of(post).await.is_empty());
+        for path in ["/", "/bundle/", "/bundlex", "/x/bundle"] {
+            let response = call(app.clone(), Method::GET, path, None).await;
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+            assert!(!response.headers().contains_key(header::ETAG), "{path}");
+            assert!(body_of(response).await.is_empty(), "{path}");
+        }
+        // A query string does not change the resource.
+        let query = call(app.clone(), Method::GET, "/bundle?x=1", None).await;
+        assert_eq!(query.status(), StatusCode::OK);
+        assert_eq!(body_of(query).await, DOC.as_bytes());
+        // A 304 carries the tag and caching rule but no type or body.
+        let tag = publisher.current().etag().to_owned();
+        let hit = call(app, Method::HEAD, "/bundle", Some(&tag)).await;
+        assert_eq!(hit.status(), StatusCode::NOT_MODIFIED);
+        assert_eq!(hit.headers()[header::CACHE_CONTROL], "no-cache");
+        assert!(!hit.headers().contains_key(header::CONTENT_TYPE));
     }
 
     #[test]

@@ -102,6 +102,10 @@ pub async fn serve(
             },
             () = &mut shutdown => break,
         };
+        // Responses go out in one write; holding small segments back only adds latency.
+        if let Err(error) = stream.set_nodelay(true) {
+            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
+        }
         let service = TowerToHyperService::new(router.clone());
         let builder = Arc::clone(&builder);
         let watcher = graceful.watcher();
