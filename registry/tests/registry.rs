@@ -1048,6 +1048,12 @@ async fn claim_refresh_takes_one_relationship_whatever_its_schedule(db: TestDb) 
         .await
         .unwrap();
 
+    assert_eq!(
+        reg.list_refresh_failures().await.unwrap(),
+        [(other.clone(), 0), (partner.clone(), 1)],
+        "ordered by trust domain, with the failure just recorded"
+    );
+
     let err = reg
         .claim_refresh(&td("nowhere.example"), "hub-a", t0, lease)
         .await
