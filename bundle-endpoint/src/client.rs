@@ -17,15 +17,19 @@
 //!   exactly the configured endpoint SPIFFE ID; the host name is not checked (FED-23, FED-24).
 //!
 //! Every fetch opens a fresh connection, so each one is verified with the bundle the
-//! [`BundleSource`] holds at that moment (FED-20, FED-21). Redirects are followed only to the
+//! [`BundleSource`] holds at that moment (FED-20, FED-21). Fetchers built with the same
+//! [`SharedClients`] share one HTTPS client per `https_web` trust configuration, so that
+//! thousands of relationships do not each load and hold their own copy of the system trust
+//! store. Redirects are followed only to the
 //! same host and port over https, up to [`FetchOptions::max_redirects`], with the same checks,
 //! and are never remembered (FED-25, FED-26). Only `200` carries a bundle (AMB-10); the body
 //! is read in chunks and the fetch stops as soon as it passes [`FetchOptions::max_body_bytes`].
 //! Nothing global is installed: the rustls configuration names the aws-lc-rs provider.
 
+use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use fedhub_core::bundle::IgnoredEntry;
@@ -214,6 +218,95 @@ pub enum FetchError {
     Parse(#[from] BundleError),
 }
 
+/// HTTPS clients shared among the [`BundleFetcher`]s built with it.
+///
+/// An `https_web` client holds its own parsed copy of the system trust store (hundreds of
+/// certificates, loaded from disk when it is built). One per relationship costs a hub with
+/// thousands of relationships gigabytes and a disk read per new relationship, so fetchers
+/// built with the same `SharedClients` share one client per distinct trust configuration
+/// (extra roots and connect timeout). Sharing changes nothing per fetch: clients keep no
+/// connections or TLS sessions between fetches, and everything else about a fetch comes from
+/// its own fetcher. `https_spiffe` clients are never shared, since each verifies against the
+/// bundle of its own relationship.
+///
+/// A client lives as long as a fetcher uses it: the cache holds it weakly. Cheap to clone;
+/// clones share the cache.
+#[derive(Debug, Clone, Default)]
+pub struct SharedClients {
+    web: Arc<Mutex<HashMap<WebClientKey, Weak<reqwest::Client>>>>,
+}
+
+/// What an `https_web` client is built from.
+#[derive(Debug, PartialEq, Eq, Hash)]
+struct WebClientKey {
+    extra_roots: Vec<Vec<u8>>,
+    connect_timeout: Duration,
+}
+
+impl SharedClients {
+    /// An empty cache.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// How many `https_web` clients are alive in the cache.
+    pub fn web_clients(&self) -> usize {
+        self.lock()
+            .values()
+            .filter(|client| client.strong_count() > 0)
+            .count()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<WebClientKey, Weak<reqwest::Client>>> {
+        self.web.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The client for `extra_roots` and `options`, built when no fetcher holds one.
+    fn web_client(
+        &self,
+        extra_roots: &[Vec<u8>],
+        options: &FetchOptions,
+    ) -> Result<Arc<reqwest::Client>, FetchError> {
+        let key = WebClientKey {
+            extra_roots: extra_roots.to_vec(),
+            connect_timeout: options.connect_timeout,
+        };
+        // Held while building, so that fetchers of one configuration never build it twice.
+        let mut cache = self.lock();
+        if let Some(client) = cache.get(&key).and_then(Weak::upgrade) {
+            return Ok(client);
+        }
+        let client = Arc::new(http_client(web_tls_config(extra_roots)?, options)?);
+        cache.retain(|_, client| client.strong_count() > 0);
+        cache.insert(key, Arc::downgrade(&client));
+        Ok(client)
+    }
+}
+
+/// An HTTPS client with `tls`, for one fetch at a time per request: no redirects followed by
+/// reqwest, no idle connections, no proxy.
+fn http_client(
+    mut tls: ClientConfig,
+    options: &FetchOptions,
+) -> Result<reqwest::Client, FetchError> {
+    tls.alpn_protocols = vec![b"http/1.1".to_vec()];
+    // No session resumption: a resumed handshake skips certificate verification, and every
+    // fetch must verify the endpoint against the bundle held now (FED-20, FED-21).
+    tls.resumption = rustls::client::Resumption::disabled();
+    reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .tls_info(true)
+        .https_only(true)
+        .connect_timeout(options.connect_timeout)
+        .redirect(reqwest::redirect::Policy::none())
+        // A fresh connection per fetch: each handshake sees the latest bundle.
+        .pool_max_idle_per_host(0)
+        .no_proxy()
+        .user_agent(concat!("fedhub/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .map_err(|e| FetchError::Config(error_chain(&e)))
+}
+
 /// Fetches the bundle of one federation relationship.
 #[derive(Debug, Clone)]
 pub struct BundleFetcher {
@@ -221,11 +314,12 @@ pub struct BundleFetcher {
     trust_domain: TrustDomain,
     auth: EndpointAuth,
     options: FetchOptions,
-    client: reqwest::Client,
+    client: Arc<reqwest::Client>,
 }
 
 impl BundleFetcher {
-    /// A fetcher for the bundle of `trust_domain` served at `url` under the profile of `auth`.
+    /// A fetcher for the bundle of `trust_domain` served at `url` under the profile of `auth`,
+    /// with a client of its own.
     ///
     /// # Errors
     /// [`FetchError::InvalidUrl`] when `url` is not `https` with a host and without userinfo
@@ -237,36 +331,38 @@ impl BundleFetcher {
         auth: EndpointAuth,
         options: FetchOptions,
     ) -> Result<Self, FetchError> {
+        Self::with_shared_clients(url, trust_domain, auth, options, &SharedClients::new())
+    }
+
+    /// Like [`new`](Self::new), but an `https_web` fetcher takes its client from `clients`,
+    /// shared with the other fetchers of the same trust configuration.
+    ///
+    /// # Errors
+    /// As [`new`](Self::new).
+    pub fn with_shared_clients(
+        url: &str,
+        trust_domain: TrustDomain,
+        auth: EndpointAuth,
+        options: FetchOptions,
+        clients: &SharedClients,
+    ) -> Result<Self, FetchError> {
         let url = Url::parse(url).map_err(|e| FetchError::InvalidUrl(format!("not a URL: {e}")))?;
         check_https_url(&url).map_err(FetchError::InvalidUrl)?;
-        let mut tls = match &auth {
-            EndpointAuth::HttpsWeb { extra_roots } => web_tls_config(extra_roots)?,
+        let client = match &auth {
+            EndpointAuth::HttpsWeb { extra_roots } => clients.web_client(extra_roots, &options)?,
             EndpointAuth::HttpsSpiffe {
                 endpoint_id,
                 bundles,
-            } => fedhub_core::tls::client_config(
-                None,
-                Arc::clone(bundles),
-                Authorizer::Exact(endpoint_id.clone()),
-            )
-            .map_err(|e| FetchError::Config(e.to_string()))?,
+            } => {
+                let tls = fedhub_core::tls::client_config(
+                    None,
+                    Arc::clone(bundles),
+                    Authorizer::Exact(endpoint_id.clone()),
+                )
+                .map_err(|e| FetchError::Config(e.to_string()))?;
+                Arc::new(http_client(tls, &options)?)
+            }
         };
-        tls.alpn_protocols = vec![b"http/1.1".to_vec()];
-        // No session resumption: a resumed handshake skips certificate verification, and every
-        // fetch must verify the endpoint against the bundle held now (FED-20, FED-21).
-        tls.resumption = rustls::client::Resumption::disabled();
-        let client = reqwest::Client::builder()
-            .tls_backend_preconfigured(tls)
-            .tls_info(true)
-            .https_only(true)
-            .connect_timeout(options.connect_timeout)
-            .redirect(reqwest::redirect::Policy::none())
-            // A fresh connection per fetch: each handshake sees the latest bundle.
-            .pool_max_idle_per_host(0)
-            .no_proxy()
-            .user_agent(concat!("fedhub/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| FetchError::Config(error_chain(&e)))?;
         Ok(Self {
             url,
             trust_domain,
@@ -655,6 +751,66 @@ mod tests {
             matches!(&error, FetchError::Config(m) if m.contains("extra root 0")),
             "{error}"
         );
+    }
+
+    fn web_fetcher(url: &str, extra_roots: Vec<Vec<u8>>, clients: &SharedClients) -> BundleFetcher {
+        BundleFetcher::with_shared_clients(
+            url,
+            td(),
+            EndpointAuth::HttpsWeb { extra_roots },
+            FetchOptions::default(),
+            clients,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn web_fetchers_share_a_client_per_trust_configuration_while_one_is_used() {
+        let clients = SharedClients::new();
+        let a = web_fetcher("https://a.example.org/", Vec::new(), &clients);
+        let b = web_fetcher("https://b.example.org:8443/x", Vec::new(), &clients);
+        assert!(Arc::ptr_eq(&a.client, &b.client), "same roots, same client");
+        assert_eq!(clients.web_clients(), 1);
+
+        let ca = rcgen::CertificateParams::new(Vec::<String>::new())
+            .unwrap()
+            .self_signed(&rcgen::KeyPair::generate().unwrap())
+            .unwrap()
+            .der()
+            .to_vec();
+        let private = web_fetcher("https://c.example.org/", vec![ca.clone()], &clients);
+        assert!(!Arc::ptr_eq(&a.client, &private.client), "other roots");
+        let slow = BundleFetcher::with_shared_clients(
+            "https://a.example.org/",
+            td(),
+            web(),
+            FetchOptions {
+                connect_timeout: Duration::from_secs(1),
+                ..FetchOptions::default()
+            },
+            &clients,
+        )
+        .unwrap();
+        assert!(
+            !Arc::ptr_eq(&a.client, &slow.client),
+            "other connect timeout"
+        );
+        assert_eq!(clients.web_clients(), 3);
+
+        drop((private, slow));
+        assert_eq!(clients.web_clients(), 1, "unused clients are not kept");
+        let again = web_fetcher("https://d.example.org/", vec![ca], &clients);
+        assert!(!Arc::ptr_eq(&a.client, &again.client));
+        assert_eq!(clients.web_clients(), 2);
+
+        let own = BundleFetcher::new(
+            "https://a.example.org/",
+            td(),
+            web(),
+            FetchOptions::default(),
+        )
+        .unwrap();
+        assert!(!Arc::ptr_eq(&a.client, &own.client), "new() shares nothing");
     }
 
     #[test]

@@ -13,5 +13,7 @@ pub mod client;
 pub mod server;
 
 pub use acceptance::{Acceptance, Rejection, check_fetched};
-pub use client::{BundleFetcher, EndpointAuth, FetchError, FetchOptions, FetchOutcome, TlsFailure};
+pub use client::{
+    BundleFetcher, EndpointAuth, FetchError, FetchOptions, FetchOutcome, SharedClients, TlsFailure,
+};
 pub use server::{BundlePublisher, PublishedBundle, router};

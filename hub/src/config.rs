@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use fedhub_bundle_endpoint::FetchOptions;
 use fedhub_core::{KeyType, SpiffeId, TrustDomain};
 use figment::Figment;
 use figment::providers::{Env, Format as _, Toml};
@@ -109,6 +110,30 @@ pub struct NodeAttestationConfig {
     pub x509pop: Option<X509PopConfig>,
 }
 
+/// Validated `[federation]` settings: the refresh schedule of foreign bundles and the limits of
+/// each fetch. [`FederationOptions::from_config`](crate::federation::FederationOptions::from_config)
+/// turns them into the federation manager's options.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FederationConfig {
+    /// Interval when a foreign bundle has no `spiffe_refresh_hint`.
+    pub default_refresh: Duration,
+    /// Shortest interval between two fetches of one relationship.
+    pub min_refresh: Duration,
+    /// Longest interval between two fetches after a success.
+    pub max_refresh: Duration,
+    /// Largest fraction, in `[0, 1)`, by which a retry delay after a failure is shortened at
+    /// random.
+    pub jitter: f64,
+    /// Delay after the first failure in a row, doubled with each further one.
+    pub backoff_base: Duration,
+    /// Longest delay after failures.
+    pub backoff_cap: Duration,
+    /// Most fetches in flight at once.
+    pub concurrency: usize,
+    /// Connect and total timeouts and the body size cap of each fetch.
+    pub fetch: FetchOptions,
+}
+
 /// The validated hub configuration.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -140,6 +165,8 @@ pub struct HubConfig {
     pub jwt_svid_ttl: Duration,
     /// Key type of JWT signing keys.
     pub jwt_key_type: KeyType,
+    /// Federation refresh schedule and fetch limits.
+    pub federation: FederationConfig,
 }
 
 #[derive(Debug, Deserialize)]
@@ -166,6 +193,8 @@ struct Settings {
     ca: CaSettings,
     #[serde(default)]
     svid: SvidSettings,
+    #[serde(default)]
+    federation: FederationSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -305,6 +334,63 @@ impl Default for SvidSettings {
             jwt_ttl: Duration::from_secs(300),
             jwt_key_type: "ec-p256".into(),
         }
+    }
+}
+
+/// The largest `federation.concurrency` accepted: each fetch in flight holds a socket.
+pub const MAX_FEDERATION_CONCURRENCY: usize = 4096;
+/// The smallest `federation.max_body_bytes` accepted.
+pub const MIN_FEDERATION_BODY_BYTES: usize = 1024;
+/// The largest `federation.max_body_bytes` accepted.
+pub const MAX_FEDERATION_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// The longest `federation.fetch_timeout` accepted (a fetch holds a refresh lease meanwhile).
+pub const MAX_FEDERATION_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct FederationSettings {
+    #[serde(with = "humantime_serde")]
+    default_refresh: Duration,
+    #[serde(with = "humantime_serde")]
+    min_refresh: Duration,
+    #[serde(with = "humantime_serde")]
+    max_refresh: Duration,
+    jitter: f64,
+    #[serde(with = "humantime_serde")]
+    backoff_base: Duration,
+    #[serde(with = "humantime_serde")]
+    backoff_cap: Duration,
+    concurrency: usize,
+    #[serde(with = "humantime_serde")]
+    connect_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    fetch_timeout: Duration,
+    max_body_bytes: usize,
+}
+
+impl Default for FederationSettings {
+    fn default() -> Self {
+        let fetch = FetchOptions::default();
+        Self {
+            default_refresh: Duration::from_secs(300),
+            min_refresh: Duration::from_secs(30),
+            max_refresh: Duration::from_secs(3600),
+            jitter: 0.1,
+            backoff_base: Duration::from_secs(5),
+            backoff_cap: Duration::from_secs(300),
+            concurrency: 32,
+            connect_timeout: fetch.connect_timeout,
+            fetch_timeout: fetch.total_timeout,
+            max_body_bytes: fetch.max_body_bytes,
+        }
+    }
+}
+
+impl Default for FederationConfig {
+    /// The defaults of the `[federation]` section.
+    fn default() -> Self {
+        validate_federation(FederationSettings::default())
+            .unwrap_or_else(|_| unreachable!("the federation defaults are valid"))
     }
 }
 
@@ -476,8 +562,107 @@ impl Settings {
             x509_svid_ttl,
             jwt_svid_ttl,
             jwt_key_type: key_type("svid.jwt_key_type", &self.svid.jwt_key_type)?,
+            federation: validate_federation(self.federation)?,
         })
     }
+}
+
+fn humane(duration: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(duration)
+}
+
+fn validate_federation(settings: FederationSettings) -> Result<FederationConfig, ConfigError> {
+    let min_refresh = positive("federation.min_refresh", settings.min_refresh)?;
+    let max_refresh = positive("federation.max_refresh", settings.max_refresh)?;
+    if min_refresh > max_refresh {
+        return Err(invalid(
+            "federation.min_refresh",
+            format!(
+                "{} is longer than federation.max_refresh ({}); lower it or raise max_refresh",
+                humane(min_refresh),
+                humane(max_refresh)
+            ),
+        ));
+    }
+    let default_refresh = positive("federation.default_refresh", settings.default_refresh)?;
+    if !(0.0..1.0).contains(&settings.jitter) {
+        return Err(invalid(
+            "federation.jitter",
+            format!(
+                "{} is not a fraction in [0, 1): give e.g. 0.1 to shorten retry delays by up to \
+                 10 % at random, or 0 for none",
+                settings.jitter
+            ),
+        ));
+    }
+    let backoff_base = positive("federation.backoff_base", settings.backoff_base)?;
+    let backoff_cap = positive("federation.backoff_cap", settings.backoff_cap)?;
+    if backoff_base > backoff_cap {
+        return Err(invalid(
+            "federation.backoff_base",
+            format!(
+                "{} is longer than federation.backoff_cap ({}); lower it or raise backoff_cap",
+                humane(backoff_base),
+                humane(backoff_cap)
+            ),
+        ));
+    }
+    if !(1..=MAX_FEDERATION_CONCURRENCY).contains(&settings.concurrency) {
+        return Err(invalid(
+            "federation.concurrency",
+            format!(
+                "{} is out of range: give 1 to {MAX_FEDERATION_CONCURRENCY} fetches in flight",
+                settings.concurrency
+            ),
+        ));
+    }
+    let fetch_timeout = positive("federation.fetch_timeout", settings.fetch_timeout)?;
+    if fetch_timeout > MAX_FEDERATION_FETCH_TIMEOUT {
+        return Err(invalid(
+            "federation.fetch_timeout",
+            format!(
+                "{} is longer than {}; a bundle endpoint that slow is better treated as down",
+                humane(fetch_timeout),
+                humane(MAX_FEDERATION_FETCH_TIMEOUT)
+            ),
+        ));
+    }
+    let connect_timeout = positive("federation.connect_timeout", settings.connect_timeout)?;
+    if connect_timeout > fetch_timeout {
+        return Err(invalid(
+            "federation.connect_timeout",
+            format!(
+                "{} is longer than federation.fetch_timeout ({}), which includes connecting",
+                humane(connect_timeout),
+                humane(fetch_timeout)
+            ),
+        ));
+    }
+    if !(MIN_FEDERATION_BODY_BYTES..=MAX_FEDERATION_BODY_BYTES).contains(&settings.max_body_bytes) {
+        return Err(invalid(
+            "federation.max_body_bytes",
+            format!(
+                "{} is out of range: give {MIN_FEDERATION_BODY_BYTES} to \
+                 {MAX_FEDERATION_BODY_BYTES} bytes (default 1048576, 1 MiB)",
+                settings.max_body_bytes
+            ),
+        ));
+    }
+    Ok(FederationConfig {
+        default_refresh,
+        min_refresh,
+        max_refresh,
+        jitter: settings.jitter,
+        backoff_base,
+        backoff_cap,
+        concurrency: settings.concurrency,
+        fetch: FetchOptions {
+            connect_timeout,
+            total_timeout: fetch_timeout,
+            max_body_bytes: settings.max_body_bytes,
+            ..FetchOptions::default()
+        },
+    })
 }
 
 fn validate_oidc(settings: OidcSettings) -> Result<OidcConfig, ConfigError> {
@@ -651,6 +836,81 @@ mod tests {
     }
 
     #[test]
+    fn federation_section_sets_the_schedule_and_fetch_limits() {
+        let defaults = HubConfig::from_toml("trust_domain = \"a.test\"")
+            .unwrap()
+            .federation;
+        assert_eq!(defaults, FederationConfig::default());
+        assert_eq!(defaults.default_refresh, Duration::from_secs(300));
+        assert_eq!(defaults.min_refresh, Duration::from_secs(30));
+        assert_eq!(defaults.max_refresh, Duration::from_secs(3600));
+        assert!((defaults.jitter - 0.1).abs() < f64::EPSILON);
+        assert_eq!(defaults.backoff_base, Duration::from_secs(5));
+        assert_eq!(defaults.backoff_cap, Duration::from_secs(300));
+        assert_eq!(defaults.concurrency, 32);
+        assert_eq!(defaults.fetch, FetchOptions::default());
+
+        let config = HubConfig::from_toml(
+            r#"
+            trust_domain = "a.test"
+            [federation]
+            default_refresh = "10m"
+            min_refresh = "1m"
+            max_refresh = "2h"
+            jitter = 0.25
+            backoff_base = "2s"
+            backoff_cap = "1m"
+            concurrency = 128
+            connect_timeout = "2s"
+            fetch_timeout = "10s"
+            max_body_bytes = 65536
+            "#,
+        )
+        .unwrap()
+        .federation;
+        assert_eq!(
+            config,
+            FederationConfig {
+                default_refresh: Duration::from_secs(600),
+                min_refresh: Duration::from_secs(60),
+                max_refresh: Duration::from_secs(7200),
+                jitter: 0.25,
+                backoff_base: Duration::from_secs(2),
+                backoff_cap: Duration::from_secs(60),
+                concurrency: 128,
+                fetch: FetchOptions {
+                    connect_timeout: Duration::from_secs(2),
+                    total_timeout: Duration::from_secs(10),
+                    max_body_bytes: 65536,
+                    ..FetchOptions::default()
+                },
+            }
+        );
+    }
+
+    #[test]
+    #[expect(
+        clippy::result_large_err,
+        reason = "figment's Jail API returns its own error"
+    )]
+    fn federation_keys_take_environment_overrides() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hub.toml");
+        std::fs::write(&path, "trust_domain = \"alpha.test\"\n").unwrap();
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("FEDHUB_HUB__FEDERATION__CONCURRENCY", "64");
+            jail.set_env("FEDHUB_HUB__FEDERATION__MIN_REFRESH", "45s");
+            let config = HubConfig::load(&path).unwrap();
+            assert_eq!(config.federation.concurrency, 64);
+            assert_eq!(config.federation.min_refresh, Duration::from_secs(45));
+            jail.set_env("FEDHUB_HUB__FEDERATION__JITTER", "2");
+            let error = HubConfig::load(&path).unwrap_err().to_string();
+            assert!(error.starts_with("federation.jitter: 2 "), "{error}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn x509pop_is_off_unless_configured() {
         let config = HubConfig::from_toml("trust_domain = \"a.test\"").unwrap();
         assert_eq!(config.node_attestation.x509pop, None);
@@ -671,6 +931,11 @@ mod tests {
         let text = include_str!("../hub.example.toml");
         let config = HubConfig::from_toml(text).unwrap();
         assert_eq!(config.trust_domain.name(), "example.org");
+        assert_eq!(
+            config.federation,
+            FederationConfig::default(),
+            "the example shows the defaults"
+        );
     }
 
     fn error_of(text: &str) -> String {
@@ -726,6 +991,58 @@ mod tests {
             (
                 "trust_domain = \"a.test\"\n[agent_api]\naddress = \"nowhere\"",
                 "agent_api.address",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[federation]\nmin_refresh = \"2h\"",
+                "federation.min_refresh: 2h is longer than federation.max_refresh (1h)",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[federation]\nmax_refresh = \"0s\"",
+                "federation.max_refresh: must be longer than zero",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[federation]\ndefault_refresh = \"0s\"",
+                "federation.default_refresh: must be longer than zero",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[federation]\njitter = 1.5",
+                "federation.jitter: 1.5 is not a fraction in [0, 1)",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[federation]\njitter = -0.1",
+                "federation.jitter: -0.1 is not a fraction",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[federation]\nbackoff_base = \"10m\"",
+                "federation.backoff_base: 10m is longer than federation.backoff_cap (5m)",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[federation]\nconcurrency = 0",
+                "federation.concurrency: 0 is out of range",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[federation]\nconcurrency = 100000",
+                "federation.concurrency: 100000 is out of range",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[federation]\nconnect_timeout = \"1m\"",
+                "federation.connect_timeout: 1m is longer than federation.fetch_timeout (30s)",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[federation]\nfetch_timeout = \"1h\"",
+                "federation.fetch_timeout: 1h is longer than 10m",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[federation]\nmax_body_bytes = 10",
+                "federation.max_body_bytes: 10 is out of range",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[federation]\nmin_refresh = \"often\"",
+                "federation.min_refresh",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[federation]\nlease = \"1m\"",
+                "lease",
             ),
         ];
         for (text, expected) in cases {

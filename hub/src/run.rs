@@ -355,15 +355,17 @@ impl Listeners {
 pub struct LaunchOptions {
     /// How often operator certificate files are checked for changes.
     pub cert_reload_interval: Duration,
-    /// Federation refresh schedule and fetch limits.
-    pub federation: FederationOptions,
+    /// Federation refresh schedule and fetch limits; `None` (the default) takes them from the
+    /// configuration's `[federation]` section, `Some` overrides it whole (tests shorten
+    /// intervals below what the configuration allows, or fix the replica ID).
+    pub federation: Option<FederationOptions>,
 }
 
 impl Default for LaunchOptions {
     fn default() -> Self {
         Self {
             cert_reload_interval: CERT_RELOAD_INTERVAL,
-            federation: FederationOptions::default(),
+            federation: None,
         }
     }
 }
@@ -432,7 +434,11 @@ pub async fn launch_with(
         spawn_server(&mut tasks, "health", listener, None, router, &stop);
     }
 
-    let federation = FederationManager::new(hub.clone(), options.federation.clone())?;
+    let federation_options = options
+        .federation
+        .clone()
+        .unwrap_or_else(|| FederationOptions::from_config(&config.federation));
+    let federation = FederationManager::new(hub.clone(), federation_options)?;
     {
         let federation = federation.clone();
         let stopped = stop.clone();

@@ -154,7 +154,8 @@ async fn refresh_now_reports_outcomes_and_schedules_by_hint_and_backoff() {
     let after = status(&pair.local, &pair.td).await;
     assert!(after.etag.is_some());
     assert_eq!(after.lease_owner, None);
-    assert_scheduled(after.next_refresh_at, t, 300); // the 10 min hint, clamped to 5 min
+    // The 10 min hint, clamped to 5 min, at the relationship's phase.
+    assert_on_phase(&pair, after.next_refresh_at, t, 300);
     assert_eq!(gauge(BUNDLE_AGE_SECONDS, "sched.test"), Some(0.0));
 
     // The stored entity tag is sent: 304. Only the status moves: no change for the agents.
@@ -203,7 +204,7 @@ async fn refresh_now_reports_outcomes_and_schedules_by_hint_and_backoff() {
     let after = status(&pair.local, &pair.td).await;
     assert_eq!(after.consecutive_failures, 0);
     assert_eq!(after.last_error, None);
-    assert_scheduled(after.next_refresh_at, t, 300);
+    assert_on_phase(&pair, after.next_refresh_at, t, 300);
     assert_eq!(gauge(CONSECUTIVE_FAILURES, "sched.test"), Some(0.0));
 }
 

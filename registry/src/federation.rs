@@ -391,6 +391,35 @@ impl Registry {
         rows.iter().map(Relationship::from_row).collect()
     }
 
+    /// The trust domain, consecutive failure count and last successful refresh of every
+    /// relationship, ordered by trust domain: for status gauges, without reading the rest of
+    /// each row (a hub may have thousands of relationships, each with its extra CA).
+    ///
+    /// # Errors
+    /// [`RegistryError::Database`], or [`RegistryError::Corrupt`] for a malformed row.
+    pub async fn list_refresh_failures(
+        &self,
+    ) -> Result<Vec<(TrustDomain, u32, Option<OffsetDateTime>)>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT trust_domain, consecutive_failures, last_success_at \
+             FROM federation_relationships ORDER BY trust_domain",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|row| {
+                let f = Fields::new(row, KIND, "trust_domain")?;
+                let failures =
+                    u32::try_from(f.unsigned("consecutive_failures")?).unwrap_or(u32::MAX);
+                Ok((
+                    f.trust_domain("trust_domain")?,
+                    failures,
+                    f.opt_time("last_success_at")?,
+                ))
+            })
+            .collect()
+    }
+
     /// Deletes a relationship and its stored foreign bundle, and removes the trust domain
     /// from every federation group (each recorded as changed).
     ///

@@ -1083,6 +1083,19 @@ async fn claim_refresh_takes_one_relationship_whatever_its_schedule(db: TestDb) 
         .await
         .unwrap();
 
+    let failures: Vec<(fedhub_core::TrustDomain, u32)> = reg
+        .list_refresh_failures()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(td, failures, _)| (td, failures))
+        .collect();
+    assert_eq!(
+        failures,
+        [(other.clone(), 0), (partner.clone(), 1)],
+        "ordered by trust domain, with the failure just recorded"
+    );
+
     let err = reg
         .claim_refresh(&td("nowhere.example"), "hub-a", t0, lease)
         .await

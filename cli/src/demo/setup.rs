@@ -123,10 +123,10 @@ enabled = false
     let config = HubConfig::load(&config_path)
         .with_context(|| format!("demo hub configuration {}", config_path.display()))?;
     let options = LaunchOptions {
-        federation: FederationOptions {
+        federation: Some(FederationOptions {
             min_refresh: Duration::from_secs(1),
             ..FederationOptions::default()
-        },
+        }),
         ..LaunchOptions::default()
     };
     match fedhub_hub::run::launch_with(config, options).await {

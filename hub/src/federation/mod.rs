@@ -9,7 +9,8 @@
 //! each fetch), with the stored entity tag. A fetched bundle replaces the stored one only when
 //! [`check_fetched`] accepts it; on any failure or refusal the last good bundle stays and the
 //! error is recorded in the relationship's status. The next refresh follows
-//! [`FederationOptions`]. [`FederationManager::refresh_now`] does the same for one relationship
+//! [`FederationOptions`]: the bundle's refresh hint at the relationship's own phase of it, so
+//! that many relationships spread out, or a jittered backoff after a failure. [`FederationManager::refresh_now`] does the same for one relationship
 //! at once, for `fedhub federation refresh`.
 //!
 //! Every attempt is logged with trust domain, URL, profile, peer identity and outcome (FED-34)
@@ -38,7 +39,7 @@ use tokio::task::JoinSet;
 
 use crate::Hub;
 use fetchers::Fetchers;
-pub use options::FederationOptions;
+pub use options::{FederationOptions, phase_key};
 use telemetry::Outcome;
 
 /// How often the gauges are recomputed from the registry (and fetchers of deleted
@@ -194,34 +195,54 @@ impl FederationManager {
 
     /// Refreshes due relationships until `shutdown` resolves, at most
     /// [`FederationOptions::concurrency`] at once, asking the registry every
-    /// [`FederationOptions::poll_interval`] (or on [`wake`](Self::wake)) and whenever a fetch
-    /// ends. Gauges are recomputed every 10 s. At shutdown fetches in flight are abandoned:
+    /// [`FederationOptions::poll_interval`] (or on [`wake`](Self::wake)) and when fetches end
+    /// (in half batches while a backlog lasts). Gauges are recomputed every 10 s, beside the
+    /// fetches. At shutdown fetches in flight are abandoned:
     /// nothing of them is stored, and their leases lapse so that another replica (or the next
     /// start) takes them over.
     pub async fn run(&self, shutdown: impl Future<Output = ()>) {
         tracing::info!(replica_id = %self.replica_id(), "federation manager started");
-        let permits = Arc::new(Semaphore::new(self.inner.options.concurrency));
+        let options = &self.inner.options;
+        let permits = Arc::new(Semaphore::new(options.concurrency));
+        let refill_at = refill_threshold(options);
         let mut tasks = JoinSet::new();
+        // At most one gauge update at a time, beside the claims rather than in their way.
+        let mut gauge_update = JoinSet::new();
         let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
         gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        let mut claim = true;
         loop {
-            if self.claim_and_spawn(&permits, &mut tasks).await {
+            if claim && self.claim_and_spawn(&permits, &mut tasks).await {
                 // A full batch: more may be due.
                 continue;
             }
+            claim = true;
             tokio::select! {
                 () = &mut shutdown => break,
                 () = self.inner.wake.notified() => {}
-                () = tokio::time::sleep(self.inner.options.poll_interval) => {}
+                () = tokio::time::sleep(options.poll_interval) => {}
                 Some(joined) = tasks.join_next() => {
                     if let Err(error) = joined {
                         tracing::error!(%error, "a federation refresh task failed");
                     }
+                    // While a backlog is worked off, claim in batches rather than one
+                    // relationship per finished fetch: each claim asks the registry for the
+                    // due relationships in order, which costs about as much for one as for
+                    // a batch.
+                    claim = permits.available_permits() >= refill_at;
                 }
-                _ = gauges.tick() => self.update_gauges().await,
+                _ = gauges.tick() => {
+                    claim = false;
+                    if gauge_update.is_empty() {
+                        let manager = self.clone();
+                        gauge_update.spawn(async move { manager.update_gauges().await });
+                    }
+                }
+                Some(_) = gauge_update.join_next() => claim = false,
             }
         }
+        gauge_update.shutdown().await;
         tasks.shutdown().await;
         tracing::info!(replica_id = %self.replica_id(), "federation manager stopped");
     }
@@ -342,11 +363,12 @@ impl FederationManager {
             .peer
             .map_or_else(|| expected_peer(spec), |peer| peer.to_string());
         let etag = attempt.etag.as_deref();
-        let random = rand::random::<f64>();
         let now = OffsetDateTime::now_utc();
+        let since_epoch = (now - OffsetDateTime::UNIX_EPOCH).unsigned_abs();
+        let phase = options::phase_key(self.inner.hub.trust_domain(), td);
         match attempt.verdict {
             Verdict::Replace(bundle) => {
-                let delay = options.success_delay(bundle.refresh_hint(), random);
+                let delay = options.success_delay(bundle.refresh_hint(), phase, since_epoch);
                 log_success(spec, &peer, Outcome::Updated, bundle.sequence(), delay);
                 telemetry::count(td, Outcome::Updated);
                 let record = BundleRecord::new(td.clone(), bundle.to_json(), bundle.sequence());
@@ -364,7 +386,7 @@ impl FederationManager {
                 })
             }
             Verdict::Keep { hint, outcome } => {
-                let delay = options.success_delay(hint, random);
+                let delay = options.success_delay(hint, phase, since_epoch);
                 log_success(spec, &peer, outcome, None, delay);
                 telemetry::count(td, outcome);
                 registry
@@ -377,7 +399,7 @@ impl FederationManager {
             }
             Verdict::Fail { outcome, error } => {
                 let failures = relationship.status.consecutive_failures.saturating_add(1);
-                let delay = options.failure_delay(failures, random);
+                let delay = options.failure_delay(failures, rand::random::<f64>());
                 log_failure(spec, &peer, outcome, &error, failures, delay);
                 telemetry::count(td, outcome);
                 registry
@@ -468,8 +490,10 @@ impl FederationManager {
     /// relationships that are gone.
     async fn update_gauges(&self) {
         let registry = self.inner.hub.registry();
-        let (relationships, bundles) =
-            match tokio::try_join!(registry.list_relationships(), registry.list_bundles()) {
+        // Only the failure counts of the relationships, not whole rows: with thousands of
+        // relationships whole rows (each with its extra CA) made tens of MB every 10 s.
+        let (failures, bundles) =
+            match tokio::try_join!(registry.list_refresh_failures(), registry.list_bundles()) {
                 Ok(both) => both,
                 Err(error) => {
                     tracing::warn!(%error, "cannot read federation status for metrics");
@@ -481,21 +505,24 @@ impl FederationManager {
             .map(|bundle| (&bundle.trust_domain, bundle.updated_at))
             .collect();
         let now = OffsetDateTime::now_utc();
-        for relationship in &relationships {
-            let td = &relationship.spec.trust_domain;
-            telemetry::set_failures(td, relationship.status.consecutive_failures);
+        for (td, consecutive_failures, last_success_at) in &failures {
+            telemetry::set_failures(td, *consecutive_failures);
             if let Some(stored_at) = stored.get(td) {
-                let age =
-                    telemetry::bundle_age(now, relationship.status.last_success_at, *stored_at);
+                let age = telemetry::bundle_age(now, *last_success_at, *stored_at);
                 telemetry::set_bundle_age(td, age);
             }
         }
-        let live: HashSet<&TrustDomain> = relationships
-            .iter()
-            .map(|relationship| &relationship.spec.trust_domain)
-            .collect();
+        let live: HashSet<&TrustDomain> = failures.iter().map(|(td, _, _)| td).collect();
         self.inner.fetchers.retain(&live);
     }
+}
+
+/// How many fetch permits must be free before a finished fetch leads to a new claim: half a
+/// batch (at least one), so that in-flight fetches stay between half and all of
+/// `concurrency` while a backlog lasts.
+fn refill_threshold(options: &FederationOptions) -> usize {
+    let batch = usize::try_from(options.batch).unwrap_or(usize::MAX);
+    (batch.min(options.concurrency) / 2).max(1)
 }
 
 /// The stored bundle of `trust_domain`, parsed.
@@ -590,5 +617,26 @@ impl crate::admin::RefreshNow for FederationManager {
                 Err(error) => Err(error.to_string()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_backlog_is_claimed_in_half_batches() {
+        let with = |batch, concurrency| {
+            refill_threshold(&FederationOptions {
+                batch,
+                concurrency,
+                ..FederationOptions::default()
+            })
+        };
+        assert_eq!(with(32, 32), 16);
+        assert_eq!(with(32, 8), 4, "bounded by concurrency");
+        assert_eq!(with(4, 100), 2, "bounded by the batch");
+        assert_eq!(with(1, 1), 1, "at least one");
+        assert_eq!(with(32, 1), 1);
     }
 }

@@ -301,6 +301,34 @@ pub fn assert_scheduled(at: Option<OffsetDateTime>, from: OffsetDateTime, delay:
     );
 }
 
+/// Asserts `at` is where the manager schedules the relationship of `pair` after a success at
+/// `from` with refresh interval `interval`: at its phase, never later than the interval.
+pub fn assert_on_phase(
+    pair: &Pair,
+    at: Option<OffsetDateTime>,
+    from: OffsetDateTime,
+    interval: u64,
+) {
+    let at = at.expect("a next refresh is scheduled");
+    let interval = Duration::from_secs(interval);
+    let phase = fedhub_hub::federation::phase_key(pair.local.trust_domain(), &pair.td);
+    let since_epoch = (from - OffsetDateTime::UNIX_EPOCH).unsigned_abs();
+    let delay = pair
+        .manager
+        .options()
+        .success_delay(Some(interval), phase, since_epoch);
+    assert!(delay <= interval);
+    let expected = from + delay;
+    assert!(
+        (at - expected).abs() <= time::Duration::seconds(2),
+        "next refresh at {at}, expected at its phase, about {expected}"
+    );
+    assert!(
+        at <= from + interval + Duration::from_secs(1),
+        "next refresh at {at} is later than the interval {interval:?} from {from}"
+    );
+}
+
 // --- metrics --------------------------------------------------------------------------------
 
 /// Counters and gauges by `name{label=value,…}` (labels sorted), as f64 bits or u64.
