@@ -389,7 +389,7 @@ impl Default for FederationSettings {
 impl Default for FederationConfig {
     /// The defaults of the `[federation]` section.
     fn default() -> Self {
-        validate_federation(FederationSettings::default())
+        validate_federation(&FederationSettings::default())
             .unwrap_or_else(|_| unreachable!("the federation defaults are valid"))
     }
 }
@@ -562,7 +562,7 @@ impl Settings {
             x509_svid_ttl,
             jwt_svid_ttl,
             jwt_key_type: key_type("svid.jwt_key_type", &self.svid.jwt_key_type)?,
-            federation: validate_federation(self.federation)?,
+            federation: validate_federation(&self.federation)?,
         })
     }
 }
@@ -571,7 +571,7 @@ fn humane(duration: Duration) -> humantime::FormattedDuration {
     humantime::format_duration(duration)
 }
 
-fn validate_federation(settings: FederationSettings) -> Result<FederationConfig, ConfigError> {
+fn validate_federation(settings: &FederationSettings) -> Result<FederationConfig, ConfigError> {
     let min_refresh = positive("federation.min_refresh", settings.min_refresh)?;
     let max_refresh = positive("federation.max_refresh", settings.max_refresh)?;
     if min_refresh > max_refresh {
@@ -943,6 +943,10 @@ mod tests {
     }
 
     #[test]
+    #[expect(
+        clippy::too_many_lines,
+        reason = "one case per key, read top to bottom"
+    )]
     fn errors_name_the_key_and_the_fix() {
         let cases = [
             ("", "trust_domain: is required"),
