@@ -324,9 +324,13 @@ mod tests {
             now = due_at + Duration::from_millis(900) + Duration::from_millis(40);
         }
         for pair in due[1..].windows(2) {
-            assert_eq!(pair[1] - pair[0], interval);
+            assert_eq!(pair[1].checked_sub(pair[0]), Some(interval));
         }
-        let early = o.success_delay(Some(interval), key, due[5] - Duration::from_millis(500));
+        let early = o.success_delay(
+            Some(interval),
+            key,
+            due[5].checked_sub(Duration::from_millis(500)).unwrap(),
+        );
         assert_eq!(
             early, interval,
             "just before its phase: a full interval, not a refetch"
