@@ -5,6 +5,8 @@
 mod bundle_endpoint;
 mod demo;
 mod env;
+mod farm;
+mod federation;
 mod propagation;
 mod signing;
 mod stats;
@@ -12,6 +14,7 @@ mod workload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -94,6 +97,38 @@ enum Command {
         #[arg(long, default_value = "openssl")]
         openssl: PathBuf,
     },
+    /// One `fedhub hub run` process refreshing many foreign trust domains served by a
+    /// simulated endpoint farm on loopback: first full cycle, CPU, RSS and the spread of
+    /// refreshes over the hint window.
+    Federation {
+        /// Virtual foreign trust domains (one federation relationship each).
+        #[arg(long, default_value_t = 10_000)]
+        trust_domains: usize,
+        /// HTTPS listeners of the farm; the trust domains are spread over them.
+        #[arg(long, default_value_t = 4)]
+        listeners: usize,
+        /// `spiffe_refresh_hint` of the farm's bundles.
+        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
+        hint: Duration,
+        /// Cycles observed: the first full one, then this minus one hint windows of steady
+        /// state.
+        #[arg(long, default_value_t = 3)]
+        cycles: usize,
+        /// The hub's `federation.concurrency` (default: the hub's default).
+        #[arg(long)]
+        concurrency: Option<usize>,
+        /// Run against this PostgreSQL server (a fresh database is created and dropped),
+        /// e.g. postgres://postgres@127.0.0.1:5432/test; default SQLite in a temporary
+        /// directory.
+        #[arg(long)]
+        database_url: Option<String>,
+        /// The `fedhub` binary (default: next to this one).
+        #[arg(long)]
+        fedhub: Option<PathBuf>,
+        /// Write the farm's requests per second over the steady state to this CSV file.
+        #[arg(long)]
+        timeline: Option<PathBuf>,
+    },
     /// Wall time of the release `fedhub demo`.
     Demo {
         /// Runs.
@@ -138,6 +173,28 @@ fn main() -> ExitCode {
                 batch,
                 concurrency,
             } => signing::run(seconds, batch, concurrency).await,
+            Command::Federation {
+                trust_domains,
+                listeners,
+                hint,
+                cycles,
+                concurrency,
+                database_url,
+                fedhub,
+                timeline,
+            } => {
+                federation::run(federation::Args {
+                    trust_domains,
+                    listeners,
+                    hint,
+                    cycles,
+                    concurrency,
+                    fedhub,
+                    database_url,
+                    timeline,
+                })
+                .await
+            }
             Command::Demo { runs, fedhub } => demo::run(runs, fedhub),
             Command::BundleEndpoint {
                 seconds,

@@ -346,7 +346,7 @@ pub const MAX_FEDERATION_BODY_BYTES: usize = 64 * 1024 * 1024;
 /// The longest `federation.fetch_timeout` accepted (a fetch holds a refresh lease meanwhile).
 pub const MAX_FEDERATION_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct FederationSettings {
     #[serde(with = "humantime_serde")]
@@ -943,10 +943,6 @@ mod tests {
     }
 
     #[test]
-    #[expect(
-        clippy::too_many_lines,
-        reason = "one case per key, read top to bottom"
-    )]
     fn errors_name_the_key_and_the_fix() {
         let cases = [
             ("", "trust_domain: is required"),
@@ -996,6 +992,16 @@ mod tests {
                 "trust_domain = \"a.test\"\n[agent_api]\naddress = \"nowhere\"",
                 "agent_api.address",
             ),
+        ];
+        for (text, expected) in cases {
+            let error = error_of(text);
+            assert!(error.contains(expected), "{text:?}: got {error:?}");
+        }
+    }
+
+    #[test]
+    fn federation_errors_name_the_key_and_the_fix() {
+        let cases = [
             (
                 "trust_domain = \"a.test\"\n[federation]\nmin_refresh = \"2h\"",
                 "federation.min_refresh: 2h is longer than federation.max_refresh (1h)",

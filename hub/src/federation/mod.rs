@@ -210,6 +210,12 @@ impl FederationManager {
         let mut gauge_update = JoinSet::new();
         let mut gauges = tokio::time::interval(GAUGE_INTERVAL);
         gauges.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        // A steady tick, not a sleep restarted whenever a fetch ends: after a burst of due
+        // refreshes the next ones are claimed within one poll interval, not one interval after
+        // the burst's last fetch (which left whole seconds without fetches, then a double
+        // burst).
+        let mut poll = tokio::time::interval(options.poll_interval);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         let mut claim = true;
         loop {
@@ -221,7 +227,7 @@ impl FederationManager {
             tokio::select! {
                 () = &mut shutdown => break,
                 () = self.inner.wake.notified() => {}
-                () = tokio::time::sleep(options.poll_interval) => {}
+                _ = poll.tick() => {}
                 Some(joined) = tasks.join_next() => {
                     if let Err(error) = joined {
                         tracing::error!(%error, "a federation refresh task failed");
