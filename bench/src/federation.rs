@@ -737,13 +737,25 @@ impl std::fmt::Display for Spread {
                 .map(|count| format!("{:.0}%", 100.0 * *count as f64 / total.max(1) as f64))
                 .collect();
             let ratio = |q: f64| quantile(&window.intervals, q).unwrap_or(f64::NAN);
+            let seconds = usize::try_from(self.hint.as_secs()).unwrap_or(usize::MAX);
+            let mut per_second: Vec<usize> = self
+                .timeline
+                .iter()
+                .skip(index.saturating_mul(seconds))
+                .take(seconds)
+                .copied()
+                .collect();
+            per_second.sort_unstable();
             writeln!(
                 f,
-                "window {} ({total} requests): share per tenth of the hint {}; refresh interval \
-                 / hint ({:.0} s) over {} intervals: min {:.3} p10 {:.3} median {:.3} p90 {:.3} \
-                 max {:.3}; later than hint + {} s: {}",
+                "window {} ({total} requests): share per tenth of the hint {}; per second min {} \
+                 p50 {} max {}; refresh interval / hint ({:.0} s) over {} intervals: min {:.3} \
+                 p10 {:.3} median {:.3} p90 {:.3} max {:.3}; later than hint + {} s: {}",
                 index + 1,
                 shares.join(" "),
+                per_second.first().copied().unwrap_or(0),
+                quantile(&per_second, 0.5).unwrap_or(0),
+                per_second.last().copied().unwrap_or(0),
                 self.hint.as_secs_f64(),
                 window.intervals.len(),
                 ratio(0.0),
