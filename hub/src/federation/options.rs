@@ -56,7 +56,7 @@ const NANOS_PER_SECOND: u128 = 1_000_000_000;
 /// ahead: it waits for the floor first), and keeps the period exactly the hint after that
 /// (measured: 10 000 relationships created together, 60 s hint: from the second window on 10 %
 /// of the fetches in each tenth of the window, and from the third every interval within
-/// 0.998–1.005 of the hint).
+/// 0.5 % of the hint).
 /// The phase hashes the hub's own trust domain too, so that hubs of different trust domains
 /// federating with the same endpoint do not all come at the same moment, while replicas of
 /// one hub agree. It cannot spread relationships whose hint is at or below `min_refresh`:
