@@ -12,6 +12,7 @@
 //! - `FetchWITSVID` and `FetchWITBundles` answer `UNIMPLEMENTED` (WAPI-2).
 //! - The same server answers Envoy SDS ([`crate::sds`]), which needs no security header.
 
+mod authority;
 mod error;
 mod messages;
 mod service;
@@ -33,6 +34,7 @@ use tonic::transport::Server;
 use tonic::{Request, Status};
 use tonic_reflection::server::{v1, v1alpha};
 
+use self::authority::{AuthorityRewrite, H2Limits};
 use self::error::ApiError;
 use self::service::WorkloadApi;
 pub(crate) use self::socket_dir::effective_uid;
@@ -43,6 +45,12 @@ use crate::jwt::JwtSvidIssuer;
 const MAX_REQUEST_BYTES: usize = 64 * 1024;
 /// The largest request header list accepted.
 const MAX_HEADER_BYTES: u32 = 16 * 1024;
+/// The HTTP/2 settings the server announces and the `:authority` rewriter assumes: frames of at
+/// most 16 KiB, an HPACK table of 4 KiB (both the HTTP/2 defaults).
+const H2_LIMITS: H2Limits = H2Limits {
+    max_frame_size: 16 * 1024,
+    header_table_size: 4096,
+};
 /// Concurrent HTTP/2 streams per connection.
 const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 /// Open watch streams (`FetchX509SVID`, `FetchX509Bundles`, `FetchJWTBundles`) in total.
@@ -207,6 +215,7 @@ impl WorkloadEndpoint {
         };
         let served = Server::builder()
             .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .max_frame_size(H2_LIMITS.max_frame_size)
             .http2_max_header_list_size(MAX_HEADER_BYTES)
             .add_service(api)
             .add_service(sds)
@@ -252,11 +261,12 @@ pub async fn serve(
         .await
 }
 
-/// Accepts the next connection; after a failure, waits a moment so that a persistent error
-/// (out of file descriptors) does not spin.
-async fn accept(listener: &UnixListener) -> io::Result<UnixStream> {
+/// Accepts the next connection, with the `:authority` rewrite gRPC clients over Unix sockets
+/// need ([`authority`]); after a failure, waits a moment so that a persistent error (out of
+/// file descriptors) does not spin.
+async fn accept(listener: &UnixListener) -> io::Result<AuthorityRewrite<UnixStream>> {
     match listener.accept().await {
-        Ok((stream, _)) => Ok(stream),
+        Ok((stream, _)) => Ok(AuthorityRewrite::new(stream, H2_LIMITS)),
         Err(error) => {
             tracing::warn!(%error, "workload api accept failed");
             tokio::time::sleep(ACCEPT_BACKOFF).await;
