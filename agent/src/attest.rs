@@ -10,10 +10,21 @@
 //! | `unix:user:<name>`, `unix:group:<name>` | `/etc/passwd`, `/etc/group` (when listed there) |
 //! | `unix:supplementary_gid:<n>`, `unix:supplementary_group:<name>` | `Groups:` of `/proc/<pid>/status` |
 //! | `unix:path:<path>` | the target of `/proc/<pid>/exe` |
-//! | `unix:sha256:<hex>` | the SHA-256 of the executable, cached by (device, inode, mtime, size) |
+//! | `unix:sha256:<hex>` | the SHA-256 of the executable, cached by (device, inode, size, mtime, ctime) |
 //!
-//! PID reuse: the process start time (`/proc/<pid>/stat`, field 22) is read before and after
-//! everything else. When it changed, or the process is gone, attestation fails (WEP-10).
+//! **Bound to the process that connected.** When a connection is accepted, the agent opens
+//! `/proc/<pid>` of its peer ([`Attestor::caller`]) and reads everything through that
+//! directory from then on: once that process exits, reads through it fail, even when another
+//! process gets the same pid, so a reused pid fails attestation (WEP-10).
+//!
+//! **Every call is attested**, cheaply: a [`Caller`] keeps its last verdict together with the
+//! identity of what it was derived from — the file the process executes (device, inode, size,
+//! mtime, ctime), `/etc/passwd` and `/etc/group` — and each call compares that identity with
+//! the current one (three `stat`s) before using the verdict. A process that executed another
+//! program, an executable changed in place, or an edited user database leads to a full
+//! attestation; a process that exited fails. Supplementary groups can only change by a
+//! privileged `setgroups`, which an attacker cannot use to gain a selector (dropping groups
+//! only loses selectors), so they are read with the full attestation.
 //!
 //! The agent needs to read `/proc/<pid>/exe` of its callers, so it normally runs as root (or
 //! with `CAP_SYS_PTRACE`); callers of the agent's own uid can always be attested. When the
@@ -22,23 +33,27 @@
 //! the agent warns once per cause rather than on every call.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::ffi::OsStr;
 use std::fmt::Write as _;
 use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
+use std::os::fd::OwnedFd;
+use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use aws_lc_rs::digest;
+use rustix::fs::{AtFlags, Mode, OFlags};
 use tokio::net::unix::UCred;
 
 /// How many executable hashes the attestor remembers.
 const HASH_CACHE_CAPACITY: usize = 1024;
 
-/// The selectors of one attested caller, e.g. `unix:uid:1000`. Ordered and free of duplicates.
+/// The selectors of one attested caller, e.g. `unix:uid:1000`. Ordered and free of duplicates;
+/// cheap to clone.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Selectors(BTreeSet<String>);
+pub struct Selectors(Arc<BTreeSet<String>>);
 
 impl Selectors {
     /// Whether `selector` (`type:value`) is among these.
@@ -64,7 +79,7 @@ impl Selectors {
 
 impl<S: Into<String>> FromIterator<S> for Selectors {
     fn from_iter<I: IntoIterator<Item = S>>(iter: I) -> Self {
-        Self(iter.into_iter().map(Into::into).collect())
+        Self(Arc::new(iter.into_iter().map(Into::into).collect()))
     }
 }
 
@@ -78,14 +93,15 @@ pub enum AttestError {
     /// The connection carries no peer process id (not a Unix socket on Linux).
     #[error("the caller's peer credentials carry no process id; connect over the Unix socket")]
     NoPeerCredentials,
-    /// The process exited before attestation finished.
-    #[error("process {pid} exited during attestation; the caller may retry")]
+    /// The process that connected has exited (its pid may belong to another process now).
+    #[error("process {pid}, which opened the connection, has exited")]
     ProcessGone {
         /// The caller's process id.
         pid: i32,
     },
-    /// The process id now belongs to another process (its start time changed).
-    #[error("process {pid} was replaced during attestation (pid reuse); the caller may retry")]
+    /// The process started another program (or its executable changed) while it was being
+    /// attested.
+    #[error("process {pid} executed another program during attestation; the caller may retry")]
     ProcessReplaced {
         /// The caller's process id.
         pid: i32,
@@ -237,6 +253,53 @@ struct Inner {
     hashes: Mutex<HashCache>,
 }
 
+/// The process at the other end of one connection, captured when the connection was
+/// accepted ([`Attestor::caller`]), with its last verdict.
+#[derive(Debug)]
+pub struct Caller {
+    /// The peer credentials (`None` when the socket had none).
+    cred: Option<(i32, u32, u32)>,
+    /// `/proc/<pid>` of the process that connected, or why it could not be opened.
+    proc_dir: Result<OwnedFd, rustix::io::Errno>,
+    /// The last verdict and what it was derived from.
+    verdict: Mutex<Option<Verdict>>,
+}
+
+#[derive(Debug)]
+struct Verdict {
+    basis: Basis,
+    selectors: Selectors,
+}
+
+/// What a verdict is derived from, besides the peer credentials: the executable the process
+/// runs and the user and group databases (`None`: the file does not exist).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Basis {
+    exe: FileStamp,
+    passwd: Option<FileStamp>,
+    group: Option<FileStamp>,
+}
+
+impl Caller {
+    fn pid(&self) -> i32 {
+        self.cred.map_or(0, |(pid, _, _)| pid)
+    }
+
+    /// The verdict for `basis`, if the last one was derived from it.
+    fn verdict_for(&self, basis: &Basis) -> Option<Selectors> {
+        let verdict = self.verdict.lock().unwrap_or_else(PoisonError::into_inner);
+        verdict
+            .as_ref()
+            .filter(|verdict| verdict.basis == *basis)
+            .map(|verdict| verdict.selectors.clone())
+    }
+
+    fn remember(&self, basis: Basis, selectors: Selectors) {
+        *self.verdict.lock().unwrap_or_else(PoisonError::into_inner) =
+            Some(Verdict { basis, selectors });
+    }
+}
+
 impl Default for Attestor {
     fn default() -> Self {
         Self::new()
@@ -259,43 +322,109 @@ impl Attestor {
         }
     }
 
-    /// Attests the process behind `cred` (the peer credentials of a Unix socket). The file
-    /// reads and hashing run on the blocking thread pool.
+    /// Captures the peer of a just-accepted connection from its credentials: opens its
+    /// `/proc/<pid>`, through which every later attestation of the connection reads. Does not
+    /// block (one `open` on procfs); failures show at the first [`Attestor::attest`].
+    pub fn caller(&self, cred: Option<UCred>) -> Caller {
+        self.capture(cred.and_then(|cred| Some((cred.pid()?, cred.uid(), cred.gid()))))
+    }
+
+    /// [`Attestor::caller`] from (pid, uid, gid).
+    fn capture(&self, cred: Option<(i32, u32, u32)>) -> Caller {
+        let proc_dir = match cred {
+            Some((pid, _, _)) => rustix::fs::open(
+                self.inner.proc_root.join(pid.to_string()),
+                OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+                Mode::empty(),
+            ),
+            None => Err(rustix::io::Errno::NOENT),
+        };
+        Caller {
+            cred,
+            proc_dir,
+            verdict: Mutex::new(None),
+        }
+    }
+
+    /// Attests `caller` for one call: its last verdict while the process still runs the same,
+    /// unchanged executable and the user databases are unchanged; otherwise a full attestation
+    /// (on the blocking thread pool: it may hash an executable).
     ///
     /// # Errors
-    /// [`AttestError::NoPeerCredentials`] without a pid; [`AttestError::ProcessGone`] or
-    /// [`AttestError::ProcessReplaced`] when the process exited or its pid was reused;
-    /// [`AttestError::Read`] / [`AttestError::Parse`] when `/proc` cannot be read.
-    pub async fn attest(&self, cred: &UCred) -> Result<Selectors, AttestError> {
-        let pid = cred.pid().ok_or(AttestError::NoPeerCredentials)?;
-        let (uid, gid) = (cred.uid(), cred.gid());
+    /// [`AttestError::NoPeerCredentials`] without a pid; [`AttestError::ProcessGone`] when the
+    /// process that connected has exited; [`AttestError::ProcessReplaced`] when it executed
+    /// another program during the attestation; [`AttestError::NotPermitted`],
+    /// [`AttestError::Read`] or [`AttestError::Parse`] when `/proc` or `/etc` cannot be read.
+    pub async fn attest(&self, caller: &Arc<Caller>) -> Result<Selectors, AttestError> {
+        let basis = self.basis(caller)?;
+        if let Some(selectors) = caller.verdict_for(&basis) {
+            return Ok(selectors);
+        }
         let this = self.clone();
-        let selectors = tokio::task::spawn_blocking(move || this.attest_blocking(pid, uid, gid))
+        let caller = Arc::clone(caller);
+        tokio::task::spawn_blocking(move || this.attest_blocking(&caller, basis))
             .await
-            .map_err(|e| AttestError::Task(e.to_string()))??;
-        tracing::debug!(pid, uid, selectors = selectors.len(), "attested workload");
+            .map_err(|e| AttestError::Task(e.to_string()))?
+    }
+
+    fn attest_blocking(&self, caller: &Caller, basis: Basis) -> Result<Selectors, AttestError> {
+        let selectors = self.collect(caller)?;
+        // The process must not have executed another program while it was looked at.
+        if self.basis(caller)? != basis {
+            return Err(AttestError::ProcessReplaced { pid: caller.pid() });
+        }
+        tracing::debug!(
+            pid = caller.pid(),
+            selectors = selectors.len(),
+            "attested workload"
+        );
+        caller.remember(basis, selectors.clone());
         Ok(selectors)
     }
 
-    fn attest_blocking(&self, pid: i32, uid: u32, gid: u32) -> Result<Selectors, AttestError> {
-        let started = self.start_time(pid)?;
-        let selectors = self.collect(pid, uid, gid)?;
-        self.confirm_same_process(pid, started)?;
-        Ok(selectors)
+    /// What the caller's verdict depends on, as of now.
+    fn basis(&self, caller: &Caller) -> Result<Basis, AttestError> {
+        let (dir, pid) = proc_dir(caller)?;
+        let exe = rustix::fs::statat(dir, "exe", AtFlags::empty())
+            .map_err(|e| proc_error(&proc_path(pid, "exe"), pid, e.into()))?;
+        Ok(Basis {
+            exe: FileStamp::of(&exe),
+            passwd: self.etc_stamp("passwd")?,
+            group: self.etc_stamp("group")?,
+        })
     }
 
-    fn collect(&self, pid: i32, uid: u32, gid: u32) -> Result<Selectors, AttestError> {
+    fn etc_stamp(&self, name: &str) -> Result<Option<FileStamp>, AttestError> {
+        let path = self.inner.etc_root.join(name);
+        match rustix::fs::stat(&path) {
+            Ok(stat) => Ok(Some(FileStamp::of(&stat))),
+            Err(rustix::io::Errno::NOENT) => Ok(None),
+            Err(e) => Err(AttestError::Read {
+                path,
+                source: e.into(),
+            }),
+        }
+    }
+
+    fn collect(&self, caller: &Caller) -> Result<Selectors, AttestError> {
+        let (dir, pid) = proc_dir(caller)?;
+        let (_, uid, gid) = caller.cred.ok_or(AttestError::NoPeerCredentials)?;
         let passwd = read_etc(&self.inner.etc_root.join("passwd"))?;
         let group = read_etc(&self.inner.etc_root.join("group"))?;
-        let status_path = self.proc_file(pid, "status");
-        let status = read_proc(&status_path, pid)?;
+        let status = read_proc_file(dir, pid, "status")?;
         let supplementary = supplementary_gids(&status).map_err(|reason| AttestError::Parse {
-            path: status_path,
+            path: proc_path(pid, "status"),
             reason,
         })?;
-        let exe = self.proc_file(pid, "exe");
-        let path = std::fs::read_link(&exe).map_err(|e| proc_error(&exe, pid, e))?;
-        let sha256 = self.exe_sha256(&exe, pid)?;
+        let exe_link = proc_path(pid, "exe");
+        let path = rustix::fs::readlinkat(dir, "exe", Vec::new())
+            .map_err(|e| proc_error(&exe_link, pid, e.into()))?;
+        let path = PathBuf::from(OsStr::from_bytes(path.as_bytes()));
+        let exe = rustix::fs::openat(dir, "exe", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| proc_error(&exe_link, pid, e.into()))?;
+        let sha256 = self
+            .exe_sha256(&mut File::from(exe))
+            .map_err(|e| proc_error(&exe_link, pid, e))?;
 
         let mut selectors = BTreeSet::new();
         selectors.insert(format!("unix:uid:{uid}"));
@@ -314,44 +443,19 @@ impl Attestor {
         }
         selectors.insert(format!("unix:path:{}", path.display()));
         selectors.insert(format!("unix:sha256:{sha256}"));
-        Ok(Selectors(selectors))
+        Ok(Selectors(Arc::new(selectors)))
     }
 
-    fn proc_file(&self, pid: i32, name: &str) -> PathBuf {
-        self.inner.proc_root.join(pid.to_string()).join(name)
-    }
-
-    /// The process start time in clock ticks since boot (`/proc/<pid>/stat`, field 22).
-    fn start_time(&self, pid: i32) -> Result<u64, AttestError> {
-        let path = self.proc_file(pid, "stat");
-        let stat = read_proc(&path, pid)?;
-        stat_start_time(&stat).map_err(|reason| AttestError::Parse { path, reason })
-    }
-
-    fn confirm_same_process(&self, pid: i32, started: u64) -> Result<(), AttestError> {
-        if self.start_time(pid)? == started {
-            Ok(())
-        } else {
-            Err(AttestError::ProcessReplaced { pid })
-        }
-    }
-
-    /// The hex SHA-256 of the executable behind `exe` (`/proc/<pid>/exe`), from the cache
-    /// when the file's identity and modification time are unchanged.
-    fn exe_sha256(&self, exe: &Path, pid: i32) -> Result<String, AttestError> {
-        let mut file = File::open(exe).map_err(|e| proc_error(exe, pid, e))?;
-        let meta = file.metadata().map_err(|e| proc_error(exe, pid, e))?;
-        let key = FileKey {
-            dev: meta.dev(),
-            ino: meta.ino(),
-            mtime: meta.mtime(),
-            mtime_nsec: meta.mtime_nsec(),
-            size: meta.size(),
-        };
+    /// The hex SHA-256 of the executable `file`, from the cache when the file's identity,
+    /// size, mtime and ctime are unchanged (ctime cannot be set by users: restoring the mtime
+    /// after rewriting a file in place still changes it).
+    fn exe_sha256(&self, file: &mut File) -> io::Result<String> {
+        let stat = rustix::fs::fstat(&*file)?;
+        let key = FileStamp::of(&stat);
         if let Some(hash) = self.hashes().get(&key) {
             return Ok(hash);
         }
-        let hash = sha256_hex(&mut file).map_err(|e| proc_error(exe, pid, e))?;
+        let hash = sha256_hex(file)?;
         self.hashes().insert(key, hash.clone());
         Ok(hash)
     }
@@ -364,22 +468,65 @@ impl Attestor {
     }
 }
 
-/// What identifies the content of an executable without reading it.
+/// The caller's `/proc/<pid>` directory and pid.
+fn proc_dir(caller: &Caller) -> Result<(&OwnedFd, i32), AttestError> {
+    let (pid, _, _) = caller.cred.ok_or(AttestError::NoPeerCredentials)?;
+    match &caller.proc_dir {
+        Ok(dir) => Ok((dir, pid)),
+        Err(e) => Err(proc_error(&proc_path(pid, ""), pid, (*e).into())),
+    }
+}
+
+/// `/proc/<pid>/<name>`, for messages (the agent reads through the directory it opened).
+fn proc_path(pid: i32, name: &str) -> PathBuf {
+    Path::new("/proc").join(pid.to_string()).join(name)
+}
+
+/// Reads `name` in the caller's `/proc/<pid>`.
+fn read_proc_file(dir: &OwnedFd, pid: i32, name: &str) -> Result<String, AttestError> {
+    let path = || proc_path(pid, name);
+    let fd = rustix::fs::openat(dir, name, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+        .map_err(|e| proc_error(&path(), pid, e.into()))?;
+    let mut text = String::new();
+    File::from(fd)
+        .read_to_string(&mut text)
+        .map_err(|e| proc_error(&path(), pid, e))?;
+    Ok(text)
+}
+
+/// What identifies the content of a file without reading it: device, inode, size, mtime and
+/// ctime. A user can set a file's mtime, never its ctime, which any write or `touch` moves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-struct FileKey {
+struct FileStamp {
     dev: u64,
     ino: u64,
-    mtime: i64,
-    mtime_nsec: i64,
-    size: u64,
+    size: i64,
+    mtime: (i64, u64),
+    ctime: (i64, u64),
+}
+
+impl FileStamp {
+    #[allow(
+        clippy::useless_conversion,
+        reason = "the field types of struct stat differ between architectures"
+    )]
+    fn of(stat: &rustix::fs::Stat) -> Self {
+        Self {
+            dev: u64::from(stat.st_dev),
+            ino: u64::from(stat.st_ino),
+            size: i64::from(stat.st_size),
+            mtime: (i64::from(stat.st_mtime), u64::from(stat.st_mtime_nsec)),
+            ctime: (i64::from(stat.st_ctime), u64::from(stat.st_ctime_nsec)),
+        }
+    }
 }
 
 /// A bounded map from file identity to hash; the oldest entry goes first when full.
 #[derive(Debug)]
 struct HashCache {
     capacity: usize,
-    hashes: HashMap<FileKey, String>,
-    order: VecDeque<FileKey>,
+    hashes: HashMap<FileStamp, String>,
+    order: VecDeque<FileStamp>,
 }
 
 impl HashCache {
@@ -391,11 +538,11 @@ impl HashCache {
         }
     }
 
-    fn get(&self, key: &FileKey) -> Option<String> {
+    fn get(&self, key: &FileStamp) -> Option<String> {
         self.hashes.get(key).cloned()
     }
 
-    fn insert(&mut self, key: FileKey, hash: String) {
+    fn insert(&mut self, key: FileStamp, hash: String) {
         if self.hashes.insert(key, hash).is_some() {
             return;
         }
@@ -448,10 +595,6 @@ fn proc_error(path: &Path, pid: i32, source: io::Error) -> AttestError {
     }
 }
 
-fn read_proc(path: &Path, pid: i32) -> Result<String, AttestError> {
-    std::fs::read_to_string(path).map_err(|e| proc_error(path, pid, e))
-}
-
 /// Reads `/etc/passwd` or `/etc/group`; a missing file (minimal containers) reads as empty.
 fn read_etc(path: &Path) -> Result<String, AttestError> {
     match std::fs::read_to_string(path) {
@@ -488,46 +631,64 @@ fn supplementary_gids(status: &str) -> Result<Vec<u32>, String> {
         .collect()
 }
 
-/// Field 22 (`starttime`) of `/proc/<pid>/stat`. Field 2, the command name in parentheses,
-/// may itself contain spaces and parentheses, so fields are counted after its last `)`.
-fn stat_start_time(stat: &str) -> Result<u64, String> {
-    let (_, rest) = stat.rsplit_once(')').ok_or("no command name")?;
-    // `rest` starts at field 3 (state), so field 22 is the 20th.
-    let field = rest.split_whitespace().nth(19).ok_or("too few fields")?;
-    field
-        .parse()
-        .map_err(|_| format!("bad start time {field:?}"))
-}
-
 #[cfg(test)]
 mod tests {
+    use std::io::Write as _;
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
     use super::*;
 
-    fn stat_line(comm: &str, start: u64) -> String {
-        let mut fields = vec!["S".to_owned()];
-        fields.extend((4..22).map(|n| n.to_string()));
-        fields.push(start.to_string());
-        fields.extend((23..=52).map(|n| n.to_string()));
-        format!("4242 ({comm}) {}\n", fields.join(" "))
-    }
-
-    fn key(n: u64) -> FileKey {
-        FileKey {
+    fn key(n: u64) -> FileStamp {
+        FileStamp {
             dev: 1,
             ino: n,
-            mtime: 0,
-            mtime_nsec: 0,
             size: 10,
+            mtime: (0, 0),
+            ctime: (0, 0),
         }
     }
 
-    #[test]
-    fn start_time_is_read_after_the_command_name() {
-        assert_eq!(stat_start_time(&stat_line("sleep", 987_654)), Ok(987_654));
-        // A command name with spaces and a closing parenthesis must not shift the fields.
-        assert_eq!(stat_start_time(&stat_line("a) b (c", 77)), Ok(77));
-        assert!(stat_start_time("4242 (x) S 1 2").is_err());
-        assert!(stat_start_time("garbage").is_err());
+    /// A child process, killed when dropped.
+    struct Running(Child);
+
+    impl Running {
+        fn spawn(command: &mut Command) -> Self {
+            Self(command.stdin(Stdio::piped()).spawn().unwrap())
+        }
+
+        fn pid(&self) -> i32 {
+            i32::try_from(self.0.id()).unwrap()
+        }
+    }
+
+    impl Drop for Running {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+
+    fn own_ids() -> (u32, u32) {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let id = |prefix: &str| -> u32 {
+            let line = status.lines().find_map(|l| l.strip_prefix(prefix)).unwrap();
+            line.split_whitespace().next().unwrap().parse().unwrap()
+        };
+        (id("Uid:"), id("Gid:"))
+    }
+
+    fn caller_for(attestor: &Attestor, pid: i32) -> Arc<Caller> {
+        let (uid, gid) = own_ids();
+        Arc::new(attestor.capture(Some((pid, uid, gid))))
+    }
+
+    fn path_selector(selectors: &Selectors) -> String {
+        selectors
+            .iter()
+            .find(|s| s.starts_with("unix:path:"))
+            .unwrap()
+            .to_owned()
     }
 
     #[test]
@@ -547,25 +708,6 @@ mod tests {
         assert_eq!(supplementary_gids("Groups:\n"), Ok(vec![]));
         assert!(supplementary_gids("Groups:\tx\n").is_err());
         assert!(supplementary_gids("Name:\tx\n").is_err());
-    }
-
-    #[test]
-    fn a_changed_start_time_or_a_vanished_process_fails_attestation() {
-        let root = tempfile::tempdir().unwrap();
-        std::fs::create_dir(root.path().join("4242")).unwrap();
-        std::fs::write(root.path().join("4242/stat"), stat_line("w", 100)).unwrap();
-        let attestor = Attestor::with_roots(root.path(), root.path());
-
-        assert_eq!(attestor.start_time(4242).unwrap(), 100);
-        attestor.confirm_same_process(4242, 100).unwrap();
-        assert!(matches!(
-            attestor.confirm_same_process(4242, 99),
-            Err(AttestError::ProcessReplaced { pid: 4242 })
-        ));
-        assert!(matches!(
-            attestor.confirm_same_process(4343, 100),
-            Err(AttestError::ProcessGone { pid: 4343 })
-        ));
     }
 
     #[test]
@@ -619,13 +761,95 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_reaped_process_cannot_be_attested() {
-        let mut child = std::process::Command::new("true").spawn().unwrap();
-        let pid = i32::try_from(child.id()).unwrap();
-        child.wait().unwrap();
-        let err = Attestor::new().attest_blocking(pid, 0, 0).unwrap_err();
+    #[tokio::test]
+    async fn a_process_that_exited_fails_from_then_on() {
+        let attestor = Attestor::new();
+        let mut child = Running::spawn(Command::new("sleep").arg("30"));
+        let caller = caller_for(&attestor, child.pid());
+        let selectors = attestor.attest(&caller).await.unwrap();
+        assert!(
+            path_selector(&selectors).ends_with("/sleep"),
+            "{selectors:?}"
+        );
+        child.0.kill().unwrap();
+        child.0.wait().unwrap();
+        // The verdict is not reused, and a process that later gets the same pid is not this
+        // caller: reads go through the directory of the process that connected.
+        let err = attestor.attest(&caller).await.unwrap_err();
         assert!(matches!(err, AttestError::ProcessGone { .. }), "{err}");
+
+        // Already gone when the connection was accepted.
+        let mut gone = Command::new("true").spawn().unwrap();
+        let pid = i32::try_from(gone.id()).unwrap();
+        gone.wait().unwrap();
+        let err = attestor
+            .attest(&caller_for(&attestor, pid))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AttestError::ProcessGone { .. }), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_process_that_executes_another_program_is_attested_anew() {
+        let attestor = Attestor::new();
+        // A shell that, once told, replaces itself with `sleep` (same pid, same connection).
+        let mut child = Running::spawn(Command::new("sh").args(["-c", "read line; exec sleep 30"]));
+        let caller = caller_for(&attestor, child.pid());
+        let before = attestor.attest(&caller).await.unwrap();
+        assert!(!path_selector(&before).ends_with("/sleep"), "{before:?}");
+
+        writeln!(child.0.stdin.as_mut().unwrap()).unwrap();
+        let exe = format!("/proc/{}/exe", child.pid());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !std::fs::read_link(&exe).unwrap().ends_with("sleep") {
+            assert!(Instant::now() < deadline, "the shell did not exec sleep");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let after = attestor.attest(&caller).await.unwrap();
+        assert!(path_selector(&after).ends_with("/sleep"), "{after:?}");
+        let hash = |s: &Selectors| {
+            s.iter()
+                .find(|s| s.starts_with("unix:sha256:"))
+                .map(str::to_owned)
+        };
+        assert_ne!(hash(&before), hash(&after));
+    }
+
+    #[tokio::test]
+    async fn a_verdict_is_reused_only_while_what_it_rests_on_is_unchanged() {
+        let etc = tempfile::tempdir().unwrap();
+        let (uid, _) = own_ids();
+        std::fs::write(
+            etc.path().join("passwd"),
+            format!("first:x:{uid}:0::/:/bin/sh\n"),
+        )
+        .unwrap();
+        let attestor = Attestor::with_roots("/proc", etc.path());
+        let caller = caller_for(&attestor, i32::try_from(std::process::id()).unwrap());
+        let first = attestor.attest(&caller).await.unwrap();
+        assert!(first.contains("unix:user:first"), "{first:?}");
+
+        // Mark the remembered verdict: an unchanged caller gets it back without a new look.
+        let basis = attestor.basis(&caller).unwrap();
+        caller.remember(basis, ["unix:marker:1"].into_iter().collect());
+        assert!(
+            attestor
+                .attest(&caller)
+                .await
+                .unwrap()
+                .contains("unix:marker:1")
+        );
+
+        // An edited user database is a new basis: attested anew.
+        std::thread::sleep(Duration::from_millis(20));
+        std::fs::write(
+            etc.path().join("passwd"),
+            format!("second:x:{uid}:0::/:/bin/sh\n"),
+        )
+        .unwrap();
+        let second = attestor.attest(&caller).await.unwrap();
+        assert!(!second.contains("unix:marker:1"));
+        assert!(second.contains("unix:user:second"), "{second:?}");
     }
 
     #[tokio::test]
@@ -633,7 +857,10 @@ mod tests {
         let (ours, _theirs) = tokio::net::UnixStream::pair().unwrap();
         let cred = ours.peer_cred().unwrap();
         let attestor = Attestor::new();
-        let selectors = attestor.attest(&cred).await.unwrap();
+        let selectors = attestor
+            .attest(&Arc::new(attestor.caller(Some(cred))))
+            .await
+            .unwrap();
 
         let exe = std::env::current_exe().unwrap();
         let expected_hash = sha256_hex(&mut File::open(&exe).unwrap()).unwrap();
@@ -652,21 +879,57 @@ mod tests {
         for gid in supplementary_gids(&status).unwrap() {
             assert!(selectors.contains(&format!("unix:supplementary_gid:{gid}")));
         }
+        // Without peer credentials there is nothing to attest.
+        let err = attestor
+            .attest(&Arc::new(attestor.caller(None)))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, AttestError::NoPeerCredentials), "{err}");
     }
 
     #[test]
     fn executable_hashes_are_cached_by_file_identity() {
-        let pid = i32::try_from(std::process::id()).unwrap();
         let attestor = Attestor::new();
-        let exe = attestor.proc_file(pid, "exe");
-        let first = attestor.exe_sha256(&exe, pid).unwrap();
+        let exe = std::env::current_exe().unwrap();
+        let first = attestor.exe_sha256(&mut File::open(&exe).unwrap()).unwrap();
         assert_eq!(attestor.hashes().hashes.len(), 1);
 
         // Replace the remembered hash: a second call must return it without re-hashing.
         let key = *attestor.hashes().hashes.keys().next().unwrap();
         attestor.hashes().hashes.insert(key, "cached".into());
-        assert_eq!(attestor.exe_sha256(&exe, pid).unwrap(), "cached");
+        assert_eq!(
+            attestor.exe_sha256(&mut File::open(&exe).unwrap()).unwrap(),
+            "cached"
+        );
         assert_ne!(first, "cached");
+    }
+
+    #[test]
+    fn a_file_rewritten_in_place_with_its_mtime_restored_is_hashed_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("victim");
+        std::fs::write(&path, b"the victim's code").unwrap();
+        let attestor = Attestor::new();
+        let victim = attestor
+            .exe_sha256(&mut File::open(&path).unwrap())
+            .unwrap();
+        let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
+
+        // Same size, same inode, mtime set back: only the ctime tells.
+        std::thread::sleep(Duration::from_millis(20));
+        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        file.write_all(b"other code, same!").unwrap();
+        file.set_modified(mtime).unwrap();
+        drop(file);
+        assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
+        let rewritten = attestor
+            .exe_sha256(&mut File::open(&path).unwrap())
+            .unwrap();
+        assert_ne!(rewritten, victim);
+        assert_eq!(
+            rewritten,
+            sha256_hex(&mut File::open(&path).unwrap()).unwrap()
+        );
     }
 
     #[test]

@@ -58,12 +58,11 @@ use envoy_types::pb::google::protobuf::Any;
 use envoy_types::util::pack_any;
 use futures::Stream;
 use tokio::sync::{Semaphore, watch};
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status, Streaming};
 
 use self::error::SdsError;
 use self::stream::Session;
-use crate::attest::{AttestError, Attestor, Selectors};
+use crate::attest::{AttestError, Attestor, Caller, Selectors};
 use crate::cache::{AgentState, Snapshot};
 
 /// The resource name of the caller's default X509-SVID.
@@ -85,14 +84,20 @@ const MAX_OPEN_STREAMS: usize = 1024;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// The SDS service for the Workload API server: secrets from `state`; every stream ends when
-/// `stop` turns true.
+/// The SDS service for the Workload API server: secrets from `state` for callers attested by
+/// `attestor`; every stream ends when `stop` turns true.
 pub(crate) fn server(
     state: AgentState,
+    attestor: Attestor,
     stop: watch::Receiver<bool>,
 ) -> SecretDiscoveryServiceServer<SecretDiscovery> {
-    SecretDiscoveryServiceServer::new(SecretDiscovery::new(state, MAX_OPEN_STREAMS, stop))
-        .max_decoding_message_size(MAX_REQUEST_BYTES)
+    SecretDiscoveryServiceServer::new(SecretDiscovery::new(
+        state,
+        attestor,
+        MAX_OPEN_STREAMS,
+        stop,
+    ))
+    .max_decoding_message_size(MAX_REQUEST_BYTES)
 }
 
 /// The SDS handlers, shared by all connections.
@@ -104,23 +109,27 @@ pub(crate) struct SecretDiscovery {
 }
 
 impl SecretDiscovery {
-    fn new(state: AgentState, max_streams: usize, stop: watch::Receiver<bool>) -> Self {
+    fn new(
+        state: AgentState,
+        attestor: Attestor,
+        max_streams: usize,
+        stop: watch::Receiver<bool>,
+    ) -> Self {
         Self {
             state,
-            attestor: Attestor::new(),
+            attestor,
             streams: Arc::new(Semaphore::new(max_streams)),
             stop,
         }
     }
 
     async fn attest<T>(&self, request: &Request<T>) -> Result<Selectors, SdsError> {
-        let cred = request
+        let caller = request
             .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
+            .get::<Arc<Caller>>()
             .ok_or(SdsError::Attestation(AttestError::NoPeerCredentials))?;
         self.attestor
-            .attest(&cred)
+            .attest(caller)
             .await
             .map_err(SdsError::Attestation)
     }

@@ -13,6 +13,7 @@
 //! - The same server answers Envoy SDS ([`crate::sds`]), which needs no security header.
 
 mod authority;
+mod connection;
 mod error;
 mod messages;
 mod service;
@@ -27,7 +28,7 @@ use std::time::Duration;
 
 use fedhub_proto::WORKLOAD_SECURITY_HEADER;
 use fedhub_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
-use tokio::net::{UnixListener, UnixStream};
+use tokio::net::UnixListener;
 use tokio::sync::watch;
 use tonic::service::interceptor::InterceptedService;
 use tonic::transport::Server;
@@ -35,9 +36,11 @@ use tonic::{Request, Status};
 use tonic_reflection::server::{v1, v1alpha};
 
 use self::authority::{AuthorityRewrite, H2Limits};
+use self::connection::CallerStream;
 use self::error::ApiError;
 use self::service::WorkloadApi;
 pub(crate) use self::socket_dir::effective_uid;
+use crate::attest::Attestor;
 use crate::cache::AgentState;
 use crate::jwt::JwtSvidIssuer;
 
@@ -199,14 +202,18 @@ impl WorkloadEndpoint {
     ) -> Result<(), ServeError> {
         let Self { listener, socket } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let sds = crate::sds::server(state.clone(), stop_rx.clone());
-        let api = WorkloadApi::new(state, issuer, MAX_OPEN_STREAMS, stop_rx);
+        let attestor = Attestor::new();
+        let sds = crate::sds::server(state.clone(), attestor.clone(), stop_rx.clone());
+        let api = WorkloadApi::new(state, issuer, attestor.clone(), MAX_OPEN_STREAMS, stop_rx);
         let api = SpiffeWorkloadApiServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
         let api = InterceptedService::new(api, require_security_header);
         let (reflection_v1, reflection_v1alpha) = reflection()?;
-        let incoming = futures::stream::unfold(listener, |listener| async move {
-            let accepted = accept(&listener).await;
-            Some((accepted, listener))
+        let incoming = futures::stream::unfold(listener, move |listener| {
+            let attestor = attestor.clone();
+            async move {
+                let accepted = accept(&listener, &attestor).await;
+                Some((accepted, listener))
+            }
         });
         let shutdown = async move {
             shutdown.await;
@@ -261,12 +268,19 @@ pub async fn serve(
         .await
 }
 
-/// Accepts the next connection, with the `:authority` rewrite gRPC clients over Unix sockets
-/// need ([`authority`]); after a failure, waits a moment so that a persistent error (out of
-/// file descriptors) does not spin.
-async fn accept(listener: &UnixListener) -> io::Result<AuthorityRewrite<UnixStream>> {
+/// Accepts the next connection: captures its calling process for attestation
+/// ([`Attestor::caller`]) and puts the `:authority` rewrite that gRPC clients over Unix sockets
+/// need in front of it ([`authority`]). After a failure, waits a moment so that a persistent
+/// error (out of file descriptors) does not spin.
+async fn accept(
+    listener: &UnixListener,
+    attestor: &Attestor,
+) -> io::Result<AuthorityRewrite<CallerStream>> {
     match listener.accept().await {
-        Ok((stream, _)) => Ok(AuthorityRewrite::new(stream, H2_LIMITS)),
+        Ok((stream, _)) => Ok(AuthorityRewrite::new(
+            CallerStream::accept(stream, attestor),
+            H2_LIMITS,
+        )),
         Err(error) => {
             tracing::warn!(%error, "workload api accept failed");
             tokio::time::sleep(ACCEPT_BACKOFF).await;

@@ -15,12 +15,11 @@ use fedhub_proto::workload::{
 };
 use futures::Stream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
-use tonic::transport::server::UdsConnectInfo;
 use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
 use super::messages;
-use crate::attest::{AttestError, Attestor, Selectors};
+use crate::attest::{AttestError, Attestor, Caller, Selectors};
 use crate::cache::{AgentState, CallerView, Snapshot};
 use crate::jwt::{JwtSvidCache, JwtSvidIssuer};
 
@@ -44,18 +43,19 @@ pub(crate) struct WorkloadApi {
 }
 
 impl WorkloadApi {
-    /// Handlers over `state`; at most `max_streams` streams are open at once, and every stream
-    /// ends when `stop` turns true.
+    /// Handlers over `state`, attesting callers with `attestor`; at most `max_streams`
+    /// streams are open at once, and every stream ends when `stop` turns true.
     pub(crate) fn new(
         state: AgentState,
         issuer: Arc<dyn JwtSvidIssuer>,
+        attestor: Attestor,
         max_streams: usize,
         stop: watch::Receiver<bool>,
     ) -> Self {
         Self {
             state,
             issuer,
-            attestor: Attestor::new(),
+            attestor,
             jwt_cache: JwtSvidCache::new(JWT_CACHE_CAPACITY),
             validator: JwtValidator::new(),
             streams: Arc::new(Semaphore::new(max_streams)),
@@ -64,13 +64,12 @@ impl WorkloadApi {
     }
 
     async fn attest<T>(&self, request: &Request<T>) -> Result<Selectors, ApiError> {
-        let cred = request
+        let caller = request
             .extensions()
-            .get::<UdsConnectInfo>()
-            .and_then(|info| info.peer_cred)
+            .get::<Arc<Caller>>()
             .ok_or(ApiError::Attestation(AttestError::NoPeerCredentials))?;
         self.attestor
-            .attest(&cred)
+            .attest(caller)
             .await
             .map_err(ApiError::Attestation)
     }
@@ -318,10 +317,9 @@ mod tests {
 
     fn with_cred<T>(message: T, cred: tokio::net::unix::UCred) -> Request<T> {
         let mut request = Request::new(message);
-        request.extensions_mut().insert(UdsConnectInfo {
-            peer_addr: None,
-            peer_cred: Some(cred),
-        });
+        request
+            .extensions_mut()
+            .insert(Arc::new(Attestor::new().caller(Some(cred))));
         request
     }
 
@@ -339,7 +337,13 @@ mod tests {
             identities: vec![identity(&ca, "/web", &[&me], &[])],
         });
         let (stop_tx, stop) = watch::channel(false);
-        let api = WorkloadApi::new(state, Arc::new(NoIssuer), max_streams, stop);
+        let api = WorkloadApi::new(
+            state,
+            Arc::new(NoIssuer),
+            Attestor::new(),
+            max_streams,
+            stop,
+        );
         (cred, api, stop_tx)
     }
 
