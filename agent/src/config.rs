@@ -19,6 +19,7 @@ pub const ENV_PREFIX: &str = "FEDHUB_AGENT__";
 pub const JOIN_TOKEN_ENV: &str = "FEDHUB_AGENT_JOIN_TOKEN";
 
 pub use fedhub_core::id::HUB_ID_PATH;
+use fedhub_core::id::RESERVED_PATH_PREFIX;
 
 /// The default Workload API socket of an agent running as root: in `/run`, which only root
 /// can write (and which `PrivateTmp=` and `/tmp` cleaners leave alone).
@@ -288,12 +289,14 @@ impl Settings {
             Some(raw) => {
                 let id = SpiffeId::parse(&raw)
                     .map_err(|e| invalid("hub_spiffe_id", format!("{raw:?}: {e}")))?;
-                if !id.is_member_of(&trust_domain) || id.is_trust_domain_id() {
+                if !id.is_member_of(&trust_domain) || !id.is_reserved() {
                     return Err(invalid(
                         "hub_spiffe_id",
                         format!(
-                            "must be an ID with a path in {trust_domain}, e.g. \
-                             spiffe://{trust_domain}{HUB_ID_PATH} (the default)"
+                            "must be an ID of {trust_domain} under {RESERVED_PATH_PREFIX}, the \
+                             namespace no registration entry can issue (otherwise a workload \
+                             could pose as the hub); use spiffe://{trust_domain}{HUB_ID_PATH}, \
+                             the default"
                         ),
                     ));
                 }
@@ -424,7 +427,7 @@ mod tests {
             r#"
             trust_domain = "alpha.test"
             hub_address = "[::1]:9000"
-            hub_spiffe_id = "spiffe://alpha.test/hub/a"
+            hub_spiffe_id = "spiffe://alpha.test/fedhub/hub-a"
             trust_bundle_file = "/etc/fedhub/bundle.json"
             data_dir = "/tmp/agent-data"
             socket_path = "/run/fedhub/agent.sock"
@@ -436,7 +439,10 @@ mod tests {
         .unwrap();
         assert_eq!(config.hub_address.host(), "::1");
         assert_eq!(config.hub_address.to_string(), "[::1]:9000");
-        assert_eq!(config.hub_spiffe_id.as_str(), "spiffe://alpha.test/hub/a");
+        assert_eq!(
+            config.hub_spiffe_id.as_str(),
+            "spiffe://alpha.test/fedhub/hub-a"
+        );
         assert_eq!(
             config.trust_bootstrap,
             TrustBootstrap::BundleFile("/etc/fedhub/bundle.json".into())
@@ -500,7 +506,11 @@ mod tests {
             ),
             (
                 "trust_domain = \"a.test\"\nhub_address = \"h:1\"\nhub_spiffe_id = \"spiffe://b.test/hub\"",
-                "hub_spiffe_id: must be an ID with a path in a.test",
+                "hub_spiffe_id: must be an ID of a.test under /fedhub/",
+            ),
+            (
+                "trust_domain = \"a.test\"\nhub_address = \"h:1\"\nhub_spiffe_id = \"spiffe://a.test/web\"",
+                "hub_spiffe_id: must be an ID of a.test under /fedhub/",
             ),
             (
                 "trust_domain = \"a.test\"\nhub_address = \"h:1\"\ninsecure_bootstrap = true\ntrust_bundle_file = \"/b\"",

@@ -547,6 +547,27 @@ fn entries(hub: &TestHub) {
         "unix:uid:1",
     ]);
     assert!(err.contains("not in this hub's trust domain"), "{err}");
+    // The IDs of the hub and its agents can never be issued to a workload.
+    for reserved in [
+        "spiffe://alpha.test/fedhub/hub",
+        "spiffe://alpha.test/fedhub/agent/join_token/x",
+        "spiffe://alpha.test/fedhub",
+    ] {
+        let err = hub.refused(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            reserved,
+            "--parent-id",
+            "spiffe://alpha.test/agent/node-1",
+            "--selector",
+            "unix:uid:1",
+        ]);
+        assert!(
+            err.contains("reserved /fedhub/ namespace"),
+            "{reserved}: {err}"
+        );
+    }
     let usage = hub.run(&["entry", "create", "--spiffe-id", "not-an-id"]);
     assert_eq!(usage.status.code(), Some(2), "usage errors exit 2");
 

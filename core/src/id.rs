@@ -17,6 +17,11 @@ pub const MAX_SPIFFE_ID_LEN: usize = 2048;
 
 const SCHEME_PREFIX: &str = "spiffe://";
 
+/// The path prefix reserved for the identities of fedhub itself: the hub's SVID, agents and the
+/// node alias parent live under it, and no registration entry may name an ID there, so that no
+/// workload can ever hold an identity that agents or peers accept as the hub or an agent.
+pub const RESERVED_PATH_PREFIX: &str = "/fedhub/";
+
 /// The path of the hub's own SPIFFE ID by default (`spiffe://<td>/fedhub/hub`): the hub presents
 /// it on its bundle endpoint and agent API, and agents expect it unless configured otherwise.
 pub const HUB_ID_PATH: &str = "/fedhub/hub";
@@ -254,6 +259,13 @@ impl SpiffeId {
         self.path().is_empty()
     }
 
+    /// Whether the ID lies in fedhub's reserved namespace ([`RESERVED_PATH_PREFIX`], or the
+    /// bare `/fedhub`).
+    pub fn is_reserved(&self) -> bool {
+        let path = self.path();
+        path == RESERVED_PATH_PREFIX.trim_end_matches('/') || path.starts_with(RESERVED_PATH_PREFIX)
+    }
+
     /// Whether the ID belongs to `trust_domain`.
     pub fn is_member_of(&self, trust_domain: &TrustDomain) -> bool {
         self.trust_domain_name() == trust_domain.name()
@@ -306,6 +318,28 @@ impl<'de> Deserialize<'de> for SpiffeId {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_fedhub_namespace_is_reserved() {
+        for reserved in [
+            "spiffe://a.test/fedhub",
+            "spiffe://a.test/fedhub/hub",
+            "spiffe://a.test/fedhub/agent/join_token/x",
+        ] {
+            assert!(
+                SpiffeId::parse(reserved).unwrap().is_reserved(),
+                "{reserved}"
+            );
+        }
+        for free in [
+            "spiffe://a.test",
+            "spiffe://a.test/fedhubx",
+            "spiffe://a.test/web/fedhub/hub",
+            "spiffe://fedhub/hub",
+        ] {
+            assert!(!SpiffeId::parse(free).unwrap().is_reserved(), "{free}");
+        }
+    }
 
     /// Checklist §11.1: every one of these must parse, and format back unchanged.
     #[test]

@@ -17,6 +17,7 @@ use serde::Deserialize;
 pub const ENV_PREFIX: &str = "FEDHUB_HUB__";
 
 pub use fedhub_core::id::HUB_ID_PATH;
+use fedhub_core::id::RESERVED_PATH_PREFIX;
 
 /// Why the configuration cannot be used (shared with the agent's configuration).
 pub use fedhub_config::ConfigError;
@@ -712,12 +713,14 @@ fn validate_bundle_endpoint(
                     let id = SpiffeId::parse(&raw).map_err(|e| {
                         invalid("bundle_endpoint.spiffe_id", format!("{raw:?}: {e}"))
                     })?;
-                    if !id.is_member_of(trust_domain) || id.is_trust_domain_id() {
+                    if !id.is_member_of(trust_domain) || !id.is_reserved() {
                         return Err(invalid(
                             "bundle_endpoint.spiffe_id",
                             format!(
-                                "must be a workload ID in {trust_domain}, e.g. \
-                                 spiffe://{trust_domain}{HUB_ID_PATH}"
+                                "must be an ID of {trust_domain} under {RESERVED_PATH_PREFIX}, the \
+                                 namespace no registration entry can issue (otherwise a workload \
+                                 could be given the hub's identity); use \
+                                 spiffe://{trust_domain}{HUB_ID_PATH}, the default"
                             ),
                         ));
                     }
@@ -970,7 +973,11 @@ mod tests {
             ),
             (
                 "trust_domain = \"a.test\"\n[bundle_endpoint]\nspiffe_id = \"spiffe://b.test/x\"",
-                "bundle_endpoint.spiffe_id: must be a workload ID in a.test",
+                "bundle_endpoint.spiffe_id: must be an ID of a.test under /fedhub/",
+            ),
+            (
+                "trust_domain = \"a.test\"\n[bundle_endpoint]\nspiffe_id = \"spiffe://a.test/payments\"",
+                "use spiffe://a.test/fedhub/hub, the default",
             ),
             (
                 "trust_domain = \"a.test\"\n[oidc]\nenabled = true",

@@ -20,9 +20,7 @@ use crate::store::{Fields, Registry, now, sha256_hex, unix, whole_seconds};
 /// `spiffe://<trust domain>/fedhub/server` names a group of agents by node selectors, and
 /// entries parented to the alias's SPIFFE ID go to every agent in that group.
 pub const NODE_ALIAS_PARENT_PATH: &str = "/fedhub/server";
-/// The path prefix reserved for the hub's own identities (its SVID, agents, node alias parent):
-/// no entry may issue an ID below it, or a workload could impersonate the hub or an agent.
-pub const RESERVED_PATH: &str = "/fedhub/";
+pub use fedhub_core::id::RESERVED_PATH_PREFIX as RESERVED_PATH;
 /// The most selectors one entry may have.
 pub const MAX_ENTRY_SELECTORS: usize = 64;
 /// The most DNS names one entry may have.
@@ -92,7 +90,7 @@ impl EntrySpec {
                 ),
             ));
         }
-        if self.spiffe_id.path() == "/fedhub" || self.spiffe_id.path().starts_with(RESERVED_PATH) {
+        if self.spiffe_id.is_reserved() {
             return Err(RegistryError::invalid(
                 "spiffe_id",
                 format!(
