@@ -99,9 +99,14 @@ pub enum AttestError {
         /// The caller's process id.
         pid: i32,
     },
-    /// The process started another program (or its executable changed) while it was being
-    /// attested.
-    #[error("process {pid} executed another program during attestation; the caller may retry")]
+    /// The process that opened the connection has executed another program since (or its
+    /// executable file changed): the connection no longer speaks for one program. A process
+    /// could otherwise connect, hand the socket to a child and execute a program it wants to
+    /// pose as.
+    #[error(
+        "process {pid} runs another program than when it opened the connection; it must open a \
+         new connection"
+    )]
     ProcessReplaced {
         /// The caller's process id.
         pid: i32,
@@ -150,6 +155,10 @@ pub enum AttestError {
 /// [`AttestError::NotPermitted`].
 pub const ATTESTATION_FAILED: &str = "workload attestation failed";
 
+/// The status message for a connection whose process executed another program.
+pub const ATTESTATION_PROGRAM_CHANGED: &str = "workload attestation failed: the process that \
+    opened this connection has executed another program since; open a new connection";
+
 /// The status message for a caller the agent may not inspect.
 pub const ATTESTATION_NOT_PERMITTED: &str = "workload attestation failed: the agent is not \
     permitted to inspect the calling process; it needs CAP_SYS_PTRACE to attest callers of other \
@@ -158,11 +167,13 @@ pub const ATTESTATION_NOT_PERMITTED: &str = "workload attestation failed: the ag
 
 impl AttestError {
     /// What a caller is told: [`ATTESTATION_NOT_PERMITTED`] when the agent lacks the rights to
-    /// inspect it (a cause that retrying does not fix), else [`ATTESTATION_FAILED`]. Paths,
+    /// inspect it (a cause that retrying does not fix), [`ATTESTATION_PROGRAM_CHANGED`] when its
+    /// process executed another program, else [`ATTESTATION_FAILED`]. Paths,
     /// pids and error texts stay in the agent's log.
     pub fn status_message(&self) -> &'static str {
         match self {
             Self::NotPermitted { .. } => ATTESTATION_NOT_PERMITTED,
+            Self::ProcessReplaced { .. } => ATTESTATION_PROGRAM_CHANGED,
             _ => ATTESTATION_FAILED,
         }
     }
@@ -261,6 +272,8 @@ pub struct Caller {
     cred: Option<(i32, u32, u32)>,
     /// `/proc/<pid>` of the process that connected, or why it could not be opened.
     proc_dir: Result<OwnedFd, rustix::io::Errno>,
+    /// The executable the process ran when the connection was accepted.
+    exe: Option<FileStamp>,
     /// The last verdict and what it was derived from.
     verdict: Mutex<Option<Verdict>>,
 }
@@ -271,11 +284,10 @@ struct Verdict {
     selectors: Selectors,
 }
 
-/// What a verdict is derived from, besides the peer credentials: the executable the process
-/// runs and the user and group databases (`None`: the file does not exist).
+/// What a verdict is derived from, besides the peer credentials and the executable fixed at
+/// accept: the user and group databases (`None`: the file does not exist).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Basis {
-    exe: FileStamp,
     passwd: Option<FileStamp>,
     group: Option<FileStamp>,
 }
@@ -339,21 +351,28 @@ impl Attestor {
             ),
             None => Err(rustix::io::Errno::NOENT),
         };
+        let exe = proc_dir
+            .as_ref()
+            .ok()
+            .and_then(|dir| rustix::fs::statat(dir, "exe", AtFlags::empty()).ok())
+            .map(|stat| FileStamp::of(&stat));
         Caller {
             cred,
             proc_dir,
+            exe,
             verdict: Mutex::new(None),
         }
     }
 
-    /// Attests `caller` for one call: its last verdict while the process still runs the same,
-    /// unchanged executable and the user databases are unchanged; otherwise a full attestation
-    /// (on the blocking thread pool: it may hash an executable).
+    /// Attests `caller` for one call. The process that opened the connection must still be
+    /// alive and run the executable it ran then, unchanged; its last verdict is used while the
+    /// user databases are unchanged, otherwise it is attested anew (on the blocking thread
+    /// pool: that may hash an executable).
     ///
     /// # Errors
     /// [`AttestError::NoPeerCredentials`] without a pid; [`AttestError::ProcessGone`] when the
     /// process that connected has exited; [`AttestError::ProcessReplaced`] when it executed
-    /// another program during the attestation; [`AttestError::NotPermitted`],
+    /// another program since; [`AttestError::NotPermitted`],
     /// [`AttestError::Read`] or [`AttestError::Parse`] when `/proc` or `/etc` cannot be read.
     pub async fn attest(&self, caller: &Arc<Caller>) -> Result<Selectors, AttestError> {
         let basis = self.basis(caller)?;
@@ -369,7 +388,7 @@ impl Attestor {
 
     fn attest_blocking(&self, caller: &Caller, basis: Basis) -> Result<Selectors, AttestError> {
         let selectors = self.collect(caller)?;
-        // The process must not have executed another program while it was looked at.
+        // Nothing may have changed while the process was looked at.
         if self.basis(caller)? != basis {
             return Err(AttestError::ProcessReplaced { pid: caller.pid() });
         }
@@ -382,13 +401,16 @@ impl Attestor {
         Ok(selectors)
     }
 
-    /// What the caller's verdict depends on, as of now.
+    /// What the caller's verdict depends on, as of now, once the caller is confirmed to be the
+    /// process that connected, running the same executable.
     fn basis(&self, caller: &Caller) -> Result<Basis, AttestError> {
         let (dir, pid) = proc_dir(caller)?;
         let exe = rustix::fs::statat(dir, "exe", AtFlags::empty())
             .map_err(|e| proc_error(&proc_path(pid, "exe"), pid, e.into()))?;
+        if caller.exe != Some(FileStamp::of(&exe)) {
+            return Err(AttestError::ProcessReplaced { pid });
+        }
         Ok(Basis {
-            exe: FileStamp::of(&exe),
             passwd: self.etc_stamp("passwd")?,
             group: self.etc_stamp("group")?,
         })
@@ -422,9 +444,12 @@ impl Attestor {
         let path = PathBuf::from(OsStr::from_bytes(path.as_bytes()));
         let exe = rustix::fs::openat(dir, "exe", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| proc_error(&exe_link, pid, e.into()))?;
-        let sha256 = self
+        let (stamp, sha256) = self
             .exe_sha256(&mut File::from(exe))
             .map_err(|e| proc_error(&exe_link, pid, e))?;
+        if caller.exe != Some(stamp) {
+            return Err(AttestError::ProcessReplaced { pid });
+        }
 
         let mut selectors = BTreeSet::new();
         selectors.insert(format!("unix:uid:{uid}"));
@@ -446,18 +471,18 @@ impl Attestor {
         Ok(Selectors(Arc::new(selectors)))
     }
 
-    /// The hex SHA-256 of the executable `file`, from the cache when the file's identity,
+    /// The identity of the executable `file` and its hex SHA-256, from the cache when the file's identity,
     /// size, mtime and ctime are unchanged (ctime cannot be set by users: restoring the mtime
     /// after rewriting a file in place still changes it).
-    fn exe_sha256(&self, file: &mut File) -> io::Result<String> {
+    fn exe_sha256(&self, file: &mut File) -> io::Result<(FileStamp, String)> {
         let stat = rustix::fs::fstat(&*file)?;
         let key = FileStamp::of(&stat);
         if let Some(hash) = self.hashes().get(&key) {
-            return Ok(hash);
+            return Ok((key, hash));
         }
         let hash = sha256_hex(file)?;
         self.hashes().insert(key, hash.clone());
-        Ok(hash)
+        Ok((key, hash))
     }
 
     fn hashes(&self) -> std::sync::MutexGuard<'_, HashCache> {
@@ -790,9 +815,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_process_that_executes_another_program_is_attested_anew() {
+    async fn a_connection_whose_process_executes_another_program_is_refused() {
+        // A process connects, hands the socket to a child and executes a program it wants to
+        // pose as: calls on that connection must not be attested as that program. Here a
+        // shell stands for the process: the connection is captured while it runs sh, then it
+        // replaces itself with `sleep` (same pid, same connection).
         let attestor = Attestor::new();
-        // A shell that, once told, replaces itself with `sleep` (same pid, same connection).
         let mut child = Running::spawn(Command::new("sh").args(["-c", "read line; exec sleep 30"]));
         let caller = caller_for(&attestor, child.pid());
         let before = attestor.attest(&caller).await.unwrap();
@@ -805,14 +833,15 @@ mod tests {
             assert!(Instant::now() < deadline, "the shell did not exec sleep");
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
-        let after = attestor.attest(&caller).await.unwrap();
-        assert!(path_selector(&after).ends_with("/sleep"), "{after:?}");
-        let hash = |s: &Selectors| {
-            s.iter()
-                .find(|s| s.starts_with("unix:sha256:"))
-                .map(str::to_owned)
-        };
-        assert_ne!(hash(&before), hash(&after));
+        let err = attestor.attest(&caller).await.unwrap_err();
+        assert!(matches!(err, AttestError::ProcessReplaced { .. }), "{err}");
+        assert_eq!(err.status_message(), ATTESTATION_PROGRAM_CHANGED);
+        // A new connection of the same process is attested as what it runs now.
+        let again = attestor
+            .attest(&caller_for(&attestor, child.pid()))
+            .await
+            .unwrap();
+        assert!(path_selector(&again).ends_with("/sleep"), "{again:?}");
     }
 
     #[tokio::test]
@@ -891,14 +920,17 @@ mod tests {
     fn executable_hashes_are_cached_by_file_identity() {
         let attestor = Attestor::new();
         let exe = std::env::current_exe().unwrap();
-        let first = attestor.exe_sha256(&mut File::open(&exe).unwrap()).unwrap();
+        let (_, first) = attestor.exe_sha256(&mut File::open(&exe).unwrap()).unwrap();
         assert_eq!(attestor.hashes().hashes.len(), 1);
 
         // Replace the remembered hash: a second call must return it without re-hashing.
         let key = *attestor.hashes().hashes.keys().next().unwrap();
         attestor.hashes().hashes.insert(key, "cached".into());
         assert_eq!(
-            attestor.exe_sha256(&mut File::open(&exe).unwrap()).unwrap(),
+            attestor
+                .exe_sha256(&mut File::open(&exe).unwrap())
+                .unwrap()
+                .1,
             "cached"
         );
         assert_ne!(first, "cached");
@@ -910,7 +942,7 @@ mod tests {
         let path = dir.path().join("victim");
         std::fs::write(&path, b"the victim's code").unwrap();
         let attestor = Attestor::new();
-        let victim = attestor
+        let (_, victim) = attestor
             .exe_sha256(&mut File::open(&path).unwrap())
             .unwrap();
         let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
@@ -922,7 +954,7 @@ mod tests {
         file.set_modified(mtime).unwrap();
         drop(file);
         assert_eq!(std::fs::metadata(&path).unwrap().modified().unwrap(), mtime);
-        let rewritten = attestor
+        let (_, rewritten) = attestor
             .exe_sha256(&mut File::open(&path).unwrap())
             .unwrap();
         assert_ne!(rewritten, victim);

@@ -75,9 +75,7 @@ mod tests {
 
     #[test]
     fn attestation_details_stay_out_of_the_status() {
-        let status = Status::from(SdsError::Attestation(AttestError::ProcessReplaced {
-            pid: 7,
-        }));
+        let status = Status::from(SdsError::Attestation(AttestError::ProcessGone { pid: 7 }));
         assert_eq!(status.message(), "workload attestation failed");
 
         let status = Status::from(SdsError::Attestation(AttestError::NotPermitted {

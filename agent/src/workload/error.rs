@@ -112,9 +112,7 @@ mod tests {
 
     #[test]
     fn attestation_details_stay_out_of_the_status() {
-        let status = Status::from(ApiError::Attestation(AttestError::ProcessReplaced {
-            pid: 7,
-        }));
+        let status = Status::from(ApiError::Attestation(AttestError::ProcessGone { pid: 7 }));
         assert_eq!(status.message(), "workload attestation failed");
     }
 
