@@ -2,19 +2,15 @@
 //! plain HTTP client, the admin CLI) using what `demo.json` lists.
 #![expect(clippy::unwrap_used, reason = "test set-up fails loudly")]
 
-use std::io::{BufRead as _, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+mod common;
+
+use std::path::Path;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-const FEDHUB: &str = env!("CARGO_BIN_EXE_fedhub");
-
-fn demo_json(dir: &Path) -> Value {
-    serde_json::from_slice(&std::fs::read(dir.join("demo.json")).unwrap()).unwrap()
-}
+use common::{FEDHUB, KeepRunning, demo_json};
 
 fn check_demo_json(dir: &Path) -> Vec<Value> {
     let doc = demo_json(dir);
@@ -71,71 +67,6 @@ fn demo_runs_every_step_and_exits_zero() {
         assert!(stdout.contains(step), "{step} missing:\n{stdout}");
     }
     check_demo_json(dir.path());
-}
-
-/// A `fedhub demo --keep-running` process, stopped with SIGTERM on drop.
-struct KeepRunning {
-    child: Child,
-    dir: PathBuf,
-}
-
-impl KeepRunning {
-    fn start(dir: &Path) -> Self {
-        let mut child = Command::new(FEDHUB)
-            .args(["demo", "--keep-running", "--dir"])
-            .arg(dir)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .unwrap();
-        let stdout = child.stdout.take().unwrap();
-        let (ready_tx, ready_rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let line = line.unwrap_or_default();
-                if line.contains("Everything keeps running") {
-                    let _ = ready_tx.send(Ok(()));
-                }
-                if line.contains("The demo failed") {
-                    let _ = ready_tx.send(Err(line));
-                }
-            }
-        });
-        match ready_rx.recv_timeout(Duration::from_secs(120)) {
-            Ok(Ok(())) => {}
-            other => panic!("the demo did not come up: {other:?}"),
-        }
-        Self {
-            child,
-            dir: dir.to_owned(),
-        }
-    }
-
-    fn stop(mut self) -> std::process::ExitStatus {
-        rustix::process::kill_process(
-            rustix::process::Pid::from_raw(i32::try_from(self.child.id()).unwrap()).unwrap(),
-            rustix::process::Signal::TERM,
-        )
-        .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the demo did not stop on SIGTERM"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    }
-}
-
-impl Drop for KeepRunning {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
 }
 
 fn spiffe_client(runtime: &tokio::runtime::Runtime, socket: &str) -> spiffe::WorkloadApiClient {
