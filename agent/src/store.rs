@@ -5,13 +5,16 @@
 //!   atomically with mode 0600 (one file, so chain and key always match).
 //! - `bundle.json`: the trust domain's bundle (SPIFFE JSON), the hub's trust anchors.
 //!
-//! The directory is created with mode 0700. A key file anyone but the owner can read is
-//! refused.
+//! The directory is created with mode 0700 and locked ([`fedhub_files::DirLock`]) while a store
+//! on it is open: two agents on one directory would overwrite each other's SVID. A key file
+//! anyone but the owner can read is refused. Files are written atomically and durably (the
+//! directory is synced after each rename).
 
 use std::fs;
-use std::io::{self, Write as _};
-use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::io;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use fedhub_core::x509::X509Svid;
 use fedhub_core::{Bundle, PrivateKey, TrustDomain};
@@ -48,6 +51,9 @@ pub enum StoreError {
         /// What is wrong.
         reason: String,
     },
+    /// Another process uses the data directory, or it cannot be locked.
+    #[error(transparent)]
+    Locked(#[from] fedhub_files::LockError),
     /// The key file can be read or written by other users.
     #[error("{path} is accessible by other users (mode {mode:o}); run chmod 600 on it")]
     NotPrivate {
@@ -58,17 +64,19 @@ pub enum StoreError {
     },
 }
 
-/// The agent's data directory.
+/// The agent's data directory, locked while any clone of this value lives.
 #[derive(Debug, Clone)]
 pub struct Store {
     dir: PathBuf,
+    _lock: Arc<fedhub_files::DirLock>,
 }
 
 impl Store {
-    /// Opens `dir`, creating it with mode 0700 when missing.
+    /// Opens `dir`, creating it with mode 0700 when missing, and locks it.
     ///
     /// # Errors
-    /// [`StoreError::Io`] when the directory cannot be created.
+    /// [`StoreError::Io`] when the directory cannot be created; [`StoreError::Locked`] naming
+    /// the holder's pid when another process uses it.
     pub fn open(dir: &Path) -> Result<Self, StoreError> {
         fs::DirBuilder::new()
             .recursive(true)
@@ -79,8 +87,10 @@ impl Store {
                 path: dir.to_owned(),
                 source,
             })?;
+        let lock = fedhub_files::DirLock::acquire(dir)?;
         Ok(Self {
             dir: dir.to_owned(),
+            _lock: Arc::new(lock),
         })
     }
 
@@ -174,33 +184,14 @@ impl Store {
         self.write(BUNDLE_FILE, bundle.to_json().as_bytes())
     }
 
-    /// Writes `contents` to a temporary 0600 file, syncs it and renames it over `name`, so
-    /// that readers never see a partial file.
+    /// Writes `contents` to `name` atomically and durably, mode 0600.
     fn write(&self, name: &str, contents: &[u8]) -> Result<(), StoreError> {
         let path = self.dir.join(name);
-        let tmp = self.dir.join(format!(".{name}.tmp"));
-        let io_error = |action| {
-            let path = path.clone();
-            move |source| StoreError::Io {
-                action,
-                path,
-                source,
-            }
-        };
-        match fs::remove_file(&tmp) {
-            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(io_error("clean up")(e)),
-            _ => {}
-        }
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)
-            .map_err(io_error("write"))?;
-        file.write_all(contents).map_err(io_error("write"))?;
-        file.sync_all().map_err(io_error("write"))?;
-        drop(file);
-        fs::rename(&tmp, &path).map_err(io_error("replace"))
+        fedhub_files::write_private(&path, contents).map_err(|source| StoreError::Io {
+            action: "write",
+            path,
+            source,
+        })
     }
 }
 
@@ -268,7 +259,7 @@ mod tests {
         assert!(loaded_bundle.same_authorities(&bundle));
         assert_eq!(
             fs::read_dir(&data).unwrap().count(),
-            2,
+            3, // the SVID, the bundle, the lock
             "no temporary files left"
         );
     }
@@ -284,6 +275,23 @@ mod tests {
         let error = store.load_svid().unwrap_err();
         assert!(matches!(error, StoreError::NotPrivate { mode: 0o640, .. }));
         assert!(error.to_string().contains("chmod 600"), "{error}");
+    }
+
+    #[test]
+    fn one_agent_at_a_time_uses_a_data_directory() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let clone = store.clone();
+        drop(store);
+        let error = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(error, StoreError::Locked(_)), "{error}");
+        let message = error.to_string();
+        assert!(
+            message.contains(&format!("in use by process {}", std::process::id())),
+            "{message}"
+        );
+        drop(clone);
+        Store::open(dir.path()).unwrap();
     }
 
     #[test]

@@ -287,7 +287,7 @@ impl Pki {
         let cert_file = dir.join("server.pem");
         let key_file = dir.join("server.key");
         std::fs::write(&cert_file, server.chain_pem())?;
-        fedhub_hub::fsutil::write_private(&key_file, server.key().to_pkcs8_pem().as_bytes())?;
+        fedhub_files::write_private(&key_file, server.key().to_pkcs8_pem().as_bytes())?;
         Ok(Self {
             ca_der: ca.certificate().to_vec(),
             cert_file,

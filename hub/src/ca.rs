@@ -20,8 +20,6 @@ use fedhub_core::x509::{CaParams, CaSigner, X509Error, certificates_pem};
 use fedhub_core::{JwtAuthority, KeyType, PrivateKey, SpiffeId, TrustDomain, X509Authority};
 use serde::{Deserialize, Serialize};
 
-use crate::fsutil;
-
 /// Why the CA could not load, rotate or sign.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -249,7 +247,7 @@ impl CaManager {
     /// # Errors
     /// [`CaError`] when the directory cannot be used or its content is corrupt.
     pub fn open(options: CaOptions, now: SystemTime) -> Result<Self, CaError> {
-        fsutil::ensure_dir(&options.dir, 0o700).map_err(|source| CaError::Io {
+        fedhub_files::ensure_dir(&options.dir, 0o700).map_err(|source| CaError::Io {
             path: options.dir.clone(),
             source,
         })?;
@@ -274,14 +272,17 @@ impl CaManager {
                 path: state_path.clone(),
                 reason: e.to_string(),
             })?;
-            for meta in state.x509 {
+            // An expired key is dropped unread: its files may already be gone (a crash after
+            // the state that still listed it was written, while its files were removed).
+            let now_s = unix(now);
+            for meta in state.x509.into_iter().filter(|m| m.not_after > now_s) {
                 let signer = manager.load_x509(&meta)?;
                 manager.x509.push(X509Slot {
                     meta,
                     signer: Arc::new(signer),
                 });
             }
-            for meta in state.jwt {
+            for meta in state.jwt.into_iter().filter(|m| m.not_after > now_s) {
                 let signer = manager.load_jwt(&meta)?;
                 manager.jwt.push(JwtSlot {
                     meta,
@@ -290,6 +291,7 @@ impl CaManager {
             }
         }
         manager.tick(now)?;
+        manager.remove_unlisted_files();
         Ok(manager)
     }
 
@@ -402,6 +404,26 @@ impl CaManager {
         }
     }
 
+    /// Removes key and certificate files the state does not list: left by a crash between
+    /// writing a new key and the state that names it, or before an expired key's files were
+    /// removed. Only files named as this manager names them are touched.
+    fn remove_unlisted_files(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.options.dir) else {
+            return;
+        };
+        let listed = self.published_ids();
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(key_file_id) else {
+                continue;
+            };
+            if !listed.iter().any(|listed| listed == id) {
+                tracing::info!(file = %entry.path().display(), "removing a CA key file no key uses");
+                let _ = std::fs::remove_file(entry.path());
+            }
+        }
+    }
+
     /// Applies the rotation schedule at `now`: drops expired keys, prepares a successor at half
     /// of the active key's lifetime, activates it at five sixths, and replaces a missing or
     /// expired active key at once. Returns whether the set of published keys changed.
@@ -412,13 +434,10 @@ impl CaManager {
         let before = self.published_ids();
         let now_s = unix(now);
 
-        // Expired keys leave the bundle; their files go too.
-        for id in drop_expired(&mut self.x509, now_s) {
-            self.remove_files("x509", &id);
-        }
-        for id in drop_expired(&mut self.jwt, now_s) {
-            self.remove_files("jwt", &id);
-        }
+        // Expired keys leave the bundle; their files go once the state without them is stored,
+        // so that a crash in between never leaves a state naming missing files.
+        let expired_x509 = drop_expired(&mut self.x509, now_s);
+        let expired_jwt = drop_expired(&mut self.jwt, now_s);
         match next_step(&self.x509, now_s) {
             Step::Create(state) => {
                 let slot = self.new_x509(state, now)?;
@@ -437,6 +456,12 @@ impl CaManager {
         }
         let changed = before != self.published_ids();
         self.persist_state()?;
+        for id in expired_x509 {
+            self.remove_files("x509", &id);
+        }
+        for id in expired_jwt {
+            self.remove_files("jwt", &id);
+        }
         Ok(changed)
     }
 
@@ -601,8 +626,20 @@ impl CaManager {
     }
 }
 
+/// The key id in a file name this manager writes (`x509-<id>.key`, `x509-<id>.pem`,
+/// `jwt-<id>.key`).
+fn key_file_id(name: &str) -> Option<&str> {
+    let stem = name
+        .strip_suffix(".key")
+        .or_else(|| name.strip_suffix(".pem").filter(|s| s.starts_with("x509-")))?;
+    let id = stem
+        .strip_prefix("x509-")
+        .or_else(|| stem.strip_prefix("jwt-"))?;
+    (!id.is_empty() && id.bytes().all(|b| b.is_ascii_hexdigit())).then_some(id)
+}
+
 fn write(path: &Path, contents: &[u8]) -> Result<(), CaError> {
-    fsutil::write_private(path, contents).map_err(|source| CaError::Io {
+    fedhub_files::write_private(path, contents).map_err(|source| CaError::Io {
         path: path.to_owned(),
         source,
     })
@@ -634,7 +671,7 @@ fn load_upstream(cert_file: &Path, key_file: &Path) -> Result<Upstream, CaError>
             cert_file.display()
         )));
     }
-    fsutil::check_private(key_file)
+    fedhub_files::check_private(key_file)
         .map_err(|e| CaError::Upstream(format!("{}: {e}", key_file.display())))?;
     let key_text = std::fs::read_to_string(key_file)
         .map_err(|e| CaError::Upstream(format!("cannot read {}: {e}", key_file.display())))?;

@@ -17,7 +17,6 @@ pub mod admin;
 pub mod ca;
 pub mod config;
 pub mod federation;
-pub mod fsutil;
 pub mod https;
 pub mod node;
 pub mod replica;

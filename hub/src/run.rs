@@ -151,7 +151,7 @@ pub fn load_certified_key(key: &'static str, files: &TlsFiles) -> Result<Certifi
             files.cert_file.display()
         )));
     }
-    crate::fsutil::check_private(&files.key_file).map_err(|e| fail(e.to_string()))?;
+    fedhub_files::check_private(&files.key_file).map_err(|e| fail(e.to_string()))?;
     let key_text = std::fs::read_to_string(&files.key_file)
         .map_err(|e| fail(format!("cannot read {}: {e}", files.key_file.display())))?;
     let private = fedhub_core::PrivateKey::from_pkcs8_pem(&key_text)

@@ -68,6 +68,9 @@ pub enum HubError {
     /// The replica id could not be read or created.
     #[error(transparent)]
     ReplicaId(#[from] crate::replica::ReplicaIdError),
+    /// The data directory is in use by another process, or cannot be locked.
+    #[error(transparent)]
+    DataDirLocked(#[from] fedhub_files::LockError),
 }
 
 /// At most this many changes are read to see whether the own bundle is among them; past it,
@@ -75,6 +78,8 @@ pub enum HubError {
 const CHANGES_SCAN_LIMIT: u32 = 1000;
 
 struct Inner {
+    /// The exclusive lock on the data directory, held as long as the hub lives.
+    _data_dir_lock: fedhub_files::DirLock,
     config: HubConfig,
     replica_id: String,
     registry: Registry,
@@ -132,10 +137,13 @@ impl Hub {
     /// # Errors
     /// [`HubError`] when storage, keys or the OIDC issuer are unusable.
     pub async fn open(config: HubConfig) -> Result<Self, HubError> {
-        crate::fsutil::ensure_dir(&config.data_dir, 0o700).map_err(|source| HubError::DataDir {
+        fedhub_files::ensure_dir(&config.data_dir, 0o700).map_err(|source| HubError::DataDir {
             path: config.data_dir.clone(),
             source,
         })?;
+        // Before anything in the directory is read or written: two hubs on one data directory
+        // would rotate one CA and overwrite each other's keys.
+        let data_dir_lock = fedhub_files::DirLock::acquire(&config.data_dir)?;
         let replica_id = crate::replica::load_or_create(&config.data_dir)?;
         let registry = Registry::connect(&config.database_url).await?;
         let now = SystemTime::now();
@@ -166,6 +174,7 @@ impl Hub {
         let revision = registry.latest_revision().await?;
         let hub = Self {
             inner: Arc::new(Inner {
+                _data_dir_lock: data_dir_lock,
                 replica_id,
                 registry,
                 ca: RwLock::new(ca),

@@ -579,8 +579,12 @@ async fn replicas_fetch_each_due_refresh_exactly_once(database_url: Option<Strin
     let (issuer, _issuer_dir) = open_hub("replica-issuer.test", "5m").await;
     let dir = tempfile::tempdir().unwrap();
     let config = hub_config("replicas.test", dir.path(), "5m", database_url.as_deref());
-    let first = Hub::open(config.clone()).await.unwrap();
-    let second = Hub::open(config).await.unwrap();
+    // Replicas share the database, never a data directory (each has its own CA).
+    let second_dir = tempfile::tempdir().unwrap();
+    let mut second_config = config.clone();
+    second_config.data_dir = second_dir.path().to_owned();
+    let first = Hub::open(config).await.unwrap();
+    let second = Hub::open(second_config).await.unwrap();
     first
         .registry()
         .put_bundle(ACTOR, &record(&issuer.own_bundle()))

@@ -20,8 +20,11 @@ pub static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
 pub static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
 
 /// Run on every new SQLite connection. WAL lets readers work beside the one writer; writers
-/// wait up to five seconds for each other instead of failing at once.
-const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+/// wait up to five seconds for each other instead of failing at once. `synchronous = FULL`
+/// syncs the WAL at every commit, so a committed write (a join token used, a ban, an eviction,
+/// a relationship change) survives power loss, not only a crash of the hub; `NORMAL` could lose
+/// the last commits, and with a used join token that means a token usable twice.
+const SQLITE_PRAGMAS: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = FULL; \
                               PRAGMA foreign_keys = ON; PRAGMA busy_timeout = 5000;";
 
 /// The database behind a [`Registry`].
@@ -326,7 +329,7 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn sqlite_connections_use_wal_foreign_keys_and_busy_timeout() {
+    async fn sqlite_connections_use_wal_full_sync_foreign_keys_and_busy_timeout() {
         let dir = tempfile::tempdir().unwrap();
         let registry = Registry::open_sqlite(&dir.path().join("nested/dir/hub.db"))
             .await
@@ -338,6 +341,11 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(mode, "wal");
+        let synchronous: i64 = sqlx::query_scalar("PRAGMA synchronous")
+            .fetch_one(&mut *conn)
+            .await
+            .unwrap();
+        assert_eq!(synchronous, 2, "FULL: commits survive power loss");
         let fk: i64 = sqlx::query_scalar("PRAGMA foreign_keys")
             .fetch_one(&mut *conn)
             .await

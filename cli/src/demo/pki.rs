@@ -56,7 +56,7 @@ impl DemoPki {
             key_file: dir.join(format!("{name}.key")),
         };
         std::fs::write(&files.cert_file, cert.pem())?;
-        fedhub_hub::fsutil::write_private(&files.key_file, key.serialize_pem().as_bytes())?;
+        fedhub_files::write_private(&files.key_file, key.serialize_pem().as_bytes())?;
         Ok(files)
     }
 }

@@ -11,7 +11,7 @@ use axum::extract::connect_info::Connected;
 use axum::serve::IncomingStream;
 use tokio::net::{UnixListener, UnixStream};
 
-use crate::fsutil::ensure_dir;
+use fedhub_files::ensure_dir;
 
 /// Who may use the admin socket: the hub's own user and `admin_uids`.
 #[derive(Debug, Clone, PartialEq, Eq)]

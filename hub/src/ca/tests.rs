@@ -225,7 +225,7 @@ fn upstream_ca_signs_intermediates_and_the_bundle_holds_the_upstream_root() {
         pem::encode(&pem::Pem::new("CERTIFICATE", upstream.certificate())),
     )
     .unwrap();
-    fsutil::write_private(&key_file, upstream_key.to_pkcs8_pem().as_bytes()).unwrap();
+    fedhub_files::write_private(&key_file, upstream_key.to_pkcs8_pem().as_bytes()).unwrap();
     let mut opts = options(&dir.path().join("ca"));
     opts.upstream = Some((cert_file, key_file.clone()));
     let now = SystemTime::now();
@@ -273,4 +273,103 @@ fn corrupt_storage_is_reported_not_replaced() {
     let err = CaManager::open(options(dir.path()), now).unwrap_err();
     assert!(matches!(err, CaError::Corrupt { .. }), "{err}");
     assert!(err.to_string().contains("backup"), "{err}");
+}
+
+/// The ids of the key files in `dir`, sorted.
+fn key_files(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|name| name != "state.json")
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn a_crash_while_an_expired_key_is_removed_leaves_a_ca_that_opens() {
+    // The state still lists the first key, but its files are gone: what a crash leaves
+    // between removing an expired key's files and storing the state without it.
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = SystemTime::now();
+    let mut ca = CaManager::open(options(dir.path()), t0).unwrap();
+    let first = ca.status()[0].id.clone();
+    ca.tick(t0 + 12 * HOUR).unwrap();
+    ca.tick(t0 + 20 * HOUR).unwrap();
+    drop(ca);
+    for kind in ["x509", "jwt"] {
+        std::fs::remove_file(dir.path().join(format!("{kind}-{first}.key"))).ok();
+    }
+    std::fs::remove_file(dir.path().join(format!("x509-{first}.pem"))).ok();
+    let ca = CaManager::open(options(dir.path()), t0 + 25 * HOUR).unwrap();
+    assert!(ca.status().iter().all(|key| key.id != first));
+    assert_eq!(ca.x509_authorities().len(), 2);
+}
+
+#[test]
+fn expired_keys_leave_the_state_before_their_files_go() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = SystemTime::now();
+    let mut ca = CaManager::open(options(dir.path()), t0).unwrap();
+    let first = ca.status()[0].id.clone();
+    ca.tick(t0 + 12 * HOUR).unwrap();
+    ca.tick(t0 + 20 * HOUR).unwrap();
+    // The state cannot be written (a directory stands in its place): the tick that drops the
+    // expired first key fails, and the key's files must still be there for the stored state.
+    let state = dir.path().join("state.json");
+    let stored = std::fs::read(&state).unwrap();
+    std::fs::remove_file(&state).unwrap();
+    std::fs::create_dir(&state).unwrap();
+    std::fs::write(state.join("blocker"), b"").unwrap();
+    assert!(ca.tick(t0 + 25 * HOUR).is_err());
+    let first_key = dir.path().join(format!("x509-{first}.key"));
+    assert!(
+        first_key.exists(),
+        "files removed before the state was stored"
+    );
+    drop(ca);
+
+    std::fs::remove_dir_all(&state).unwrap();
+    std::fs::write(&state, stored).unwrap();
+    let ca = CaManager::open(options(dir.path()), t0 + 25 * HOUR).unwrap();
+    assert!(ca.status().iter().all(|key| key.id != first));
+    assert!(
+        !first_key.exists(),
+        "removed once the state no longer names it"
+    );
+}
+
+#[test]
+fn key_files_no_key_uses_are_removed_at_open_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let now = SystemTime::now();
+    drop(CaManager::open(options(dir.path()), now).unwrap());
+    let kept = key_files(dir.path());
+    // A key written just before a crash, before the state that would name it.
+    for orphan in ["x509-0123abcd.key", "x509-0123abcd.pem", "jwt-0123abcd.key"] {
+        std::fs::write(dir.path().join(orphan), b"orphan").unwrap();
+    }
+    std::fs::write(dir.path().join("notes.txt"), b"an operator's file").unwrap();
+    let ca = CaManager::open(options(dir.path()), now).unwrap();
+    let mut expected = kept.clone();
+    expected.push("notes.txt".into());
+    expected.sort();
+    assert_eq!(key_files(dir.path()), expected);
+    assert_eq!(ca.x509_authorities().len(), 1);
+}
+
+#[test]
+fn only_names_this_manager_writes_count_as_key_files() {
+    assert_eq!(key_file_id("x509-ab12.key"), Some("ab12"));
+    assert_eq!(key_file_id("x509-ab12.pem"), Some("ab12"));
+    assert_eq!(key_file_id("jwt-ab12.key"), Some("ab12"));
+    for other in [
+        "jwt-ab12.pem",
+        "state.json",
+        "x509-.key",
+        "x509-zz.key",
+        "upstream.key",
+    ] {
+        assert_eq!(key_file_id(other), None, "{other}");
+    }
 }

@@ -64,7 +64,7 @@ fn write_web_cert(ca: &WebCa, dir: &Path, name: &str) -> TlsFiles {
         key_file: dir.join(format!("{name}.key")),
     };
     std::fs::write(&files.cert_file, cert.pem()).unwrap();
-    crate::fsutil::write_private(&files.key_file, key.serialize_pem().as_bytes()).unwrap();
+    fedhub_files::write_private(&files.key_file, key.serialize_pem().as_bytes()).unwrap();
     files
 }
 

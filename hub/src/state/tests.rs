@@ -117,3 +117,21 @@ async fn data_dir_is_private() {
     let mode = std::fs::metadata(&data).unwrap().permissions().mode() & 0o777;
     assert_eq!(mode, 0o700);
 }
+
+#[tokio::test]
+async fn a_second_hub_on_the_same_data_directory_is_refused_with_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let hub = Hub::open(test_config(dir.path())).await.unwrap();
+    let Err(error) = Hub::open(test_config(dir.path())).await else {
+        panic!("two hubs opened one data directory");
+    };
+    assert!(matches!(error, HubError::DataDirLocked(_)), "{error}");
+    let message = error.to_string();
+    assert!(
+        message.contains(&format!("in use by process {}", std::process::id())),
+        "{message}"
+    );
+    hub.registry().close().await;
+    drop(hub);
+    Hub::open(test_config(dir.path())).await.unwrap();
+}

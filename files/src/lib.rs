@@ -1,0 +1,259 @@
+//! Files that hold secrets and the data directories around them: private directories,
+//! atomically and durably written 0600 files, and an exclusive lock per data directory so that
+//! two processes never share one.
+
+use std::fs;
+use std::io::{self, Read as _, Seek as _, Write as _};
+use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::FlockOperation;
+
+/// Creates `dir` (and parents) if missing and makes it `mode` (e.g. `0o700`).
+///
+/// # Errors
+/// I/O errors from creating the directory or setting its permissions.
+pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(dir)?;
+    fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+}
+
+/// Writes `contents` to `path` readable by the owner only (0600): first to a temporary file in
+/// the same directory, synced, then renamed over `path` and the directory synced, so readers
+/// never see a partial file and the new file survives a crash or power loss once this returns.
+///
+/// # Errors
+/// I/O errors from writing, syncing or renaming.
+pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    let dir = path.parent().unwrap_or_else(|| Path::new("."));
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
+    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let _ = fs::remove_file(&tmp);
+    {
+        let mut file = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    fs::File::open(dir)?.sync_all()
+}
+
+/// Fails when `path` can be read or written by anyone but its owner.
+///
+/// # Errors
+/// `PermissionDenied` naming the file and the fix, or the I/O error from reading metadata.
+pub fn check_private(path: &Path) -> io::Result<()> {
+    let mode = fs::metadata(path)?.permissions().mode();
+    if mode & 0o077 != 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::PermissionDenied,
+            format!(
+                "{} is accessible by other users (mode {:o}); run chmod 600 on it",
+                path.display(),
+                mode & 0o777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The name of the lock file in a data directory.
+pub const LOCK_FILE: &str = "lock";
+
+/// An exclusive lock on a data directory, held until dropped (or the process ends, however it
+/// ends: the kernel releases it). The lock file holds the holder's pid, for the message another
+/// process gets.
+#[derive(Debug)]
+pub struct DirLock {
+    _file: fs::File,
+}
+
+/// Why a data directory could not be locked.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum LockError {
+    /// Another process holds the lock.
+    Held {
+        /// The data directory.
+        dir: PathBuf,
+        /// The holder's pid, as it wrote it (`None` when unreadable).
+        pid: Option<u32>,
+    },
+    /// The lock file could not be opened, locked or written.
+    Io {
+        /// The lock file.
+        path: PathBuf,
+        /// The I/O error.
+        source: io::Error,
+    },
+}
+
+impl std::fmt::Display for LockError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Held { dir, pid } => {
+                let holder = pid.map_or_else(
+                    || "another process".to_owned(),
+                    |pid| format!("process {pid}"),
+                );
+                write!(
+                    f,
+                    "the data directory {} is in use by {holder}; two processes must never share \
+                     one: stop the other one, or give this one its own data_dir",
+                    dir.display()
+                )
+            }
+            Self::Io { path, source } => write!(f, "cannot lock {}: {source}", path.display()),
+        }
+    }
+}
+
+impl std::error::Error for LockError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        match self {
+            Self::Held { .. } => None,
+            Self::Io { source, .. } => Some(source),
+        }
+    }
+}
+
+impl DirLock {
+    /// Takes the exclusive lock on `dir` (which must exist), without waiting.
+    ///
+    /// # Errors
+    /// [`LockError::Held`] naming the holder's pid when another process (or another lock in
+    /// this process) holds it; [`LockError::Io`] when the lock file cannot be used.
+    pub fn acquire(dir: &Path) -> Result<Self, LockError> {
+        let path = dir.join(LOCK_FILE);
+        let io = |source| LockError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io)?;
+        match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
+            Ok(()) => {}
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                let mut text = String::new();
+                let pid = file
+                    .read_to_string(&mut text)
+                    .ok()
+                    .and_then(|_| text.trim().parse().ok());
+                return Err(LockError::Held {
+                    dir: dir.to_owned(),
+                    pid,
+                });
+            }
+            Err(e) => return Err(io(e.into())),
+        }
+        file.set_len(0).map_err(io)?;
+        file.rewind().map_err(io)?;
+        writeln!(file, "{}", std::process::id()).map_err(io)?;
+        Ok(Self { _file: file })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn private_files_are_0600_and_replace_atomically() {
+        let dir = tempfile::tempdir().unwrap();
+        let sub = dir.path().join("keys");
+        ensure_dir(&sub, 0o700).unwrap();
+        assert_eq!(
+            fs::metadata(&sub).unwrap().permissions().mode() & 0o777,
+            0o700
+        );
+        let path = sub.join("k.pem");
+        write_private(&path, b"one").unwrap();
+        write_private(&path, b"two").unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        check_private(&path).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
+        let err = check_private(&path).unwrap_err();
+        assert!(err.to_string().contains("chmod 600"), "{err}");
+        assert_eq!(fs::read_dir(&sub).unwrap().count(), 1, "no temp files left");
+    }
+
+    #[test]
+    fn a_data_directory_is_locked_by_one_holder_at_a_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let held = DirLock::acquire(dir.path()).unwrap();
+        let pid = std::process::id();
+        assert_eq!(
+            fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap(),
+            format!("{pid}\n")
+        );
+        let err = DirLock::acquire(dir.path()).unwrap_err();
+        assert!(
+            matches!(&err, LockError::Held { pid: Some(p), .. } if *p == pid),
+            "{err:?}"
+        );
+        let message = err.to_string();
+        assert!(message.contains(&format!("process {pid}")), "{message}");
+        assert!(
+            message.contains(&dir.path().display().to_string()),
+            "{message}"
+        );
+        drop(held);
+        DirLock::acquire(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn another_process_holding_the_lock_is_named() {
+        // A Python child process holds the lock (flock(2), as ours) while this one tries.
+        let dir = tempfile::tempdir().unwrap();
+        let lock = dir.path().join(LOCK_FILE);
+        let script = "import fcntl, os, sys, time\n\
+                      f = open(sys.argv[1], 'w')\n\
+                      fcntl.flock(f, fcntl.LOCK_EX)\n\
+                      f.write(str(os.getpid())); f.flush()\n\
+                      print('ready', flush=True)\n\
+                      time.sleep(30)\n";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .arg(&lock)
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut ready = String::new();
+        io::BufRead::read_line(
+            &mut io::BufReader::new(child.stdout.as_mut().unwrap()),
+            &mut ready,
+        )
+        .unwrap();
+        let err = DirLock::acquire(dir.path()).unwrap_err();
+        child.kill().unwrap();
+        child.wait().unwrap();
+        let LockError::Held {
+            pid: Some(holder), ..
+        } = err
+        else {
+            panic!("{err:?}");
+        };
+        assert_eq!(holder, child.id());
+        // The holder is gone (killed): the kernel released its lock.
+        DirLock::acquire(dir.path()).unwrap();
+    }
+}
