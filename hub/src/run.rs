@@ -57,6 +57,27 @@ pub enum RunError {
     /// The federation manager's options are invalid.
     #[error(transparent)]
     Federation(#[from] crate::federation::FederationError),
+    /// A listener handed over in [`LaunchOptions::listeners`] is bound to another address than
+    /// the configuration names.
+    #[error(
+        "{what} is {configured}, but the listener handed over for it is bound to {bound}; \
+         write the listener's address into the configuration"
+    )]
+    ListenerMismatch {
+        /// Which listener (config key).
+        what: &'static str,
+        /// The configured address.
+        configured: SocketAddr,
+        /// The address the handed-over listener is bound to.
+        bound: SocketAddr,
+    },
+    /// A listener was handed over in [`LaunchOptions::listeners`] for a server the
+    /// configuration disables.
+    #[error("a listener was handed over for {what}, but the configuration disables that server")]
+    ListenerUnused {
+        /// Which listener (config key).
+        what: &'static str,
+    },
     /// Operator TLS files are unusable.
     #[error("{key}: {message}")]
     TlsFiles {
@@ -117,6 +138,42 @@ async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, Ru
             address,
             source,
         })
+}
+
+/// Takes over a listener the caller bound for `what`, which must be bound to the configured
+/// `address`; the hub does not bind that address itself.
+fn adopt(
+    what: &'static str,
+    address: SocketAddr,
+    listener: std::net::TcpListener,
+) -> Result<TcpListener, RunError> {
+    let failed = |source| RunError::Bind {
+        what,
+        address,
+        source,
+    };
+    let bound = listener.local_addr().map_err(failed)?;
+    if bound != address {
+        return Err(RunError::ListenerMismatch {
+            what,
+            configured: address,
+            bound,
+        });
+    }
+    listener.set_nonblocking(true).map_err(failed)?;
+    TcpListener::from_std(listener).map_err(failed)
+}
+
+/// The listener for `what`: the one handed over if any, otherwise `address` bound now.
+async fn listen(
+    what: &'static str,
+    address: SocketAddr,
+    handed_over: Option<std::net::TcpListener>,
+) -> Result<TcpListener, RunError> {
+    match handed_over {
+        Some(listener) => adopt(what, address, listener),
+        None => bind(what, address).await,
+    }
 }
 
 fn tls_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<rustls::ServerConfig> {
@@ -298,7 +355,30 @@ struct Listeners {
 }
 
 impl Listeners {
-    async fn bind(config: &HubConfig) -> Result<Self, RunError> {
+    async fn bind(config: &HubConfig, handed_over: PreBound) -> Result<Self, RunError> {
+        let PreBound {
+            agent_api,
+            bundle_endpoint,
+            oidc,
+            health,
+        } = handed_over;
+        for (what, handed, enabled) in [
+            (
+                "bundle_endpoint.address",
+                bundle_endpoint.is_some(),
+                config.bundle_endpoint.is_some(),
+            ),
+            ("oidc.address", oidc.is_some(), config.oidc.is_some()),
+            (
+                "health.address",
+                health.is_some(),
+                config.health_address.is_some(),
+            ),
+        ] {
+            if handed && !enabled {
+                return Err(RunError::ListenerUnused { what });
+            }
+        }
         let admin_error = |source| RunError::AdminSocket {
             path: config.admin_socket.clone(),
             source,
@@ -308,17 +388,20 @@ impl Listeners {
             AllowedPeers::this_process(&config.admin_uids).map_err(admin_error)?,
         )
         .map_err(admin_error)?;
-        let agent_listener = bind("agent_api.address", config.agent_api.address).await?;
+        let agent_listener =
+            listen("agent_api.address", config.agent_api.address, agent_api).await?;
         let endpoint_listener = match &config.bundle_endpoint {
-            Some(endpoint) => Some(bind("bundle_endpoint.address", endpoint.address).await?),
+            Some(endpoint) => {
+                Some(listen("bundle_endpoint.address", endpoint.address, bundle_endpoint).await?)
+            }
             None => None,
         };
         let oidc_listener = match &config.oidc {
-            Some(oidc) => Some(bind("oidc.address", oidc.address).await?),
+            Some(settings) => Some(listen("oidc.address", settings.address, oidc).await?),
             None => None,
         };
         let health_listener = match config.health_address {
-            Some(address) => Some(bind("health.address", address).await?),
+            Some(address) => Some(listen("health.address", address, health).await?),
             None => None,
         };
         let web_cert = match config.bundle_endpoint.as_ref().map(|e| &e.profile) {
@@ -350,8 +433,25 @@ impl Listeners {
     }
 }
 
+/// TCP listeners bound by the caller and handed to the hub, by which listener they are: each is
+/// served instead of binding the configured address, so a program that runs a hub in-process
+/// (the demo) chooses a port by binding it once and never releases it. Each must be bound to
+/// exactly the configured address (a configured port 0 matches no listener), so that the
+/// configuration shows where the hub listens; `hub run` hands over none.
+#[derive(Debug, Default)]
+pub struct PreBound {
+    /// For `agent_api.address`.
+    pub agent_api: Option<std::net::TcpListener>,
+    /// For `bundle_endpoint.address`.
+    pub bundle_endpoint: Option<std::net::TcpListener>,
+    /// For `oidc.address`.
+    pub oidc: Option<std::net::TcpListener>,
+    /// For `health.address`.
+    pub health: Option<std::net::TcpListener>,
+}
+
 /// Knobs of [`launch_with`] that are not configuration (tests shorten them).
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct LaunchOptions {
     /// How often operator certificate files are checked for changes.
     pub cert_reload_interval: Duration,
@@ -359,6 +459,9 @@ pub struct LaunchOptions {
     /// configuration's `[federation]` section, `Some` overrides it whole (tests shorten
     /// intervals below what the configuration allows, or fix the replica ID).
     pub federation: Option<FederationOptions>,
+    /// Listeners already bound, used instead of binding their configured addresses; none by
+    /// default.
+    pub listeners: PreBound,
 }
 
 impl Default for LaunchOptions {
@@ -366,6 +469,7 @@ impl Default for LaunchOptions {
         Self {
             cert_reload_interval: CERT_RELOAD_INTERVAL,
             federation: None,
+            listeners: PreBound::default(),
         }
     }
 }
@@ -378,8 +482,9 @@ pub async fn launch(config: HubConfig) -> Result<RunningHub, RunError> {
     launch_with(config, LaunchOptions::default()).await
 }
 
-/// Opens the hub and starts serving. Every listener is bound before anything is served; the
-/// first failure is returned and nothing keeps running.
+/// Opens the hub and starts serving. Every listener is bound (or taken over from
+/// [`LaunchOptions::listeners`]) before anything is served; the first failure is returned and
+/// nothing keeps running.
 ///
 /// # Errors
 /// [`RunError`] naming the listener or file that failed.
@@ -395,7 +500,7 @@ pub async fn launch_with(
         health_listener,
         web_cert,
         oidc_cert,
-    } = Listeners::bind(&config).await?;
+    } = Listeners::bind(&config, options.listeners).await?;
 
     let hub = Hub::open(config.clone()).await?;
     let stop = CancellationToken::new();
@@ -436,7 +541,6 @@ pub async fn launch_with(
 
     let federation_options = options
         .federation
-        .clone()
         .unwrap_or_else(|| FederationOptions::from_config(&config.federation));
     let federation = FederationManager::new(hub.clone(), federation_options)?;
     {

@@ -65,13 +65,11 @@ async fn run_async(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let web_pki = pki::DemoPki::create(&dir)?;
 
     say!("\n[1/6] Starting trust domains alpha.test and beta.test (hub + agent each)");
-    let plans = [
-        DomainPlan::new("alpha.test", "web", &dir)?,
-        DomainPlan::new("beta.test", "echo", &dir)?,
-    ];
+    let (alpha_plan, alpha_listeners) = DomainPlan::new("alpha.test", "web", &dir)?;
+    let (beta_plan, beta_listeners) = DomainPlan::new("beta.test", "echo", &dir)?;
     let (alpha, beta) = tokio::try_join!(
-        Domain::start(&plans[0], &web_pki),
-        Domain::start(&plans[1], &web_pki)
+        Domain::start(alpha_plan, alpha_listeners, &web_pki),
+        Domain::start(beta_plan, beta_listeners, &web_pki)
     )?;
     for domain in [&alpha, &beta] {
         say!(

@@ -2,7 +2,7 @@
 //! Everything an operator would do goes through the same interfaces they use: config files,
 //! the hub's admin API on its Unix socket, and the agent's Workload API.
 
-use std::net::TcpListener as StdListener;
+use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -16,7 +16,7 @@ use fedhub_hub::admin::api::{
 };
 use fedhub_hub::config::{HubConfig, TlsFiles};
 use fedhub_hub::federation::FederationOptions;
-use fedhub_hub::run::{LaunchOptions, RunError, RunningHub};
+use fedhub_hub::run::{LaunchOptions, PreBound, RunningHub};
 use hyper::Method;
 use tokio_util::sync::CancellationToken;
 
@@ -25,7 +25,7 @@ use super::pki::DemoPki;
 use super::workload::Workload;
 use crate::admin_client::AdminClient;
 
-/// Ports and paths of one trust domain, chosen before anything starts.
+/// Addresses and paths of one trust domain, chosen before anything starts.
 #[derive(Debug, Clone)]
 pub struct DomainPlan {
     /// The trust domain.
@@ -38,34 +38,79 @@ pub struct DomainPlan {
     pub admin_socket: PathBuf,
     /// The agent's Workload API socket.
     pub agent_socket: PathBuf,
-    oidc_port: u16,
+    agent_api: SocketAddr,
+    bundle_endpoint: SocketAddr,
+    oidc: SocketAddr,
+    mtls: SocketAddr,
+    lab: SocketAddr,
 }
 
-fn free_port() -> anyhow::Result<u16> {
-    Ok(StdListener::bind("127.0.0.1:0")?.local_addr()?.port())
+/// The TCP listeners of one trust domain. Each port is chosen by binding it, once, and the
+/// listener is handed to the server that uses it (the hub through its launch options), so no
+/// other process can take a port between its choice and its use.
+#[derive(Debug)]
+pub struct DomainListeners {
+    agent_api: StdListener,
+    bundle_endpoint: StdListener,
+    oidc: StdListener,
+    mtls: StdListener,
+    lab: StdListener,
+}
+
+impl DomainListeners {
+    fn bind() -> anyhow::Result<Self> {
+        let listen = || StdListener::bind("127.0.0.1:0").context("binding a loopback port");
+        Ok(Self {
+            agent_api: listen()?,
+            bundle_endpoint: listen()?,
+            oidc: listen()?,
+            mtls: listen()?,
+            lab: listen()?,
+        })
+    }
 }
 
 impl DomainPlan {
-    /// Plans `trust_domain` with its workload under `base`.
+    /// Plans `trust_domain` with its workload under `base`, binding its listeners.
     ///
     /// # Errors
-    /// When no free port or directory can be had.
-    pub fn new(trust_domain: &str, workload: &'static str, base: &Path) -> anyhow::Result<Self> {
+    /// When no port can be bound or no directory created.
+    pub fn new(
+        trust_domain: &str,
+        workload: &'static str,
+        base: &Path,
+    ) -> anyhow::Result<(Self, DomainListeners)> {
         let dir = base.join(trust_domain);
         super::create_dirs(&dir)?;
-        Ok(Self {
+        let listeners = DomainListeners::bind()?;
+        let plan = Self {
             trust_domain: TrustDomain::new(trust_domain)?,
             workload,
             admin_socket: dir.join("hub").join("admin").join("admin.sock"),
             agent_socket: dir.join("agent.sock"),
             dir,
-            oidc_port: free_port()?,
-        })
+            agent_api: listeners.agent_api.local_addr()?,
+            bundle_endpoint: listeners.bundle_endpoint.local_addr()?,
+            oidc: listeners.oidc.local_addr()?,
+            mtls: listeners.mtls.local_addr()?,
+            lab: listeners.lab.local_addr()?,
+        };
+        Ok((plan, listeners))
     }
 
     /// The OIDC issuer URL of the hub.
     pub fn oidc_issuer(&self) -> String {
-        format!("https://127.0.0.1:{}", self.oidc_port)
+        format!("https://{}", self.oidc)
+    }
+
+    /// The lab API's base URL.
+    pub fn lab_url(&self) -> String {
+        format!("http://{}", self.lab)
+    }
+
+    /// The workload's mTLS server, `host:port`.
+    fn mtls_address(&self) -> String {
+        self.mtls.to_string()
     }
 
     fn workload_id(&self) -> anyhow::Result<SpiffeId> {
@@ -75,36 +120,30 @@ impl DomainPlan {
     }
 }
 
-enum LaunchError {
-    PortTaken(anyhow::Error),
-    Other(anyhow::Error),
-}
-
-impl<E: Into<anyhow::Error>> From<E> for LaunchError {
-    fn from(error: E) -> Self {
-        Self::Other(error.into())
-    }
-}
-
-/// Writes `hub.toml` and starts the hub; the agent API and bundle endpoint take ephemeral
-/// ports, read back from the running hub.
-async fn launch_hub(plan: &DomainPlan, oidc: &TlsFiles) -> Result<RunningHub, LaunchError> {
+/// Writes `hub.toml` with the planned addresses and starts the hub on the listeners bound for
+/// them.
+async fn launch_hub(
+    plan: &DomainPlan,
+    listeners: PreBound,
+    oidc: &TlsFiles,
+) -> anyhow::Result<RunningHub> {
     let config_path = plan.dir.join("hub.toml");
     let text = format!(
-        r#"# Written by `fedhub demo`.
+        r#"# Written by `fedhub demo`, which binds these addresses itself and hands the listeners
+# to the hub it runs in-process.
 trust_domain = "{td}"
 data_dir = "{data}"
 
 [agent_api]
-address = "127.0.0.1:0"
+address = "{agent_api}"
 
 [bundle_endpoint]
-address = "127.0.0.1:0"
+address = "{bundle_endpoint}"
 refresh_hint = "10s"
 
 [oidc]
 enabled = true
-address = "127.0.0.1:{oidc_port}"
+address = "{oidc_address}"
 issuer = "{issuer}"
 cert_file = "{cert}"
 key_file = "{key}"
@@ -114,7 +153,9 @@ enabled = false
 "#,
         td = plan.trust_domain,
         data = plan.dir.join("hub").display(),
-        oidc_port = plan.oidc_port,
+        agent_api = plan.agent_api,
+        bundle_endpoint = plan.bundle_endpoint,
+        oidc_address = plan.oidc,
         issuer = plan.oidc_issuer(),
         cert = oidc.cert_file.display(),
         key = oidc.key_file.display(),
@@ -127,20 +168,12 @@ enabled = false
             min_refresh: Duration::from_secs(1),
             ..FederationOptions::default()
         }),
+        listeners,
         ..LaunchOptions::default()
     };
-    match fedhub_hub::run::launch_with(config, options).await {
-        Ok(hub) => Ok(hub),
-        Err(
-            error @ RunError::Bind {
-                what: "oidc.address",
-                ..
-            },
-        ) => Err(LaunchError::PortTaken(error.into())),
-        Err(error) => Err(LaunchError::Other(
-            anyhow::Error::new(error).context(format!("starting the hub of {}", plan.trust_domain)),
-        )),
-    }
+    fedhub_hub::run::launch_with(config, options)
+        .await
+        .with_context(|| format!("starting the hub of {}", plan.trust_domain))
 }
 
 /// A running trust domain.
@@ -155,36 +188,33 @@ pub struct Domain {
     entry: Option<(String, EntrySpecBody)>,
     mtls_listener: Option<StdListener>,
     lab_listener: Option<StdListener>,
-    mtls_address: String,
-    lab_url: String,
 }
 
 impl Domain {
-    /// Writes `hub.toml` and starts the hub.
+    /// Writes `hub.toml` and starts the hub on `listeners`.
     ///
     /// # Errors
     /// When the configuration is refused or the hub cannot start.
-    pub async fn start(plan: &DomainPlan, pki: &DemoPki) -> anyhow::Result<Self> {
+    pub async fn start(
+        plan: DomainPlan,
+        listeners: DomainListeners,
+        pki: &DemoPki,
+    ) -> anyhow::Result<Self> {
         let oidc = pki.issue(&plan.dir, "oidc")?;
-        let mut plan = plan.clone();
-        // The OIDC issuer names its port, so that port is chosen before the hub binds it;
-        // should another process take it in between, choose again.
-        let mut attempts = 0;
-        let hub = loop {
-            match launch_hub(&plan, &oidc).await {
-                Err(LaunchError::PortTaken(error)) if attempts < 5 => {
-                    tracing::info!(%error, "OIDC port taken meanwhile; choosing another");
-                    attempts += 1;
-                    plan.oidc_port = free_port()?;
-                }
-                Err(LaunchError::PortTaken(error) | LaunchError::Other(error)) => {
-                    return Err(error);
-                }
-                Ok(hub) => break hub,
-            }
+        let DomainListeners {
+            agent_api,
+            bundle_endpoint,
+            oidc: oidc_listener,
+            mtls,
+            lab,
+        } = listeners;
+        let hub_listeners = PreBound {
+            agent_api: Some(agent_api),
+            bundle_endpoint: Some(bundle_endpoint),
+            oidc: Some(oidc_listener),
+            ..PreBound::default()
         };
-        let mtls_listener = StdListener::bind("127.0.0.1:0")?;
-        let lab_listener = StdListener::bind("127.0.0.1:0")?;
+        let hub = launch_hub(&plan, hub_listeners, &oidc).await?;
         Ok(Self {
             workload: Workload {
                 name: plan.workload,
@@ -192,10 +222,8 @@ impl Domain {
                 socket: plan.agent_socket.clone(),
             },
             admin: AdminClient::new(plan.admin_socket.clone()),
-            mtls_address: mtls_listener.local_addr()?.to_string(),
-            lab_url: format!("http://{}", lab_listener.local_addr()?),
-            mtls_listener: Some(mtls_listener),
-            lab_listener: Some(lab_listener),
+            mtls_listener: Some(mtls),
+            lab_listener: Some(lab),
             plan,
             hub,
             agent: None,
@@ -204,8 +232,8 @@ impl Domain {
     }
 
     /// The lab API's base URL.
-    pub fn lab_url(&self) -> &str {
-        &self.lab_url
+    pub fn lab_url(&self) -> String {
+        self.plan.lab_url()
     }
 
     /// The hub's bundle endpoint URL.
@@ -445,11 +473,11 @@ fn start_lab(
 ) -> anyhow::Result<RunningLab> {
     let lab = Lab {
         me: domain.workload.clone(),
-        mtls_address: domain.mtls_address.clone(),
+        mtls_address: domain.plan.mtls_address(),
         peer: Peer {
             spiffe_id: peer.workload.spiffe_id.clone(),
-            mtls_address: peer.mtls_address.clone(),
-            lab_url: peer.lab_url.clone(),
+            mtls_address: peer.plan.mtls_address(),
+            lab_url: peer.plan.lab_url(),
         },
         http,
     };
@@ -478,7 +506,7 @@ fn start_lab(
     });
     Ok(RunningLab {
         lab,
-        url: domain.lab_url.clone(),
+        url: domain.plan.lab_url(),
         stop,
     })
 }
@@ -489,10 +517,10 @@ fn tokio_listener(listener: Option<StdListener>) -> anyhow::Result<tokio::net::T
     Ok(tokio::net::TcpListener::from_std(listener)?)
 }
 
-/// Starts both workloads' lab APIs and mTLS servers.
+/// Starts both workloads' lab APIs and mTLS servers on their listeners.
 ///
 /// # Errors
-/// When a port cannot be bound.
+/// When a listener cannot be handed to the runtime, or a lab is started twice.
 pub fn start_labs(
     alpha: &mut Domain,
     beta: &mut Domain,
@@ -501,4 +529,59 @@ pub fn start_labs(
     let alpha_lab = start_lab(alpha, beta, http.clone())?;
     let beta_lab = start_lab(beta, alpha, http)?;
     Ok((alpha_lab, beta_lab))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether another process could take `address` right now.
+    fn can_be_taken(address: SocketAddr) -> bool {
+        match StdListener::bind(address) {
+            Ok(_) => true,
+            Err(error) => {
+                assert_eq!(error.kind(), std::io::ErrorKind::AddrInUse, "{address}");
+                false
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn every_port_stays_bound_from_its_choice_to_its_server() {
+        let dir = tempfile::tempdir().unwrap();
+        let pki = DemoPki::create(dir.path()).unwrap();
+        let (plan, listeners) = DomainPlan::new("alpha.test", "web", dir.path()).unwrap();
+        let addresses = [
+            plan.agent_api,
+            plan.bundle_endpoint,
+            plan.oidc,
+            plan.mtls,
+            plan.lab,
+        ];
+        for address in addresses {
+            assert!(
+                !can_be_taken(address),
+                "{address} was released after planning"
+            );
+        }
+
+        let domain = Domain::start(plan.clone(), listeners, &pki).await.unwrap();
+        // The hub serves the very listeners planned (it would have failed to bind their
+        // addresses, which were never free), and its configuration file says where.
+        let bound = &domain.hub.bound;
+        assert_eq!(bound.agent_api, Some(plan.agent_api));
+        assert_eq!(bound.bundle_endpoint, Some(plan.bundle_endpoint));
+        assert_eq!(bound.oidc, Some(plan.oidc));
+        let hub_toml = std::fs::read_to_string(plan.dir.join("hub.toml")).unwrap();
+        for address in [plan.agent_api, plan.bundle_endpoint, plan.oidc] {
+            assert!(
+                hub_toml.contains(&format!("address = \"{address}\"")),
+                "{address} missing in:\n{hub_toml}"
+            );
+        }
+        for address in addresses {
+            assert!(!can_be_taken(address), "{address} was released at start");
+        }
+        domain.shutdown().await;
+    }
 }

@@ -239,3 +239,141 @@ async fn startup_failures_name_the_setting() {
     assert!(text.starts_with("bundle_endpoint.cert_file"), "{text}");
     assert!(text.contains("chmod 600"), "{text}");
 }
+
+/// Binds a listener on an ephemeral loopback port; returns it with a second handle on the same
+/// socket, which the test keeps so that the port stays taken however the hub treats its handle.
+fn held_listener() -> (std::net::TcpListener, std::net::TcpListener, SocketAddr) {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let held = listener.try_clone().unwrap();
+    let address = listener.local_addr().unwrap();
+    (listener, held, address)
+}
+
+#[tokio::test]
+async fn handed_over_listeners_are_served_without_binding_their_addresses_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent_api, _held_agent_api, agent_api_address) = held_listener();
+    let (endpoint, _held_endpoint, endpoint_address) = held_listener();
+    let (oidc, _held_oidc, oidc_address) = held_listener();
+    let (health, _held_health, health_address) = held_listener();
+    let cfg = HubConfig::from_toml(&format!(
+        r#"
+        trust_domain = "alpha.test"
+        data_dir = "{}"
+        [agent_api]
+        address = "{agent_api_address}"
+        [bundle_endpoint]
+        address = "{endpoint_address}"
+        [oidc]
+        enabled = true
+        address = "{oidc_address}"
+        issuer = "http://{oidc_address}"
+        allow_insecure_http = true
+        [health]
+        address = "{health_address}"
+        "#,
+        dir.path().display()
+    ))
+    .unwrap();
+    // Every address is still taken by the test's handles, so binding any of them would fail
+    // the start with "address in use": the hub can only serve the sockets handed over.
+    let running = launch_with(
+        cfg,
+        LaunchOptions {
+            listeners: PreBound {
+                agent_api: Some(agent_api),
+                bundle_endpoint: Some(endpoint),
+                oidc: Some(oidc),
+                health: Some(health),
+            },
+            ..LaunchOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert_eq!(running.bound.agent_api, Some(agent_api_address));
+    assert_eq!(running.bound.bundle_endpoint, Some(endpoint_address));
+    assert_eq!(running.bound.oidc, Some(oidc_address));
+    assert_eq!(running.bound.health, Some(health_address));
+
+    assert!(
+        http_get(health_address, "/live")
+            .await
+            .starts_with("HTTP/1.1 200")
+    );
+    let keys = http_get(oidc_address, "/keys").await;
+    assert!(keys.starts_with("HTTP/1.1 200"), "{keys}");
+    let own = (*running.hub.own_bundle()).clone();
+    let fetcher = BundleFetcher::new(
+        &format!("https://{endpoint_address}/"),
+        own.trust_domain().clone(),
+        EndpointAuth::HttpsSpiffe {
+            endpoint_id: SpiffeId::parse("spiffe://alpha.test/fedhub/hub").unwrap(),
+            bundles: Arc::new([own.clone()].into_iter().collect::<BundleSet>()),
+        },
+        FetchOptions::default(),
+    )
+    .unwrap();
+    assert!(matches!(
+        fetcher.fetch(None).await.unwrap(),
+        FetchOutcome::Fetched { .. }
+    ));
+    tokio::net::TcpStream::connect(agent_api_address)
+        .await
+        .unwrap();
+    running.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_handed_over_listener_must_be_where_the_configuration_says() {
+    let dir = tempfile::tempdir().unwrap();
+    let (agent_api, _held, address) = held_listener();
+    let error = launch_with(
+        config(dir.path(), ""),
+        LaunchOptions {
+            listeners: PreBound {
+                agent_api: Some(agent_api),
+                ..PreBound::default()
+            },
+            ..LaunchOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            RunError::ListenerMismatch { what: "agent_api.address", bound, .. } if bound == address
+        ),
+        "{error:?}"
+    );
+    assert!(
+        error
+            .to_string()
+            .starts_with("agent_api.address is 127.0.0.1:0, but the listener handed over"),
+        "{error}"
+    );
+
+    let (oidc, _held, _) = held_listener();
+    let error = launch_with(
+        config(dir.path(), ""),
+        LaunchOptions {
+            listeners: PreBound {
+                oidc: Some(oidc),
+                ..PreBound::default()
+            },
+            ..LaunchOptions::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            RunError::ListenerUnused {
+                what: "oidc.address"
+            }
+        ),
+        "{error:?}"
+    );
+}
