@@ -265,9 +265,12 @@ struct Inner {
 }
 
 /// The process at the other end of one connection, captured when the connection was
-/// accepted ([`Attestor::caller`]), with its last verdict.
+/// accepted ([`Attestor::caller`]), with its last verdict. [`Caller::attest`] judges it for
+/// each call, and open streams before each message they send.
 #[derive(Debug)]
 pub struct Caller {
+    /// The attestor that captured it.
+    attestor: Attestor,
     /// The peer credentials (`None` when the socket had none).
     cred: Option<(i32, u32, u32)>,
     /// `/proc/<pid>` of the process that connected, or why it could not be opened.
@@ -293,6 +296,14 @@ struct Basis {
 }
 
 impl Caller {
+    /// Attests the caller now; see [`Attestor::attest`].
+    ///
+    /// # Errors
+    /// Those of [`Attestor::attest`].
+    pub async fn attest(self: &Arc<Self>) -> Result<Selectors, AttestError> {
+        self.attestor.attest(self).await
+    }
+
     fn pid(&self) -> i32 {
         self.cred.map_or(0, |(pid, _, _)| pid)
     }
@@ -342,7 +353,7 @@ impl Attestor {
     }
 
     /// [`Attestor::caller`] from (pid, uid, gid).
-    fn capture(&self, cred: Option<(i32, u32, u32)>) -> Caller {
+    pub(crate) fn capture(&self, cred: Option<(i32, u32, u32)>) -> Caller {
         let proc_dir = match cred {
             Some((pid, _, _)) => rustix::fs::open(
                 self.inner.proc_root.join(pid.to_string()),
@@ -357,6 +368,7 @@ impl Attestor {
             .and_then(|dir| rustix::fs::statat(dir, "exe", AtFlags::empty()).ok())
             .map(|stat| FileStamp::of(&stat));
         Caller {
+            attestor: self.clone(),
             cred,
             proc_dir,
             exe,

@@ -62,7 +62,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::error::SdsError;
 use self::stream::Session;
-use crate::attest::{AttestError, Attestor, Caller, Selectors};
+use crate::attest::{AttestError, Caller, Selectors};
 use crate::cache::{AgentState, Snapshot};
 
 /// The resource name of the caller's default X509-SVID.
@@ -84,55 +84,46 @@ const MAX_OPEN_STREAMS: usize = 1024;
 
 type ResponseStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
-/// The SDS service for the Workload API server: secrets from `state` for callers attested by
-/// `attestor`; every stream ends when `stop` turns true.
+/// The SDS service for the Workload API server: secrets from `state`; every stream ends when
+/// `stop` turns true.
 pub(crate) fn server(
     state: AgentState,
-    attestor: Attestor,
     stop: watch::Receiver<bool>,
 ) -> SecretDiscoveryServiceServer<SecretDiscovery> {
-    SecretDiscoveryServiceServer::new(SecretDiscovery::new(
-        state,
-        attestor,
-        MAX_OPEN_STREAMS,
-        stop,
-    ))
-    .max_decoding_message_size(MAX_REQUEST_BYTES)
+    SecretDiscoveryServiceServer::new(SecretDiscovery::new(state, MAX_OPEN_STREAMS, stop))
+        .max_decoding_message_size(MAX_REQUEST_BYTES)
 }
 
 /// The SDS handlers, shared by all connections.
 pub(crate) struct SecretDiscovery {
     state: AgentState,
-    attestor: Attestor,
     streams: Arc<Semaphore>,
     stop: watch::Receiver<bool>,
 }
 
 impl SecretDiscovery {
-    fn new(
-        state: AgentState,
-        attestor: Attestor,
-        max_streams: usize,
-        stop: watch::Receiver<bool>,
-    ) -> Self {
+    fn new(state: AgentState, max_streams: usize, stop: watch::Receiver<bool>) -> Self {
         Self {
             state,
-            attestor,
             streams: Arc::new(Semaphore::new(max_streams)),
             stop,
         }
     }
 
     async fn attest<T>(&self, request: &Request<T>) -> Result<Selectors, SdsError> {
-        let caller = request
-            .extensions()
-            .get::<Arc<Caller>>()
-            .ok_or(SdsError::Attestation(AttestError::NoPeerCredentials))?;
-        self.attestor
-            .attest(caller)
+        caller_of(request)?
+            .attest()
             .await
             .map_err(SdsError::Attestation)
     }
+}
+
+/// The connection's caller, captured at accept.
+fn caller_of<T>(request: &Request<T>) -> Result<&Arc<Caller>, SdsError> {
+    request
+        .extensions()
+        .get::<Arc<Caller>>()
+        .ok_or(SdsError::Attestation(AttestError::NoPeerCredentials))
 }
 
 /// The packed secrets named `names` for a caller, or why there are none: not synced
@@ -189,7 +180,8 @@ impl SecretDiscoveryService for SecretDiscovery {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let selectors = self.attest(&request).await?;
+        let caller = Arc::clone(caller_of(&request)?);
+        let selectors = caller.attest().await.map_err(SdsError::Attestation)?;
         let permit = Arc::clone(&self.streams)
             .try_acquire_owned()
             .map_err(|_| SdsError::TooManyStreams)?;
@@ -200,7 +192,7 @@ impl SecretDiscoveryService for SecretDiscovery {
             request.into_inner(),
             snapshots,
             self.stop.clone(),
-            selectors,
+            caller,
             permit,
         );
         Ok(Response::new(session.into_stream()))

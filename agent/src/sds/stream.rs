@@ -11,7 +11,7 @@ use tonic::Streaming;
 
 use super::error::SdsError;
 use super::{ResponseStream, SECRET_TYPE_URL, check_type_url, render, requested_names};
-use crate::attest::Selectors;
+use crate::attest::Caller;
 use crate::cache::Snapshot;
 
 /// What a stream has agreed with its client so far.
@@ -112,26 +112,27 @@ pub(super) struct Session {
     requests: Streaming<DiscoveryRequest>,
     snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     stop: watch::Receiver<bool>,
-    selectors: Selectors,
+    /// Attested again before each response: see the Workload API's streams.
+    caller: Arc<Caller>,
     subscription: Subscription,
     done: bool,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Session {
-    /// A session answering `requests` for the caller with `selectors` from `snapshots`.
+    /// A session answering `requests` for `caller` from `snapshots`.
     pub(super) fn new(
         requests: Streaming<DiscoveryRequest>,
         snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
         stop: watch::Receiver<bool>,
-        selectors: Selectors,
+        caller: Arc<Caller>,
         permit: OwnedSemaphorePermit,
     ) -> Self {
         Self {
             requests,
             snapshots,
             stop,
-            selectors,
+            caller,
             subscription: Subscription::default(),
             done: false,
             _permit: permit,
@@ -177,13 +178,13 @@ impl Session {
                 Event::Request(request) => {
                     check_type_url(&request)?;
                     if self.subscription.accept(&request) {
-                        let resources = self.render()?;
+                        let resources = self.render().await?;
                         return Ok(Some(self.subscription.respond(resources)));
                     }
                 }
                 Event::Closed => return Ok(None),
                 Event::Published if self.subscription.names().is_some() => {
-                    let resources = self.render()?;
+                    let resources = self.render().await?;
                     if self.subscription.differs(&resources) {
                         return Ok(Some(self.subscription.respond(resources)));
                     }
@@ -194,12 +195,14 @@ impl Session {
         }
     }
 
-    /// The caller's secrets for the subscribed names from the latest snapshot.
-    fn render(&self) -> Result<Vec<Any>, SdsError> {
+    /// The caller's secrets for the subscribed names from the latest snapshot, once the
+    /// caller is attested again.
+    async fn render(&self) -> Result<Vec<Any>, SdsError> {
+        let selectors = self.caller.attest().await.map_err(SdsError::Attestation)?;
         let everything = BTreeSet::new();
         let names = self.subscription.names().unwrap_or(&everything);
         let snapshot = self.snapshots.borrow().clone();
-        render(snapshot.as_deref(), &self.selectors, names)
+        render(snapshot.as_deref(), &selectors, names)
     }
 }
 

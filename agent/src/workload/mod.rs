@@ -203,8 +203,8 @@ impl WorkloadEndpoint {
         let Self { listener, socket } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
         let attestor = Attestor::new();
-        let sds = crate::sds::server(state.clone(), attestor.clone(), stop_rx.clone());
-        let api = WorkloadApi::new(state, issuer, attestor.clone(), MAX_OPEN_STREAMS, stop_rx);
+        let sds = crate::sds::server(state.clone(), stop_rx.clone());
+        let api = WorkloadApi::new(state, issuer, MAX_OPEN_STREAMS, stop_rx);
         let api = SpiffeWorkloadApiServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
         let api = InterceptedService::new(api, require_security_header);
         let (reflection_v1, reflection_v1alpha) = reflection()?;

@@ -19,7 +19,7 @@ use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
 use super::messages;
-use crate::attest::{AttestError, Attestor, Caller, Selectors};
+use crate::attest::{AttestError, Caller, Selectors};
 use crate::cache::{AgentState, CallerView, Snapshot};
 use crate::jwt::{JwtSvidCache, JwtSvidIssuer};
 
@@ -35,7 +35,6 @@ type Render<T> = fn(&CallerView<'_>) -> T;
 pub(crate) struct WorkloadApi {
     state: AgentState,
     issuer: Arc<dyn JwtSvidIssuer>,
-    attestor: Attestor,
     jwt_cache: JwtSvidCache,
     validator: JwtValidator,
     streams: Arc<Semaphore>,
@@ -43,19 +42,17 @@ pub(crate) struct WorkloadApi {
 }
 
 impl WorkloadApi {
-    /// Handlers over `state`, attesting callers with `attestor`; at most `max_streams`
-    /// streams are open at once, and every stream ends when `stop` turns true.
+    /// Handlers over `state`; at most `max_streams` streams are open at once, and every stream
+    /// ends when `stop` turns true.
     pub(crate) fn new(
         state: AgentState,
         issuer: Arc<dyn JwtSvidIssuer>,
-        attestor: Attestor,
         max_streams: usize,
         stop: watch::Receiver<bool>,
     ) -> Self {
         Self {
             state,
             issuer,
-            attestor,
             jwt_cache: JwtSvidCache::new(JWT_CACHE_CAPACITY),
             validator: JwtValidator::new(),
             streams: Arc::new(Semaphore::new(max_streams)),
@@ -64,12 +61,8 @@ impl WorkloadApi {
     }
 
     async fn attest<T>(&self, request: &Request<T>) -> Result<Selectors, ApiError> {
-        let caller = request
-            .extensions()
-            .get::<Arc<Caller>>()
-            .ok_or(ApiError::Attestation(AttestError::NoPeerCredentials))?;
-        self.attestor
-            .attest(caller)
+        caller_of(request)?
+            .attest()
             .await
             .map_err(ApiError::Attestation)
     }
@@ -87,7 +80,8 @@ impl WorkloadApi {
     where
         T: PartialEq + Clone + Send + 'static,
     {
-        let selectors = self.attest(&request).await?;
+        let caller = Arc::clone(caller_of(&request)?);
+        let selectors = caller.attest().await.map_err(ApiError::Attestation)?;
         let permit = Arc::clone(&self.streams)
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManyStreams)?;
@@ -97,7 +91,7 @@ impl WorkloadApi {
         let watcher = Watcher {
             snapshots,
             stop: self.stop.clone(),
-            selectors,
+            caller,
             render,
             pending: Some(first),
             last: None,
@@ -110,6 +104,14 @@ impl WorkloadApi {
         });
         Ok(Response::new(Box::pin(stream)))
     }
+}
+
+/// The connection's caller, captured at accept ([`crate::workload::connection`]).
+fn caller_of<T>(request: &Request<T>) -> Result<&Arc<Caller>, ApiError> {
+    request
+        .extensions()
+        .get::<Arc<Caller>>()
+        .ok_or(ApiError::Attestation(AttestError::NoPeerCredentials))
 }
 
 /// The message for a caller, or why there is none: not synced yet (`UNAVAILABLE`), or no
@@ -131,7 +133,9 @@ fn render_for<T>(
 struct Watcher<T> {
     snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
     stop: watch::Receiver<bool>,
-    selectors: Selectors,
+    /// Attested again before each message: a stream speaks for its connection's process only
+    /// while that process runs the program it ran when it connected.
+    caller: Arc<Caller>,
     render: Render<T>,
     pending: Option<T>,
     last: Option<T>,
@@ -151,27 +155,34 @@ impl<T: PartialEq + Clone> Watcher<T> {
                 self.last = Some(message.clone());
                 return Some(Ok(message));
             }
-            let failure = tokio::select! {
-                changed = self.snapshots.changed() => match changed {
-                    Ok(()) => {
-                        let snapshot = self.snapshots.borrow_and_update().clone();
-                        match render_for(snapshot.as_deref(), &self.selectors, self.render) {
-                            Ok(message) => {
-                                if self.last.as_ref() != Some(&message) {
-                                    self.pending = Some(message);
-                                }
-                                continue;
-                            }
-                            Err(error) => error,
-                        }
-                    }
-                    Err(_) => ApiError::ShuttingDown,
-                },
-                _ = self.stop.wait_for(|stop| *stop) => ApiError::ShuttingDown,
+            let published = tokio::select! {
+                changed = self.snapshots.changed() => changed.is_ok(),
+                _ = self.stop.wait_for(|stop| *stop) => false,
             };
-            self.done = true;
-            return Some(Err(failure.into()));
+            let outcome = if published {
+                self.next_message().await
+            } else {
+                Err(ApiError::ShuttingDown)
+            };
+            match outcome {
+                Ok(message) => {
+                    if self.last.as_ref() != Some(&message) {
+                        self.pending = Some(message);
+                    }
+                }
+                Err(failure) => {
+                    self.done = true;
+                    return Some(Err(failure.into()));
+                }
+            }
         }
+    }
+
+    /// The caller's message from the latest snapshot, once the caller is attested again.
+    async fn next_message(&mut self) -> Result<T, ApiError> {
+        let snapshot = self.snapshots.borrow_and_update().clone();
+        let selectors = self.caller.attest().await.map_err(ApiError::Attestation)?;
+        render_for(snapshot.as_deref(), &selectors, self.render)
     }
 }
 
@@ -319,7 +330,7 @@ mod tests {
         let mut request = Request::new(message);
         request
             .extensions_mut()
-            .insert(Arc::new(Attestor::new().caller(Some(cred))));
+            .insert(Arc::new(crate::attest::Attestor::new().caller(Some(cred))));
         request
     }
 
@@ -337,13 +348,7 @@ mod tests {
             identities: vec![identity(&ca, "/web", &[&me], &[])],
         });
         let (stop_tx, stop) = watch::channel(false);
-        let api = WorkloadApi::new(
-            state,
-            Arc::new(NoIssuer),
-            Attestor::new(),
-            max_streams,
-            stop,
-        );
+        let api = WorkloadApi::new(state, Arc::new(NoIssuer), max_streams, stop);
         (cred, api, stop_tx)
     }
 
@@ -374,5 +379,58 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(status.code(), tonic::Code::Unavailable);
+    }
+
+    #[tokio::test]
+    async fn an_open_stream_ends_when_its_process_executes_another_program() {
+        use std::io::Write as _;
+        use std::process::{Command, Stdio};
+
+        use futures::StreamExt as _;
+
+        let (cred, api, _stop) = api_for_me(4);
+        // A shell of our uid stands for the process that opened the connection; once told, it
+        // replaces itself with `sleep`.
+        let mut shell = Command::new("sh")
+            .args(["-c", "read line; exec sleep 30"])
+            .stdin(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let pid = i32::try_from(shell.id()).unwrap();
+        let caller = crate::attest::Attestor::new().capture(Some((pid, cred.uid(), cred.gid())));
+        let mut request = Request::new(X509svidRequest {});
+        request.extensions_mut().insert(Arc::new(caller));
+        let mut stream = api.fetch_x509svid(request).await.unwrap().into_inner();
+        let first = stream.next().await.unwrap().unwrap();
+        assert_eq!(first.svids.len(), 1);
+
+        writeln!(shell.stdin.as_mut().unwrap()).unwrap();
+        let exe = format!("/proc/{pid}/exe");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !std::fs::read_link(&exe).unwrap().ends_with("sleep") {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "sh did not exec sleep"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        // A new SVID for the identity: the stream would send it, but its caller changed.
+        let (ca, own) = domain("own.test");
+        let me = format!("unix:uid:{}", cred.uid());
+        api.state.publish(Snapshot {
+            own_bundle: Arc::new(own),
+            federated: BTreeMap::new(),
+            identities: vec![identity(&ca, "/web", &[&me], &[])],
+        });
+        let ended = tokio::time::timeout(std::time::Duration::from_secs(10), stream.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap_err();
+        shell.kill().unwrap();
+        shell.wait().unwrap();
+        assert_eq!(ended.code(), tonic::Code::Unavailable);
+        assert_eq!(ended.message(), crate::attest::ATTESTATION_PROGRAM_CHANGED);
+        assert!(stream.next().await.is_none(), "the stream ended");
     }
 }
