@@ -575,6 +575,20 @@ impl CaManager {
         PublishedAuthorities { x509, jwt }
     }
 
+    /// The CA that signs the hub's own SVID: the one published longest among those valid for
+    /// at least `ttl` more (else the active one). The hub presents its SVID on the bundle
+    /// endpoint, where `https_spiffe` peers authenticate it with the bundle they fetched
+    /// before; a CA published moments ago (as with `bundle rotate --activate`) is not in it
+    /// yet, and a peer that cannot authenticate the endpoint can never fetch the bundle that
+    /// would let it. Keys are listed in the order they were created.
+    pub fn hub_svid_signer(&self, now: SystemTime, ttl: Duration) -> Arc<CaSigner> {
+        let needed = unix(now + ttl);
+        self.x509
+            .iter()
+            .find(|slot| slot.meta.not_after >= needed)
+            .map_or_else(|| self.active_x509(), |slot| Arc::clone(&slot.signer))
+    }
+
     /// Mints an X509-SVID with the active CA; see [`CaSigner::mint_x509_svid`].
     ///
     /// # Errors

@@ -168,7 +168,7 @@ impl Hub {
             .as_ref()
             .map(|o| OidcPublisher::new(&o.issuer, o.tls.is_none()))
             .transpose()?;
-        let hub_svid = Arc::new(mint_hub_svid(&ca, &config)?);
+        let hub_svid = Arc::new(mint_hub_svid(&ca, &config, now)?);
         let server_cert = SwappableCert::new(certified_key(&hub_svid)?);
         let empty = Arc::new(Bundle::new(config.trust_domain.clone()));
         let revision = registry.latest_revision().await?;
@@ -413,14 +413,12 @@ impl Hub {
         }
         self.inner.key_generation.fetch_add(1, Ordering::AcqRel);
         self.publish_own_bundle().await?;
-        if activate {
-            self.renew_hub_svid()?;
-        }
+        // The hub's own SVID stays on the CA peers already hold (see `hub_svid_signer`).
         Ok(self.ca().status())
     }
 
-    fn renew_hub_svid(&self) -> Result<(), HubError> {
-        let svid = Arc::new(mint_hub_svid(&self.ca(), &self.inner.config)?);
+    fn renew_hub_svid(&self, now: SystemTime) -> Result<(), HubError> {
+        let svid = Arc::new(mint_hub_svid(&self.ca(), &self.inner.config, now)?);
         self.inner.server_cert.set(certified_key(&svid)?);
         *self
             .inner
@@ -432,7 +430,8 @@ impl Hub {
 
     /// One round of housekeeping: applies the CA rotation schedule (publishing the bundle when
     /// the keys changed, when an authority of any replica expired, or when an earlier
-    /// publication failed) and renews the hub SVID at half its lifetime or when its CA retired.
+    /// publication failed) and renews the hub SVID at half its lifetime or when another CA is to
+    /// sign it ([`CaManager::hub_svid_signer`]).
     ///
     /// # Errors
     /// [`HubError`] when keys or storage fail; the previous state stays in force.
@@ -456,15 +455,9 @@ impl Hub {
         let svid = self.hub_svid();
         let lifetime = self.inner.config.x509_svid_ttl;
         let renew_at = svid.not_after() - lifetime / 2;
-        let active_ca = self.ca().active_x509();
-        let signed_by_active = svid
-            .chain()
-            .get(1)
-            .map_or(active_ca.chain().len() == 1, |issuer| {
-                issuer.as_slice() == active_ca.certificate()
-            });
-        if now >= renew_at || changed || !signed_by_active {
-            self.renew_hub_svid()?;
+        let signer = self.ca().hub_svid_signer(now, lifetime);
+        if now >= renew_at || !issued_by(svid.leaf(), signer.certificate()) {
+            self.renew_hub_svid(now)?;
         }
         Ok(())
     }
@@ -514,10 +507,31 @@ fn hub_id(config: &HubConfig) -> SpiffeId {
     }
 }
 
-fn mint_hub_svid(ca: &CaManager, config: &HubConfig) -> Result<X509Svid, HubError> {
+/// Whether `leaf` names `ca` as its issuer (CA names carry a random key id, so they differ
+/// between the hub's CAs).
+fn issued_by(leaf: &[u8], ca: &[u8]) -> bool {
+    use x509_parser::prelude::{FromDer as _, X509Certificate};
+    match (
+        X509Certificate::from_der(leaf),
+        X509Certificate::from_der(ca),
+    ) {
+        (Ok((_, leaf)), Ok((_, ca))) => leaf.issuer().as_raw() == ca.subject().as_raw(),
+        _ => false,
+    }
+}
+
+/// Mints the hub's own SVID with [`CaManager::hub_svid_signer`].
+fn mint_hub_svid(
+    ca: &CaManager,
+    config: &HubConfig,
+    now: SystemTime,
+) -> Result<X509Svid, HubError> {
     let key = PrivateKey::generate(fedhub_core::KeyType::EcP256).map_err(CaError::from)?;
     let spki = key.public_key_der().map_err(CaError::from)?;
-    let chain = ca.mint_x509_svid(&hub_id(config), &spki, config.x509_svid_ttl, &[])?;
+    let chain = ca
+        .hub_svid_signer(now, config.x509_svid_ttl)
+        .mint_x509_svid(&hub_id(config), &spki, config.x509_svid_ttl, &[])
+        .map_err(CaError::from)?;
     X509Svid::new_checked(chain, key).map_err(|e| HubError::Ca(CaError::X509(e)))
 }
 

@@ -373,3 +373,33 @@ fn only_names_this_manager_writes_count_as_key_files() {
         assert_eq!(key_file_id(other), None, "{other}");
     }
 }
+
+#[test]
+fn the_hub_svid_signer_is_the_ca_published_longest() {
+    let dir = tempfile::tempdir().unwrap();
+    let t0 = SystemTime::now();
+    let mut ca = CaManager::open(options(dir.path()), t0).unwrap();
+    let first = ca.active_x509();
+    assert_eq!(
+        ca.hub_svid_signer(t0, HOUR).certificate(),
+        first.certificate()
+    );
+
+    // A forced rotation with activation: the new CA signs workloads at once, but peers that
+    // authenticate the hub with the bundle they hold have not seen it yet.
+    ca.prepare_next(t0 + 10 * HOUR).unwrap();
+    ca.activate_prepared().unwrap();
+    let second = ca.active_x509();
+    assert_ne!(second.certificate(), first.certificate());
+    assert_eq!(
+        ca.hub_svid_signer(t0 + 10 * HOUR, HOUR).certificate(),
+        first.certificate(),
+        "the CA peers already hold"
+    );
+    // Less than one SVID lifetime left on the first CA: the second signs.
+    assert_eq!(
+        ca.hub_svid_signer(t0 + 23 * HOUR + HOUR / 2, HOUR)
+            .certificate(),
+        second.certificate()
+    );
+}

@@ -68,11 +68,25 @@ async fn rotation_bumps_the_sequence_and_keeps_old_authorities() {
         Some(2),
         "activation publishes nothing new"
     );
-    let new_svid = hub.hub_svid();
-    assert_ne!(
-        new_svid.leaf(),
+    // Peers that federate over https_spiffe hold only the bundle they fetched before: the
+    // hub keeps presenting an SVID of the CA they know, not one of a CA published just now.
+    assert_eq!(
+        hub.hub_svid().leaf(),
         old_svid.leaf(),
-        "hub SVID re-minted by the new CA"
+        "kept after activation"
+    );
+    let active = hub.ca().active_x509();
+    assert!(!issued_by(old_svid.leaf(), active.certificate()));
+    // When the hub SVID is renewed, the previous CA still signs it (see
+    // `ca::tests::the_hub_svid_signer_is_the_ca_published_longest`).
+    hub.tick(SystemTime::now() + Duration::from_secs(31 * 60))
+        .await
+        .unwrap();
+    let new_svid = hub.hub_svid();
+    assert_ne!(new_svid.leaf(), old_svid.leaf(), "renewed at half life");
+    assert!(
+        !issued_by(new_svid.leaf(), active.certificate()),
+        "still the previous CA"
     );
     let bundles: BundleSet = [(*hub.own_bundle()).clone()].into_iter().collect();
     for svid in [&old_svid, &new_svid] {
