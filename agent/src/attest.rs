@@ -40,12 +40,14 @@ use std::io::{self, Read};
 use std::os::fd::OwnedFd;
 use std::os::unix::ffi::OsStrExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::time::{Duration, Instant};
 
 use aws_lc_rs::digest;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use tokio::net::unix::UCred;
+
+use crate::per_uid::{PerUid, UidPermit};
 
 /// How many executable hashes the attestor remembers.
 const HASH_CACHE_CAPACITY: usize = 1024;
@@ -149,6 +151,23 @@ pub enum AttestError {
     /// The blocking attestation task panicked or was cancelled.
     #[error("the attestation task failed: {0}")]
     Task(String),
+    /// The callers of this uid have as many attestations in progress as they may.
+    #[error("uid {uid} has {max} workload attestations in progress already; the caller may retry")]
+    Busy {
+        /// The callers' uid.
+        uid: u32,
+        /// The limit.
+        max: usize,
+    },
+    /// Reading the process or hashing its executable took longer than allowed (e.g. an
+    /// executable on a file system that does not answer).
+    #[error("attesting process {pid} took longer than {timeout:?}")]
+    TimedOut {
+        /// The caller's process id.
+        pid: i32,
+        /// The limit.
+        timeout: Duration,
+    },
 }
 
 /// The status message for a caller whose attestation failed for another reason than
@@ -178,75 +197,105 @@ impl AttestError {
         }
     }
 
-    /// Whether the cause lasts until the agent's configuration or host changes (rights,
-    /// unreadable or malformed system files), as opposed to one caller's process going away.
-    fn is_lasting(&self) -> bool {
-        matches!(
-            self,
-            Self::NotPermitted { .. } | Self::Read { .. } | Self::Parse { .. }
-        )
-    }
-
-    /// The cause, as an index into [`FailureLog`]'s flags.
-    fn cause_index(&self) -> usize {
+    /// The cause, for logs and the `reason` label of the failure metric.
+    fn reason(&self) -> &'static str {
         match self {
-            Self::NotPermitted { .. } => 0,
-            Self::Read { .. } => 1,
-            Self::Parse { .. } => 2,
-            Self::NoPeerCredentials => 3,
-            Self::ProcessGone { .. } => 4,
-            Self::ProcessReplaced { .. } => 5,
-            Self::Task(_) => 6,
+            Self::NotPermitted { .. } => "not_permitted",
+            Self::Read { .. } => "read",
+            Self::Parse { .. } => "parse",
+            Self::NoPeerCredentials => "no_peer_credentials",
+            Self::ProcessGone { .. } => "process_gone",
+            Self::ProcessReplaced { .. } => "program_changed",
+            Self::Task(_) => "task",
+            Self::Busy { .. } => "busy",
+            Self::TimedOut { .. } => "timed_out",
         }
     }
 }
 
-/// Remembers which lasting causes of failed attestations were already logged at warn, so that
-/// a cause like a missing capability is logged once, not on every call of every workload.
-#[derive(Debug)]
-pub(crate) struct FailureLog {
-    warned: [AtomicBool; 7],
+/// How often one cause of failed attestations of one uid is logged at `WARN` at most; the
+/// others are logged at `DEBUG` (and all are counted).
+const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+/// How many (uid, cause) pairs the failure log remembers.
+const FAILURE_LOG_CAPACITY: usize = 4096;
+
+/// Rate-limits the warnings about failed attestations: at most one per uid and cause per
+/// [`FAILURE_LOG_INTERVAL`], so that a user cannot flood the agent's log, and a lasting cause
+/// (a missing capability) is not logged on every call of every workload.
+#[derive(Debug, Default)]
+struct FailureLog {
+    warned: Mutex<HashMap<(u32, &'static str), Instant>>,
 }
 
 impl FailureLog {
-    /// A log that has warned about nothing yet.
-    pub(crate) const fn new() -> Self {
-        Self {
-            warned: [const { AtomicBool::new(false) }; 7],
+    /// Counts a failure of a caller of `uid` and logs it at the level [`FailureLog::level`]
+    /// chooses.
+    fn record(&self, uid: Option<u32>, error: &AttestError) {
+        let reason = error.reason();
+        metrics::counter!(ATTESTATION_FAILURES_METRIC, "reason" => reason).increment(1);
+        if self.level(uid, reason, Instant::now()) == tracing::Level::WARN {
+            tracing::warn!(
+                uid,
+                reason,
+                error = %error,
+                "workload attestation failed; more failures of this uid and cause in the next \
+                 minute are logged at debug"
+            );
+        } else {
+            tracing::debug!(uid, reason, error = %error, "workload attestation failed");
         }
     }
 
-    /// The level `error` is logged at: `WARN` for a passing cause (the caller's process went
-    /// away) and for the first occurrence of each lasting cause, `DEBUG` for later ones.
-    pub(crate) fn level(&self, error: &AttestError) -> tracing::Level {
-        if !error.is_lasting() || !self.warned[error.cause_index()].swap(true, Ordering::Relaxed) {
-            tracing::Level::WARN
-        } else {
-            tracing::Level::DEBUG
+    /// `WARN` when `reason` was not logged for `uid` within the interval before `now`.
+    fn level(&self, uid: Option<u32>, reason: &'static str, now: Instant) -> tracing::Level {
+        let key = (uid.unwrap_or(u32::MAX), reason);
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        if warned
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < FAILURE_LOG_INTERVAL)
+        {
+            return tracing::Level::DEBUG;
         }
+        if warned.len() >= FAILURE_LOG_CAPACITY {
+            warned.retain(|_, at| now.duration_since(*at) < FAILURE_LOG_INTERVAL);
+            if warned.len() >= FAILURE_LOG_CAPACITY {
+                warned.clear();
+            }
+        }
+        warned.insert(key, now);
+        tracing::Level::WARN
     }
 }
 
-/// The agent's one [`FailureLog`]: whether the agent may inspect other users' processes is a
-/// property of the process, shared by the Workload API and SDS.
-static FAILURES: FailureLog = FailureLog::new();
+/// The counter of failed workload attestations, labelled by `reason`.
+pub const ATTESTATION_FAILURES_METRIC: &str = "fedhub_agent_workload_attestation_failures_total";
 
-/// Logs a failed attestation for `api` (`"workload api"`, `"sds"`) at the level
-/// [`FailureLog::level`] chooses; a warning about a lasting cause says that later occurrences
-/// are logged at debug.
-pub(crate) fn log_failure(api: &'static str, error: &AttestError) {
-    if FAILURES.level(error) == tracing::Level::WARN {
-        if error.is_lasting() {
-            tracing::warn!(
-                api,
-                error = %error,
-                "workload attestation failed; further failures of this cause are logged at debug"
-            );
-        } else {
-            tracing::warn!(api, error = %error, "workload attestation failed");
+/// One executable's hash, computed by the first attestation that needs it; the others wait.
+type HashOnce = OnceLock<Result<String, io::ErrorKind>>;
+
+/// Bounds on the work one caller can make the agent do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AttestLimits {
+    /// Executables larger than this are not hashed: their callers get no `unix:sha256`
+    /// selector (the other selectors stay).
+    pub max_executable_bytes: u64,
+    /// How long one full attestation (reading `/proc`, hashing the executable) may take; the
+    /// call fails after it.
+    pub timeout: Duration,
+    /// Full attestations in progress at once for the callers of one uid.
+    pub max_attestations_per_uid: usize,
+    /// Open streams (Workload API and SDS) of the callers of one uid.
+    pub max_streams_per_uid: usize,
+}
+
+impl Default for AttestLimits {
+    fn default() -> Self {
+        Self {
+            max_executable_bytes: 256 * 1024 * 1024,
+            timeout: Duration::from_secs(10),
+            max_attestations_per_uid: 4,
+            max_streams_per_uid: 128,
         }
-    } else {
-        tracing::debug!(api, error = %error, "workload attestation failed");
     }
 }
 
@@ -261,7 +310,13 @@ pub struct Attestor {
 struct Inner {
     proc_root: PathBuf,
     etc_root: PathBuf,
+    limits: AttestLimits,
     hashes: Mutex<HashCache>,
+    /// Executables being hashed: concurrent attestations of one file wait for one hash.
+    hashing: Mutex<HashMap<FileStamp, Arc<HashOnce>>>,
+    attestations: Arc<PerUid>,
+    streams: Arc<PerUid>,
+    failures: FailureLog,
 }
 
 /// The process at the other end of one connection, captured when the connection was
@@ -296,16 +351,33 @@ struct Basis {
 }
 
 impl Caller {
-    /// Attests the caller now; see [`Attestor::attest`].
+    /// Attests the caller now; see [`Attestor::attest`]. A failure is counted in
+    /// [`ATTESTATION_FAILURES_METRIC`] and logged, at `WARN` at most once a minute per uid and
+    /// cause.
     ///
     /// # Errors
     /// Those of [`Attestor::attest`].
     pub async fn attest(self: &Arc<Self>) -> Result<Selectors, AttestError> {
-        self.attestor.attest(self).await
+        let attested = self.attestor.attest(self).await;
+        if let Err(error) = &attested {
+            self.attestor.inner.failures.record(self.uid(), error);
+        }
+        attested
+    }
+
+    /// A permit for one more open stream of this caller's uid, or `None` when the callers of
+    /// its uid hold [`AttestLimits::max_streams_per_uid`] already.
+    pub(crate) fn stream_permit(&self) -> Option<UidPermit> {
+        let uid = self.uid()?;
+        self.attestor.inner.streams.try_acquire(uid)
     }
 
     fn pid(&self) -> i32 {
         self.cred.map_or(0, |(pid, _, _)| pid)
+    }
+
+    fn uid(&self) -> Option<u32> {
+        self.cred.map(|(_, uid, _)| uid)
     }
 
     /// The verdict for `basis`, if the last one was derived from it.
@@ -330,17 +402,31 @@ impl Default for Attestor {
 }
 
 impl Attestor {
-    /// An attestor reading `/proc` and `/etc`.
+    /// An attestor reading `/proc` and `/etc`, with the default [`AttestLimits`].
     pub fn new() -> Self {
-        Self::with_roots("/proc", "/etc")
+        Self::with_limits(AttestLimits::default())
     }
 
-    fn with_roots(proc_root: impl Into<PathBuf>, etc_root: impl Into<PathBuf>) -> Self {
+    /// An attestor reading `/proc` and `/etc` within `limits`.
+    pub fn with_limits(limits: AttestLimits) -> Self {
+        Self::with_roots("/proc", "/etc", limits)
+    }
+
+    fn with_roots(
+        proc_root: impl Into<PathBuf>,
+        etc_root: impl Into<PathBuf>,
+        limits: AttestLimits,
+    ) -> Self {
         Self {
             inner: Arc::new(Inner {
                 proc_root: proc_root.into(),
                 etc_root: etc_root.into(),
+                limits,
                 hashes: Mutex::new(HashCache::new(HASH_CACHE_CAPACITY)),
+                hashing: Mutex::new(HashMap::new()),
+                attestations: PerUid::new(limits.max_attestations_per_uid),
+                streams: PerUid::new(limits.max_streams_per_uid),
+                failures: FailureLog::default(),
             }),
         }
     }
@@ -391,11 +477,32 @@ impl Attestor {
         if let Some(selectors) = caller.verdict_for(&basis) {
             return Ok(selectors);
         }
+        let (_, uid, _) = caller.cred.ok_or(AttestError::NoPeerCredentials)?;
+        // The permit goes with the blocking task: a read that never returns keeps holding it,
+        // so a caller cannot pile up stuck threads beyond its uid's budget.
+        let permit = self
+            .inner
+            .attestations
+            .try_acquire(uid)
+            .ok_or(AttestError::Busy {
+                uid,
+                max: self.inner.limits.max_attestations_per_uid,
+            })?;
         let this = self.clone();
-        let caller = Arc::clone(caller);
-        tokio::task::spawn_blocking(move || this.attest_blocking(&caller, basis))
-            .await
-            .map_err(|e| AttestError::Task(e.to_string()))?
+        let task_caller = Arc::clone(caller);
+        let task = tokio::task::spawn_blocking(move || {
+            let attested = this.attest_blocking(&task_caller, basis);
+            drop(permit);
+            attested
+        });
+        let timeout = self.inner.limits.timeout;
+        match tokio::time::timeout(timeout, task).await {
+            Ok(joined) => joined.map_err(|e| AttestError::Task(e.to_string()))?,
+            Err(_) => Err(AttestError::TimedOut {
+                pid: caller.pid(),
+                timeout,
+            }),
+        }
     }
 
     fn attest_blocking(&self, caller: &Caller, basis: Basis) -> Result<Selectors, AttestError> {
@@ -462,6 +569,14 @@ impl Attestor {
         if caller.exe != Some(stamp) {
             return Err(AttestError::ProcessReplaced { pid });
         }
+        if sha256.is_none() {
+            tracing::debug!(
+                pid,
+                executable = %path.display(),
+                max_bytes = self.inner.limits.max_executable_bytes,
+                "executable too large to hash; no unix:sha256 selector"
+            );
+        }
 
         let mut selectors = BTreeSet::new();
         selectors.insert(format!("unix:uid:{uid}"));
@@ -479,22 +594,51 @@ impl Attestor {
             }
         }
         selectors.insert(format!("unix:path:{}", path.display()));
-        selectors.insert(format!("unix:sha256:{sha256}"));
+        if let Some(sha256) = sha256 {
+            selectors.insert(format!("unix:sha256:{sha256}"));
+        }
         Ok(Selectors(Arc::new(selectors)))
     }
 
-    /// The identity of the executable `file` and its hex SHA-256, from the cache when the file's identity,
+    /// The identity of the executable `file` and its hex SHA-256 (`None` when it is larger
+    /// than [`AttestLimits::max_executable_bytes`]), from the cache when the file's identity,
     /// size, mtime and ctime are unchanged (ctime cannot be set by users: restoring the mtime
-    /// after rewriting a file in place still changes it).
-    fn exe_sha256(&self, file: &mut File) -> io::Result<(FileStamp, String)> {
+    /// after rewriting a file in place still changes it). Concurrent calls for one file hash it
+    /// once.
+    fn exe_sha256(&self, file: &mut File) -> io::Result<(FileStamp, Option<String>)> {
         let stat = rustix::fs::fstat(&*file)?;
         let key = FileStamp::of(&stat);
-        if let Some(hash) = self.hashes().get(&key) {
-            return Ok((key, hash));
+        if u64::try_from(key.size).unwrap_or(u64::MAX) > self.inner.limits.max_executable_bytes {
+            return Ok((key, None));
         }
-        let hash = sha256_hex(file)?;
-        self.hashes().insert(key, hash.clone());
-        Ok((key, hash))
+        if let Some(hash) = self.hashes().get(&key) {
+            return Ok((key, Some(hash)));
+        }
+        let once = Arc::clone(
+            self.inner
+                .hashing
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .entry(key)
+                .or_default(),
+        );
+        let hashed = once
+            .get_or_init(|| {
+                let hashed = sha256_hex(file).map_err(|e| e.kind());
+                if let Ok(hash) = &hashed {
+                    self.hashes().insert(key, hash.clone());
+                }
+                self.inner
+                    .hashing
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .remove(&key);
+                hashed
+            })
+            .clone();
+        hashed
+            .map(|hash| (key, Some(hash)))
+            .map_err(io::Error::from)
     }
 
     fn hashes(&self) -> std::sync::MutexGuard<'_, HashCache> {
@@ -769,33 +913,40 @@ mod tests {
     }
 
     #[test]
-    fn a_lasting_cause_is_warned_about_once() {
-        let log = FailureLog::new();
-        let denied = || {
-            proc_error(
-                Path::new("/proc/1/exe"),
-                1,
-                io::Error::from_raw_os_error(13),
-            )
-        };
-        assert_eq!(log.level(&denied()), tracing::Level::WARN);
+    fn failures_are_warned_about_once_a_minute_per_uid_and_cause() {
+        let log = FailureLog::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            log.level(Some(1000), "process_gone", t0),
+            tracing::Level::WARN
+        );
         for _ in 0..3 {
-            assert_eq!(log.level(&denied()), tracing::Level::DEBUG);
-        }
-        // Another lasting cause gets its own first warning.
-        let parse = AttestError::Parse {
-            path: "/proc/1/stat".into(),
-            reason: "no command name".into(),
-        };
-        assert_eq!(log.level(&parse), tracing::Level::WARN);
-        assert_eq!(log.level(&parse), tracing::Level::DEBUG);
-        // A caller's process going away is about that call: warned about every time.
-        for _ in 0..2 {
             assert_eq!(
-                log.level(&AttestError::ProcessGone { pid: 1 }),
-                tracing::Level::WARN
+                log.level(Some(1000), "process_gone", t0),
+                tracing::Level::DEBUG
             );
         }
+        // Another cause, or another uid, gets its own warning.
+        assert_eq!(log.level(Some(1000), "busy", t0), tracing::Level::WARN);
+        assert_eq!(
+            log.level(Some(1001), "process_gone", t0),
+            tracing::Level::WARN
+        );
+        assert_eq!(
+            log.level(None, "no_peer_credentials", t0),
+            tracing::Level::WARN
+        );
+        // A minute later, the first cause is warned about again.
+        let later = t0 + FAILURE_LOG_INTERVAL;
+        assert_eq!(
+            log.level(Some(1000), "process_gone", later),
+            tracing::Level::WARN
+        );
+        // Its memory is bounded: a flood of uids cannot grow it past the capacity.
+        for uid in 0..u32::try_from(2 * FAILURE_LOG_CAPACITY).unwrap() {
+            log.level(Some(uid), "read", later);
+        }
+        assert!(log.warned.lock().unwrap().len() <= FAILURE_LOG_CAPACITY);
     }
 
     #[tokio::test]
@@ -865,7 +1016,7 @@ mod tests {
             format!("first:x:{uid}:0::/:/bin/sh\n"),
         )
         .unwrap();
-        let attestor = Attestor::with_roots("/proc", etc.path());
+        let attestor = Attestor::with_roots("/proc", etc.path(), AttestLimits::default());
         let caller = caller_for(&attestor, i32::try_from(std::process::id()).unwrap());
         let first = attestor.attest(&caller).await.unwrap();
         assert!(first.contains("unix:user:first"), "{first:?}");
@@ -933,6 +1084,7 @@ mod tests {
         let attestor = Attestor::new();
         let exe = std::env::current_exe().unwrap();
         let (_, first) = attestor.exe_sha256(&mut File::open(&exe).unwrap()).unwrap();
+        let first = first.unwrap();
         assert_eq!(attestor.hashes().hashes.len(), 1);
 
         // Replace the remembered hash: a second call must return it without re-hashing.
@@ -942,8 +1094,9 @@ mod tests {
             attestor
                 .exe_sha256(&mut File::open(&exe).unwrap())
                 .unwrap()
-                .1,
-            "cached"
+                .1
+                .as_deref(),
+            Some("cached")
         );
         assert_ne!(first, "cached");
     }
@@ -957,6 +1110,7 @@ mod tests {
         let (_, victim) = attestor
             .exe_sha256(&mut File::open(&path).unwrap())
             .unwrap();
+        let victim = victim.unwrap();
         let mtime = std::fs::metadata(&path).unwrap().modified().unwrap();
 
         // Same size, same inode, mtime set back: only the ctime tells.
@@ -969,6 +1123,7 @@ mod tests {
         let (_, rewritten) = attestor
             .exe_sha256(&mut File::open(&path).unwrap())
             .unwrap();
+        let rewritten = rewritten.unwrap();
         assert_ne!(rewritten, victim);
         assert_eq!(
             rewritten,
@@ -987,5 +1142,72 @@ mod tests {
         assert_eq!(cache.get(&key(1)), None);
         assert_eq!(cache.get(&key(2)).as_deref(), Some("two again"));
         assert_eq!(cache.get(&key(3)).as_deref(), Some("three"));
+    }
+
+    fn own_caller(attestor: &Attestor) -> Arc<Caller> {
+        caller_for(attestor, i32::try_from(std::process::id()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn an_executable_over_the_size_limit_is_not_hashed() {
+        let attestor = Attestor::with_limits(AttestLimits {
+            max_executable_bytes: 1024,
+            ..AttestLimits::default()
+        });
+        let selectors = own_caller(&attestor).attest().await.unwrap();
+        assert!(selectors.iter().any(|s| s.starts_with("unix:path:")));
+        assert!(
+            !selectors.iter().any(|s| s.starts_with("unix:sha256:")),
+            "{selectors:?}"
+        );
+        assert!(attestor.hashes().hashes.is_empty(), "nothing was read");
+    }
+
+    #[tokio::test]
+    async fn attestations_of_one_uid_are_bounded_in_number_and_time() {
+        let attestor = Attestor::with_limits(AttestLimits {
+            max_attestations_per_uid: 1,
+            timeout: Duration::from_millis(1),
+            ..AttestLimits::default()
+        });
+        let (uid, _) = own_ids();
+        // One attestation of this uid in progress: the next one is refused, retryable.
+        let held = attestor.inner.attestations.try_acquire(uid).unwrap();
+        let err = own_caller(&attestor).attest().await.unwrap_err();
+        assert!(matches!(err, AttestError::Busy { max: 1, .. }), "{err}");
+        assert_eq!(err.status_message(), ATTESTATION_FAILED);
+        drop(held);
+        // Hashing the ~100 MB test executable takes far longer than 1 ms.
+        let err = own_caller(&attestor).attest().await.unwrap_err();
+        assert!(matches!(err, AttestError::TimedOut { .. }), "{err}");
+        // The hash finishes in the background and lands in the cache; the permit comes back
+        // only when the blocking work ends.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while attestor.inner.attestations.try_acquire(uid).is_none() {
+            assert!(Instant::now() < deadline, "the permit never came back");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    #[test]
+    fn concurrent_attestations_of_one_executable_share_one_hash() {
+        let attestor = Attestor::new();
+        let exe = std::env::current_exe().unwrap();
+        let hashes: Vec<Option<String>> = std::thread::scope(|scope| {
+            let workers: Vec<_> = (0..4)
+                .map(|_| {
+                    scope.spawn(|| {
+                        attestor
+                            .exe_sha256(&mut File::open(&exe).unwrap())
+                            .unwrap()
+                            .1
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap()).collect()
+        });
+        assert!(hashes.iter().all(|h| h.is_some() && *h == hashes[0]));
+        assert!(attestor.inner.hashing.lock().unwrap().is_empty());
+        assert_eq!(attestor.hashes().hashes.len(), 1);
     }
 }

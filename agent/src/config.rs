@@ -21,6 +21,8 @@ pub const JOIN_TOKEN_ENV: &str = "FEDHUB_AGENT_JOIN_TOKEN";
 pub use fedhub_core::id::HUB_ID_PATH;
 use fedhub_core::id::RESERVED_PATH_PREFIX;
 
+use crate::attest::AttestLimits;
+
 /// The default Workload API socket of an agent running as root: in `/run`, which only root
 /// can write (and which `PrivateTmp=` and `/tmp` cleaners leave alone).
 pub const DEFAULT_SOCKET_PATH: &str = "/run/fedhub/agent.sock";
@@ -181,6 +183,8 @@ pub struct AgentConfig {
     pub data_dir: PathBuf,
     /// The Workload API socket; by default [`default_socket_path`] of the agent's uid.
     pub socket_path: PathBuf,
+    /// Bounds on workload attestation (`[workload_attestation]`).
+    pub attestation_limits: AttestLimits,
 }
 
 #[derive(Deserialize)]
@@ -197,6 +201,18 @@ struct Settings {
     #[serde(default = "defaults::data_dir")]
     data_dir: PathBuf,
     socket_path: Option<PathBuf>,
+    #[serde(default)]
+    workload_attestation: AttestationSettings,
+}
+
+#[derive(Deserialize, Default, Clone, Copy)]
+#[serde(deny_unknown_fields)]
+struct AttestationSettings {
+    max_executable_mib: Option<u64>,
+    #[serde(default, with = "humantime_serde")]
+    timeout: Option<std::time::Duration>,
+    max_attestations_per_uid: Option<usize>,
+    max_streams_per_uid: Option<usize>,
 }
 
 #[derive(Deserialize)]
@@ -324,6 +340,8 @@ impl Settings {
             ));
         }
 
+        let attestation_limits = attestation_limits(self.workload_attestation)?;
+
         Ok(AgentConfig {
             trust_domain,
             hub_address,
@@ -332,8 +350,59 @@ impl Settings {
             attestation,
             data_dir: self.data_dir,
             socket_path,
+            attestation_limits,
         })
     }
+}
+
+/// `[workload_attestation]`: each key at least 1 (a zero would refuse every caller).
+fn attestation_limits(settings: AttestationSettings) -> Result<AttestLimits, ConfigError> {
+    let defaults = AttestLimits::default();
+    let at_least_one = |key: &'static str, value: Option<usize>, default: usize| match value {
+        Some(0) => Err(invalid(
+            key,
+            format!("must be at least 1 (default {default})"),
+        )),
+        value => Ok(value.unwrap_or(default)),
+    };
+    let max_executable_bytes = match settings.max_executable_mib {
+        Some(0) => {
+            return Err(invalid(
+                "workload_attestation.max_executable_mib",
+                format!(
+                    "must be at least 1 (default {})",
+                    defaults.max_executable_bytes >> 20
+                ),
+            ));
+        }
+        Some(mib) => mib
+            .checked_mul(1 << 20)
+            .ok_or_else(|| invalid("workload_attestation.max_executable_mib", "is too large"))?,
+        None => defaults.max_executable_bytes,
+    };
+    let timeout = match settings.timeout {
+        Some(timeout) if timeout.is_zero() => {
+            return Err(invalid(
+                "workload_attestation.timeout",
+                "must be longer than zero (default 10s)",
+            ));
+        }
+        timeout => timeout.unwrap_or(defaults.timeout),
+    };
+    Ok(AttestLimits {
+        max_executable_bytes,
+        timeout,
+        max_attestations_per_uid: at_least_one(
+            "workload_attestation.max_attestations_per_uid",
+            settings.max_attestations_per_uid,
+            defaults.max_attestations_per_uid,
+        )?,
+        max_streams_per_uid: at_least_one(
+            "workload_attestation.max_streams_per_uid",
+            settings.max_streams_per_uid,
+            defaults.max_streams_per_uid,
+        )?,
+    })
 }
 
 fn trust_bootstrap(
@@ -410,6 +479,7 @@ mod tests {
             config.socket_path,
             default_socket_path(crate::workload::effective_uid().unwrap())
         );
+        assert_eq!(config.attestation_limits, AttestLimits::default());
     }
 
     #[test]
@@ -473,6 +543,67 @@ mod tests {
             config.socket_path,
             default_socket_path(crate::workload::effective_uid().unwrap())
         );
+        assert_eq!(config.attestation_limits, AttestLimits::default());
+        // Every commented-out key of the example, uncommented, is accepted with its default.
+        let uncommented: String = include_str!("../agent.example.toml")
+            .lines()
+            .skip_while(|line| !line.starts_with("[workload_attestation]"))
+            .map(|line| {
+                line.strip_prefix("# ")
+                    .filter(|l| l.contains(" = "))
+                    .unwrap_or(line)
+            })
+            .fold(String::new(), |mut text, line| {
+                text.push_str(line);
+                text.push('\n');
+                text
+            });
+        let config = AgentConfig::from_toml(&format!(
+            "trust_domain = \"a.test\"\nhub_address = \"h:1\"\njoin_token = \"t\"\n{uncommented}"
+        ))
+        .unwrap();
+        assert_eq!(config.attestation_limits, AttestLimits::default());
+    }
+
+    #[test]
+    fn workload_attestation_limits_are_read_and_checked() {
+        let base = "trust_domain = \"a.test\"\nhub_address = \"h:1\"\njoin_token = \"t\"\n";
+        let config = AgentConfig::from_toml(&format!(
+            "{base}[workload_attestation]\nmax_executable_mib = 1\ntimeout = \"2s\"\n\
+             max_attestations_per_uid = 2\nmax_streams_per_uid = 3\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.attestation_limits,
+            AttestLimits {
+                max_executable_bytes: 1 << 20,
+                timeout: std::time::Duration::from_secs(2),
+                max_attestations_per_uid: 2,
+                max_streams_per_uid: 3,
+            }
+        );
+        for (setting, key) in [
+            (
+                "max_executable_mib = 0",
+                "workload_attestation.max_executable_mib",
+            ),
+            ("timeout = \"0s\"", "workload_attestation.timeout"),
+            (
+                "max_attestations_per_uid = 0",
+                "workload_attestation.max_attestations_per_uid",
+            ),
+            (
+                "max_streams_per_uid = 0",
+                "workload_attestation.max_streams_per_uid",
+            ),
+        ] {
+            let error =
+                AgentConfig::from_toml(&format!("{base}[workload_attestation]\n{setting}\n"))
+                    .unwrap_err()
+                    .to_string();
+            assert!(error.starts_with(key), "{setting}: {error}");
+            assert!(error.contains("default"), "{setting}: {error}");
+        }
     }
 
     #[test]

@@ -20,6 +20,7 @@ pub mod cache;
 pub mod config;
 mod hub;
 pub mod jwt;
+mod per_uid;
 pub mod run;
 pub mod sds;
 pub mod store;
@@ -29,7 +30,7 @@ pub mod workload;
 #[cfg(test)]
 mod testing;
 
-pub use attest::{AttestError, Attestor, Selectors};
+pub use attest::{AttestError, AttestLimits, Attestor, Selectors};
 pub use cache::{AgentState, CallerView, Identity, Snapshot};
 pub use config::{AgentConfig, ConfigError};
 pub use jwt::{IssueError, JwtSvidIssuer, JwtSvidToken};

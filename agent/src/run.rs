@@ -204,7 +204,8 @@ pub async fn launch(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         store.dir(),
     )?;
 
-    let endpoint = WorkloadEndpoint::bind(&config.socket_path)?;
+    let endpoint = WorkloadEndpoint::bind(&config.socket_path)?
+        .with_attestation_limits(config.attestation_limits);
     let socket_path = endpoint.path().to_owned();
     let state = AgentState::new();
     let link = Arc::new(HubLink::default());

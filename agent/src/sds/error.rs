@@ -19,6 +19,8 @@ pub(crate) enum SdsError {
     WrongTypeUrl(String),
     #[error("too many open SDS streams; retry shortly")]
     TooManyStreams,
+    #[error("the processes of this user hold as many SDS streams as one user may")]
+    TooManyStreamsForUid,
     #[error("the agent is shutting down; reconnect shortly")]
     ShuttingDown,
     #[error("incremental (delta) SDS is not implemented by this agent; use StreamSecrets")]
@@ -33,6 +35,7 @@ impl SdsError {
             Self::Attestation(_) | Self::NotSynced | Self::TooManyStreams | Self::ShuttingDown => {
                 Code::Unavailable
             }
+            Self::TooManyStreamsForUid => Code::ResourceExhausted,
             Self::DeltaUnimplemented => Code::Unimplemented,
         }
     }
@@ -41,9 +44,8 @@ impl SdsError {
 impl From<SdsError> for Status {
     fn from(error: SdsError) -> Self {
         match &error {
-            SdsError::Attestation(cause) => {
-                crate::attest::log_failure("sds", cause);
-            }
+            // Logged (rate-limited) and counted where the caller is known.
+            SdsError::Attestation(_) => {}
             other => tracing::debug!(error = %other, "sds request refused"),
         }
         Status::new(error.code(), error.to_string())

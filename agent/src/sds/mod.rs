@@ -182,6 +182,9 @@ impl SecretDiscoveryService for SecretDiscovery {
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
         let caller = Arc::clone(caller_of(&request)?);
         let selectors = caller.attest().await.map_err(SdsError::Attestation)?;
+        let uid_permit = caller
+            .stream_permit()
+            .ok_or(SdsError::TooManyStreamsForUid)?;
         let permit = Arc::clone(&self.streams)
             .try_acquire_owned()
             .map_err(|_| SdsError::TooManyStreams)?;
@@ -193,7 +196,7 @@ impl SecretDiscoveryService for SecretDiscovery {
             snapshots,
             self.stop.clone(),
             caller,
-            permit,
+            (permit, uid_permit),
         );
         Ok(Response::new(session.into_stream()))
     }

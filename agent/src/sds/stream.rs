@@ -13,6 +13,7 @@ use super::error::SdsError;
 use super::{ResponseStream, SECRET_TYPE_URL, check_type_url, render, requested_names};
 use crate::attest::Caller;
 use crate::cache::Snapshot;
+use crate::per_uid::UidPermit;
 
 /// What a stream has agreed with its client so far.
 #[derive(Debug, Default)]
@@ -116,7 +117,7 @@ pub(super) struct Session {
     caller: Arc<Caller>,
     subscription: Subscription,
     done: bool,
-    _permit: OwnedSemaphorePermit,
+    _permits: (OwnedSemaphorePermit, UidPermit),
 }
 
 impl Session {
@@ -126,7 +127,7 @@ impl Session {
         snapshots: watch::Receiver<Option<Arc<Snapshot>>>,
         stop: watch::Receiver<bool>,
         caller: Arc<Caller>,
-        permit: OwnedSemaphorePermit,
+        permits: (OwnedSemaphorePermit, UidPermit),
     ) -> Self {
         Self {
             requests,
@@ -135,7 +136,7 @@ impl Session {
             caller,
             subscription: Subscription::default(),
             done: false,
-            _permit: permit,
+            _permits: permits,
         }
     }
 

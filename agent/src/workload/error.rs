@@ -34,6 +34,11 @@ pub(crate) enum ApiError {
     Issue(IssueError),
     #[error("too many open Workload API streams; retry shortly")]
     TooManyStreams,
+    #[error(
+        "the processes of this user hold as many Workload API streams as one user may; close \
+         some (one FetchX509SVID stream per process is enough)"
+    )]
+    TooManyStreamsForUid,
     #[error("the agent is shutting down; reconnect shortly")]
     ShuttingDown,
     #[error("the WIT-SVID profile is not implemented by this agent")]
@@ -57,6 +62,7 @@ impl ApiError {
             | Self::Issue(_)
             | Self::TooManyStreams
             | Self::ShuttingDown => Code::Unavailable,
+            Self::TooManyStreamsForUid => Code::ResourceExhausted,
             Self::WitUnimplemented => Code::Unimplemented,
         }
     }
@@ -65,9 +71,8 @@ impl ApiError {
 impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match &error {
-            ApiError::Attestation(cause) => {
-                crate::attest::log_failure("workload api", cause);
-            }
+            // Logged (rate-limited) and counted where the caller is known.
+            ApiError::Attestation(_) => {}
             ApiError::Issue(cause) => tracing::warn!(error = %cause, "JWT-SVID issuance failed"),
             other => tracing::debug!(error = %other, "workload api request refused"),
         }
@@ -103,6 +108,7 @@ mod tests {
                 Code::PermissionDenied,
             ),
             (ApiError::TooManyStreams, Code::Unavailable),
+            (ApiError::TooManyStreamsForUid, Code::ResourceExhausted),
             (ApiError::WitUnimplemented, Code::Unimplemented),
         ];
         for (error, code) in cases {

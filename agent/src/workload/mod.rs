@@ -40,7 +40,7 @@ use self::connection::CallerStream;
 use self::error::ApiError;
 use self::service::WorkloadApi;
 pub(crate) use self::socket_dir::effective_uid;
-use crate::attest::Attestor;
+use crate::attest::{AttestLimits, Attestor};
 use crate::cache::AgentState;
 use crate::jwt::JwtSvidIssuer;
 
@@ -135,6 +135,7 @@ pub enum ServeError {
 pub struct WorkloadEndpoint {
     listener: UnixListener,
     socket: SocketFile,
+    limits: AttestLimits,
 }
 
 impl WorkloadEndpoint {
@@ -180,7 +181,18 @@ impl WorkloadEndpoint {
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
             .map_err(socket_error("set permissions on"))?;
         tracing::info!(socket = %path.display(), "workload api socket bound");
-        Ok(Self { listener, socket })
+        Ok(Self {
+            listener,
+            socket,
+            limits: AttestLimits::default(),
+        })
+    }
+
+    /// Attests callers within `limits` instead of the defaults.
+    #[must_use]
+    pub fn with_attestation_limits(mut self, limits: AttestLimits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// The socket path.
@@ -200,9 +212,13 @@ impl WorkloadEndpoint {
         issuer: Arc<dyn JwtSvidIssuer>,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), ServeError> {
-        let Self { listener, socket } = self;
+        let Self {
+            listener,
+            socket,
+            limits,
+        } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let attestor = Attestor::new();
+        let attestor = Attestor::with_limits(limits);
         let sds = crate::sds::server(state.clone(), stop_rx.clone());
         let api = WorkloadApi::new(state, issuer, MAX_OPEN_STREAMS, stop_rx);
         let api = SpiffeWorkloadApiServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);

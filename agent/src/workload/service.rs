@@ -22,6 +22,7 @@ use super::messages;
 use crate::attest::{AttestError, Caller, Selectors};
 use crate::cache::{AgentState, CallerView, Snapshot};
 use crate::jwt::{JwtSvidCache, JwtSvidIssuer};
+use crate::per_uid::UidPermit;
 
 /// How many JWT-SVIDs the agent keeps for reuse.
 const JWT_CACHE_CAPACITY: usize = 4096;
@@ -82,6 +83,9 @@ impl WorkloadApi {
     {
         let caller = Arc::clone(caller_of(&request)?);
         let selectors = caller.attest().await.map_err(ApiError::Attestation)?;
+        let uid_permit = caller
+            .stream_permit()
+            .ok_or(ApiError::TooManyStreamsForUid)?;
         let permit = Arc::clone(&self.streams)
             .try_acquire_owned()
             .map_err(|_| ApiError::TooManyStreams)?;
@@ -96,7 +100,7 @@ impl WorkloadApi {
             pending: Some(first),
             last: None,
             done: false,
-            _permit: permit,
+            _permits: (permit, uid_permit),
         };
         let stream = futures::stream::unfold(watcher, |mut watcher| async move {
             let item = watcher.next().await?;
@@ -140,7 +144,7 @@ struct Watcher<T> {
     pending: Option<T>,
     last: Option<T>,
     done: bool,
-    _permit: OwnedSemaphorePermit,
+    _permits: (OwnedSemaphorePermit, UidPermit),
 }
 
 impl<T: PartialEq + Clone> Watcher<T> {
@@ -432,5 +436,32 @@ mod tests {
         assert_eq!(ended.code(), tonic::Code::Unavailable);
         assert_eq!(ended.message(), crate::attest::ATTESTATION_PROGRAM_CHANGED);
         assert!(stream.next().await.is_none(), "the stream ended");
+    }
+
+    #[tokio::test]
+    async fn the_streams_of_one_uid_are_limited() {
+        let (cred, api, _stop) = api_for_me(16);
+        let attestor = crate::attest::Attestor::with_limits(crate::attest::AttestLimits {
+            max_streams_per_uid: 2,
+            ..crate::attest::AttestLimits::default()
+        });
+        let request = || {
+            let mut request = Request::new(X509svidRequest {});
+            request
+                .extensions_mut()
+                .insert(Arc::new(attestor.caller(Some(cred))));
+            request
+        };
+        let first = api.fetch_x509svid(request()).await.unwrap();
+        let _second = api.fetch_x509svid(request()).await.unwrap();
+        let refused = api.fetch_x509svid(request()).await.err().unwrap();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        assert!(
+            refused
+                .message()
+                .contains("as many Workload API streams as one user may")
+        );
+        drop(first);
+        api.fetch_x509svid(request()).await.unwrap();
     }
 }
