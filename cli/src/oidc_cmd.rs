@@ -265,7 +265,7 @@ pub fn run(command: OidcCommand) -> anyhow::Result<ExitCode> {
             listener,
             tls,
             fedhub_oidc_discovery::router(publisher),
-            ServeLimits::default(),
+            ServeLimits::new("oidc", fedhub_hub::limits::ConnectionLimits::default()),
             crate::shutdown_signal(),
         )
         .await?;

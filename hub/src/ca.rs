@@ -227,6 +227,9 @@ impl std::fmt::Debug for CaManager {
     }
 }
 
+/// The file naming the keys held and their states.
+const STATE_FILE: &str = "state.json";
+
 fn unix(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
 }
@@ -296,7 +299,7 @@ impl CaManager {
     }
 
     fn state_path(&self) -> PathBuf {
-        self.options.dir.join("state.json")
+        self.options.dir.join(STATE_FILE)
     }
 
     fn key_path(&self, kind: &str, id: &str) -> PathBuf {
@@ -406,7 +409,8 @@ impl CaManager {
 
     /// Removes key and certificate files the state does not list: left by a crash between
     /// writing a new key and the state that names it, or before an expired key's files were
-    /// removed. Only files named as this manager names them are touched.
+    /// removed; and the temporary files of key or state writes a crash interrupted. Only files
+    /// named as this manager names them are touched.
     fn remove_unlisted_files(&self) {
         let Ok(entries) = std::fs::read_dir(&self.options.dir) else {
             return;
@@ -414,7 +418,18 @@ impl CaManager {
         let listed = self.published_ids();
         for entry in entries.flatten() {
             let name = entry.file_name();
-            let Some(id) = name.to_str().and_then(key_file_id) else {
+            let Some(name) = name.to_str() else {
+                continue;
+            };
+            // A key file whose write a crash interrupted holds a key no state names.
+            if let Some(target) = fedhub_files::interrupted_write_of(name)
+                && (key_file_id(target).is_some() || target == STATE_FILE)
+            {
+                tracing::info!(file = %entry.path().display(), "removing the temporary file of an interrupted write");
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            }
+            let Some(id) = key_file_id(name) else {
                 continue;
             };
             if !listed.iter().any(|listed| listed == id) {

@@ -23,6 +23,9 @@ use fedhub_core::id::RESERVED_PATH_PREFIX;
 pub use fedhub_config::ConfigError;
 use fedhub_config::{format_figment_error, invalid, require_file};
 
+/// The validated `[limits]` section: timeouts and caps of every listener's connections.
+pub use crate::limits::ConnectionLimits;
+
 /// The bundle endpoint profile served by the hub.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum EndpointProfile {
@@ -168,6 +171,8 @@ pub struct HubConfig {
     pub jwt_key_type: KeyType,
     /// Federation refresh schedule and fetch limits.
     pub federation: FederationConfig,
+    /// Connection timeouts and caps of every listener.
+    pub limits: ConnectionLimits,
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,6 +201,8 @@ struct Settings {
     svid: SvidSettings,
     #[serde(default)]
     federation: FederationSettings,
+    #[serde(default)]
+    limits: LimitsSettings,
 }
 
 #[derive(Debug, Deserialize)]
@@ -395,6 +402,37 @@ impl Default for FederationConfig {
     }
 }
 
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+struct LimitsSettings {
+    #[serde(with = "humantime_serde")]
+    handshake_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    keepalive_timeout: Duration,
+    max_concurrent_streams: u32,
+    max_connections: usize,
+    max_connections_per_source: usize,
+}
+
+impl Default for LimitsSettings {
+    fn default() -> Self {
+        let limits = ConnectionLimits::default();
+        Self {
+            handshake_timeout: limits.handshake_timeout,
+            idle_timeout: limits.idle_timeout,
+            keepalive_interval: limits.keepalive_interval,
+            keepalive_timeout: limits.keepalive_timeout,
+            max_concurrent_streams: limits.max_concurrent_streams,
+            max_connections: limits.max_connections,
+            max_connections_per_source: limits.max_connections_per_source,
+        }
+    }
+}
+
 mod defaults {
     use std::path::PathBuf;
 
@@ -564,6 +602,7 @@ impl Settings {
             jwt_svid_ttl,
             jwt_key_type: key_type("svid.jwt_key_type", &self.svid.jwt_key_type)?,
             federation: validate_federation(&self.federation)?,
+            limits: validate_limits(&self.limits)?,
         })
     }
 }
@@ -663,6 +702,56 @@ fn validate_federation(settings: &FederationSettings) -> Result<FederationConfig
             max_body_bytes: settings.max_body_bytes,
             ..FetchOptions::default()
         },
+    })
+}
+
+/// `value` of `key`, which must be at least 1 `unit`.
+fn at_least_one<T: Copy + Default + PartialEq>(
+    key: &'static str,
+    value: T,
+    unit: &str,
+) -> Result<T, ConfigError> {
+    if value == T::default() {
+        return Err(invalid(
+            key,
+            format!("0 is out of range: give at least 1 {unit}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn validate_limits(settings: &LimitsSettings) -> Result<ConnectionLimits, ConfigError> {
+    let max_connections = at_least_one(
+        "limits.max_connections",
+        settings.max_connections,
+        "open connection per listener",
+    )?;
+    let max_connections_per_source = at_least_one(
+        "limits.max_connections_per_source",
+        settings.max_connections_per_source,
+        "open connection per source address",
+    )?;
+    if max_connections_per_source > max_connections {
+        return Err(invalid(
+            "limits.max_connections_per_source",
+            format!(
+                "{max_connections_per_source} is more than limits.max_connections \
+                 ({max_connections}); lower it or raise max_connections"
+            ),
+        ));
+    }
+    Ok(ConnectionLimits {
+        handshake_timeout: positive("limits.handshake_timeout", settings.handshake_timeout)?,
+        idle_timeout: positive("limits.idle_timeout", settings.idle_timeout)?,
+        keepalive_interval: positive("limits.keepalive_interval", settings.keepalive_interval)?,
+        keepalive_timeout: positive("limits.keepalive_timeout", settings.keepalive_timeout)?,
+        max_concurrent_streams: at_least_one(
+            "limits.max_concurrent_streams",
+            settings.max_concurrent_streams,
+            "stream per connection (each request is one)",
+        )?,
+        max_connections,
+        max_connections_per_source,
     })
 }
 
@@ -939,6 +1028,101 @@ mod tests {
             FederationConfig::default(),
             "the example shows the defaults"
         );
+        assert_eq!(
+            config.limits,
+            ConnectionLimits::default(),
+            "the example shows the defaults"
+        );
+    }
+
+    #[test]
+    fn limits_section_sets_timeouts_and_caps() {
+        let defaults = HubConfig::from_toml("trust_domain = \"a.test\"")
+            .unwrap()
+            .limits;
+        assert_eq!(
+            defaults,
+            ConnectionLimits {
+                handshake_timeout: Duration::from_secs(10),
+                idle_timeout: Duration::from_secs(10),
+                keepalive_interval: Duration::from_secs(30),
+                keepalive_timeout: Duration::from_secs(10),
+                max_concurrent_streams: 100,
+                max_connections: 10_000,
+                max_connections_per_source: 256,
+            }
+        );
+        let config = HubConfig::from_toml(
+            r#"
+            trust_domain = "a.test"
+            [limits]
+            handshake_timeout = "5s"
+            idle_timeout = "500ms"
+            keepalive_interval = "1m"
+            keepalive_timeout = "20s"
+            max_concurrent_streams = 16
+            max_connections = 100
+            max_connections_per_source = 100
+            "#,
+        )
+        .unwrap()
+        .limits;
+        assert_eq!(
+            config,
+            ConnectionLimits {
+                handshake_timeout: Duration::from_secs(5),
+                idle_timeout: Duration::from_millis(500),
+                keepalive_interval: Duration::from_secs(60),
+                keepalive_timeout: Duration::from_secs(20),
+                max_concurrent_streams: 16,
+                max_connections: 100,
+                max_connections_per_source: 100,
+            }
+        );
+    }
+
+    #[test]
+    fn limits_errors_name_the_key_and_the_fix() {
+        let cases = [
+            (
+                "[limits]\nidle_timeout = \"0s\"",
+                "limits.idle_timeout: must be longer than zero",
+            ),
+            (
+                "[limits]\nhandshake_timeout = \"0s\"",
+                "limits.handshake_timeout: must be longer than zero",
+            ),
+            (
+                "[limits]\nkeepalive_interval = \"0s\"",
+                "limits.keepalive_interval: must be longer than zero",
+            ),
+            (
+                "[limits]\nkeepalive_timeout = \"0s\"",
+                "limits.keepalive_timeout: must be longer than zero",
+            ),
+            (
+                "[limits]\nmax_concurrent_streams = 0",
+                "limits.max_concurrent_streams: 0 is out of range: give at least 1",
+            ),
+            (
+                "[limits]\nmax_connections = 0",
+                "limits.max_connections: 0 is out of range: give at least 1",
+            ),
+            (
+                "[limits]\nmax_connections_per_source = 0",
+                "limits.max_connections_per_source: 0 is out of range",
+            ),
+            (
+                "[limits]\nmax_connections = 10\nmax_connections_per_source = 11",
+                "limits.max_connections_per_source: 11 is more than limits.max_connections (10)",
+            ),
+            ("[limits]\nmax_connections = -1", "limits.max_connections"),
+            ("[limits]\nidle = \"1s\"", "idle"),
+        ];
+        for (section, expected) in cases {
+            let error = error_of(&format!("trust_domain = \"a.test\"\n{section}"));
+            assert!(error.contains(expected), "{section:?}: got {error:?}");
+        }
     }
 
     fn error_of(text: &str) -> String {

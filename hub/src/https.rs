@@ -1,40 +1,61 @@
-//! Serving routers over TLS with timeouts against slow clients and certificates that can be
-//! swapped while serving (rotated SVIDs, reloaded operator certificate files).
+//! Serving routers over TLS with timeouts against slow and idle clients, capped connections,
+//! and certificates that can be swapped while serving (rotated SVIDs, reloaded operator
+//! certificate files).
 
+use std::convert::Infallible;
 use std::future::Future;
 use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
+use tokio::sync::{mpsc, watch};
 use tokio_rustls::TlsAcceptor;
+use tokio_util::sync::CancellationToken;
 
-/// Limits applied to every connection.
+use crate::limits::{ConnectionLimits, LimitedListener};
+
+/// Limits applied to every connection of one listener.
 #[derive(Debug, Clone, Copy)]
 pub struct ServeLimits {
-    /// Time a client has to finish the TLS handshake.
-    pub handshake_timeout: Duration,
-    /// Time a client has to send a request's headers (slowloris protection).
+    /// The listener's name in metrics and logs (`bundle_endpoint`, `oidc`, `health`).
+    pub listener: &'static str,
+    /// Handshake and idle timeouts, HTTP/2 keep-alive and stream cap, connection caps
+    /// (`[limits]`).
+    pub connections: ConnectionLimits,
+    /// Time a client has to send a request's headers once it started (HTTP/1 slowloris
+    /// protection).
     pub header_read_timeout: Duration,
-    /// Time allowed for in-flight connections to finish after shutdown starts.
+    /// Time allowed for connections to finish after shutdown starts, or after an idle
+    /// connection was asked to close.
     pub drain_timeout: Duration,
 }
 
-impl Default for ServeLimits {
-    fn default() -> Self {
+impl ServeLimits {
+    /// The limits of the listener called `listener`, from `[limits]`.
+    pub fn new(listener: &'static str, connections: ConnectionLimits) -> Self {
         Self {
-            handshake_timeout: Duration::from_secs(10),
-            header_read_timeout: Duration::from_secs(10),
+            listener,
+            connections,
+            header_read_timeout: connections.idle_timeout,
             drain_timeout: Duration::from_secs(5),
         }
+    }
+}
+
+impl Default for ServeLimits {
+    /// The default `[limits]` for a listener called `https`.
+    fn default() -> Self {
+        Self::new("https", ConnectionLimits::default())
     }
 }
 
@@ -66,9 +87,17 @@ impl ResolvesServerCert for SwappableCert {
 }
 
 /// Serves `router` on `listener`, over TLS when `tls` is given, until `shutdown` completes;
-/// then stops accepting and gives open connections [`ServeLimits::drain_timeout`] to finish.
+/// then stops accepting and gives open connections [`ServeLimits::drain_timeout`] to finish
+/// before closing them.
 ///
-/// TLS connections end with a `close_notify` alert.
+/// Every connection is closed once it has had no request in flight for
+/// [`ConnectionLimits::idle_timeout`], before its first request as between requests (HTTP/1
+/// and HTTP/2 alike: an idle HTTP/1 connection is closed, an HTTP/2 one gets a `GOAWAY`).
+/// HTTP/2 connections are pinged every [`ConnectionLimits::keepalive_interval`] and closed
+/// when a ping goes unanswered; they may open at most
+/// [`ConnectionLimits::max_concurrent_streams`] streams at once. Connections over the
+/// listener's or the source's cap are closed at accept ([`LimitedListener`]). TLS connections
+/// end with a `close_notify` alert.
 ///
 /// # Errors
 /// Only fatal listener errors; failures of single connections are logged and skipped.
@@ -79,45 +108,58 @@ pub async fn serve(
     limits: ServeLimits,
     shutdown: impl Future<Output = ()> + Send,
 ) -> io::Result<()> {
+    let listener = LimitedListener::new(listener, limits.listener, &limits.connections);
     let acceptor = tls.map(TlsAcceptor::from);
-    let graceful = GracefulShutdown::new();
+    let connections = limits.connections;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout);
-    builder.http2().timer(TokioTimer::new());
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(connections.keepalive_interval)
+        .keep_alive_timeout(connections.keepalive_timeout)
+        .max_concurrent_streams(connections.max_concurrent_streams);
     let builder = Arc::new(builder);
+    // `closing` asks every connection to finish; `abort` closes those still open after the
+    // drain timeout. Each connection task holds a clone of `alive`.
+    let closing = CancellationToken::new();
+    let abort = CancellationToken::new();
+    let (alive, mut all_ended) = mpsc::channel::<()>(1);
     tokio::pin!(shutdown);
     loop {
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) if is_transient(&error) => {
-                    tracing::warn!(%error, "accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-                Err(error) => return Err(error),
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted?,
             () = &mut shutdown => break,
         };
-        // Responses go out in one write; holding small segments back only adds latency.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(%peer, %error, "cannot set TCP_NODELAY");
-        }
         let service = TowerToHyperService::new(router.clone());
-        let builder = Arc::clone(&builder);
-        let watcher = graceful.watcher();
+        let connection = Connection {
+            builder: Arc::clone(&builder),
+            limits,
+            closing: closing.clone(),
+            abort: abort.clone(),
+        };
         let acceptor = acceptor.clone();
+        let alive = alive.clone();
         tokio::spawn(async move {
+            let _alive = alive;
+            let _permit = accepted.permit;
+            let peer = accepted.peer;
+            let stream = accepted.stream;
             let result = match acceptor {
-                None => drive(&builder, stream, service, watcher).await,
+                None => connection.drive(stream, service).await,
                 Some(acceptor) => {
-                    let handshake =
-                        tokio::time::timeout(limits.handshake_timeout, acceptor.accept(stream));
-                    match handshake.await {
-                        Ok(Ok(tls_stream)) => drive(&builder, tls_stream, service, watcher).await,
+                    let handshake = tokio::select! {
+                        handshake = tokio::time::timeout(
+                            connections.handshake_timeout,
+                            acceptor.accept(stream),
+                        ) => handshake,
+                        () = connection.closing.cancelled() => return,
+                    };
+                    match handshake {
+                        Ok(Ok(tls_stream)) => connection.drive(tls_stream, service).await,
                         Ok(Err(error)) => {
                             tracing::debug!(%peer, %error, "TLS handshake failed");
                             return;
@@ -135,40 +177,125 @@ pub async fn serve(
         });
     }
     drop(listener);
-    if tokio::time::timeout(limits.drain_timeout, graceful.shutdown())
+    closing.cancel();
+    drop(alive);
+    if tokio::time::timeout(limits.drain_timeout, all_ended.recv())
         .await
         .is_err()
     {
-        tracing::warn!("connections still open after the drain timeout; closing them");
+        tracing::warn!(
+            listener = limits.listener,
+            "connections still open after the drain timeout; closing them"
+        );
+        abort.cancel();
     }
     Ok(())
 }
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-async fn drive<I>(
-    builder: &auto::Builder<TokioExecutor>,
-    io: I,
-    service: TowerToHyperService<Router>,
-    watcher: hyper_util::server::graceful::Watcher,
-) -> Result<(), BoxError>
-where
-    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-{
-    let conn = builder
-        .serve_connection_with_upgrades(TokioIo::new(io), service)
-        .into_owned();
-    watcher.watch(conn).await
+/// What every connection of one listener shares.
+struct Connection {
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    limits: ServeLimits,
+    closing: CancellationToken,
+    abort: CancellationToken,
 }
 
-fn is_transient(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    ) || error.raw_os_error() == Some(24) // EMFILE: too many open files, back off
+impl Connection {
+    /// Serves HTTP on `io` until the client closes, the connection has been idle for the idle
+    /// timeout, or the server shuts down; the last two close it gracefully, giving requests
+    /// in flight the drain timeout to finish.
+    async fn drive<I>(&self, io: I, service: TowerToHyperService<Router>) -> Result<(), BoxError>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
+        let (activity, requests) = watch::channel(0);
+        let service = Counted {
+            inner: service,
+            activity: Arc::new(activity),
+        };
+        let connection = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), service);
+        tokio::pin!(connection);
+        tokio::select! {
+            result = connection.as_mut() => return result,
+            () = idle(requests, self.limits.connections.idle_timeout) => {
+                tracing::debug!("closing an idle connection");
+            }
+            () = self.closing.cancelled() => {}
+        }
+        connection.as_mut().graceful_shutdown();
+        tokio::select! {
+            result = connection => result,
+            () = tokio::time::sleep(self.limits.drain_timeout) => Ok(()),
+            () = self.abort.cancelled() => Ok(()),
+        }
+    }
+}
+
+/// Completes once no request has been in flight for `timeout`: `requests` counts the requests
+/// in flight, and every request started or finished moves it.
+async fn idle(mut requests: watch::Receiver<usize>, timeout: Duration) {
+    loop {
+        if requests
+            .wait_for(|in_flight| *in_flight == 0)
+            .await
+            .is_err()
+        {
+            return std::future::pending().await;
+        }
+        tokio::select! {
+            () = tokio::time::sleep(timeout) => return,
+            changed = requests.changed() => if changed.is_err() {
+                return std::future::pending().await;
+            },
+        }
+    }
+}
+
+/// A router that counts its requests in flight, each until its response head is ready (the
+/// small bodies served here are then sent within the drain timeout of a graceful close).
+#[derive(Clone)]
+struct Counted {
+    inner: TowerToHyperService<Router>,
+    activity: Arc<watch::Sender<usize>>,
+}
+
+/// One request in flight of a [`Counted`] service.
+struct InFlight(Arc<watch::Sender<usize>>);
+
+impl InFlight {
+    fn start(activity: &Arc<watch::Sender<usize>>) -> Self {
+        activity.send_modify(|in_flight| *in_flight += 1);
+        Self(Arc::clone(activity))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.send_modify(|in_flight| *in_flight -= 1);
+    }
+}
+
+type ResponseFuture =
+    Pin<Box<dyn Future<Output = Result<axum::response::Response, Infallible>> + Send>>;
+
+impl hyper::service::Service<hyper::Request<Incoming>> for Counted {
+    type Response = axum::response::Response;
+    type Error = Infallible;
+    type Future = ResponseFuture;
+
+    fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
+        let in_flight = InFlight::start(&self.activity);
+        let response = self.inner.call(request);
+        Box::pin(async move {
+            let response = response.await;
+            drop(in_flight);
+            response
+        })
+    }
 }
 
 #[cfg(test)]

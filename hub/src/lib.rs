@@ -7,8 +7,11 @@
 //!   fresh and verified.
 //! - [`state`]: [`Hub`], the shared state: registry, CA, own bundle, hub SVID, change signal.
 //! - [`run`]: `fedhub hub run`: binds and serves every endpoint, runs the background loops.
-//! - [`https`]: serving axum routers over TLS (or plain HTTP where allowed) with handshake and
-//!   header read timeouts, graceful shutdown and swappable certificates.
+//! - [`https`]: serving axum routers over TLS (or plain HTTP where allowed) with handshake,
+//!   idle and header read timeouts, HTTP/2 keep-alive, graceful shutdown and swappable
+//!   certificates.
+//! - [`limits`]: the `[limits]` settings and the connection caps every listener's accept step
+//!   applies (per listener, per source address).
 //! - [`node`]: the node API agents use (attestation, SVID signing, sync), over TLS.
 //! - [`replica`]: the replica id kept in the data directory, under which this hub publishes
 //!   its CA's authorities when several replicas share one registry.
@@ -18,6 +21,7 @@ pub mod ca;
 pub mod config;
 pub mod federation;
 pub mod https;
+pub mod limits;
 pub mod node;
 pub mod replica;
 pub mod run;

@@ -327,18 +327,19 @@ pub fn metrics_handle() -> Option<PrometheusHandle> {
         .clone()
 }
 
+/// Serves `router` on `listener` with `limits`; `limits.listener` names the server in logs.
 fn spawn_server(
     tasks: &mut tokio::task::JoinSet<()>,
-    name: &'static str,
     listener: TcpListener,
     tls: Option<Arc<rustls::ServerConfig>>,
     router: Router,
+    limits: ServeLimits,
     stop: &CancellationToken,
 ) {
     let stopped = stop.clone().cancelled_owned();
     tasks.spawn(async move {
-        if let Err(error) = serve(listener, tls, router, ServeLimits::default(), stopped).await {
-            tracing::error!(%error, server = name, "server stopped");
+        if let Err(error) = serve(listener, tls, router, limits, stopped).await {
+            tracing::error!(%error, server = limits.listener, "server stopped");
         }
     });
 }
@@ -516,10 +517,10 @@ pub async fn launch_with(
         let router = fedhub_bundle_endpoint::router(&endpoint.path, hub.bundle_endpoint().clone());
         spawn_server(
             &mut tasks,
-            "bundle endpoint",
             listener,
             Some(tls_config(resolver)),
             router,
+            ServeLimits::new("bundle_endpoint", config.limits),
             &stop,
         );
     }
@@ -530,13 +531,15 @@ pub async fn launch_with(
             tls_config(cert.keep_reloaded(&mut tasks, options.cert_reload_interval, &stop))
         });
         let router = fedhub_oidc_discovery::router(publisher);
-        spawn_server(&mut tasks, "OIDC discovery", listener, tls, router, &stop);
+        let limits = ServeLimits::new("oidc", config.limits);
+        spawn_server(&mut tasks, listener, tls, router, limits, &stop);
     }
 
     if let Some(listener) = health_listener {
         bound.health = listener.local_addr().ok();
         let router = health_router(hub.clone(), metrics_handle());
-        spawn_server(&mut tasks, "health", listener, None, router, &stop);
+        let limits = ServeLimits::new("health", config.limits);
+        spawn_server(&mut tasks, listener, None, router, limits, &stop);
     }
 
     let federation_options = options

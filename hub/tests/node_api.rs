@@ -1289,3 +1289,139 @@ async fn postgres_flow(database_url: String) {
     .unwrap();
     hub.hub.registry().close().await;
 }
+
+// ---- connection limits -----------------------------------------------------------------------
+
+/// Generous bound for "the hub closed it soon", against a loaded machine.
+const CLOSED_WITHIN: Duration = Duration::from_secs(10);
+
+impl TestHub {
+    /// A TLS connection without a client certificate that sends nothing.
+    async fn raw_tls(&self) -> std::io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+        let config = client_config(
+            None,
+            Arc::new(self.bundles()),
+            Authorizer::Exact(self.hub.hub_id()),
+        )
+        .unwrap();
+        let tcp = TcpStream::connect(self.addr).await?;
+        tokio_rustls::TlsConnector::from(Arc::new(config))
+            .connect(ServerName::try_from("node-api.invalid").unwrap(), tcp)
+            .await
+    }
+}
+
+/// Reads until the hub closes the connection; panics when it stays open for
+/// [`CLOSED_WITHIN`]. Returns what was read.
+async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    use tokio::io::AsyncReadExt as _;
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(CLOSED_WITHIN, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the hub kept the connection open");
+    received
+}
+
+/// SETTINGS_MAX_CONCURRENT_STREAMS in the first SETTINGS frame of `bytes` (HTTP/2 frames).
+fn announced_max_streams(mut bytes: &[u8]) -> Option<u32> {
+    while bytes.len() >= 9 {
+        let length =
+            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        let payload = bytes.get(9..9 + length)?;
+        if bytes[3] == 0x4 && bytes[4] & 1 == 0 {
+            return payload.chunks_exact(6).find_map(|entry| {
+                (entry[..2] == [0, 3])
+                    .then(|| u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]))
+            });
+        }
+        bytes = &bytes[9 + length..];
+    }
+    None
+}
+
+#[tokio::test]
+async fn connections_that_make_no_call_are_closed() {
+    let hub = TestHub::start(
+        "[limits]\nhandshake_timeout = \"300ms\"\nidle_timeout = \"300ms\"\nmax_concurrent_streams = 5\n",
+    )
+    .await;
+
+    // A client that never starts the TLS handshake.
+    let mut silent = TcpStream::connect(hub.addr).await.unwrap();
+    read_until_closed(&mut silent).await;
+
+    // A client that completes the handshake and sends nothing.
+    let mut tls = hub.raw_tls().await.unwrap();
+    read_until_closed(&mut tls).await;
+
+    // A client that sends the HTTP/2 preface and its settings, but no request.
+    let mut tls = hub.raw_tls().await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut tls,
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
+    )
+    .await
+    .unwrap();
+    let received = read_until_closed(&mut tls).await;
+    assert_eq!(announced_max_streams(&received), Some(5), "{received:?}");
+
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sync_stream_outlives_the_first_call_timeout() {
+    let hub = TestHub::start("[limits]\nidle_timeout = \"1s\"\n").await;
+    let agent = hub.join("token-of-a-patient-agent").await;
+    let mut stream = hub
+        .mtls(&agent)
+        .await
+        .sync(SyncRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    next_snapshot(&mut stream).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let entry = hub
+        .entry(
+            "spiffe://alpha.test/late",
+            agent.spiffe_id(),
+            &["unix:uid:1"],
+        )
+        .await;
+    let snapshot = next_snapshot(&mut stream).await.unwrap();
+    assert_eq!(entry_ids(&snapshot), [entry.id.to_string()]);
+    hub.stop().await.unwrap();
+}
+
+#[tokio::test]
+async fn connections_over_the_per_source_cap_are_refused() {
+    let hub = TestHub::start("[limits]\nmax_connections_per_source = 1\n").await;
+    let first = hub.raw_tls().await.unwrap();
+    assert!(
+        hub.raw_tls().await.is_err(),
+        "a second connection from the address is closed at accept"
+    );
+    drop(first);
+    let deadline = std::time::Instant::now() + CLOSED_WITHIN;
+    loop {
+        match hub.raw_tls().await {
+            Ok(_) => break,
+            Err(error) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the closed connection's slot was not freed: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+    hub.stop().await.unwrap();
+}

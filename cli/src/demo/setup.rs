@@ -496,7 +496,10 @@ fn start_lab(
             api,
             None,
             router,
-            fedhub_hub::https::ServeLimits::default(),
+            fedhub_hub::https::ServeLimits::new(
+                "lab",
+                fedhub_hub::limits::ConnectionLimits::default(),
+            ),
             stopped,
         )
         .await

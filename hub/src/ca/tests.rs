@@ -349,10 +349,20 @@ fn key_files_no_key_uses_are_removed_at_open_and_nothing_else() {
     for orphan in ["x509-0123abcd.key", "x509-0123abcd.pem", "jwt-0123abcd.key"] {
         std::fs::write(dir.path().join(orphan), b"orphan").unwrap();
     }
+    // Writes a crash interrupted before their rename.
+    for interrupted in [
+        ".x509-4567cdef.key.tmp",
+        ".jwt-4567cdef.key.tmp",
+        ".state.json.tmp",
+    ] {
+        std::fs::write(dir.path().join(interrupted), b"partial").unwrap();
+    }
+    std::fs::write(dir.path().join(".notes.txt.tmp"), b"an operator's file").unwrap();
     std::fs::write(dir.path().join("notes.txt"), b"an operator's file").unwrap();
     let ca = CaManager::open(options(dir.path()), now).unwrap();
     let mut expected = kept.clone();
     expected.push("notes.txt".into());
+    expected.push(".notes.txt.tmp".into());
     expected.sort();
     assert_eq!(key_files(dir.path()), expected);
     assert_eq!(ca.x509_authorities().len(), 1);

@@ -1,5 +1,6 @@
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use axum::routing::get;
 use fedhub_bundle_endpoint::{BundlePublisher, router};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
@@ -65,14 +66,59 @@ struct Running {
 }
 
 async fn start(tls: Arc<rustls::ServerConfig>, limits: ServeLimits) -> Running {
+    let app = router("/", BundlePublisher::new(r#"{"keys":[]}"#));
+    start_app(tls, app, limits).await
+}
+
+async fn start_app(tls: Arc<rustls::ServerConfig>, app: Router, limits: ServeLimits) -> Running {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let (stop, stopped) = oneshot::channel::<()>();
-    let app = router("/", BundlePublisher::new(r#"{"keys":[]}"#));
     let task = tokio::spawn(serve(listener, Some(tls), app, limits, async {
         let _ = stopped.await;
     }));
     Running { addr, stop, task }
+}
+
+/// Limits for the listener `name` with `edit` applied to the connection limits.
+fn limits_with(name: &'static str, edit: impl FnOnce(&mut ConnectionLimits)) -> ServeLimits {
+    let mut connections = ConnectionLimits::default();
+    edit(&mut connections);
+    ServeLimits {
+        drain_timeout: Duration::from_secs(1),
+        ..ServeLimits::new(name, connections)
+    }
+}
+
+/// Generous bound for "the server closed it soon", against a loaded machine.
+const CLOSED_WITHIN: Duration = Duration::from_secs(10);
+
+async fn tls_connect(
+    addr: std::net::SocketAddr,
+    connector: &tokio_rustls::TlsConnector,
+) -> io::Result<tokio_rustls::client::TlsStream<TcpStream>> {
+    let tcp = TcpStream::connect(addr).await?;
+    connector
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+}
+
+/// Reads until the server closes the connection (end of stream or error); panics when it
+/// stays open for [`CLOSED_WITHIN`]. Returns what was read.
+async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
+    let mut received = Vec::new();
+    let read = tokio::time::timeout(CLOSED_WITHIN, async {
+        let mut buf = [0u8; 4096];
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => received.extend_from_slice(&buf[..n]),
+            }
+        }
+    })
+    .await;
+    assert!(read.is_ok(), "the server kept the connection open");
+    received
 }
 
 /// Sends one request with `Connection: close` and reads until the server closes. A clean end
@@ -134,9 +180,10 @@ async fn swapped_certificate_is_used_by_new_handshakes() {
 async fn slow_clients_are_disconnected() {
     let cert = test_cert();
     let limits = ServeLimits {
-        handshake_timeout: Duration::from_millis(200),
         header_read_timeout: Duration::from_millis(200),
-        drain_timeout: Duration::from_secs(1),
+        ..limits_with("test_slow", |limits| {
+            limits.handshake_timeout = Duration::from_millis(200);
+        })
     };
     let server = start(
         server_config(SwappableCert::new(cert.certified.clone())),
@@ -165,5 +212,219 @@ async fn slow_clients_are_disconnected() {
         .expect("server kept a stalled request open");
     let text = String::from_utf8_lossy(&rest);
     assert!(read.is_err() || !text.contains("200 OK"), "{text}");
+    server.stop.send(()).unwrap();
+}
+
+#[tokio::test]
+async fn a_tls_connection_that_sends_no_request_is_closed() {
+    let cert = test_cert();
+    let limits = limits_with("test_idle", |limits| {
+        limits.idle_timeout = Duration::from_millis(300);
+    });
+    let server = start(
+        server_config(SwappableCert::new(cert.certified.clone())),
+        limits,
+    )
+    .await;
+    let mut tls = tls_connect(server.addr, &client_for(&cert.der))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    read_until_closed(&mut tls).await;
+    // Not at once: the idle timer closed it (the margin allows for the server finishing the
+    // handshake a little before the client).
+    assert!(
+        started.elapsed() >= Duration::from_millis(150),
+        "closed after {:?}, well before the idle timeout",
+        started.elapsed()
+    );
+    server.stop.send(()).unwrap();
+    server.task.await.unwrap().unwrap();
+}
+
+/// The client connection preface and an empty SETTINGS frame.
+const H2_PREFACE_AND_SETTINGS: &[u8] =
+    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+const H2_SETTINGS: u8 = 0x4;
+const H2_PING: u8 = 0x6;
+const H2_GOAWAY: u8 = 0x7;
+const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
+
+/// The HTTP/2 frames in `bytes`, as (type, flags, payload); a cut-off last frame is left out.
+fn h2_frames(mut bytes: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
+    let mut frames = Vec::new();
+    while bytes.len() >= 9 {
+        let length =
+            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
+        if bytes.len() < 9 + length {
+            break;
+        }
+        frames.push((bytes[3], bytes[4], bytes[9..9 + length].to_vec()));
+        bytes = &bytes[9 + length..];
+    }
+    frames
+}
+
+/// The value of `id` in the server's first (non-ACK) SETTINGS frame.
+fn h2_setting(frames: &[(u8, u8, Vec<u8>)], id: u16) -> Option<u32> {
+    let (_, _, payload) = frames
+        .iter()
+        .find(|(kind, flags, _)| *kind == H2_SETTINGS && flags & 1 == 0)?;
+    payload.chunks_exact(6).find_map(|entry| {
+        (u16::from_be_bytes([entry[0], entry[1]]) == id)
+            .then(|| u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]))
+    })
+}
+
+#[tokio::test]
+async fn an_http2_connection_without_requests_is_closed_and_streams_are_capped() {
+    let cert = test_cert();
+    let limits = limits_with("test_h2_idle", |limits| {
+        limits.idle_timeout = Duration::from_millis(300);
+        limits.max_concurrent_streams = 7;
+    });
+    let server = start(
+        server_config(SwappableCert::new(cert.certified.clone())),
+        limits,
+    )
+    .await;
+    let mut tls = tls_connect(server.addr, &client_for(&cert.der))
+        .await
+        .unwrap();
+    tls.write_all(H2_PREFACE_AND_SETTINGS).await.unwrap();
+    let frames = h2_frames(&read_until_closed(&mut tls).await);
+    assert_eq!(
+        h2_setting(&frames, SETTINGS_MAX_CONCURRENT_STREAMS),
+        Some(7),
+        "{frames:?}"
+    );
+    assert!(
+        frames.iter().any(|(kind, _, _)| *kind == H2_GOAWAY),
+        "an idle HTTP/2 connection ends with GOAWAY: {frames:?}"
+    );
+    server.stop.send(()).unwrap();
+}
+
+#[tokio::test]
+async fn an_http2_connection_that_ignores_pings_is_closed() {
+    let cert = test_cert();
+    let limits = limits_with("test_h2_ping", |limits| {
+        limits.idle_timeout = Duration::from_secs(60);
+        limits.keepalive_interval = Duration::from_millis(200);
+        limits.keepalive_timeout = Duration::from_millis(200);
+    });
+    let server = start(
+        server_config(SwappableCert::new(cert.certified.clone())),
+        limits,
+    )
+    .await;
+    let mut tls = tls_connect(server.addr, &client_for(&cert.der))
+        .await
+        .unwrap();
+    tls.write_all(H2_PREFACE_AND_SETTINGS).await.unwrap();
+    // Read (and never answer) until closed: well before the 60 s idle timeout.
+    let frames = h2_frames(&read_until_closed(&mut tls).await);
+    assert!(
+        frames
+            .iter()
+            .any(|(kind, flags, _)| *kind == H2_PING && flags & 1 == 0),
+        "the server pings: {frames:?}"
+    );
+    server.stop.send(()).unwrap();
+}
+
+#[tokio::test]
+async fn a_request_in_flight_keeps_its_connection_open() {
+    let cert = test_cert();
+    let app = Router::new()
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                "slow"
+            }),
+        )
+        .route("/fast", get(|| async { "fast" }));
+    let limits = limits_with("test_in_flight", |limits| {
+        limits.idle_timeout = Duration::from_millis(300);
+    });
+    let server = start_app(
+        server_config(SwappableCert::new(cert.certified.clone())),
+        app,
+        limits,
+    )
+    .await;
+    let mut tls = tls_connect(server.addr, &client_for(&cert.der))
+        .await
+        .unwrap();
+    // Two pipelined requests: were the slow one's connection asked to close while it runs,
+    // HTTP/1 would answer it with `connection: close` and never read the second.
+    tls.write_all(
+        b"GET /slow HTTP/1.1\r\nHost: localhost\r\n\r\nGET /fast HTTP/1.1\r\nHost: localhost\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    // Then the connection is idle and closed.
+    let response = String::from_utf8(read_until_closed(&mut tls).await).unwrap();
+    assert_eq!(response.matches("HTTP/1.1 200 OK").count(), 2, "{response}");
+    assert!(!response.contains("connection: close"), "{response}");
+    assert!(
+        response.contains("slow") && response.ends_with("fast"),
+        "{response}"
+    );
+    server.stop.send(()).unwrap();
+}
+
+/// The value of `fedhub_connections_refused_total` for `listener` and `reason` in the
+/// process-wide recorder.
+fn refused(listener: &str, reason: &str) -> u64 {
+    let text = crate::run::metrics_handle().unwrap().render();
+    let labels = [
+        format!("listener=\"{listener}\""),
+        format!("reason=\"{reason}\""),
+    ];
+    text.lines()
+        .filter(|line| line.starts_with(crate::limits::REFUSED_TOTAL))
+        .find(|line| labels.iter().all(|label| line.contains(label.as_str())))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn connections_over_the_per_source_cap_are_refused_and_counted() {
+    crate::run::metrics_handle().unwrap();
+    let cert = test_cert();
+    let listener = "test_per_source";
+    let limits = limits_with(listener, |limits| {
+        limits.max_connections_per_source = 2;
+    });
+    let server = start(
+        server_config(SwappableCert::new(cert.certified.clone())),
+        limits,
+    )
+    .await;
+    let connector = client_for(&cert.der);
+    let first = tls_connect(server.addr, &connector).await.unwrap();
+    let _second = tls_connect(server.addr, &connector).await.unwrap();
+    assert!(
+        tls_connect(server.addr, &connector).await.is_err(),
+        "the third connection from one address is closed at accept"
+    );
+    assert_eq!(refused(listener, "max_connections_per_source"), 1);
+
+    // A closed connection frees its slot (once the server has seen it close).
+    drop(first);
+    let deadline = Instant::now() + CLOSED_WITHIN;
+    let third = loop {
+        match tls_connect(server.addr, &connector).await {
+            Ok(stream) => break stream,
+            Err(error) => {
+                assert!(Instant::now() < deadline, "no slot freed: {error}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    };
+    drop(third);
+    assert!(refused(listener, "max_connections_per_source") >= 1);
     server.stop.send(()).unwrap();
 }

@@ -23,6 +23,11 @@
 //! (`agent_api.attestations_per_minute`), and SVIDs signed per agent and second
 //! (`agent_api.signings_per_second`, renewals included); `RESOURCE_EXHAUSTED` says when to
 //! retry, also as `retry-after-ms` metadata.
+//!
+//! Connections (`[limits]`): capped per listener and per source address at accept, closed when
+//! the TLS handshake takes longer than `handshake_timeout` or no call starts within
+//! `idle_timeout` of it; HTTP/2 keep-alive pings close dead ones; at most
+//! `max_concurrent_streams` calls at once per connection.
 
 mod attest;
 mod rate;
@@ -41,12 +46,14 @@ use fedhub_proto::node::node_server::NodeServer;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
+use tonic::service::interceptor::InterceptedService;
 
 pub use service::MAX_SVIDS_PER_REQUEST;
 pub use status::RETRY_AFTER_MS;
 pub use tls::{NodeConnectInfo, PeerAgent};
 
 use crate::Hub;
+use crate::limits::LimitedListener;
 
 /// Every agent SPIFFE ID has a path under this prefix.
 pub const AGENT_ID_PREFIX: &str = "/fedhub/agent/";
@@ -110,6 +117,8 @@ pub async fn serve_node_api(
         .map(|config| x509pop::X509PopVerifier::load(&config.ca_bundle_file))
         .transpose()?;
     let acceptor = TlsAcceptor::from(tls::server_config(&hub).map_err(io::Error::other)?);
+    let limits = hub.config().limits;
+    let listener = LimitedListener::new(listener, "agent_api", &limits);
     let (stop_sender, stop) = watch::channel(false);
     let service = service::NodeService::new(service::NodeApi::new(hub, x509pop, stop.clone()));
 
@@ -118,7 +127,8 @@ pub async fn serve_node_api(
     let accept = tokio::spawn({
         let stop = stop.clone();
         async move {
-            let result = tls::accept_loop(listener, acceptor, connection_sender, stop).await;
+            let result =
+                tls::accept_loop(listener, acceptor, limits, connection_sender, stop).await;
             let _ = accept_ended.send(());
             result
         }
@@ -137,10 +147,12 @@ pub async fn serve_node_api(
         }
         stop_sender.send_replace(true);
     };
+    let node = NodeServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES);
     let server = tonic::transport::Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .add_service(NodeServer::new(service).max_decoding_message_size(MAX_MESSAGE_BYTES))
+        .http2_keepalive_interval(Some(limits.keepalive_interval))
+        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .add_service(InterceptedService::new(node, tls::first_call))
         .serve_with_incoming_shutdown(incoming, signal);
     let drained = async {
         tls::stopped(&mut stop.clone()).await;

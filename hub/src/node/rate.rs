@@ -9,7 +9,6 @@
 
 use std::collections::HashMap;
 use std::hash::Hash;
-use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -98,20 +97,8 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
     }
 }
 
-/// The rate limit key of a source address: the address for IPv4, its /64 network for IPv6
-/// (one host usually owns a whole /64). IPv4-mapped IPv6 addresses count as IPv4.
-pub(super) fn source_key(address: IpAddr) -> IpAddr {
-    match address {
-        IpAddr::V4(_) => address,
-        IpAddr::V6(v6) => {
-            if let Some(v4) = v6.to_ipv4_mapped() {
-                return IpAddr::V4(v4);
-            }
-            let [a, b, c, d, ..] = v6.segments();
-            IpAddr::V6(Ipv6Addr::new(a, b, c, d, 0, 0, 0, 0))
-        }
-    }
-}
+/// The rate limit key of a source address (IPv6: its /64), as for connection caps.
+pub(super) use crate::limits::source_key;
 
 /// "retry in 3 s" / "retry in 250 ms", rounded up.
 pub(super) fn retry_text(wait: Duration) -> String {
@@ -176,17 +163,6 @@ mod tests {
         // Later, every bucket has refilled: idle ones are dropped at once.
         limiter.check(&4, 1, start + 10 * SECOND).unwrap();
         assert_eq!(limiter.len(), 1);
-    }
-
-    #[test]
-    fn ipv6_sources_share_their_slash_64() {
-        let a: IpAddr = "2001:db8:1:2:3:4:5:6".parse().unwrap();
-        let b: IpAddr = "2001:db8:1:2:ffff::1".parse().unwrap();
-        let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
-        assert_eq!(source_key(a), source_key(b));
-        assert_ne!(source_key(a), source_key(c));
-        let mapped: IpAddr = "::ffff:192.0.2.7".parse().unwrap();
-        assert_eq!(source_key(mapped), "192.0.2.7".parse::<IpAddr>().unwrap());
     }
 
     #[test]

@@ -1,10 +1,18 @@
 //! The node API's TLS layer: the hub SVID as server certificate, an optional agent SVID as
 //! client certificate, and connections that carry what the handshake proved to the RPCs.
+//!
+//! Connections are capped at accept like every listener's ([`LimitedListener`]), get
+//! `limits.handshake_timeout` for the TLS handshake, and then `limits.idle_timeout` to start
+//! their first call: a connection that sends nothing, or only the HTTP/2 preface, is closed
+//! then. After the first call there is no idle timeout, since agents hold long-lived sync
+//! streams; HTTP/2 keep-alive pings find dead agents.
 
+use std::future::Future as _;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
@@ -14,17 +22,16 @@ use fedhub_core::{Authorizer, Bundle, BundleSource, SpiffeId, TrustDomain};
 use rustls::ServerConfig;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
+use tokio::time::Sleep;
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use crate::Hub;
-
-/// Time a client has to finish the TLS handshake (as for the hub's HTTPS endpoints).
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+use crate::limits::{ConnectionLimits, ConnectionPermit, LimitedListener};
 
 /// What a node API connection proved about its peer; available to every RPC as a request
 /// extension.
@@ -35,6 +42,21 @@ pub struct NodeConnectInfo {
     /// The agent SVID the peer presented, verified against the own bundle; `None` for a
     /// connection without a client certificate (as used by `Attest`).
     pub agent: Option<PeerAgent>,
+    /// Set by the connection's first call (see [`first_call`]).
+    called: Arc<AtomicBool>,
+}
+
+/// Marks the connection of `request` as having started a call, which ends its first-call
+/// timeout; run on every call, before the service.
+///
+/// # Errors
+/// Never; the signature is tonic's interceptor's.
+#[expect(clippy::unnecessary_wraps, reason = "tonic's interceptor signature")]
+pub(super) fn first_call(request: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+    if let Some(info) = request.extensions().get::<NodeConnectInfo>() {
+        info.called.store(true, Ordering::Relaxed);
+    }
+    Ok(request)
 }
 
 /// An agent authenticated by its SVID in the TLS handshake.
@@ -99,10 +121,15 @@ pub(super) fn server_config(hub: &Hub) -> Result<Arc<ServerConfig>, rustls::Erro
     Ok(Arc::new(config))
 }
 
-/// A TLS connection of the node API with what its handshake proved.
+/// A TLS connection of the node API with what its handshake proved. Reads fail with
+/// `TimedOut` once its first-call deadline passed without a call, which closes it.
 pub(super) struct NodeConnection {
     stream: TlsStream<TcpStream>,
     info: NodeConnectInfo,
+    /// Until the first call: when the connection is closed without one.
+    first_call_deadline: Option<Pin<Box<Sleep>>>,
+    /// Keeps the connection counted against the listener's caps.
+    _permit: ConnectionPermit,
 }
 
 impl Connected for NodeConnection {
@@ -119,7 +146,19 @@ impl AsyncRead for NodeConnection {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+        let this = self.get_mut();
+        if let Some(deadline) = &mut this.first_call_deadline {
+            if this.info.called.load(Ordering::Relaxed) {
+                this.first_call_deadline = None;
+            } else if deadline.as_mut().poll(cx).is_ready() {
+                tracing::debug!(peer = %this.info.remote_addr, "node API connection made no call in time; closing it");
+                return Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "no call within limits.idle_timeout of the handshake",
+                )));
+            }
+        }
+        Pin::new(&mut this.stream).poll_read(cx, buf)
     }
 }
 
@@ -154,43 +193,46 @@ impl AsyncWrite for NodeConnection {
 }
 
 /// Accepts TCP connections until `stop` turns true, runs each TLS handshake in its own task
-/// (bounded by [`HANDSHAKE_TIMEOUT`]) and hands finished connections to `connections`.
+/// (bounded by `limits.handshake_timeout`) and hands finished connections to `connections`,
+/// each with its first-call deadline (`limits.idle_timeout`).
 ///
 /// # Errors
 /// Only fatal listener errors.
 pub(super) async fn accept_loop(
-    listener: TcpListener,
+    listener: LimitedListener,
     acceptor: TlsAcceptor,
+    limits: ConnectionLimits,
     connections: mpsc::Sender<NodeConnection>,
     mut stop: watch::Receiver<bool>,
 ) -> io::Result<()> {
     loop {
-        let (stream, remote_addr) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(pair) => pair,
-                Err(error) if is_transient(&error) => {
-                    tracing::warn!(%error, "node API accept failed; retrying");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-                Err(error) => return Err(error),
-            },
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted?,
             () = stopped(&mut stop) => return Ok(()),
         };
-        // gRPC writes frames in pieces: without TCP_NODELAY, Nagle's algorithm and delayed
-        // ACKs stall each response by tens of milliseconds.
-        if let Err(error) = stream.set_nodelay(true) {
-            tracing::debug!(peer = %remote_addr, %error, "could not set TCP_NODELAY");
-        }
         let acceptor = acceptor.clone();
         let connections = connections.clone();
         tokio::spawn(async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            let remote_addr = accepted.peer;
+            let handshake = acceptor.accept(accepted.stream);
+            match tokio::time::timeout(limits.handshake_timeout, handshake).await {
                 Ok(Ok(stream)) => {
                     let agent = peer_agent(stream.get_ref().1.peer_certificates());
-                    let info = NodeConnectInfo { remote_addr, agent };
+                    let info = NodeConnectInfo {
+                        remote_addr,
+                        agent,
+                        called: Arc::default(),
+                    };
+                    let connection = NodeConnection {
+                        stream,
+                        info,
+                        first_call_deadline: Some(Box::pin(tokio::time::sleep(
+                            limits.idle_timeout,
+                        ))),
+                        _permit: accepted.permit,
+                    };
                     // A send fails only once the server stopped accepting: drop the connection.
-                    let _ = connections.send(NodeConnection { stream, info }).await;
+                    let _ = connections.send(connection).await;
                 }
                 Ok(Err(error)) => {
                     tracing::debug!(peer = %remote_addr, %error, "node API TLS handshake failed");
@@ -204,14 +246,4 @@ pub(super) async fn accept_loop(
 /// Completes when `stop` turns true (or its sender is gone).
 pub(super) async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopped| *stopped).await;
-}
-
-fn is_transient(error: &io::Error) -> bool {
-    matches!(
-        error.kind(),
-        io::ErrorKind::ConnectionAborted
-            | io::ErrorKind::ConnectionReset
-            | io::ErrorKind::Interrupted
-            | io::ErrorKind::WouldBlock
-    ) || error.raw_os_error() == Some(24) // EMFILE: too many open files, back off
 }
