@@ -32,7 +32,7 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp", name.to_string_lossy()));
+    let tmp = dir.join(temp_name(&name.to_string_lossy()));
     let _ = fs::remove_file(&tmp);
     {
         let mut file = fs::OpenOptions::new()
@@ -45,6 +45,20 @@ pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
     }
     fs::rename(&tmp, path)?;
     fs::File::open(dir)?.sync_all()
+}
+
+/// The name of the temporary file [`write_private`] writes a file called `name` through.
+fn temp_name(name: &str) -> String {
+    format!(".{name}.tmp")
+}
+
+/// When `name` is the temporary file of a [`write_private`] of a file, that file's name. Such a
+/// file left in a directory that nothing writes to now is a write a crash interrupted before
+/// its rename: the write never happened, and the file can go.
+pub fn interrupted_write_of(name: &str) -> Option<&str> {
+    name.strip_prefix('.')?
+        .strip_suffix(".tmp")
+        .filter(|target| !target.is_empty())
 }
 
 /// Fails when `path` can be read or written by anyone but its owner.
@@ -194,6 +208,14 @@ mod tests {
         let err = check_private(&path).unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
         assert_eq!(fs::read_dir(&sub).unwrap().count(), 1, "no temp files left");
+    }
+
+    #[test]
+    fn temporary_files_name_the_file_they_were_writing() {
+        assert_eq!(interrupted_write_of(&temp_name("k.pem")), Some("k.pem"));
+        for other in ["k.pem", ".k.pem", "k.pem.tmp", "..tmp", ".tmp"] {
+            assert_eq!(interrupted_write_of(other), None, "{other}");
+        }
     }
 
     #[test]
