@@ -11,9 +11,11 @@
 //!
 //! [`AuthorityRewrite`] sits between the Unix socket and the HTTP/2 server, on the client's
 //! side of the connection only. It forwards the connection preface and every frame unchanged,
-//! except header blocks (a `HEADERS` frame and its `CONTINUATION`s): those it decodes (HPACK)
-//! and encodes again, replacing an `:authority` value that is not a valid URI authority by
-//! `localhost`. Everything else h2 checks stays checked by h2: the rewritten block carries the
+//! and reads the first header block (a `HEADERS` frame and its `CONTINUATION`s). When h2 would
+//! accept that block's `:authority` (or it has none), the connection passes unchanged from
+//! then on: clients keep one authority per connection, and such clients pay nothing. Otherwise
+//! every header block of the connection is decoded (HPACK) and encoded again, replacing an
+//! `:authority` value that is not a valid URI authority by `localhost`. Everything else h2 checks stays checked by h2: the rewritten block carries the
 //! same fields in the same order (pseudo-header rules, names, sizes, `te`, the security header),
 //! and frames are still parsed and limited by h2. Re-encoded blocks use only literal fields
 //! without indexing, so the server's HPACK table stays empty and needs no mirroring.
@@ -78,6 +80,10 @@ pub(crate) struct AuthorityRewrite<IO> {
     verbatim: usize,
     /// The stream of the header block held back, if any.
     block_stream: Option<u32>,
+    /// Whether this connection's header blocks are re-encoded: decided by its first block,
+    /// rewritten when its `:authority` is one h2 refuses. From then on every block is
+    /// re-encoded (the server's HPACK table must never see the client's table entries).
+    rewriting: bool,
     eof: bool,
     limits: H2Limits,
     decoder: loona_hpack::Decoder<'static>,
@@ -105,6 +111,7 @@ impl<IO> AuthorityRewrite<IO> {
             state: State::Frames,
             verbatim: PREFACE_LEN,
             block_stream: None,
+            rewriting: false,
             eof: false,
             limits,
             decoder,
@@ -190,6 +197,20 @@ impl<IO> AuthorityRewrite<IO> {
                 fields.push((name.into_owned(), value.into_owned()));
             })
             .map_err(|_| Malformed)?;
+        if !self.rewriting {
+            let refused = fields.iter().any(|(name, value)| {
+                name.as_slice() == b":authority" && !is_valid_authority(value)
+            });
+            if !refused {
+                // A client whose first request h2 accepts as it is (tonic, grpc-go, Envoy, the
+                // `spiffe` crate) keeps its authority: its connection passes unchanged from
+                // here on, at no cost, and h2 decodes its header blocks itself.
+                self.ready = self.scanned;
+                self.state = State::Verbatim;
+                return Ok(());
+            }
+            self.rewriting = true;
+        }
         let mut encoded = Vec::with_capacity(fragments.len() * 2);
         for (name, value) in &fields {
             let value = if name.as_slice() == b":authority" && !is_valid_authority(value) {
@@ -780,5 +801,20 @@ mod tests {
             .unwrap();
         assert!(fields.contains(&(b":authority".to_vec(), b"localhost".to_vec())));
         assert_eq!(fields.len(), 6);
+    }
+
+    #[tokio::test]
+    async fn a_connection_whose_first_authority_h2_accepts_passes_unchanged() {
+        for first in [Some(b"localhost".as_slice()), None] {
+            let mut data = connection_start();
+            data.extend(request(first));
+            data.extend(frame(0x0, 0x1, 1, &[0, 0, 0, 0, 2, 8, 1]));
+            // Even a later authority h2 refuses is left for h2: clients keep one per
+            // connection, and the first block decides.
+            data.extend(request(Some(SOCKET_PATH)));
+            for step in [1, 7, usize::MAX] {
+                assert_eq!(rewritten(&data, step).await, data, "{first:?} step {step}");
+            }
+        }
     }
 }
