@@ -613,12 +613,12 @@ async fn x509_svids_are_signed_for_authorized_entries_only() {
 
     assert_status(
         sign_x509(&mut client, &[&theirs]).await,
-        Code::PermissionDenied,
+        Code::NotFound,
         "is not authorized for agent",
     );
     assert_status(
         sign_x509(&mut client, &[&mine, &theirs]).await,
-        Code::PermissionDenied,
+        Code::NotFound,
         "is not authorized",
     );
     let csr_key = CertificateParams::new(Vec::<String>::new())
@@ -702,12 +702,12 @@ async fn node_alias_entries_reach_agents_with_matching_node_selectors() {
     assert_eq!(signed[0].spiffe_id, "spiffe://alpha.test/metrics");
     assert_status(
         sign_x509(&mut hub.mtls(&plain).await, &[&workload]).await,
-        Code::PermissionDenied,
+        Code::NotFound,
         "is not authorized",
     );
     assert_status(
         sign_x509(&mut hub.mtls(&node_agent).await, &[&alias]).await,
-        Code::PermissionDenied,
+        Code::NotFound,
         "is not authorized",
     );
 }
@@ -756,7 +756,7 @@ async fn jwt_svids_are_signed_for_authorized_entries() {
             audience: vec!["payments".into()],
         })
         .await;
-    assert_status(foreign, Code::PermissionDenied, "is not authorized");
+    assert_status(foreign, Code::NotFound, "is not authorized");
 }
 
 // ---- sync ------------------------------------------------------------------------------------

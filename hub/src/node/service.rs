@@ -231,8 +231,11 @@ fn authorized<'a>(
     let id = Uuid::parse_str(entry_id).map_err(|_| {
         Status::invalid_argument(format!("entry_id {entry_id:?} is not an entry id (a UUID)"))
     })?;
+    // NOT_FOUND, not PERMISSION_DENIED: an entry deleted while the agent signs it is the
+    // common case, and agents read PERMISSION_DENIED as "your own SVID is refused" and attest
+    // again.
     entries.get(&id).ok_or_else(|| {
-        Status::permission_denied(format!(
+        Status::not_found(format!(
             "entry {id} is not authorized for agent {agent}: it does not exist, expired, or is \
              parented to another agent or node alias"
         ))
