@@ -11,13 +11,15 @@ use std::fmt::Write as _;
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use fedhub_core::{CaParams, CaSigner, KeyType, PrivateKey, TrustDomain, X509Svid};
 use rustls::pki_types::ServerName;
+
+use crate::process::ChildProcess;
 
 /// The trust domain of the benchmark's certificate authority.
 const TRUST_DOMAIN: &str = "bench.test";
@@ -120,7 +122,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 struct Target {
     name: &'static str,
     port: u16,
-    server: Server,
+    server: ChildProcess,
 }
 
 /// Figures of one server over all rounds.
@@ -145,7 +147,7 @@ fn measure(options: &Options, targets: &mut [Target; 2]) -> anyhow::Result<[Seri
     for round in 1..=options.rounds {
         for (target, series) in targets.iter_mut().zip(series.iter_mut()) {
             let load = load_average();
-            let pid = target.server.child.id();
+            let pid = target.server.pid();
             let cpu_before = cpu_time(pid);
             let wrk_cpu_before = reaped_children_cpu_time();
             let result = run_wrk(options, target.port, options.seconds)
@@ -312,61 +314,6 @@ impl Pki {
 // ---------------------------------------------------------------------------------------------
 // Child processes
 
-/// A server child process, stopped (SIGTERM, then SIGKILL after 5 s) when dropped.
-struct Server {
-    name: &'static str,
-    child: Child,
-    log: PathBuf,
-}
-
-impl Server {
-    fn spawn(name: &'static str, command: &mut Command, log: PathBuf) -> anyhow::Result<Self> {
-        let stderr = std::fs::File::create(&log)?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(stderr)
-            .spawn()
-            .with_context(|| format!("starting {name} ({command:?})"))?;
-        Ok(Self { name, child, log })
-    }
-
-    fn is_running(&mut self) -> anyhow::Result<bool> {
-        Ok(self.child.try_wait()?.is_none())
-    }
-
-    /// The last lines the process wrote to stderr.
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(Some(_))) {
-            return;
-        }
-        let pid = rustix::process::Pid::from_child(&self.child);
-        // SIGTERM lets nginx's master stop its workers and the hub drain its connections.
-        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while Instant::now() < deadline {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        eprintln!(
-            "{} did not stop on SIGTERM within 5 s; killing it",
-            self.name
-        );
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 /// A loopback port that was free a moment ago (bound to port 0, then released).
 fn free_port() -> anyhow::Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
@@ -404,13 +351,13 @@ fn start_hub(
     port: u16,
     pki: &Pki,
     workers: usize,
-) -> anyhow::Result<Server> {
+) -> anyhow::Result<ChildProcess> {
     let config = dir.join("hub.toml");
     std::fs::write(
         &config,
         hub_config(&dir.join("hub"), port, &pki.cert_file, &pki.key_file),
     )?;
-    Server::spawn(
+    ChildProcess::spawn(
         "fedhub hub run",
         Command::new(fedhub)
             .args(["hub", "run", "--config"])
@@ -508,7 +455,7 @@ fn start_nginx(
     pki: &Pki,
     docs: &Path,
     options: &Options,
-) -> anyhow::Result<Server> {
+) -> anyhow::Result<ChildProcess> {
     let prefix = dir.join("nginx");
     std::fs::create_dir_all(prefix.join("tmp"))?;
     let config = NginxConfig {
@@ -524,7 +471,7 @@ fn start_nginx(
     std::fs::write(&conf_file, config.render())?;
     let mut prefix_arg = prefix.clone().into_os_string();
     prefix_arg.push("/");
-    Server::spawn(
+    ChildProcess::spawn(
         "nginx",
         Command::new(nginx)
             .arg("-p")
@@ -538,7 +485,7 @@ fn start_nginx(
 
 /// Waits (at most 30 s) until `server` answers `GET /` with 200; returns that response.
 fn wait_ready(
-    server: &mut Server,
+    server: &mut ChildProcess,
     port: u16,
     client: &Arc<rustls::ClientConfig>,
 ) -> anyhow::Result<HttpResponse> {

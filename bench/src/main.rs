@@ -7,6 +7,7 @@ mod demo;
 mod env;
 mod farm;
 mod federation;
+mod process;
 mod propagation;
 mod signing;
 mod stats;
@@ -28,22 +29,17 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Workload API latency (FetchX509SVID first message, FetchJWTSVID cached) under
-    /// concurrent clients, and the RSS of a `fedhub agent run` process with many entries.
-    WorkloadApi {
-        /// Concurrent clients, each on its own connection.
-        #[arg(long, default_value_t = 100)]
-        clients: usize,
-        /// Seconds of load per call kind.
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Entries registered for the agent process whose memory is measured.
-        #[arg(long, default_value_t = 1000)]
-        entries: usize,
-        /// The `fedhub` binary (default: next to this one).
-        #[arg(long)]
-        fedhub: Option<PathBuf>,
-    },
+    /// Workload API calls/s and latency of a `fedhub agent run` process (FetchX509SVID first
+    /// message of a new stream, FetchJWTSVID cached) against a minimal tonic server answering
+    /// the same responses, with the load client in a process of its own; then the RSS of an
+    /// agent process with many entries.
+    WorkloadApi(workload::Options),
+    /// Internal to `workload-api`: the load client.
+    #[command(hide = true)]
+    WorkloadLoad(workload::LoadArgs),
+    /// Internal to `workload-api`: the ceiling server.
+    #[command(hide = true)]
+    WorkloadCeiling(workload::CeilingArgs),
     /// Time from a foreign bundle stored in the hub to its arrival on an open FetchX509SVID
     /// stream.
     Propagation {
@@ -149,10 +145,8 @@ fn main() -> ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = runtime_for(&cli.command);
+    let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("fedhub-bench: cannot start the runtime: {error}");
@@ -161,12 +155,9 @@ fn main() -> ExitCode {
     };
     let result = runtime.block_on(async move {
         match cli.command {
-            Command::WorkloadApi {
-                clients,
-                seconds,
-                entries,
-                fedhub,
-            } => workload::run(clients, seconds, entries, fedhub).await,
+            Command::WorkloadApi(options) => workload::run(&options).await,
+            Command::WorkloadLoad(args) => workload::run_load(&args).await,
+            Command::WorkloadCeiling(args) => workload::run_ceiling(&args).await,
             Command::Propagation { samples } => propagation::run(samples).await,
             Command::Signing {
                 seconds,
@@ -229,6 +220,26 @@ fn main() -> ExitCode {
             eprintln!("fedhub-bench: {error:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The runtime `command` runs on.
+fn runtime_for(command: &Command) -> std::io::Result<tokio::runtime::Runtime> {
+    match command {
+        // The load client: one thread unless asked otherwise (see `workload-api`).
+        Command::WorkloadLoad(args) if args.threads <= 1 => {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+        }
+        Command::WorkloadLoad(args) => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(args.threads)
+            .enable_all()
+            .build(),
+        // Everything else, the ceiling server included, as `fedhub` builds its runtime.
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
     }
 }
 
