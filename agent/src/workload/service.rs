@@ -98,7 +98,7 @@ impl WorkloadApi {
             caller,
             render,
             pending: Some(first),
-            last: None,
+            sent_from: (current, selectors),
             done: false,
             _permits: (permit, uid_permit),
         };
@@ -142,7 +142,11 @@ struct Watcher<T> {
     caller: Arc<Caller>,
     render: Render<T>,
     pending: Option<T>,
-    last: Option<T>,
+    /// What the last message sent (or pending) was rendered from. Kept instead of the message
+    /// itself: a new stream sends one message and is often closed, so a copy for comparing
+    /// would be made on every call for nothing; on a rare update the last message is rendered
+    /// again from here to compare.
+    sent_from: (Option<Arc<Snapshot>>, Selectors),
     done: bool,
     _permits: (OwnedSemaphorePermit, UidPermit),
 }
@@ -156,7 +160,6 @@ impl<T: PartialEq + Clone> Watcher<T> {
         }
         loop {
             if let Some(message) = self.pending.take() {
-                self.last = Some(message.clone());
                 return Some(Ok(message));
             }
             let published = tokio::select! {
@@ -169,9 +172,12 @@ impl<T: PartialEq + Clone> Watcher<T> {
                 Err(ApiError::ShuttingDown)
             };
             match outcome {
-                Ok(message) => {
-                    if self.last.as_ref() != Some(&message) {
+                Ok((message, from)) => {
+                    let (snapshot, selectors) = &self.sent_from;
+                    let last = render_for(snapshot.as_deref(), selectors, self.render).ok();
+                    if last.as_ref() != Some(&message) {
                         self.pending = Some(message);
+                        self.sent_from = from;
                     }
                 }
                 Err(failure) => {
@@ -182,11 +188,13 @@ impl<T: PartialEq + Clone> Watcher<T> {
         }
     }
 
-    /// The caller's message from the latest snapshot, once the caller is attested again.
-    async fn next_message(&mut self) -> Result<T, ApiError> {
+    /// The caller's message from the latest snapshot, once the caller is attested again, and
+    /// what it was rendered from.
+    async fn next_message(&mut self) -> Result<(T, (Option<Arc<Snapshot>>, Selectors)), ApiError> {
         let snapshot = self.snapshots.borrow_and_update().clone();
         let selectors = self.caller.attest().await.map_err(ApiError::Attestation)?;
-        render_for(snapshot.as_deref(), &selectors, self.render)
+        let message = render_for(snapshot.as_deref(), &selectors, self.render)?;
+        Ok((message, (snapshot, selectors)))
     }
 }
 
