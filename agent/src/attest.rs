@@ -309,7 +309,9 @@ pub struct Attestor {
 #[derive(Debug)]
 struct Inner {
     proc_root: PathBuf,
-    etc_root: PathBuf,
+    /// `/etc/passwd` and `/etc/group` (under the configured root).
+    passwd: PathBuf,
+    group: PathBuf,
     limits: AttestLimits,
     hashes: Mutex<HashCache>,
     /// Executables being hashed: concurrent attestations of one file wait for one hash.
@@ -414,13 +416,15 @@ impl Attestor {
 
     fn with_roots(
         proc_root: impl Into<PathBuf>,
-        etc_root: impl Into<PathBuf>,
+        etc_root: impl AsRef<Path>,
         limits: AttestLimits,
     ) -> Self {
+        let etc_root = etc_root.as_ref();
         Self {
             inner: Arc::new(Inner {
                 proc_root: proc_root.into(),
-                etc_root: etc_root.into(),
+                passwd: etc_root.join("passwd"),
+                group: etc_root.join("group"),
                 limits,
                 hashes: Mutex::new(HashCache::new(HASH_CACHE_CAPACITY)),
                 hashing: Mutex::new(HashMap::new()),
@@ -530,28 +534,16 @@ impl Attestor {
             return Err(AttestError::ProcessReplaced { pid });
         }
         Ok(Basis {
-            passwd: self.etc_stamp("passwd")?,
-            group: self.etc_stamp("group")?,
+            passwd: etc_stamp(&self.inner.passwd)?,
+            group: etc_stamp(&self.inner.group)?,
         })
-    }
-
-    fn etc_stamp(&self, name: &str) -> Result<Option<FileStamp>, AttestError> {
-        let path = self.inner.etc_root.join(name);
-        match rustix::fs::stat(&path) {
-            Ok(stat) => Ok(Some(FileStamp::of(&stat))),
-            Err(rustix::io::Errno::NOENT) => Ok(None),
-            Err(e) => Err(AttestError::Read {
-                path,
-                source: e.into(),
-            }),
-        }
     }
 
     fn collect(&self, caller: &Caller) -> Result<Selectors, AttestError> {
         let (dir, pid) = proc_dir(caller)?;
         let (_, uid, gid) = caller.cred.ok_or(AttestError::NoPeerCredentials)?;
-        let passwd = read_etc(&self.inner.etc_root.join("passwd"))?;
-        let group = read_etc(&self.inner.etc_root.join("group"))?;
+        let passwd = read_etc(&self.inner.passwd)?;
+        let group = read_etc(&self.inner.group)?;
         let status = read_proc_file(dir, pid, "status")?;
         let supplementary = supplementary_gids(&status).map_err(|reason| AttestError::Parse {
             path: proc_path(pid, "status"),
@@ -773,6 +765,18 @@ fn proc_error(path: &Path, pid: i32, source: io::Error) -> AttestError {
             path: path.to_owned(),
             source,
         }
+    }
+}
+
+/// The identity of `/etc/passwd` or `/etc/group`; `None` when missing.
+fn etc_stamp(path: &Path) -> Result<Option<FileStamp>, AttestError> {
+    match rustix::fs::stat(path) {
+        Ok(stat) => Ok(Some(FileStamp::of(&stat))),
+        Err(rustix::io::Errno::NOENT) => Ok(None),
+        Err(e) => Err(AttestError::Read {
+            path: path.to_owned(),
+            source: e.into(),
+        }),
     }
 }
 
