@@ -47,7 +47,7 @@ use aws_lc_rs::digest;
 use rustix::fs::{AtFlags, Mode, OFlags};
 use tokio::net::unix::UCred;
 
-use crate::per_uid::{PerUid, UidPermit};
+use crate::per_uid::{PerUid, UidPermit, WarnLimiter};
 
 /// How many executable hashes the attestor remembers.
 const HASH_CACHE_CAPACITY: usize = 1024;
@@ -213,18 +213,12 @@ impl AttestError {
     }
 }
 
-/// How often one cause of failed attestations of one uid is logged at `WARN` at most; the
-/// others are logged at `DEBUG` (and all are counted).
-const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
-/// How many (uid, cause) pairs the failure log remembers.
-const FAILURE_LOG_CAPACITY: usize = 4096;
-
-/// Rate-limits the warnings about failed attestations: at most one per uid and cause per
-/// [`FAILURE_LOG_INTERVAL`], so that a user cannot flood the agent's log, and a lasting cause
-/// (a missing capability) is not logged on every call of every workload.
+/// Rate-limits the warnings about failed attestations ([`WarnLimiter`]), so that a user cannot
+/// flood the agent's log, and a lasting cause (a missing capability) is not logged on every
+/// call of every workload.
 #[derive(Debug, Default)]
 struct FailureLog {
-    warned: Mutex<HashMap<(u32, &'static str), Instant>>,
+    warned: WarnLimiter,
 }
 
 impl FailureLog {
@@ -246,24 +240,8 @@ impl FailureLog {
         }
     }
 
-    /// `WARN` when `reason` was not logged for `uid` within the interval before `now`.
     fn level(&self, uid: Option<u32>, reason: &'static str, now: Instant) -> tracing::Level {
-        let key = (uid.unwrap_or(u32::MAX), reason);
-        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
-        if warned
-            .get(&key)
-            .is_some_and(|at| now.duration_since(*at) < FAILURE_LOG_INTERVAL)
-        {
-            return tracing::Level::DEBUG;
-        }
-        if warned.len() >= FAILURE_LOG_CAPACITY {
-            warned.retain(|_, at| now.duration_since(*at) < FAILURE_LOG_INTERVAL);
-            if warned.len() >= FAILURE_LOG_CAPACITY {
-                warned.clear();
-            }
-        }
-        warned.insert(key, now);
-        tracing::Level::WARN
+        self.warned.level(uid, reason, now)
     }
 }
 
@@ -914,43 +892,6 @@ mod tests {
         let gone = proc_error(exe, 4242, io::Error::from_raw_os_error(3));
         assert!(matches!(gone, AttestError::ProcessGone { pid: 4242 }));
         assert_eq!(gone.status_message(), ATTESTATION_FAILED);
-    }
-
-    #[test]
-    fn failures_are_warned_about_once_a_minute_per_uid_and_cause() {
-        let log = FailureLog::default();
-        let t0 = Instant::now();
-        assert_eq!(
-            log.level(Some(1000), "process_gone", t0),
-            tracing::Level::WARN
-        );
-        for _ in 0..3 {
-            assert_eq!(
-                log.level(Some(1000), "process_gone", t0),
-                tracing::Level::DEBUG
-            );
-        }
-        // Another cause, or another uid, gets its own warning.
-        assert_eq!(log.level(Some(1000), "busy", t0), tracing::Level::WARN);
-        assert_eq!(
-            log.level(Some(1001), "process_gone", t0),
-            tracing::Level::WARN
-        );
-        assert_eq!(
-            log.level(None, "no_peer_credentials", t0),
-            tracing::Level::WARN
-        );
-        // A minute later, the first cause is warned about again.
-        let later = t0 + FAILURE_LOG_INTERVAL;
-        assert_eq!(
-            log.level(Some(1000), "process_gone", later),
-            tracing::Level::WARN
-        );
-        // Its memory is bounded: a flood of uids cannot grow it past the capacity.
-        for uid in 0..u32::try_from(2 * FAILURE_LOG_CAPACITY).unwrap() {
-            log.level(Some(uid), "read", later);
-        }
-        assert!(log.warned.lock().unwrap().len() <= FAILURE_LOG_CAPACITY);
     }
 
     #[tokio::test]

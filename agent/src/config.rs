@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use fedhub_core::{SpiffeId, TrustDomain};
 use figment::Figment;
@@ -22,6 +23,7 @@ pub use fedhub_core::id::HUB_ID_PATH;
 use fedhub_core::id::RESERVED_PATH_PREFIX;
 
 use crate::attest::AttestLimits;
+use crate::workload::ConnectionLimits;
 
 /// The default Workload API socket of an agent running as root: in `/run`, which only root
 /// can write (and which `PrivateTmp=` and `/tmp` cleaners leave alone).
@@ -47,7 +49,7 @@ pub const DEFAULT_DATA_DIR: &str = "/var/lib/fedhub/agent";
 
 /// Why the configuration cannot be used (shared with the hub's configuration).
 pub use fedhub_config::ConfigError;
-use fedhub_config::{format_figment_error, invalid, require_file};
+use fedhub_config::{at_least_one, format_figment_error, invalid, positive, require_file};
 
 /// The hub's agent API address: a host name or IP address and a port.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -185,6 +187,8 @@ pub struct AgentConfig {
     pub socket_path: PathBuf,
     /// Bounds on workload attestation (`[workload_attestation]`).
     pub attestation_limits: AttestLimits,
+    /// Caps and timeouts of Workload API connections (`[workload_api]`).
+    pub connection_limits: ConnectionLimits,
 }
 
 #[derive(Deserialize)]
@@ -203,6 +207,34 @@ struct Settings {
     socket_path: Option<PathBuf>,
     #[serde(default)]
     workload_attestation: AttestationSettings,
+    #[serde(default)]
+    workload_api: WorkloadApiSettings,
+}
+
+#[derive(Deserialize, Clone, Copy)]
+#[serde(deny_unknown_fields, default)]
+struct WorkloadApiSettings {
+    #[serde(with = "humantime_serde")]
+    idle_timeout: Duration,
+    #[serde(with = "humantime_serde")]
+    keepalive_interval: Duration,
+    #[serde(with = "humantime_serde")]
+    keepalive_timeout: Duration,
+    max_connections: usize,
+    max_connections_per_uid: usize,
+}
+
+impl Default for WorkloadApiSettings {
+    fn default() -> Self {
+        let limits = ConnectionLimits::default();
+        Self {
+            idle_timeout: limits.idle_timeout,
+            keepalive_interval: limits.keepalive_interval,
+            keepalive_timeout: limits.keepalive_timeout,
+            max_connections: limits.max_connections,
+            max_connections_per_uid: limits.max_connections_per_uid,
+        }
+    }
 }
 
 #[derive(Deserialize, Default, Clone, Copy)]
@@ -341,6 +373,7 @@ impl Settings {
         }
 
         let attestation_limits = attestation_limits(self.workload_attestation)?;
+        let connection_limits = connection_limits(self.workload_api)?;
 
         Ok(AgentConfig {
             trust_domain,
@@ -351,8 +384,43 @@ impl Settings {
             data_dir: self.data_dir,
             socket_path,
             attestation_limits,
+            connection_limits,
         })
     }
+}
+
+/// `[workload_api]`: durations longer than zero, caps of at least 1, the per-uid cap within
+/// the total.
+fn connection_limits(settings: WorkloadApiSettings) -> Result<ConnectionLimits, ConfigError> {
+    let max_connections = at_least_one(
+        "workload_api.max_connections",
+        settings.max_connections,
+        "open connection",
+    )?;
+    let max_connections_per_uid = at_least_one(
+        "workload_api.max_connections_per_uid",
+        settings.max_connections_per_uid,
+        "open connection per uid",
+    )?;
+    if max_connections_per_uid > max_connections {
+        return Err(invalid(
+            "workload_api.max_connections_per_uid",
+            format!(
+                "{max_connections_per_uid} is more than workload_api.max_connections \
+                 ({max_connections}); lower it or raise max_connections"
+            ),
+        ));
+    }
+    Ok(ConnectionLimits {
+        idle_timeout: positive("workload_api.idle_timeout", settings.idle_timeout)?,
+        keepalive_interval: positive(
+            "workload_api.keepalive_interval",
+            settings.keepalive_interval,
+        )?,
+        keepalive_timeout: positive("workload_api.keepalive_timeout", settings.keepalive_timeout)?,
+        max_connections,
+        max_connections_per_uid,
+    })
 }
 
 /// `[workload_attestation]`: each key at least 1 (a zero would refuse every caller).
@@ -604,6 +672,61 @@ mod tests {
             assert!(error.starts_with(key), "{setting}: {error}");
             assert!(error.contains("default"), "{setting}: {error}");
         }
+    }
+
+    #[test]
+    fn workload_api_connection_limits_are_read_and_checked() {
+        let base = "trust_domain = \"a.test\"\nhub_address = \"h:1\"\njoin_token = \"t\"\n";
+        let defaults = AgentConfig::from_toml(base).unwrap();
+        assert_eq!(defaults.connection_limits, ConnectionLimits::default());
+        assert!(defaults.connection_limits.idle_timeout <= Duration::from_secs(10));
+        let config = AgentConfig::from_toml(&format!(
+            "{base}[workload_api]\nidle_timeout = \"3s\"\nkeepalive_interval = \"4s\"\n\
+             keepalive_timeout = \"5s\"\nmax_connections = 20\nmax_connections_per_uid = 7\n"
+        ))
+        .unwrap();
+        assert_eq!(
+            config.connection_limits,
+            ConnectionLimits {
+                idle_timeout: Duration::from_secs(3),
+                keepalive_interval: Duration::from_secs(4),
+                keepalive_timeout: Duration::from_secs(5),
+                max_connections: 20,
+                max_connections_per_uid: 7,
+            }
+        );
+        for (setting, key, advice) in [
+            (
+                "idle_timeout = \"0s\"",
+                "workload_api.idle_timeout",
+                "longer than zero",
+            ),
+            (
+                "max_connections = 0",
+                "workload_api.max_connections",
+                "at least 1",
+            ),
+            (
+                "max_connections_per_uid = 0",
+                "workload_api.max_connections_per_uid",
+                "at least 1",
+            ),
+            (
+                "max_connections = 10\nmax_connections_per_uid = 11",
+                "workload_api.max_connections_per_uid",
+                "raise max_connections",
+            ),
+        ] {
+            let error = AgentConfig::from_toml(&format!("{base}[workload_api]\n{setting}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(error.starts_with(key), "{setting}: {error}");
+            assert!(error.contains(advice), "{setting}: {error}");
+        }
+        let unknown = AgentConfig::from_toml(&format!("{base}[workload_api]\nidle = \"1s\"\n"))
+            .unwrap_err()
+            .to_string();
+        assert!(unknown.contains("idle"), "{unknown}");
     }
 
     #[test]

@@ -35,4 +35,4 @@ pub use cache::{AgentState, CallerView, Identity, Snapshot};
 pub use config::{AgentConfig, ConfigError};
 pub use jwt::{IssueError, JwtSvidIssuer, JwtSvidToken};
 pub use run::{AgentError, AgentStatus, RunningAgent, launch, run};
-pub use workload::{ServeError, WorkloadEndpoint, serve};
+pub use workload::{ConnectionLimits, ServeError, WorkloadEndpoint, serve};

@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 /// At most `max` permits per uid at once.
 #[derive(Debug)]
@@ -65,6 +66,46 @@ impl Drop for UidPermit {
     }
 }
 
+/// How often one cause of trouble with one uid's callers is logged at `WARN` at most.
+pub(crate) const WARN_INTERVAL: Duration = Duration::from_secs(60);
+/// How many (uid, cause) pairs a [`WarnLimiter`] remembers.
+const WARN_CAPACITY: usize = 4096;
+
+/// Decides whether trouble with a caller is logged at `WARN` (at most once per uid and cause
+/// per [`WARN_INTERVAL`]) or at `DEBUG`, so that one user cannot flood the agent's log.
+#[derive(Debug, Default)]
+pub(crate) struct WarnLimiter {
+    warned: Mutex<HashMap<(u32, &'static str), Instant>>,
+}
+
+impl WarnLimiter {
+    /// `WARN` when `cause` was not warned about for `uid` within [`WARN_INTERVAL`] before
+    /// `now`, `DEBUG` otherwise. Callers without a uid count as one.
+    pub(crate) fn level(
+        &self,
+        uid: Option<u32>,
+        cause: &'static str,
+        now: Instant,
+    ) -> tracing::Level {
+        let key = (uid.unwrap_or(u32::MAX), cause);
+        let mut warned = self.warned.lock().unwrap_or_else(PoisonError::into_inner);
+        if warned
+            .get(&key)
+            .is_some_and(|at| now.duration_since(*at) < WARN_INTERVAL)
+        {
+            return tracing::Level::DEBUG;
+        }
+        if warned.len() >= WARN_CAPACITY {
+            warned.retain(|_, at| now.duration_since(*at) < WARN_INTERVAL);
+            if warned.len() >= WARN_CAPACITY {
+                warned.clear();
+            }
+        }
+        warned.insert(key, now);
+        tracing::Level::WARN
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -88,5 +129,42 @@ mod tests {
             budget.held.lock().unwrap().get(&1001).is_none(),
             "no entry is kept for a uid that holds nothing"
         );
+    }
+
+    #[test]
+    fn warnings_are_limited_to_one_a_minute_per_uid_and_cause() {
+        let log = WarnLimiter::default();
+        let t0 = Instant::now();
+        assert_eq!(
+            log.level(Some(1000), "process_gone", t0),
+            tracing::Level::WARN
+        );
+        for _ in 0..3 {
+            assert_eq!(
+                log.level(Some(1000), "process_gone", t0),
+                tracing::Level::DEBUG
+            );
+        }
+        // Another cause, or another uid, gets its own warning.
+        assert_eq!(log.level(Some(1000), "busy", t0), tracing::Level::WARN);
+        assert_eq!(
+            log.level(Some(1001), "process_gone", t0),
+            tracing::Level::WARN
+        );
+        assert_eq!(
+            log.level(None, "no_peer_credentials", t0),
+            tracing::Level::WARN
+        );
+        // A minute later, the first cause is warned about again.
+        let later = t0 + WARN_INTERVAL;
+        assert_eq!(
+            log.level(Some(1000), "process_gone", later),
+            tracing::Level::WARN
+        );
+        // Its memory is bounded: a flood of uids cannot grow it past the capacity.
+        for uid in 0..u32::try_from(2 * WARN_CAPACITY).unwrap() {
+            log.level(Some(uid), "read", later);
+        }
+        assert!(log.warned.lock().unwrap().len() <= WARN_CAPACITY);
     }
 }

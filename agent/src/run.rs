@@ -205,7 +205,8 @@ pub async fn launch(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     )?;
 
     let endpoint = WorkloadEndpoint::bind(&config.socket_path)?
-        .with_attestation_limits(config.attestation_limits);
+        .with_attestation_limits(config.attestation_limits)
+        .with_connection_limits(config.connection_limits);
     let socket_path = endpoint.path().to_owned();
     let state = AgentState::new();
     let link = Arc::new(HubLink::default());

@@ -720,3 +720,94 @@ async fn an_x509pop_agent_attests_again_after_eviction_but_not_after_a_ban() {
         "{error}"
     );
 }
+
+/// A foreign bundle of `name` just under the 1 MiB a stored bundle may have: many distinct CA
+/// certificates. Returns it with its certificates' total DER size.
+fn large_bundle(name: &str) -> (Bundle, usize) {
+    let key = KeyPair::generate().unwrap();
+    let certificate = |serial: u64| {
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, format!("{name} CA"));
+        // Serials of one length, so that every certificate takes the same room in JSON.
+        params.serial_number = Some((1_000_000 + serial).into());
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+        fedhub_core::X509Authority::parse(params.self_signed(&key).unwrap().der().to_vec()).unwrap()
+    };
+    let mut bundle = Bundle::new(td(name));
+    bundle.add_x509_authority(certificate(0));
+    let one = bundle.to_json().len();
+    bundle.add_x509_authority(certificate(1));
+    let each = bundle.to_json().len() - one;
+    let count = (fedhub_core::MAX_BUNDLE_BYTES - one) / (each + 16);
+    for serial in 2..count {
+        bundle.add_x509_authority(certificate(u64::try_from(serial).unwrap()));
+    }
+    let json = bundle.to_json().len();
+    assert!(
+        json <= fedhub_core::MAX_BUNDLE_BYTES && json > fedhub_core::MAX_BUNDLE_BYTES * 9 / 10,
+        "{json} bytes"
+    );
+    let der_bytes = bundle
+        .x509_authorities()
+        .iter()
+        .map(|a| a.der().len())
+        .sum();
+    (bundle, der_bytes)
+}
+
+#[tokio::test]
+async fn ten_federated_bundles_of_a_mebibyte_reach_the_agent_and_its_workloads() {
+    let hub = TestHub::start("").await;
+    let mut expected = std::collections::BTreeMap::new();
+    for n in 0..10 {
+        let name = format!("large{n}.test");
+        let (bundle, der_bytes) = large_bundle(&name);
+        hub.federate(&name, &bundle).await;
+        expected.insert(name, der_bytes);
+    }
+    let (token, agent_id) = hub.token("node1").await;
+    let names: Vec<&str> = expected.keys().map(String::as_str).collect();
+    hub.entry("/web", &agent_id, &names).await;
+
+    let dir = AgentDir::new();
+    let agent = fedhub_agent::launch(dir.with_token(&hub, &token))
+        .await
+        .unwrap();
+    // About 7 MiB of DER in one X509SVIDResponse: more than gRPC clients accept by default
+    // (4 MiB), so the workload raises its limit, as it must for bundles this large.
+    let endpoint =
+        spiffe::transport::Endpoint::parse(&format!("unix://{}", agent.socket_path().display()))
+            .unwrap();
+    let channel = spiffe::transport::connect(&endpoint).await.unwrap();
+    let workload =
+        fedhub_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient::new(channel)
+            .max_decoding_message_size(64 * 1024 * 1024);
+    let response = eventually("the workload's SVID with ten large bundles", || async {
+        let mut request = tonic::Request::new(fedhub_proto::workload::X509svidRequest {});
+        request.metadata_mut().insert(
+            fedhub_proto::WORKLOAD_SECURITY_HEADER,
+            "true".parse().unwrap(),
+        );
+        let mut stream = workload
+            .clone()
+            .fetch_x509svid(request)
+            .await
+            .ok()?
+            .into_inner();
+        let response = stream.message().await.ok()??;
+        (response.federated_bundles.len() == 10).then_some(response)
+    })
+    .await;
+    assert_eq!(response.svids[0].spiffe_id, "spiffe://alpha.test/web");
+    for (name, der_bytes) in &expected {
+        assert_eq!(
+            response.federated_bundles[&format!("spiffe://{name}")].len(),
+            *der_bytes,
+            "every certificate of {name}"
+        );
+    }
+    agent.shutdown().await.unwrap();
+}

@@ -360,7 +360,7 @@ async fn the_stream_follows_the_cache_and_respects_acks_and_nacks() {
 async fn callers_without_an_entry_are_denied() {
     let own = Domain::new("own.test");
     let agent = Agent::start(&own);
-    let other = other_uid_selector().await;
+    let other = other_uid_selector();
     agent.state.publish(snapshot(
         &own,
         &[],

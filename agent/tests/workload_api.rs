@@ -85,7 +85,7 @@ async fn every_matching_identity_is_served_in_snapshot_order() {
         &[],
         vec![
             own.identity("/web", &me, &[]),
-            own.identity("/nope", &[other_uid_selector().await], &[]),
+            own.identity("/nope", &[other_uid_selector()], &[]),
             db,
         ],
     ));
@@ -296,7 +296,7 @@ async fn streams_follow_the_callers_view() {
     assert_eq!(partner_der(&next.unwrap().unwrap()), None);
 
     // The caller's last identity goes away: PERMISSION_DENIED ends the stream (WAPI-12).
-    let elsewhere = own.identity("/web", &[other_uid_selector().await], &[]);
+    let elsewhere = own.identity("/web", &[other_uid_selector()], &[]);
     agent.state.publish(snapshot(&own, &[], vec![elsewhere]));
     let next = tokio::time::timeout(PROMPT, contexts.next()).await.unwrap();
     let error = next.unwrap().unwrap_err();
@@ -391,7 +391,7 @@ async fn a_caller_without_identity_is_denied() {
     let own = Domain::new("own.test");
     let partner = Domain::new("partner.test");
     let agent = Agent::start(&own);
-    let elsewhere = own.identity("/web", &[other_uid_selector().await], &[&partner]);
+    let elsewhere = own.identity("/web", &[other_uid_selector()], &[&partner]);
     agent
         .state
         .publish(snapshot(&own, &[partner.bundle()], vec![elsewhere]));

@@ -3,12 +3,14 @@
 //! and validated into typed values, and both report problems the same way.
 //!
 //! - [`ConfigError`]: every message names the key and what to do.
-//! - [`invalid`]: the error for a value that parsed but is not acceptable.
+//! - [`invalid`]: the error for a value that parsed but is not acceptable; [`positive`] and
+//!   [`at_least_one`] for durations and counts where zero would turn a feature off by mistake.
 //! - [`require_file`]: the error for a `--config` path that is not a file.
 //! - [`format_figment_error`]: figment's errors (unknown keys, wrong types, TOML syntax) as one
 //!   line per problem, each prefixed with its dotted key.
 
 use std::path::Path;
+use std::time::Duration;
 
 /// Why a configuration cannot be used. Each message names the key and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -41,6 +43,35 @@ pub fn invalid(key: &'static str, message: impl Into<String>) -> ConfigError {
         key,
         message: message.into(),
     }
+}
+
+/// `value` of `key`, a duration that must be longer than zero.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] for zero.
+pub fn positive(key: &'static str, value: Duration) -> Result<Duration, ConfigError> {
+    if value.is_zero() {
+        return Err(invalid(key, "must be longer than zero"));
+    }
+    Ok(value)
+}
+
+/// `value` of `key`, a count that must be at least 1 `unit` (e.g. `open connection per uid`).
+///
+/// # Errors
+/// [`ConfigError::Invalid`] for zero, naming the unit.
+pub fn at_least_one<T: Copy + Default + PartialEq>(
+    key: &'static str,
+    value: T,
+    unit: &str,
+) -> Result<T, ConfigError> {
+    if value == T::default() {
+        return Err(invalid(
+            key,
+            format!("0 is out of range: give at least 1 {unit}"),
+        ));
+    }
+    Ok(value)
 }
 
 /// Checks that the configuration file `path` exists and is a file. `expected` completes the

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
+use fedhub_idle::{Activity, Tracked};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -18,7 +19,7 @@ use hyper_util::service::TowerToHyperService;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::mpsc;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 
@@ -210,10 +211,10 @@ impl Connection {
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
-        let (activity, requests) = watch::channel(0);
+        let (activity, mut idle) = Activity::new();
         let service = Counted {
             inner: service,
-            activity: Arc::new(activity),
+            activity,
         };
         let connection = self
             .builder
@@ -221,7 +222,7 @@ impl Connection {
         tokio::pin!(connection);
         tokio::select! {
             result = connection.as_mut() => return result,
-            () = idle(requests, self.limits.connections.idle_timeout) => {
+            () = idle.wait(self.limits.connections.idle_timeout) => {
                 tracing::debug!("closing an idle connection");
             }
             () = self.closing.cancelled() => {}
@@ -235,65 +236,27 @@ impl Connection {
     }
 }
 
-/// Completes once no request has been in flight for `timeout`: `requests` counts the requests
-/// in flight, and every request started or finished moves it.
-async fn idle(mut requests: watch::Receiver<usize>, timeout: Duration) {
-    loop {
-        if requests
-            .wait_for(|in_flight| *in_flight == 0)
-            .await
-            .is_err()
-        {
-            return std::future::pending().await;
-        }
-        tokio::select! {
-            () = tokio::time::sleep(timeout) => return,
-            changed = requests.changed() => if changed.is_err() {
-                return std::future::pending().await;
-            },
-        }
-    }
-}
-
-/// A router that counts its requests in flight, each until its response head is ready (the
-/// small bodies served here are then sent within the drain timeout of a graceful close).
+/// A router that counts its requests in flight, each until its response body has been sent.
 #[derive(Clone)]
 struct Counted {
     inner: TowerToHyperService<Router>,
-    activity: Arc<watch::Sender<usize>>,
+    activity: Activity,
 }
 
-/// One request in flight of a [`Counted`] service.
-struct InFlight(Arc<watch::Sender<usize>>);
-
-impl InFlight {
-    fn start(activity: &Arc<watch::Sender<usize>>) -> Self {
-        activity.send_modify(|in_flight| *in_flight += 1);
-        Self(Arc::clone(activity))
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.send_modify(|in_flight| *in_flight -= 1);
-    }
-}
-
-type ResponseFuture =
-    Pin<Box<dyn Future<Output = Result<axum::response::Response, Infallible>> + Send>>;
+type TrackedResponse = hyper::Response<Tracked<axum::body::Body>>;
+type ResponseFuture = Pin<Box<dyn Future<Output = Result<TrackedResponse, Infallible>> + Send>>;
 
 impl hyper::service::Service<hyper::Request<Incoming>> for Counted {
-    type Response = axum::response::Response;
+    type Response = TrackedResponse;
     type Error = Infallible;
     type Future = ResponseFuture;
 
     fn call(&self, request: hyper::Request<Incoming>) -> Self::Future {
-        let in_flight = InFlight::start(&self.activity);
+        let in_flight = self.activity.start();
         let response = self.inner.call(request);
         Box::pin(async move {
-            let response = response.await;
-            drop(in_flight);
-            response
+            let response = response.await?;
+            Ok(response.map(|body| Tracked::new(body, in_flight)))
         })
     }
 }

@@ -22,3 +22,9 @@ pub mod node {
 
 /// The gRPC metadata key every Workload API request must carry with the value `true`.
 pub const WORKLOAD_SECURITY_HEADER: &str = "workload.spiffe.io";
+
+/// The largest node API message an agent accepts from the hub: a `Sync` snapshot carries every
+/// foreign bundle the agent's entries federate with, each up to
+/// `fedhub_core::MAX_BUNDLE_BYTES` (1 MiB), so tonic's default of 4 MiB would cut an agent off
+/// from its hub once a few large bundles are stored.
+pub const MAX_NODE_MESSAGE_BYTES: usize = 256 * 1024 * 1024;

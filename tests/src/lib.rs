@@ -3,7 +3,9 @@
 #![allow(
     clippy::expect_used,
     clippy::panic,
+    clippy::missing_panics_doc,
     reason = "test helpers fail the test that uses them, loudly"
 )]
 
+pub mod h2;
 pub mod postgres;

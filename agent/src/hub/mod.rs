@@ -165,7 +165,10 @@ impl HubEndpoint {
             }))
             .await
             .map_err(|e| self.error(&e))?;
-        Ok(NodeClient::new(channel))
+        Ok(
+            NodeClient::new(channel)
+                .max_decoding_message_size(fedhub_proto::MAX_NODE_MESSAGE_BYTES),
+        )
     }
 
     fn error(&self, error: &(dyn std::error::Error + 'static)) -> ConnectError {

@@ -8,13 +8,16 @@
 //! - Streams send the complete current view at once and then whenever it changes (WAPI-7..9);
 //!   a caller left without identities gets `PERMISSION_DENIED` and the stream ends (WAPI-12).
 //! - Limits: requests up to 64 KiB, 64 concurrent streams per connection, 1024 open watch
-//!   streams in total (more are refused with `UNAVAILABLE`).
+//!   streams in total (more are refused with `UNAVAILABLE`); connections capped in total and
+//!   per uid, closed after `[workload_api] idle_timeout` without a call in progress, and
+//!   pinged to find dead peers ([`ConnectionLimits`]).
 //! - `FetchWITSVID` and `FetchWITBundles` answer `UNIMPLEMENTED` (WAPI-2).
 //! - The same server answers Envoy SDS ([`crate::sds`]), which needs no security header.
 
 mod authority;
 mod connection;
 mod error;
+mod limits;
 mod messages;
 mod service;
 mod socket_dir;
@@ -28,16 +31,21 @@ use std::time::Duration;
 
 use fedhub_proto::WORKLOAD_SECURITY_HEADER;
 use fedhub_proto::workload::spiffe_workload_api_server::SpiffeWorkloadApiServer;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::net::UnixListener;
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tonic::service::Routes;
 use tonic::service::interceptor::InterceptedService;
-use tonic::transport::Server;
 use tonic::{Request, Status};
 use tonic_reflection::server::{v1, v1alpha};
 
 use self::authority::{AuthorityRewrite, H2Limits};
-use self::connection::CallerStream;
+use self::connection::{CallerStream, Serving};
 use self::error::ApiError;
+use self::limits::ConnectionCaps;
+pub use self::limits::{ConnectionLimits, OPEN_METRIC, REFUSED_METRIC};
 use self::service::WorkloadApi;
 pub(crate) use self::socket_dir::effective_uid;
 use crate::attest::{AttestLimits, Attestor};
@@ -60,6 +68,9 @@ const MAX_STREAMS_PER_CONNECTION: u32 = 64;
 const MAX_OPEN_STREAMS: usize = 1024;
 /// The pause after a failed `accept` (e.g. out of file descriptors).
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+/// How long calls in progress may take to finish once their connection is closing (idle, or
+/// the agent shutting down); streams end at once on shutdown.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why the Workload API endpoint could not be set up or served.
 #[derive(Debug, thiserror::Error)]
@@ -124,9 +135,6 @@ pub enum ServeError {
         #[source]
         source: io::Error,
     },
-    /// The gRPC server failed.
-    #[error("the workload api server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
 }
 
 /// A bound Workload API socket, ready to serve. The socket file is removed when this value
@@ -135,7 +143,8 @@ pub enum ServeError {
 pub struct WorkloadEndpoint {
     listener: UnixListener,
     socket: SocketFile,
-    limits: AttestLimits,
+    attestation: AttestLimits,
+    connections: ConnectionLimits,
 }
 
 impl WorkloadEndpoint {
@@ -184,14 +193,22 @@ impl WorkloadEndpoint {
         Ok(Self {
             listener,
             socket,
-            limits: AttestLimits::default(),
+            attestation: AttestLimits::default(),
+            connections: ConnectionLimits::default(),
         })
     }
 
     /// Attests callers within `limits` instead of the defaults.
     #[must_use]
     pub fn with_attestation_limits(mut self, limits: AttestLimits) -> Self {
-        self.limits = limits;
+        self.attestation = limits;
+        self
+    }
+
+    /// Caps and times connections within `limits` instead of the defaults.
+    #[must_use]
+    pub fn with_connection_limits(mut self, limits: ConnectionLimits) -> Self {
+        self.connections = limits;
         self
     }
 
@@ -202,10 +219,11 @@ impl WorkloadEndpoint {
 
     /// Serves the Workload API from `state`, minting JWT-SVIDs through `issuer`, until
     /// `shutdown` completes. On shutdown open streams end with `UNAVAILABLE`, in-flight calls
-    /// finish, and the socket file is removed.
+    /// get [`DRAIN_TIMEOUT`] to finish, and the socket file is removed. Failures of single
+    /// connections are logged and skipped.
     ///
     /// # Errors
-    /// [`ServeError::Transport`] when the gRPC server fails.
+    /// [`ServeError::Reflection`] when the reflection service cannot be built.
     pub async fn serve(
         self,
         state: AgentState,
@@ -215,39 +233,85 @@ impl WorkloadEndpoint {
         let Self {
             listener,
             socket,
-            limits,
+            attestation,
+            connections,
         } = self;
         let (stop_tx, stop_rx) = watch::channel(false);
-        let attestor = Attestor::with_limits(limits);
+        let attestor = Attestor::with_limits(attestation);
         let sds = crate::sds::server(state.clone(), stop_rx.clone());
         let api = WorkloadApi::new(state, issuer, MAX_OPEN_STREAMS, stop_rx);
         let api = SpiffeWorkloadApiServer::new(api).max_decoding_message_size(MAX_REQUEST_BYTES);
         let api = InterceptedService::new(api, require_security_header);
         let (reflection_v1, reflection_v1alpha) = reflection()?;
-        let incoming = futures::stream::unfold(listener, move |listener| {
-            let attestor = attestor.clone();
-            async move {
-                let accepted = accept(&listener, &attestor).await;
-                Some((accepted, listener))
-            }
-        });
-        let shutdown = async move {
-            shutdown.await;
-            tracing::info!("workload api shutting down");
-            stop_tx.send_replace(true);
-        };
-        let served = Server::builder()
-            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
-            .max_frame_size(H2_LIMITS.max_frame_size)
-            .http2_max_header_list_size(MAX_HEADER_BYTES)
-            .add_service(api)
+        let routes = Routes::new(api)
             .add_service(sds)
             .add_service(reflection_v1)
             .add_service(reflection_v1alpha)
-            .serve_with_incoming_shutdown(incoming, shutdown)
-            .await;
+            .prepare();
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(MAX_STREAMS_PER_CONNECTION)
+            .max_frame_size(H2_LIMITS.max_frame_size)
+            .max_header_list_size(MAX_HEADER_BYTES)
+            .keep_alive_interval(connections.keepalive_interval)
+            .keep_alive_timeout(connections.keepalive_timeout);
+        let serving = Arc::new(Serving {
+            http2,
+            idle_timeout: connections.idle_timeout,
+            drain_timeout: DRAIN_TIMEOUT,
+            closing: CancellationToken::new(),
+            abort: CancellationToken::new(),
+        });
+        let caps = ConnectionCaps::new(&connections);
+        // Each connection task holds a clone of `alive`; `all_ended` says when none is left.
+        let (alive, mut all_ended) = mpsc::channel::<()>(1);
+        tokio::pin!(shutdown);
+        loop {
+            let stream = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((stream, _)) => stream,
+                    Err(error) => {
+                        // E.g. out of file descriptors: wait a moment instead of spinning.
+                        tracing::warn!(%error, "workload api accept failed");
+                        tokio::time::sleep(ACCEPT_BACKOFF).await;
+                        continue;
+                    }
+                },
+                () = &mut shutdown => break,
+            };
+            let credentials = stream.peer_cred().ok();
+            let Ok(permit) = caps.admit(credentials.map(|c| c.uid())) else {
+                continue;
+            };
+            let stream = CallerStream::accept(stream, credentials, &attestor);
+            let caller = Arc::clone(stream.caller());
+            let io = AuthorityRewrite::new(stream, H2_LIMITS);
+            let serving = Arc::clone(&serving);
+            let routes = routes.clone();
+            let alive = alive.clone();
+            tokio::spawn(async move {
+                let _alive = alive;
+                let _permit = permit;
+                serving.drive(io, routes, caller).await;
+            });
+        }
+        tracing::info!("workload api shutting down");
+        drop(listener);
+        stop_tx.send_replace(true);
+        serving.closing.cancel();
+        drop(alive);
+        if tokio::time::timeout(DRAIN_TIMEOUT, all_ended.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                "workload api connections still open after the drain timeout; closing them"
+            );
+            serving.abort.cancel();
+        }
         drop(socket);
-        served.map_err(ServeError::from)
+        Ok(())
     }
 }
 
@@ -282,27 +346,6 @@ pub async fn serve(
     WorkloadEndpoint::bind(socket_path)?
         .serve(state, issuer, shutdown)
         .await
-}
-
-/// Accepts the next connection: captures its calling process for attestation
-/// ([`Attestor::caller`]) and puts the `:authority` rewrite that gRPC clients over Unix sockets
-/// need in front of it ([`authority`]). After a failure, waits a moment so that a persistent
-/// error (out of file descriptors) does not spin.
-async fn accept(
-    listener: &UnixListener,
-    attestor: &Attestor,
-) -> io::Result<AuthorityRewrite<CallerStream>> {
-    match listener.accept().await {
-        Ok((stream, _)) => Ok(AuthorityRewrite::new(
-            CallerStream::accept(stream, attestor),
-            H2_LIMITS,
-        )),
-        Err(error) => {
-            tracing::warn!(%error, "workload api accept failed");
-            tokio::time::sleep(ACCEPT_BACKOFF).await;
-            Err(error)
-        }
-    }
 }
 
 /// Removes a socket left behind by an earlier run; refuses to touch anything else, or a

@@ -15,7 +15,8 @@ use std::time::{Duration, SystemTime};
 
 use aws_lc_rs::digest;
 use fedhub_agent::{
-    AgentState, Identity, IssueError, JwtSvidIssuer, JwtSvidToken, Snapshot, WorkloadEndpoint,
+    AgentState, ConnectionLimits, Identity, IssueError, JwtSvidIssuer, JwtSvidToken, Snapshot,
+    WorkloadEndpoint,
 };
 use fedhub_core::x509::{CaParams, CaSigner, X509Svid};
 use fedhub_core::{Bundle, JwtAlgorithm, JwtSigner, KeyType, PrivateKey, SpiffeId, TrustDomain};
@@ -138,7 +139,7 @@ pub async fn my_selectors() -> Vec<String> {
 }
 
 /// A selector nobody in this test has.
-pub async fn other_uid_selector() -> String {
+pub fn other_uid_selector() -> String {
     let (ours, _theirs) = tokio::net::UnixStream::pair().unwrap();
     let uid = ours.peer_cred().unwrap().uid();
     format!("unix:uid:{}", uid.wrapping_add(4242))
@@ -180,10 +181,17 @@ pub struct Agent {
 
 impl Agent {
     pub fn start(own: &Domain) -> Self {
+        Self::start_with(own, ConnectionLimits::default())
+    }
+
+    /// An agent whose connections are capped and timed by `limits`.
+    pub fn start_with(own: &Domain, limits: ConnectionLimits) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("run/agent.sock");
         let state = AgentState::new();
-        let endpoint = WorkloadEndpoint::bind(&socket).unwrap();
+        let endpoint = WorkloadEndpoint::bind(&socket)
+            .unwrap()
+            .with_connection_limits(limits);
         let (tx, rx) = oneshot::channel();
         let issuer = Arc::new(TestIssuer {
             signer: own.signer.clone(),

@@ -2,6 +2,7 @@ use std::time::{Duration, Instant};
 
 use axum::routing::get;
 use fedhub_bundle_endpoint::{BundlePublisher, router};
+use fedhub_tests::h2;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
@@ -103,22 +104,10 @@ async fn tls_connect(
         .await
 }
 
-/// Reads until the server closes the connection (end of stream or error); panics when it
-/// stays open for [`CLOSED_WITHIN`]. Returns what was read.
+/// Reads until the server closes the connection; panics when it stays open for
+/// [`CLOSED_WITHIN`]. Returns what was read.
 async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
-    let mut received = Vec::new();
-    let read = tokio::time::timeout(CLOSED_WITHIN, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "the server kept the connection open");
-    received
+    h2::read_until_closed(stream, CLOSED_WITHIN).await
 }
 
 /// Sends one request with `Connection: close` and reads until the server closes. A clean end
@@ -242,40 +231,6 @@ async fn a_tls_connection_that_sends_no_request_is_closed() {
     server.task.await.unwrap().unwrap();
 }
 
-/// The client connection preface and an empty SETTINGS frame.
-const H2_PREFACE_AND_SETTINGS: &[u8] =
-    b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
-const H2_SETTINGS: u8 = 0x4;
-const H2_PING: u8 = 0x6;
-const H2_GOAWAY: u8 = 0x7;
-const SETTINGS_MAX_CONCURRENT_STREAMS: u16 = 0x3;
-
-/// The HTTP/2 frames in `bytes`, as (type, flags, payload); a cut-off last frame is left out.
-fn h2_frames(mut bytes: &[u8]) -> Vec<(u8, u8, Vec<u8>)> {
-    let mut frames = Vec::new();
-    while bytes.len() >= 9 {
-        let length =
-            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
-        if bytes.len() < 9 + length {
-            break;
-        }
-        frames.push((bytes[3], bytes[4], bytes[9..9 + length].to_vec()));
-        bytes = &bytes[9 + length..];
-    }
-    frames
-}
-
-/// The value of `id` in the server's first (non-ACK) SETTINGS frame.
-fn h2_setting(frames: &[(u8, u8, Vec<u8>)], id: u16) -> Option<u32> {
-    let (_, _, payload) = frames
-        .iter()
-        .find(|(kind, flags, _)| *kind == H2_SETTINGS && flags & 1 == 0)?;
-    payload.chunks_exact(6).find_map(|entry| {
-        (u16::from_be_bytes([entry[0], entry[1]]) == id)
-            .then(|| u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]))
-    })
-}
-
 #[tokio::test]
 async fn an_http2_connection_without_requests_is_closed_and_streams_are_capped() {
     let cert = test_cert();
@@ -291,15 +246,15 @@ async fn an_http2_connection_without_requests_is_closed_and_streams_are_capped()
     let mut tls = tls_connect(server.addr, &client_for(&cert.der))
         .await
         .unwrap();
-    tls.write_all(H2_PREFACE_AND_SETTINGS).await.unwrap();
-    let frames = h2_frames(&read_until_closed(&mut tls).await);
+    tls.write_all(h2::PREFACE_AND_SETTINGS).await.unwrap();
+    let frames = h2::frames(&read_until_closed(&mut tls).await);
     assert_eq!(
-        h2_setting(&frames, SETTINGS_MAX_CONCURRENT_STREAMS),
+        h2::setting(&frames, h2::SETTINGS_MAX_CONCURRENT_STREAMS),
         Some(7),
         "{frames:?}"
     );
     assert!(
-        frames.iter().any(|(kind, _, _)| *kind == H2_GOAWAY),
+        h2::has(&frames, h2::GOAWAY),
         "an idle HTTP/2 connection ends with GOAWAY: {frames:?}"
     );
     server.stop.send(()).unwrap();
@@ -321,15 +276,10 @@ async fn an_http2_connection_that_ignores_pings_is_closed() {
     let mut tls = tls_connect(server.addr, &client_for(&cert.der))
         .await
         .unwrap();
-    tls.write_all(H2_PREFACE_AND_SETTINGS).await.unwrap();
+    tls.write_all(h2::PREFACE_AND_SETTINGS).await.unwrap();
     // Read (and never answer) until closed: well before the 60 s idle timeout.
-    let frames = h2_frames(&read_until_closed(&mut tls).await);
-    assert!(
-        frames
-            .iter()
-            .any(|(kind, flags, _)| *kind == H2_PING && flags & 1 == 0),
-        "the server pings: {frames:?}"
-    );
+    let frames = h2::frames(&read_until_closed(&mut tls).await);
+    assert!(h2::has(&frames, h2::PING), "the server pings: {frames:?}");
     server.stop.send(()).unwrap();
 }
 
