@@ -6,6 +6,7 @@
 //! - [`x509`]: minting CA certificates and X509-SVIDs from a public key; verifying peer chains.
 //! - [`jwt`]: signing and validating JWT-SVIDs.
 //! - [`tls`]: SPIFFE-aware rustls certificate verifiers with authorizers.
+//! - [`x509pop`]: the message an x509pop node signs, binding the hub's challenge to the agent key.
 
 pub mod bundle;
 pub mod id;
@@ -13,6 +14,7 @@ pub mod jwt;
 pub mod keys;
 pub mod tls;
 pub mod x509;
+pub mod x509pop;
 
 pub use bundle::{
     Bundle, BundleError, BundleMap, BundleSet, BundleSource, JwtAuthority, MAX_BUNDLE_BYTES,

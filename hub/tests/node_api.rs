@@ -13,6 +13,7 @@ use std::time::{Duration, SystemTime};
 
 use fedhub_core::tls::client_config;
 use fedhub_core::x509::{SvidUsage, verify_x509_svid};
+use fedhub_core::x509pop;
 use fedhub_core::{
     Authorizer, Bundle, BundleSet, JwtValidator, KeyType, PrivateKey, SpiffeId, TrustDomain,
     X509Svid,
@@ -346,6 +347,15 @@ fn pop_start(agent: &PrivateKey, chain: Vec<Vec<u8>>) -> AttestStart {
     }
 }
 
+/// Signs the x509pop message binding `challenge` to `agent_public_key` with `node_key`, as an
+/// honest agent does.
+fn sign_bound(node_key: &KeyPair, challenge: &[u8], agent_public_key: &[u8]) -> Vec<u8> {
+    let challenge = challenge.try_into().expect("a 32-byte challenge");
+    node_key
+        .sign(&x509pop::challenge_message(challenge, agent_public_key))
+        .unwrap()
+}
+
 /// Attests with x509pop, signing the challenge with `node_key`.
 async fn pop(
     hub: &TestHub,
@@ -353,7 +363,8 @@ async fn pop(
     node_key: &KeyPair,
 ) -> Result<(X509Svid, AgentSvid), Status> {
     let key = agent_key();
-    let sign = |challenge: &[u8]| node_key.sign(challenge).unwrap();
+    let spki = key.public_key_der().unwrap();
+    let sign = |challenge: &[u8]| sign_bound(node_key, challenge, &spki);
     let svid = attest(
         &mut hub.anonymous().await,
         pop_start(&key, chain),
@@ -551,6 +562,47 @@ async fn x509pop_refuses_a_wrong_key_a_foreign_ca_and_an_unconfigured_hub() {
         Code::FailedPrecondition,
         "x509pop is not configured on this hub",
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn x509pop_refuses_a_relayed_challenge_and_a_bare_challenge_signature() {
+    let ca = NodeCa::new("alpha");
+    let hub = x509pop_hub(&ca).await;
+    let (leaf, node_key) = ca.node("node-1", "node-1.alpha.internal");
+
+    // A man in the middle attests with the node's (public) chain and its own key, relays the
+    // hub's challenge to the real node, and submits the node's answer, bound to the node's own
+    // agent key.
+    let node_agent_key = agent_key().public_key_der().unwrap();
+    let relay_key = agent_key();
+    let relayed = |challenge: &[u8]| sign_bound(&node_key, challenge, &node_agent_key);
+    let relay = attest(
+        &mut hub.anonymous().await,
+        pop_start(&relay_key, vec![leaf.clone()]),
+        Some(&relayed),
+    )
+    .await;
+    assert_status(
+        relay,
+        Code::PermissionDenied,
+        "does not verify with the node certificate's key over the challenge bound to this \
+         attestation's agent_public_key",
+    );
+
+    // An agent from before the binding signs the bare challenge.
+    let bare = |challenge: &[u8]| node_key.sign(challenge).unwrap();
+    let old_agent = attest(
+        &mut hub.anonymous().await,
+        pop_start(&agent_key(), vec![leaf.clone()]),
+        Some(&bare),
+    )
+    .await;
+    assert_status(old_agent, Code::PermissionDenied, "upgrade the agent");
+    assert!(hub.hub.registry().list_agents().await.unwrap().is_empty());
+
+    // The same node, answering for the key it sends, attests.
+    pop(&hub, vec![leaf], &node_key).await.unwrap();
+    assert_eq!(hub.hub.registry().list_agents().await.unwrap().len(), 1);
 }
 
 // ---- mutual TLS calls ------------------------------------------------------------------------

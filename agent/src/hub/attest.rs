@@ -1,11 +1,11 @@
-//! Node attestation, the agent's side: a join token, or x509pop (a node certificate and a
-//! signature over the hub's challenge with its key).
+//! Node attestation, the agent's side: a join token, or x509pop (a node certificate and its
+//! key's signature over the hub's challenge bound to the new agent key).
 
 use std::path::Path;
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{self, EcdsaKeyPair, RsaKeyPair};
-use fedhub_core::{KeyType, PrivateKey};
+use fedhub_core::{KeyType, PrivateKey, x509pop};
 use fedhub_proto::node::attest_request::Step as RequestStep;
 use fedhub_proto::node::attest_response::Step as ResponseStep;
 use fedhub_proto::node::attest_start::Method;
@@ -139,14 +139,32 @@ fn check_key_matches(leaf: &[u8], key: &PrivateKey) -> Result<(), CredentialsErr
     Ok(())
 }
 
-/// Signs an x509pop challenge the way the hub checks it: ECDSA with the curve's hash (ASN.1
-/// DER signature), or RSA PKCS#1 v1.5 with SHA-256.
-fn sign_challenge(key: &PrivateKey, challenge: &[u8]) -> Result<Vec<u8>, String> {
+/// Answers an x509pop challenge the way the hub checks it: the node key's signature over the
+/// message binding `challenge` to `agent_public_key` ([`x509pop::challenge_message`]), ECDSA
+/// with the curve's hash (ASN.1 DER signature) or RSA PKCS#1 v1.5 with SHA-256.
+///
+/// A challenge that is not [`x509pop::CHALLENGE_LEN`] bytes is refused rather than signed: the
+/// hub's challenge has that fixed length, and the agent signs nothing else with its node key.
+fn sign_challenge(
+    key: &PrivateKey,
+    challenge: &[u8],
+    agent_public_key: &[u8],
+) -> Result<Vec<u8>, Status> {
+    let challenge: &[u8; x509pop::CHALLENGE_LEN] = challenge.try_into().map_err(|_| {
+        Status::unknown(format!(
+            "the hub sent an x509pop challenge of {} bytes; a fedhub hub sends {}, so the agent \
+             refuses to sign it (is hub_address a fedhub hub?)",
+            challenge.len(),
+            x509pop::CHALLENGE_LEN
+        ))
+    })?;
+    let message = x509pop::challenge_message(challenge, agent_public_key);
     let rng = SystemRandom::new();
-    let failed = |e: &dyn std::fmt::Display| format!("cannot sign the challenge: {e}");
+    let failed =
+        |e: &dyn std::fmt::Display| Status::internal(format!("cannot sign the challenge: {e}"));
     let ecdsa = |algorithm| {
         let pair = EcdsaKeyPair::from_pkcs8(algorithm, key.pkcs8_der()).map_err(|e| failed(&e))?;
-        pair.sign(&rng, challenge)
+        pair.sign(&rng, &message)
             .map(|signature| signature.as_ref().to_vec())
             .map_err(|e| failed(&e))
     };
@@ -156,20 +174,16 @@ fn sign_challenge(key: &PrivateKey, challenge: &[u8]) -> Result<Vec<u8>, String>
         KeyType::Rsa2048 => {
             let pair = RsaKeyPair::from_pkcs8(key.pkcs8_der()).map_err(|e| failed(&e))?;
             let mut signature = vec![0; pair.public_modulus_len()];
-            pair.sign(
-                &signature::RSA_PKCS1_SHA256,
-                &rng,
-                challenge,
-                &mut signature,
-            )
-            .map_err(|e| failed(&e))?;
+            pair.sign(&signature::RSA_PKCS1_SHA256, &rng, &message, &mut signature)
+                .map_err(|e| failed(&e))?;
             Ok(signature)
         }
     }
 }
 
 /// Runs one attestation on `client` for the agent key `agent_public_key` (DER SPKI): sends
-/// the start, answers an x509pop challenge, and returns the hub's result.
+/// the start, answers an x509pop challenge (bound to `agent_public_key`), and returns the
+/// hub's result.
 ///
 /// # Errors
 /// The hub's status, or `INTERNAL`/`UNKNOWN` for a broken exchange.
@@ -188,7 +202,7 @@ pub(crate) async fn attest(
     let (mut requests, outbound) = futures::channel::mpsc::channel(2);
     let start = AttestRequest {
         step: Some(RequestStep::Start(AttestStart {
-            agent_public_key,
+            agent_public_key: agent_public_key.clone(),
             method: Some(method),
         })),
     };
@@ -207,7 +221,7 @@ pub(crate) async fn attest(
                             "the hub sent an x509pop challenge to a join token attestation",
                         ));
                     };
-                    let signature = sign_challenge(key, &challenge).map_err(Status::internal)?;
+                    let signature = sign_challenge(key, &challenge, &agent_public_key)?;
                     requests
                         .send(AttestRequest {
                             step: Some(RequestStep::ChallengeResponse(signature)),
@@ -298,6 +312,14 @@ mod tests {
     #[test]
     fn challenge_signatures_verify_as_the_hub_checks_them() {
         let challenge = b"0123456789abcdef0123456789abcdef";
+        let agent_key = PrivateKey::generate(KeyType::EcP256)
+            .unwrap()
+            .public_key_der()
+            .unwrap();
+        let other_agent_key = PrivateKey::generate(KeyType::EcP256)
+            .unwrap()
+            .public_key_der()
+            .unwrap();
         for (key_type, algorithm) in [
             (
                 KeyType::EcP256,
@@ -307,14 +329,56 @@ mod tests {
             (KeyType::Rsa2048, &signature::RSA_PKCS1_2048_8192_SHA256),
         ] {
             let key = PrivateKey::generate(key_type).unwrap();
-            let signature = sign_challenge(&key, challenge).unwrap();
+            let signature = sign_challenge(&key, challenge, &agent_key).unwrap();
             let pem_text = node_cert(&key);
             let der = pem::parse(&pem_text).unwrap().into_contents();
             let (_, cert) = X509Certificate::from_der(&der).unwrap();
-            UnparsedPublicKey::new(algorithm, &cert.public_key().subject_public_key.data)
-                .verify(challenge, &signature)
+            let node_key =
+                UnparsedPublicKey::new(algorithm, &cert.public_key().subject_public_key.data);
+            node_key
+                .verify(
+                    &x509pop::challenge_message(challenge, &agent_key),
+                    &signature,
+                )
                 .unwrap();
+            // Bound to this agent key: useless over the bare challenge or for another key.
+            assert!(
+                node_key.verify(challenge, &signature).is_err(),
+                "{key_type}"
+            );
+            assert!(
+                node_key
+                    .verify(
+                        &x509pop::challenge_message(challenge, &other_agent_key),
+                        &signature
+                    )
+                    .is_err(),
+                "{key_type}"
+            );
         }
+    }
+
+    #[test]
+    fn challenges_of_another_length_are_refused_unsigned() {
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let agent_key = key.public_key_der().unwrap();
+        for length in [
+            0,
+            16,
+            x509pop::CHALLENGE_LEN - 1,
+            x509pop::CHALLENGE_LEN + 1,
+            4096,
+        ] {
+            let error = sign_challenge(&key, &vec![1u8; length], &agent_key).unwrap_err();
+            assert_eq!(error.code(), tonic::Code::Unknown, "{length}");
+            assert!(
+                error
+                    .message()
+                    .contains(&format!("x509pop challenge of {length} bytes")),
+                "{error:?}"
+            );
+        }
+        sign_challenge(&key, &[1u8; x509pop::CHALLENGE_LEN], &agent_key).unwrap();
     }
 
     #[test]

@@ -2,6 +2,7 @@
 
 use std::time::SystemTime;
 
+use fedhub_core::x509pop::CHALLENGE_LEN;
 use fedhub_core::{PublicKey, SpiffeId};
 use fedhub_proto::node::attest_request::Step as RequestStep;
 use fedhub_proto::node::attest_response::Step as ResponseStep;
@@ -14,9 +15,6 @@ use tonic::{Status, Streaming};
 
 use super::service::NodeApi;
 use super::status;
-
-/// Random bytes an x509pop node signs.
-const CHALLENGE_LEN: usize = 32;
 
 /// Who an agent proved to be.
 struct Attested {
@@ -115,7 +113,10 @@ impl NodeApi {
         check_public_key("agent_public_key", &start.agent_public_key)?;
         let attested = match start.method {
             Some(Method::JoinToken(token)) => self.attest_join_token(&token).await?,
-            Some(Method::X509pop(pop)) => self.attest_x509pop(pop, inbound, outbound).await?,
+            Some(Method::X509pop(pop)) => {
+                self.attest_x509pop(pop, &start.agent_public_key, inbound, outbound)
+                    .await?
+            }
             None => {
                 return Err(Status::invalid_argument(
                     "start names no attestation method: send join_token or x509pop",
@@ -155,9 +156,13 @@ impl NodeApi {
         })
     }
 
+    /// Verifies the node's chain, sends a random challenge, and checks the node key's
+    /// signature over the challenge bound to `agent_public_key` (the key this attestation
+    /// certifies, see [`fedhub_core::x509pop::challenge_message`]).
     async fn attest_x509pop(
         &self,
         start: X509PopStart,
+        agent_public_key: &[u8],
         inbound: &mut Streaming<AttestRequest>,
         outbound: &mpsc::Sender<Result<AttestResponse, Status>>,
     ) -> Result<Attested, Status> {
@@ -180,7 +185,7 @@ impl NodeApi {
                 "expected challenge_response after the challenge",
             ));
         };
-        node.verify_challenge(&challenge, &response)?;
+        node.verify_challenge(&challenge, agent_public_key, &response)?;
         Ok(Attested {
             spiffe_id: node.agent_id(self.hub.trust_domain())?,
             attestation_type: "x509pop",

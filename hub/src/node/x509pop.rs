@@ -1,5 +1,6 @@
 //! x509pop node attestation: the node presents a certificate chain from an existing PKI and
-//! proves it holds the leaf's key by signing a random challenge.
+//! proves it holds the leaf's key by signing a random challenge bound to the agent key it
+//! asks the hub to certify ([`x509pop::challenge_message`]).
 
 use std::io;
 use std::path::{Path, PathBuf};
@@ -7,7 +8,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
 use fedhub_core::keys::EcCurve;
-use fedhub_core::{PublicKey, SpiffeId, TrustDomain};
+use fedhub_core::{PublicKey, SpiffeId, TrustDomain, x509pop};
 use fedhub_registry::Selector;
 use rustls::pki_types::{CertificateDer, UnixTime};
 use tonic::Status;
@@ -242,18 +243,41 @@ impl NodeCert {
             .collect()
     }
 
-    /// Checks the node's signature over `challenge` with the leaf's public key (ECDSA with
-    /// the curve's hash, ASN.1 DER signature; RSA PKCS#1 v1.5 with SHA-256).
-    pub(super) fn verify_challenge(&self, challenge: &[u8], response: &[u8]) -> Result<(), Status> {
-        UnparsedPublicKey::new(self.algorithm, &self.public_key)
-            .verify(challenge, response)
-            .map_err(|_| {
-                Status::permission_denied(
-                    "x509pop challenge response does not verify with the node certificate's key \
-                     (sign the challenge with the node key: ECDSA with the curve's hash, or RSA \
-                     PKCS#1 v1.5 with SHA-256)",
-                )
-            })
+    /// Checks the node's signature over the x509pop message binding `challenge` to
+    /// `agent_public_key` ([`x509pop::challenge_message`]) with the leaf's public key (ECDSA
+    /// with the curve's hash, ASN.1 DER signature; RSA PKCS#1 v1.5 with SHA-256).
+    /// `agent_public_key` must be the `agent_public_key` of the same attestation, so that a
+    /// challenge relayed to a node by a man in the middle cannot certify the relay's key.
+    ///
+    /// A signature over the bare challenge (agents before the binding) is refused with a
+    /// message saying so.
+    pub(super) fn verify_challenge(
+        &self,
+        challenge: &[u8; x509pop::CHALLENGE_LEN],
+        agent_public_key: &[u8],
+        response: &[u8],
+    ) -> Result<(), Status> {
+        let key = UnparsedPublicKey::new(self.algorithm, &self.public_key);
+        let message = x509pop::challenge_message(challenge, agent_public_key);
+        if key.verify(&message, response).is_ok() {
+            return Ok(());
+        }
+        if key.verify(challenge, response).is_ok() {
+            tracing::info!("x509pop challenge response over the bare challenge refused");
+            return Err(Status::permission_denied(
+                "x509pop challenge response signs the bare challenge, which this hub refuses: \
+                 the node key must sign the challenge bound to this attestation's \
+                 agent_public_key (\"fedhub x509pop v1\" NUL, the challenge, the SHA-256 of \
+                 agent_public_key); upgrade the agent",
+            ));
+        }
+        tracing::info!("x509pop challenge response refused");
+        Err(Status::permission_denied(
+            "x509pop challenge response does not verify with the node certificate's key over \
+             the challenge bound to this attestation's agent_public_key (sign \"fedhub x509pop \
+             v1\" NUL, the challenge, the SHA-256 of agent_public_key with the node key: ECDSA \
+             with the curve's hash, or RSA PKCS#1 v1.5 with SHA-256)",
+        ))
     }
 }
 
@@ -304,9 +328,18 @@ mod tests {
         (cert.der().to_vec(), key)
     }
 
+    /// A DER SubjectPublicKeyInfo for an agent key, as `AttestStart.agent_public_key` carries.
+    fn agent_spki() -> Vec<u8> {
+        fedhub_core::PrivateKey::generate(fedhub_core::KeyType::EcP256)
+            .unwrap()
+            .public_key_der()
+            .unwrap()
+    }
+
     #[test]
     fn challenge_signatures_of_each_key_type_verify() {
         let pki = pki();
+        let agent_key = agent_spki();
         for alg in [
             &rcgen::PKCS_ECDSA_P256_SHA256,
             &rcgen::PKCS_ECDSA_P384_SHA384,
@@ -314,18 +347,70 @@ mod tests {
         ] {
             let (leaf, key) = node(&pki, alg, |_| {});
             let cert = pki.verifier.verify(&[leaf], SystemTime::now()).unwrap();
-            let challenge = [7u8; 32];
-            let signature = key.sign(&challenge).unwrap();
-            cert.verify_challenge(&challenge, &signature)
+            let challenge = [7u8; x509pop::CHALLENGE_LEN];
+            let signature = key
+                .sign(&x509pop::challenge_message(&challenge, &agent_key))
+                .unwrap();
+            cert.verify_challenge(&challenge, &agent_key, &signature)
                 .unwrap_or_else(|e| panic!("{alg:?}: {e:?}"));
-            let other = key.sign(&[8u8; 32]).unwrap();
-            assert_eq!(
-                cert.verify_challenge(&challenge, &other)
-                    .unwrap_err()
-                    .code(),
-                tonic::Code::PermissionDenied,
-                "{alg:?}"
+            let other = key
+                .sign(&x509pop::challenge_message(
+                    &[8u8; x509pop::CHALLENGE_LEN],
+                    &agent_key,
+                ))
+                .unwrap();
+            let error = cert
+                .verify_challenge(&challenge, &agent_key, &other)
+                .unwrap_err();
+            assert_eq!(error.code(), tonic::Code::PermissionDenied, "{alg:?}");
+            assert!(error.message().contains("does not verify"), "{error:?}");
+        }
+    }
+
+    #[test]
+    fn a_challenge_relayed_for_another_agent_key_is_refused() {
+        // A man in the middle relays the hub's challenge to the node, which signs it bound to
+        // its own agent key A; the relay submits that signature with its key B.
+        let pki = pki();
+        let (leaf, node_key) = node(&pki, &rcgen::PKCS_ECDSA_P256_SHA256, |_| {});
+        let cert = pki.verifier.verify(&[leaf], SystemTime::now()).unwrap();
+        let challenge = [42u8; x509pop::CHALLENGE_LEN];
+        let (key_a, key_b) = (agent_spki(), agent_spki());
+        let signed_for_a = node_key
+            .sign(&x509pop::challenge_message(&challenge, &key_a))
+            .unwrap();
+
+        let error = cert
+            .verify_challenge(&challenge, &key_b, &signed_for_a)
+            .unwrap_err();
+        assert_eq!(error.code(), tonic::Code::PermissionDenied);
+        assert!(
+            error
+                .message()
+                .contains("over the challenge bound to this attestation's agent_public_key"),
+            "{error:?}"
+        );
+        cert.verify_challenge(&challenge, &key_a, &signed_for_a)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_signature_over_the_bare_challenge_is_refused_with_upgrade_advice() {
+        let pki = pki();
+        for alg in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_RSA_SHA256] {
+            let (leaf, node_key) = node(&pki, alg, |_| {});
+            let cert = pki.verifier.verify(&[leaf], SystemTime::now()).unwrap();
+            let challenge = [9u8; x509pop::CHALLENGE_LEN];
+            let bare = node_key.sign(&challenge).unwrap();
+            let error = cert
+                .verify_challenge(&challenge, &agent_spki(), &bare)
+                .unwrap_err();
+            assert_eq!(error.code(), tonic::Code::PermissionDenied, "{alg:?}");
+            assert!(
+                error.message().contains("signs the bare challenge"),
+                "{error:?}"
             );
+            assert!(error.message().contains("upgrade the agent"), "{error:?}");
         }
     }
 
