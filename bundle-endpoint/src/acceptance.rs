@@ -6,20 +6,36 @@
 //!   document is far more often a broken or compromised endpoint than a deliberate revocation
 //!   of everything (FED-31 is applied only with `accept_empty`);
 //! - its `spiffe_sequence` is lower than the stored one's (a possible rollback, FED-30);
+//! - it has no `spiffe_sequence` while the stored one has, and the relationship requires
+//!   sequences ([`AcceptancePolicy::require_sequence`]);
 //! - an X.509 authority is not a CA certificate, cannot be parsed, or carries a SPIFFE ID of
 //!   another trust domain in its URI SAN (a bundle for another trust domain). Authorities
 //!   without a SPIFFE URI SAN (e.g. a Web PKI style root) are fine.
 //!
 //! Freshness follows FED-30: when either side has no sequence, or both have the same one, the
 //! most recently fetched bundle counts as current, so a changed bundle replaces the stored one
-//! even without a higher sequence. A bundle identical to the stored one (same authorities, same
-//! sequence, same refresh hint) is reported [`Acceptance::Unchanged`] so that nothing is
-//! rewritten or pushed.
+//! even without a higher sequence. A bundle without a sequence that follows one with a
+//! sequence is accepted that way too, but reported as [`Acceptance::SequenceDropped`]: a peer
+//! that stops sending sequences also stops rollbacks from being detected, which the operator
+//! should hear about. A bundle identical to the stored one (same authorities, same sequence,
+//! same refresh hint) is reported [`Acceptance::Unchanged`] so that nothing is rewritten or
+//! pushed.
 
 use fedhub_core::{Bundle, SpiffeId, TrustDomain};
 use x509_parser::certificate::X509Certificate;
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::FromDer as _;
+
+/// A relationship's choices about fetched bundles; everything off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct AcceptancePolicy {
+    /// Apply a bundle with no authority at all, as a revocation of every key (FED-31), rather
+    /// than refuse it.
+    pub accept_empty: bool,
+    /// Refuse a bundle without `spiffe_sequence` while the stored bundle has one, rather than
+    /// apply it as the most recent fetch (FED-30) and report [`Acceptance::SequenceDropped`].
+    pub require_sequence: bool,
+}
 
 /// What to do with a fetched bundle that passed the checks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -29,6 +45,13 @@ pub enum Acceptance {
     Unchanged,
     /// Store the fetched bundle in place of the current one (or as the first one).
     Replace,
+    /// Store the fetched bundle in place of the current one, as the most recent fetch (FED-30),
+    /// although it has no `spiffe_sequence` while the stored one has: the peer stopped sending
+    /// sequences, and from now on a rollback cannot be told from an update. Worth a warning.
+    SequenceDropped {
+        /// The stored bundle's sequence.
+        stored: u64,
+    },
 }
 
 /// Why a fetched bundle was refused; the last good bundle stays.
@@ -59,6 +82,17 @@ pub enum Rejection {
         stored: u64,
         /// The fetched bundle's sequence.
         fetched: u64,
+    },
+    /// The fetched bundle has no `spiffe_sequence` while the stored one has, and the
+    /// relationship requires sequences.
+    #[error(
+        "peer {trust_domain} stopped sending spiffe_sequence: the fetched bundle has none, the stored bundle has sequence {stored}; refused because the relationship requires sequences, the last good bundle is kept (set require_sequence = false to apply bundles without a sequence)"
+    )]
+    SequenceDropped {
+        /// The relationship's trust domain.
+        trust_domain: TrustDomain,
+        /// The stored bundle's sequence.
+        stored: u64,
     },
     /// An X.509 authority is not a CA certificate.
     #[error(
@@ -91,8 +125,8 @@ pub enum Rejection {
 }
 
 /// Decides whether `fetched`, the bundle just fetched for the relationship with
-/// `trust_domain`, may replace `current`, the stored one (if any). `accept_empty` is the
-/// relationship's opt-in to apply a bundle without keys.
+/// `trust_domain`, may replace `current`, the stored one (if any), under the relationship's
+/// `policy`.
 ///
 /// # Errors
 /// [`Rejection`] when the bundle must not be applied.
@@ -100,7 +134,7 @@ pub fn check_fetched(
     trust_domain: &TrustDomain,
     current: Option<&Bundle>,
     fetched: &Bundle,
-    accept_empty: bool,
+    policy: AcceptancePolicy,
 ) -> Result<Acceptance, Rejection> {
     if fetched.trust_domain() != trust_domain {
         return Err(Rejection::MislabeledBundle {
@@ -108,7 +142,7 @@ pub fn check_fetched(
             found: fetched.trust_domain().clone(),
         });
     }
-    if fetched.is_empty() && !accept_empty {
+    if fetched.is_empty() && !policy.accept_empty {
         return Err(Rejection::Empty);
     }
     for (index, authority) in fetched.x509_authorities().iter().enumerate() {
@@ -117,10 +151,18 @@ pub fn check_fetched(
     let Some(current) = current else {
         return Ok(Acceptance::Replace);
     };
-    if let (Some(stored), Some(fetched)) = (current.sequence(), fetched.sequence())
-        && fetched < stored
-    {
-        return Err(Rejection::Rollback { stored, fetched });
+    match (current.sequence(), fetched.sequence()) {
+        (Some(stored), Some(fetched)) if fetched < stored => {
+            return Err(Rejection::Rollback { stored, fetched });
+        }
+        (Some(stored), None) if policy.require_sequence => {
+            return Err(Rejection::SequenceDropped {
+                trust_domain: trust_domain.clone(),
+                stored,
+            });
+        }
+        (Some(stored), None) => return Ok(Acceptance::SequenceDropped { stored }),
+        _ => {}
     }
     if current.same_authorities(fetched)
         && current.sequence() == fetched.sequence()

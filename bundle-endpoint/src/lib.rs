@@ -6,13 +6,14 @@
 //! - [`client`]: fetches a foreign trust domain's bundle over `https_web` or `https_spiffe`,
 //!   authenticating the endpoint and bounding time, size and redirects.
 //! - [`acceptance`]: decides whether a fetched bundle may replace the stored one (empty
-//!   bundles, rollbacks, authorities that are not CAs or belong to another trust domain).
+//!   bundles, rollbacks, dropped sequences, authorities that are not CAs or belong to another
+//!   trust domain).
 
 pub mod acceptance;
 pub mod client;
 pub mod server;
 
-pub use acceptance::{Acceptance, Rejection, check_fetched};
+pub use acceptance::{Acceptance, AcceptancePolicy, Rejection, check_fetched};
 pub use client::{
     BundleFetcher, EndpointAuth, FetchError, FetchOptions, FetchOutcome, SharedClients, TlsFailure,
 };

@@ -17,8 +17,8 @@ use axum::routing::get;
 use bytes::Bytes;
 use common::*;
 use fedhub_bundle_endpoint::{
-    Acceptance, BundleFetcher, BundlePublisher, EndpointAuth, FetchError, FetchOptions,
-    FetchOutcome, TlsFailure, check_fetched, router,
+    Acceptance, AcceptancePolicy, BundleFetcher, BundlePublisher, EndpointAuth, FetchError,
+    FetchOptions, FetchOutcome, TlsFailure, check_fetched, router,
 };
 use fedhub_core::{Bundle, BundleError};
 use tokio::net::TcpListener;
@@ -60,7 +60,7 @@ async fn https_spiffe_fetch_then_rotated_ca_through_the_bundle_source() {
     assert_eq!(etag.as_deref(), Some(endpoint.publisher.current().etag()));
     assert_eq!(peer, Some(id(ENDPOINT_ID)));
     assert_eq!(
-        check_fetched(&td(), Some(&bootstrap), &first, false),
+        check_fetched(&td(), Some(&bootstrap), &first, AcceptancePolicy::default()),
         Ok(Acceptance::Replace)
     );
     bundles.store(first.clone());
@@ -75,7 +75,7 @@ async fn https_spiffe_fetch_then_rotated_ca_through_the_bundle_source() {
     assert_eq!(second, bundle(&[&new_ca], 3));
     assert_eq!(peer, Some(id(ENDPOINT_ID)));
     assert_eq!(
-        check_fetched(&td(), Some(&first), &second, false),
+        check_fetched(&td(), Some(&first), &second, AcceptancePolicy::default()),
         Ok(Acceptance::Replace)
     );
 

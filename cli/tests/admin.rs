@@ -20,7 +20,7 @@ use fedhub_hub::admin::{
     serve_admin,
 };
 use fedhub_hub::config::HubConfig;
-use fedhub_registry::{AgentAttestation, Registry, Selector};
+use fedhub_registry::{AgentAttestation, RefreshSuccess, Registry, Selector, SequenceSeen};
 use serde_json::Value;
 use sqlx::{AnyConnection, AssertSqlSafe, Connection as _};
 use tempfile::TempDir;
@@ -272,8 +272,11 @@ fn federation(hub: &TestHub) {
         "spiffe://beta.test/fedhub/hub",
         "--trust-domain-bundle",
         &beta_pem,
+        "--require-sequence",
     ]);
     assert_eq!(created["profile"], "https_spiffe");
+    assert_eq!(created["require_sequence"], true);
+    assert_eq!(created["status"]["sequence_dropped"], false);
     assert_eq!(
         created["endpoint_spiffe_id"],
         "spiffe://beta.test/fedhub/hub"
@@ -401,10 +404,22 @@ fn federation(hub: &TestHub) {
         &td("web.test"),
         "test",
         "connection refused",
+        SequenceSeen::Dropped { stored: 4 },
         later,
     ))
     .unwrap();
-    hub.block_on(registry.record_refresh_success(&td("beta.test"), "test", None, None, later))
+    let based_on = hub
+        .block_on(registry.get_bundle_with_revision(&td("beta.test")))
+        .unwrap()
+        .map(|stored| stored.revision);
+    let success = RefreshSuccess {
+        based_on,
+        bundle: None,
+        etag: None,
+        sequence: SequenceSeen::Present,
+        next_refresh_at: later,
+    };
+    hub.block_on(registry.record_refresh_success(&td("beta.test"), "test", &success))
         .unwrap();
 
     let listed = hub.json(&["federation", "list"]);
@@ -419,7 +434,13 @@ fn federation(hub: &TestHub) {
     assert!(web["status"]["last_attempt_at"].is_string());
     assert!(web["status"]["last_success_at"].is_null());
     assert!(web["status"]["next_refresh_at"].is_string());
+    assert_eq!(web["status"]["sequence_dropped"], true);
+    assert_eq!(web["status"]["sequence_dropped_after"], 4);
+    assert!(web["status"]["sequence_dropped_at"].is_string());
+    assert_eq!(web["require_sequence"], false);
     let beta = hub.json(&["federation", "show", "--trust-domain", "beta.test"]);
+    assert_eq!(beta["status"]["sequence_dropped"], false);
+    assert!(beta["status"]["sequence_dropped_at"].is_null());
     assert!(beta["status"]["last_success_at"].is_string());
     assert!(beta["status"]["last_error"].is_null());
     assert_eq!(beta["bundle"]["authorities"], 1);
@@ -436,8 +457,19 @@ fn federation(hub: &TestHub) {
         assert!(header.contains(column), "{table}");
     }
     assert!(table.contains("connection refused"), "{table}");
+    assert!(table.contains("- (dropped)"), "{table}");
     let shown = hub.ok(&["federation", "show", "--trust-domain", "web.test"]);
     assert_eq!(field(&shown, "consecutive failures"), "1");
+    assert_eq!(field(&shown, "require sequence"), "false");
+    let dropped = field(&shown, "sequence dropped");
+    assert!(
+        dropped
+            .starts_with("yes: the peer stopped sending spiffe_sequence after sequence 4, since "),
+        "{shown}"
+    );
+    let beta_shown = hub.ok(&["federation", "show", "--trust-domain", "beta.test"]);
+    assert_eq!(field(&beta_shown, "sequence dropped"), "no");
+    assert_eq!(field(&beta_shown, "require sequence"), "true");
     assert_eq!(field(&shown, "last error"), "connection refused");
     assert!(field(&shown, "next refresh").contains("(in 4m"), "{shown}");
 
@@ -450,9 +482,12 @@ fn federation(hub: &TestHub) {
         "--bundle-endpoint-url",
         "https://web.test/v2",
         "--accept-empty-bundle",
+        "--require-sequence",
     ]);
     assert_eq!(updated["bundle_endpoint_url"], "https://web.test/v2");
     assert_eq!(updated["accept_empty_bundle"], true);
+    assert_eq!(updated["require_sequence"], true);
+    assert_eq!(updated["status"]["sequence_dropped"], true, "status kept");
     assert!(updated["extra_ca_pem"].is_string(), "kept");
     assert!(updated["status"]["next_refresh_at"].is_null());
     assert_eq!(updated["status"]["last_error"], "connection refused");
@@ -468,6 +503,16 @@ fn federation(hub: &TestHub) {
     ]);
     assert_eq!(switched["profile"], "https_spiffe");
     assert!(switched["extra_ca_pem"].is_null());
+    assert_eq!(switched["require_sequence"], true, "kept");
+    let relaxed = hub.json(&[
+        "federation",
+        "update",
+        "--trust-domain",
+        "web.test",
+        "--require-sequence=false",
+    ]);
+    assert_eq!(relaxed["require_sequence"], false);
+    assert_eq!(relaxed["accept_empty_bundle"], true, "kept");
     let err = hub.refused(&[
         "federation",
         "update",
@@ -1152,8 +1197,20 @@ impl RefreshNow for FakeRefresher {
                 .claim_due_refreshes("fake", now(), Duration::from_secs(60), 10)
                 .await
                 .map_err(|e| e.to_string())?;
+            let based_on = registry
+                .get_bundle_with_revision(&trust_domain)
+                .await
+                .map_err(|e| e.to_string())?
+                .map(|stored| stored.revision);
+            let success = RefreshSuccess {
+                based_on,
+                bundle: None,
+                etag: None,
+                sequence: SequenceSeen::Unknown,
+                next_refresh_at: next,
+            };
             registry
-                .record_refresh_success(&trust_domain, "fake", None, None, next)
+                .record_refresh_success(&trust_domain, "fake", &success)
                 .await
                 .map(drop)
                 .map_err(|e| e.to_string())

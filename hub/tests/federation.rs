@@ -17,12 +17,14 @@ use common::*;
 use fedhub_core::bundle::X509Authority;
 use fedhub_core::{SpiffeId, TrustDomain};
 use fedhub_hub::Hub;
-use fedhub_hub::federation::telemetry::{BUNDLE_AGE_SECONDS, CONSECUTIVE_FAILURES};
+use fedhub_hub::federation::telemetry::{
+    BUNDLE_AGE_SECONDS, CONSECUTIVE_FAILURES, SEQUENCE_DROPPED_TOTAL,
+};
 use fedhub_hub::federation::{
     FederationError, FederationManager, FederationOptions, RefreshOutcome,
 };
 use fedhub_hub::https::SwappableCert;
-use fedhub_registry::{EndpointProfile, RelationshipSpec};
+use fedhub_registry::{EndpointProfile, RelationshipOptions, RelationshipSpec};
 
 // --- two hubs -------------------------------------------------------------------------------
 
@@ -415,6 +417,212 @@ async fn sequence_rollback_keeps_the_last_good_bundle() {
     pair.federate(&endpoint.url, Some(&newer)).await;
     pair.assert_refused(&newer, "lower than the stored 7").await;
     assert_eq!(refreshes("rollback.test", "rejected"), 1);
+}
+
+/// How many fetched bundles of `trust_domain` came without a sequence after one with a
+/// sequence.
+fn sequence_drops(trust_domain: &str) -> u64 {
+    recorded()
+        .get(SEQUENCE_DROPPED_TOTAL, &[("trust_domain", trust_domain)])
+        .unwrap_or(0)
+}
+
+/// FED-30: without a sequence the most recently fetched bundle is current, so a bundle without
+/// `spiffe_sequence` after one with a sequence is applied. But the peer stopped sending
+/// sequences (rollbacks can no longer be told apart), which is flagged in the status and
+/// counted, until a bundle with a sequence comes back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsequenced_bundle_after_a_sequenced_one_is_applied_and_flagged() {
+    let pair = pair("unsequenced.test", "5m", options("local-1")).await;
+    let bootstrap = pair.remote_bundle();
+    assert_eq!(bootstrap.sequence(), Some(1));
+    let authorities = bootstrap.x509_authorities().len() + bootstrap.jwt_authorities().len();
+    let mut unsequenced = bootstrap.clone();
+    unsequenced.set_sequence(None);
+    let stub = stub("/", unsequenced.to_json());
+    let server = serve_stub(&stub, pair.remote.server_cert()).await;
+    pair.federate(&server.url, Some(&bootstrap)).await;
+    assert_eq!(status(&pair.local, &pair.td).await.sequence_dropped, None);
+
+    assert_eq!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Updated {
+            sequence: None,
+            authorities
+        }
+    );
+    assert_eq!(
+        stored(&pair.local, &pair.td).await,
+        Some(unsequenced.clone())
+    );
+    let after = status(&pair.local, &pair.td).await;
+    assert_eq!(after.last_error, None);
+    let dropped = after.sequence_dropped.expect("the drop is flagged");
+    assert_eq!(dropped.last_sequence, 1);
+    assert_eq!(sequence_drops("unsequenced.test"), 1);
+    assert_eq!(refreshes("unsequenced.test", "updated"), 1);
+
+    // Served again: nothing new dropped, the flag stays.
+    assert_eq!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Unchanged
+    );
+    assert_eq!(
+        status(&pair.local, &pair.td).await.sequence_dropped,
+        Some(dropped)
+    );
+    assert_eq!(sequence_drops("unsequenced.test"), 1);
+
+    // Sequences are back: applied, and the flag clears.
+    let mut back = bootstrap.clone();
+    back.set_sequence(Some(2));
+    stub.lock()
+        .unwrap()
+        .bodies
+        .insert("/".to_owned(), back.to_json());
+    assert_eq!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Updated {
+            sequence: Some(2),
+            authorities
+        }
+    );
+    assert_eq!(status(&pair.local, &pair.td).await.sequence_dropped, None);
+    assert_eq!(sequence_drops("unsequenced.test"), 1);
+}
+
+/// A relationship that requires sequences refuses a bundle without one after a bundle with one:
+/// the stored bundle stays, the error says why, and the drop is flagged and counted at each
+/// refused fetch. Opting out applies it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn require_sequence_refuses_an_unsequenced_bundle_after_a_sequenced_one() {
+    let pair = pair("strict.test", "5m", options("local-1")).await;
+    let bootstrap = pair.remote_bundle();
+    let mut unsequenced = bootstrap.clone();
+    unsequenced.set_sequence(None);
+    let stub = stub("/", unsequenced.to_json());
+    let server = serve_stub(&stub, pair.remote.server_cert()).await;
+    let spec = spiffe_spec(&pair.td, &server.url, pair.remote.hub_id());
+    let strict = RelationshipOptions {
+        require_sequence: true,
+    };
+    pair.local
+        .registry()
+        .create_relationship_with_options(ACTOR, &spec, strict, Some(&record(&bootstrap)))
+        .await
+        .unwrap();
+
+    let reason = pair
+        .assert_refused(
+            &bootstrap,
+            "peer strict.test stopped sending spiffe_sequence",
+        )
+        .await;
+    assert!(
+        reason.contains("the stored bundle has sequence 1"),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("refused because the relationship requires sequences"),
+        "{reason}"
+    );
+    let dropped = status(&pair.local, &pair.td)
+        .await
+        .sequence_dropped
+        .expect("the drop is flagged");
+    assert_eq!(dropped.last_sequence, 1);
+    assert_eq!(refreshes("strict.test", "rejected"), 1);
+    assert_eq!(sequence_drops("strict.test"), 1);
+    pair.assert_refused(&bootstrap, "stopped sending spiffe_sequence")
+        .await;
+    assert_eq!(
+        sequence_drops("strict.test"),
+        2,
+        "each refused fetch counts"
+    );
+
+    // Opted out: applied as the most recent fetch, still flagged.
+    pair.local
+        .registry()
+        .update_relationship_with_options(ACTOR, &spec, RelationshipOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Updated { sequence: None, .. }
+    ));
+    assert_eq!(stored(&pair.local, &pair.td).await, Some(unsequenced));
+    let after = status(&pair.local, &pair.td).await;
+    assert_eq!(after.last_error, None);
+    assert_eq!(
+        after.sequence_dropped,
+        Some(dropped),
+        "the first drop is kept"
+    );
+}
+
+/// A `bundle set` made while a fetch is in flight wins over the fetch's result, which was
+/// judged against the bundle the set replaced: nothing of it is stored (compare-and-swap on the
+/// bundle's revision), it is no failure, and the refresh is due again at once, to be judged
+/// against the set bundle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_set_during_a_fetch_wins_over_its_result() {
+    let pair = pair("race.test", "5m", options("local-1")).await;
+    let bootstrap = pair.remote_bundle();
+    let mut newer = bootstrap.clone();
+    newer.set_sequence(Some(2));
+    let stub = stub("/", newer.to_json());
+    stub.lock().unwrap().delay = Duration::from_secs(1);
+    let server = serve_stub(&stub, pair.remote.server_cert()).await;
+    pair.federate(&server.url, Some(&bootstrap)).await;
+
+    let manager = pair.manager.clone();
+    let td = pair.td.clone();
+    let refresh = tokio::spawn(async move { manager.refresh_now(&td).await });
+    eventually("the fetch to start", Duration::from_secs(5), async || {
+        !stub.lock().unwrap().requests.is_empty()
+    })
+    .await;
+    // The override keeps the endpoint's CA: the next fetch is authenticated with it.
+    let mut set = bootstrap.clone();
+    set.add_x509_authority(X509Authority::parse(ca_cert(&[]).2).unwrap());
+    pair.local
+        .registry()
+        .put_bundle(ACTOR, &record(&set))
+        .await
+        .unwrap();
+    assert_eq!(refresh.await.unwrap().unwrap(), RefreshOutcome::Superseded);
+    assert_eq!(
+        stored(&pair.local, &pair.td).await,
+        Some(set.clone()),
+        "the set wins"
+    );
+    let after = status(&pair.local, &pair.td).await;
+    assert_eq!(after.consecutive_failures, 0, "not a failure");
+    assert_eq!(after.last_error, None);
+    assert_eq!(after.last_success_at, None);
+    assert_eq!(after.etag, None);
+    assert_eq!(after.lease_owner, None, "lease released");
+    assert!(
+        after.next_refresh_at.is_some_and(|at| at <= now()),
+        "due again at once: {:?}",
+        after.next_refresh_at
+    );
+    assert_eq!(refreshes("race.test", "superseded"), 1);
+    assert_eq!(refreshes("race.test", "updated"), 0);
+    assert_eq!(refreshes("race.test", "fetch_error"), 0);
+
+    // Repeated, the endpoint's bundle is judged against the set one; a higher sequence
+    // replaces it.
+    stub.lock().unwrap().delay = Duration::ZERO;
+    assert!(matches!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Updated {
+            sequence: Some(2),
+            ..
+        }
+    ));
+    assert_eq!(stored(&pair.local, &pair.td).await, Some(newer));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

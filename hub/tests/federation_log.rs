@@ -72,3 +72,42 @@ async fn every_refresh_is_logged_with_url_profile_peer_and_outcome() {
     assert!(lines[1].contains("WARN") && lines[1].contains("outcome=\"fetch_error\""));
     assert!(lines[1].contains("cannot reach"), "{}", lines[1]);
 }
+
+/// A bundle without `spiffe_sequence` after one with a sequence is applied with a warning that
+/// says the peer stopped sending sequences and how to refuse such bundles.
+#[tokio::test]
+async fn a_dropped_sequence_is_logged_as_a_warning() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::INFO)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let pair = pair("dropped.test", "5m", options("local-1")).await;
+    let bootstrap = pair.remote_bundle();
+    let mut unsequenced = bootstrap.clone();
+    unsequenced.set_sequence(None);
+    let stub = stub("/", unsequenced.to_json());
+    let server = serve_stub(&stub, pair.remote.server_cert()).await;
+    pair.federate(&server.url, Some(&bootstrap)).await;
+    assert!(matches!(
+        pair.manager.refresh_now(&pair.td).await.unwrap(),
+        RefreshOutcome::Updated { sequence: None, .. }
+    ));
+
+    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let warning = logs
+        .lines()
+        .find(|line| line.contains("trust_domain=dropped.test") && line.contains("WARN"))
+        .unwrap_or_else(|| panic!("no warning in {logs}"));
+    for part in [
+        "stopped sending spiffe_sequence",
+        "stored_sequence=1",
+        "--require-sequence",
+    ] {
+        assert!(warning.contains(part), "{warning}");
+    }
+}

@@ -7,7 +7,7 @@ use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 
 use crate::error::RegistryError;
-use crate::feed::{ChangeKind, record_audit, record_change};
+use crate::feed::{ChangeKind, append_change, record_audit, record_change};
 use crate::store::{Fields, Registry, now, unix};
 
 /// A stored bundle. The document is SPIFFE bundle JSON as produced by
@@ -64,6 +64,37 @@ impl BundleRecord {
     }
 }
 
+/// Which write stored a bundle: the change feed revision that write appended.
+///
+/// Every write of a bundle gets a new revision, and revisions are never reused (not even after
+/// the bundle is deleted and stored again), so two reads that return the same revision saw the
+/// same stored bundle. A federation refresh stores its result only while the bundle it started
+/// from is still stored ([`crate::RefreshSuccess::based_on`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct BundleRevision(u64);
+
+impl BundleRevision {
+    /// The revision as a number.
+    pub fn get(self) -> u64 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for BundleRevision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A stored bundle and the revision of the write that stored it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredBundle {
+    /// The bundle.
+    pub record: BundleRecord,
+    /// Which write stored it.
+    pub revision: BundleRevision,
+}
+
 /// Checks `record` and that it belongs to `trust_domain`.
 pub(crate) fn validate_bundle(
     record: &BundleRecord,
@@ -81,31 +112,52 @@ pub(crate) fn validate_bundle(
     record.validate().map(drop)
 }
 
-/// Inserts or replaces a bundle and records the change; part of the caller's transaction.
+/// Inserts or replaces a bundle and records the change, whose revision becomes the bundle's
+/// [`BundleRevision`]; part of the caller's transaction.
 pub(crate) async fn upsert_bundle(
     conn: &mut AnyConnection,
     record: &BundleRecord,
 ) -> Result<(), RegistryError> {
     let sequence = record.validate()?;
-    sqlx::query(
-        "INSERT INTO bundles (trust_domain, document, sequence, updated_at) \
-         VALUES ($1, $2, $3, $4) \
-         ON CONFLICT (trust_domain) DO UPDATE SET document = excluded.document, \
-         sequence = excluded.sequence, updated_at = excluded.updated_at",
-    )
-    .bind(record.trust_domain.name())
-    .bind(record.document.as_str())
-    .bind(sequence)
-    .bind(unix(record.updated_at))
-    .execute(&mut *conn)
-    .await?;
-    record_change(
+    let revision = append_change(
         conn,
         unix(record.updated_at),
         ChangeKind::Bundle,
         record.trust_domain.name(),
     )
-    .await
+    .await?;
+    sqlx::query(
+        "INSERT INTO bundles (trust_domain, document, sequence, updated_at, revision) \
+         VALUES ($1, $2, $3, $4, $5) \
+         ON CONFLICT (trust_domain) DO UPDATE SET document = excluded.document, \
+         sequence = excluded.sequence, updated_at = excluded.updated_at, \
+         revision = excluded.revision",
+    )
+    .bind(record.trust_domain.name())
+    .bind(record.document.as_str())
+    .bind(sequence)
+    .bind(unix(record.updated_at))
+    .bind(revision)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The revision of the stored bundle of `trust_domain`, if one is stored; part of the caller's
+/// transaction.
+pub(crate) async fn bundle_revision(
+    conn: &mut AnyConnection,
+    trust_domain: &TrustDomain,
+) -> Result<Option<BundleRevision>, RegistryError> {
+    let row = sqlx::query("SELECT trust_domain, revision FROM bundles WHERE trust_domain = $1")
+        .bind(trust_domain.name())
+        .fetch_optional(&mut *conn)
+        .await?;
+    row.map(|row| {
+        let f = Fields::new(&row, "bundle", "trust_domain")?;
+        Ok(BundleRevision(f.unsigned("revision")?))
+    })
+    .transpose()
 }
 
 /// The bundle of `trust_domain`, if stored; part of the caller's transaction.
@@ -191,6 +243,33 @@ impl Registry {
     ) -> Result<Option<BundleRecord>, RegistryError> {
         let mut conn = self.pool.acquire().await?;
         fetch_bundle(&mut conn, trust_domain).await
+    }
+
+    /// The bundle of `trust_domain` with its revision, if stored: what a federation refresh
+    /// judges a fetched bundle against, and names when it records its result
+    /// ([`crate::RefreshSuccess::based_on`]).
+    ///
+    /// # Errors
+    /// [`RegistryError::Database`], or [`RegistryError::Corrupt`] for a malformed row.
+    pub async fn get_bundle_with_revision(
+        &self,
+        trust_domain: &TrustDomain,
+    ) -> Result<Option<StoredBundle>, RegistryError> {
+        let row = sqlx::query(
+            "SELECT trust_domain, document, sequence, updated_at, revision FROM bundles \
+             WHERE trust_domain = $1",
+        )
+        .bind(trust_domain.name())
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|row| {
+            let f = Fields::new(&row, "bundle", "trust_domain")?;
+            Ok(StoredBundle {
+                record: BundleRecord::from_row(&row)?,
+                revision: BundleRevision(f.unsigned("revision")?),
+            })
+        })
+        .transpose()
     }
 
     /// All stored bundles, ordered by trust domain.

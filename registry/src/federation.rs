@@ -10,7 +10,9 @@ use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 use url::Url;
 
-use crate::bundles::{BundleRecord, remove_bundle, upsert_bundle, validate_bundle};
+use crate::bundles::{
+    BundleRecord, BundleRevision, bundle_revision, remove_bundle, upsert_bundle, validate_bundle,
+};
 use crate::entries::touch_entries;
 use crate::error::{RegistryError, is_unique_violation};
 use crate::feed::{ChangeKind, record_audit, record_change};
@@ -130,6 +132,78 @@ impl RelationshipSpec {
     }
 }
 
+/// Settings of a relationship besides its [`RelationshipSpec`], each off by default.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct RelationshipOptions {
+    /// Refuse a fetched bundle without `spiffe_sequence` while the stored bundle has one,
+    /// keeping the stored bundle. Off, such a bundle is applied (checklist FED-30: without a
+    /// sequence the most recently fetched bundle is current) and the drop is recorded in
+    /// [`RefreshStatus::sequence_dropped`].
+    pub require_sequence: bool,
+}
+
+/// The peer stopped sending `spiffe_sequence`: a fetched bundle had none while the stored one
+/// had a sequence. Recorded by the first such refresh and kept until a bundle with a sequence
+/// is fetched and kept again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SequenceDrop {
+    /// When the drop was first seen.
+    pub since: OffsetDateTime,
+    /// The sequence of the stored bundle at that time.
+    pub last_sequence: u64,
+}
+
+/// What a refresh saw of the peer's `spiffe_sequence`, for [`RefreshStatus::sequence_dropped`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SequenceSeen {
+    /// Nothing to record (no bundle was read, or neither the stored nor the fetched bundle has
+    /// a sequence): a recorded drop stays.
+    #[default]
+    Unknown,
+    /// The endpoint's bundle, applied or found unchanged, has a sequence: a recorded drop is
+    /// cleared.
+    Present,
+    /// The endpoint's bundle has no sequence while the stored bundle has `stored`: recorded as
+    /// a drop, unless one is recorded already.
+    Dropped {
+        /// The stored bundle's sequence.
+        stored: u64,
+    },
+}
+
+/// A successful refresh, as [`Registry::record_refresh_success`] records it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RefreshSuccess {
+    /// The revision of the stored bundle the fetched one was judged against, `None` when none
+    /// was stored. Nothing of the refresh is stored unless this is still the stored bundle.
+    pub based_on: Option<BundleRevision>,
+    /// The bundle to store, or `None` when the endpoint served the stored one again (or
+    /// answered `304 Not Modified`).
+    pub bundle: Option<BundleRecord>,
+    /// The endpoint's entity tag for the stored bundle, for conditional fetches.
+    pub etag: Option<String>,
+    /// What the refresh saw of the peer's sequence.
+    pub sequence: SequenceSeen,
+    /// When the next refresh is due.
+    pub next_refresh_at: OffsetDateTime,
+}
+
+/// What [`Registry::record_refresh_success`] stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshRecorded {
+    /// The fetched bundle replaced the stored one (or was the first), and the status was
+    /// updated.
+    Replaced,
+    /// The status was updated; the stored bundle already was the fetched one, or none was
+    /// given.
+    Kept,
+    /// The stored bundle changed while the refresh ran (an admin's `bundle set` or forced
+    /// delete): nothing of the refresh was stored, neither bundle, entity tag nor status
+    /// besides the attempt time, the lease was released and the next refresh is due at once,
+    /// to judge the endpoint's bundle against the one stored now.
+    Superseded,
+}
+
 /// How refreshing a relationship's bundle went so far, and who is refreshing it now.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RefreshStatus {
@@ -149,6 +223,8 @@ pub struct RefreshStatus {
     pub lease_owner: Option<String>,
     /// Until when the lease holds.
     pub lease_until: Option<OffsetDateTime>,
+    /// Set while the peer sends bundles without `spiffe_sequence` after one with a sequence.
+    pub sequence_dropped: Option<SequenceDrop>,
 }
 
 /// A stored federation relationship.
@@ -156,6 +232,8 @@ pub struct RefreshStatus {
 pub struct Relationship {
     /// Its configuration.
     pub spec: RelationshipSpec,
+    /// Its other settings.
+    pub options: RelationshipOptions,
     /// When it was created.
     pub created_at: OffsetDateTime,
     /// When its configuration last changed.
@@ -168,7 +246,8 @@ macro_rules! relationship_columns {
     () => {
         "trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, extra_ca_pem, \
          accept_empty_bundle, created_at, updated_at, last_attempt_at, last_success_at, \
-         last_error, consecutive_failures, next_refresh_at, etag, lease_owner, lease_until"
+         last_error, consecutive_failures, next_refresh_at, etag, lease_owner, lease_until, \
+         require_sequence, sequence_dropped_at, sequence_dropped_after"
     };
 }
 
@@ -187,6 +266,22 @@ impl Relationship {
             },
             other => return Err(f.corrupt("profile", format!("unknown profile {other:?}"))),
         };
+        let sequence_dropped = match (
+            f.opt_time("sequence_dropped_at")?,
+            f.opt_unsigned("sequence_dropped_after")?,
+        ) {
+            (Some(since), Some(last_sequence)) => Some(SequenceDrop {
+                since,
+                last_sequence,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(f.corrupt(
+                    "sequence_dropped_after",
+                    "is set without sequence_dropped_at, or missing beside it",
+                ));
+            }
+        };
         Ok(Self {
             spec: RelationshipSpec {
                 trust_domain: f.trust_domain("trust_domain")?,
@@ -194,6 +289,9 @@ impl Relationship {
                     .map_err(|e| f.corrupt("bundle_endpoint_url", e))?,
                 profile,
                 accept_empty_bundle: f.flag("accept_empty_bundle")?,
+            },
+            options: RelationshipOptions {
+                require_sequence: f.flag("require_sequence")?,
             },
             created_at: f.time("created_at")?,
             updated_at: f.time("updated_at")?,
@@ -207,6 +305,7 @@ impl Relationship {
                 etag: f.opt_text("etag")?,
                 lease_owner: f.opt_text("lease_owner")?,
                 lease_until: f.opt_time("lease_until")?,
+                sequence_dropped,
             },
         })
     }
@@ -234,6 +333,26 @@ fn truncate(text: &str, max: usize) -> &str {
 }
 
 impl Registry {
+    /// Creates a relationship with the default [`RelationshipOptions`]; see
+    /// [`Registry::create_relationship_with_options`].
+    ///
+    /// # Errors
+    /// As [`Registry::create_relationship_with_options`].
+    pub async fn create_relationship(
+        &self,
+        actor: &str,
+        spec: &RelationshipSpec,
+        bootstrap: Option<&BundleRecord>,
+    ) -> Result<Relationship, RegistryError> {
+        self.create_relationship_with_options(
+            actor,
+            spec,
+            RelationshipOptions::default(),
+            bootstrap,
+        )
+        .await
+    }
+
     /// Creates a relationship, optionally with a bootstrap bundle of its trust domain (needed
     /// by `https_spiffe`), stored in the same transaction: both are stored or neither.
     ///
@@ -242,10 +361,11 @@ impl Registry {
     /// # Errors
     /// [`RegistryError::Invalid`] for a bad spec or a bootstrap bundle of another trust domain,
     /// [`RegistryError::AlreadyExists`], [`RegistryError::Database`].
-    pub async fn create_relationship(
+    pub async fn create_relationship_with_options(
         &self,
         actor: &str,
         spec: &RelationshipSpec,
+        options: RelationshipOptions,
         bootstrap: Option<&BundleRecord>,
     ) -> Result<Relationship, RegistryError> {
         spec.validate()?;
@@ -259,8 +379,9 @@ impl Registry {
         }
         let row = sqlx::query(concat!(
             "INSERT INTO federation_relationships (trust_domain, bundle_endpoint_url, profile, \
-             endpoint_spiffe_id, extra_ca_pem, accept_empty_bundle, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $7) RETURNING ",
+             endpoint_spiffe_id, extra_ca_pem, accept_empty_bundle, created_at, updated_at, \
+             require_sequence) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING ",
             relationship_columns!()
         ))
         .bind(spec.trust_domain.name())
@@ -270,6 +391,7 @@ impl Registry {
         .bind(spec.profile.extra_ca_pem())
         .bind(i16::from(spec.accept_empty_bundle))
         .bind(at)
+        .bind(i16::from(options.require_sequence))
         .fetch_one(&mut *tx)
         .await
         .map_err(|e| {
@@ -290,7 +412,7 @@ impl Registry {
             spec.trust_domain.name(),
         )
         .await?;
-        let mut details = spec_details(spec);
+        let mut details = spec_details(spec, Some(options));
         details["bootstrap_bundle"] = bootstrap.is_some().into();
         record_audit(
             &mut tx,
@@ -305,16 +427,40 @@ impl Registry {
         Ok(relationship)
     }
 
-    /// Replaces the configuration of a relationship. Its refresh status is kept, except that
-    /// the next refresh is due at once and the stored etag is dropped, so the new settings
-    /// take effect with a full fetch.
+    /// Replaces the spec of a relationship and keeps its [`RelationshipOptions`]; see
+    /// [`Registry::update_relationship_with_options`].
     ///
     /// # Errors
-    /// [`RegistryError::Invalid`], [`RegistryError::NotFound`], [`RegistryError::Database`].
+    /// As [`Registry::update_relationship_with_options`].
     pub async fn update_relationship(
         &self,
         actor: &str,
         spec: &RelationshipSpec,
+    ) -> Result<Relationship, RegistryError> {
+        self.replace_relationship(actor, spec, None).await
+    }
+
+    /// Replaces the configuration of a relationship: its spec and options. Its refresh status
+    /// is kept, except that the next refresh is due at once and the stored etag is dropped, so
+    /// the new settings take effect with a full fetch.
+    ///
+    /// # Errors
+    /// [`RegistryError::Invalid`], [`RegistryError::NotFound`], [`RegistryError::Database`].
+    pub async fn update_relationship_with_options(
+        &self,
+        actor: &str,
+        spec: &RelationshipSpec,
+        options: RelationshipOptions,
+    ) -> Result<Relationship, RegistryError> {
+        self.replace_relationship(actor, spec, Some(options)).await
+    }
+
+    /// Replaces the spec of a relationship, and its options when given.
+    async fn replace_relationship(
+        &self,
+        actor: &str,
+        spec: &RelationshipSpec,
+        options: Option<RelationshipOptions>,
     ) -> Result<Relationship, RegistryError> {
         spec.validate()?;
         let at = unix(now());
@@ -322,7 +468,8 @@ impl Registry {
         let row = sqlx::query(concat!(
             "UPDATE federation_relationships SET bundle_endpoint_url = $2, profile = $3, \
              endpoint_spiffe_id = $4, extra_ca_pem = $5, accept_empty_bundle = $6, \
-             updated_at = $7, next_refresh_at = NULL, etag = NULL \
+             updated_at = $7, next_refresh_at = NULL, etag = NULL, \
+             require_sequence = COALESCE($8, require_sequence) \
              WHERE trust_domain = $1 RETURNING ",
             relationship_columns!()
         ))
@@ -333,6 +480,7 @@ impl Registry {
         .bind(spec.profile.extra_ca_pem())
         .bind(i16::from(spec.accept_empty_bundle))
         .bind(at)
+        .bind(options.map(|options| i16::from(options.require_sequence)))
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| RegistryError::not_found(KIND, &spec.trust_domain))?;
@@ -350,7 +498,7 @@ impl Registry {
             actor,
             "federation.update",
             spec.trust_domain.name(),
-            &spec_details(spec),
+            &spec_details(spec, options),
         )
         .await?;
         tx.commit().await?;
@@ -576,14 +724,19 @@ impl Registry {
         }
     }
 
-    /// Records a successful refresh by the lease holder `owner` and releases the lease: stores
-    /// `bundle` (`None` when the endpoint reported it unchanged), the `etag`, clears the last
-    /// error and schedules the next refresh. All in one transaction.
+    /// Records a successful refresh by the lease holder `owner` and releases the lease, in one
+    /// transaction: stores the fetched bundle (if given), the etag and what was seen of the
+    /// peer's sequence, clears the last error and schedules the next refresh.
+    ///
+    /// This is a compare-and-swap on the stored bundle: when it is no longer the one the
+    /// refresh started from ([`RefreshSuccess::based_on`]), because an admin stored or deleted
+    /// it meanwhile, nothing of the refresh is stored and [`RefreshRecorded::Superseded`] is
+    /// returned; the newer bundle stays, and the next refresh is due at once.
     ///
     /// The bundle is written, and a [`ChangeKind::Bundle`] change recorded, only when its
     /// document or sequence differs from the stored one; the refresh status alone is
     /// bookkeeping and writes no change, so a poll that finds the bundle unchanged does not
-    /// wake the agents' sync streams. Returns whether the stored bundle changed.
+    /// wake the agents' sync streams.
     ///
     /// # Errors
     /// [`RegistryError::Invalid`] for a bundle of another trust domain,
@@ -593,15 +746,33 @@ impl Registry {
         &self,
         trust_domain: &TrustDomain,
         owner: &str,
-        bundle: Option<&BundleRecord>,
-        etag: Option<&str>,
-        next_refresh_at: OffsetDateTime,
-    ) -> Result<bool, RegistryError> {
-        if let Some(bundle) = bundle {
+        success: &RefreshSuccess,
+    ) -> Result<RefreshRecorded, RegistryError> {
+        if let Some(bundle) = &success.bundle {
             validate_bundle(bundle, trust_domain)?;
         }
         let at = unix(now());
         let mut tx = self.begin_write().await?;
+        // Writers are serialised (`begin_write`), so the stored bundle cannot change between
+        // this comparison and the commit.
+        if bundle_revision(&mut tx, trust_domain).await? != success.based_on {
+            let updated = sqlx::query(
+                "UPDATE federation_relationships SET last_attempt_at = $3, \
+                 next_refresh_at = $3, lease_owner = NULL, lease_until = NULL \
+                 WHERE trust_domain = $1 AND lease_owner = $2",
+            )
+            .bind(trust_domain.name())
+            .bind(owner)
+            .bind(at)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if updated == 0 {
+                return Err(lease_error(&mut tx, trust_domain, owner).await?);
+            }
+            tx.commit().await?;
+            return Ok(RefreshRecorded::Superseded);
+        }
         let updated = sqlx::query(
             "UPDATE federation_relationships SET last_attempt_at = $3, last_success_at = $3, \
              last_error = NULL, consecutive_failures = 0, next_refresh_at = $4, etag = $5, \
@@ -611,29 +782,31 @@ impl Registry {
         .bind(trust_domain.name())
         .bind(owner)
         .bind(at)
-        .bind(unix(next_refresh_at))
-        .bind(etag)
+        .bind(unix(success.next_refresh_at))
+        .bind(success.etag.as_deref())
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if updated == 0 {
             return Err(lease_error(&mut tx, trust_domain, owner).await?);
         }
-        let changed = match bundle {
+        record_sequence_seen(&mut tx, trust_domain, success.sequence, at).await?;
+        let recorded = match &success.bundle {
             Some(bundle) if bundle_differs(&mut tx, bundle).await? => {
                 upsert_bundle(&mut tx, bundle).await?;
-                true
+                RefreshRecorded::Replaced
             }
-            _ => false,
+            _ => RefreshRecorded::Kept,
         };
         tx.commit().await?;
-        Ok(changed)
+        Ok(recorded)
     }
 
     /// Records a failed refresh by the lease holder `owner` and releases the lease: keeps the
-    /// stored bundle, sets the error (cut to [`MAX_REFRESH_ERROR_LEN`] bytes), counts the
-    /// failure and schedules the next attempt. Like the status of a success, this is
-    /// bookkeeping and writes no change to the feed.
+    /// stored bundle, sets the error (cut to [`MAX_REFRESH_ERROR_LEN`] bytes), records what was
+    /// seen of the peer's sequence (a refused bundle without one), counts the failure and
+    /// schedules the next attempt. Like the status of a success, this is bookkeeping and
+    /// writes no change to the feed.
     ///
     /// # Errors
     /// [`RegistryError::NotFound`], [`RegistryError::LeaseNotHeld`] when `owner` lost the
@@ -643,6 +816,7 @@ impl Registry {
         trust_domain: &TrustDomain,
         owner: &str,
         error: &str,
+        sequence: SequenceSeen,
         next_refresh_at: OffsetDateTime,
     ) -> Result<(), RegistryError> {
         let at = unix(now());
@@ -664,9 +838,48 @@ impl Registry {
         if updated == 0 {
             return Err(lease_error(&mut tx, trust_domain, owner).await?);
         }
+        record_sequence_seen(&mut tx, trust_domain, sequence, at).await?;
         tx.commit().await?;
         Ok(())
     }
+}
+
+/// Records in the relationship's status what a refresh saw of the peer's sequence; part of the
+/// caller's transaction.
+async fn record_sequence_seen(
+    conn: &mut AnyConnection,
+    trust_domain: &TrustDomain,
+    seen: SequenceSeen,
+    at: i64,
+) -> Result<(), RegistryError> {
+    match seen {
+        SequenceSeen::Unknown => {}
+        SequenceSeen::Present => {
+            sqlx::query(
+                "UPDATE federation_relationships SET sequence_dropped_at = NULL, \
+                 sequence_dropped_after = NULL \
+                 WHERE trust_domain = $1 AND sequence_dropped_at IS NOT NULL",
+            )
+            .bind(trust_domain.name())
+            .execute(&mut *conn)
+            .await?;
+        }
+        SequenceSeen::Dropped { stored } => {
+            let stored = i64::try_from(stored)
+                .map_err(|_| RegistryError::invalid("stored sequence", "is above 2^63-1"))?;
+            sqlx::query(
+                "UPDATE federation_relationships SET sequence_dropped_at = $2, \
+                 sequence_dropped_after = $3 \
+                 WHERE trust_domain = $1 AND sequence_dropped_at IS NULL",
+            )
+            .bind(trust_domain.name())
+            .bind(at)
+            .bind(stored)
+            .execute(&mut *conn)
+            .await?;
+        }
+    }
+    Ok(())
 }
 
 /// Whether `bundle` differs from the stored bundle of its trust domain (in document or
@@ -709,14 +922,21 @@ async fn lease_error(
     })
 }
 
-fn spec_details(spec: &RelationshipSpec) -> serde_json::Value {
-    json!({
+fn spec_details(
+    spec: &RelationshipSpec,
+    options: Option<RelationshipOptions>,
+) -> serde_json::Value {
+    let mut details = json!({
         "bundle_endpoint_url": spec.bundle_endpoint_url.as_str(),
         "profile": spec.profile.name(),
         "endpoint_spiffe_id": spec.profile.endpoint_spiffe_id(),
         "extra_ca_pem": spec.profile.extra_ca_pem().is_some(),
         "accept_empty_bundle": spec.accept_empty_bundle,
-    })
+    });
+    if let Some(options) = options {
+        details["require_sequence"] = options.require_sequence.into();
+    }
+    details
 }
 
 #[cfg(test)]

@@ -101,6 +101,17 @@ pub(crate) async fn record_change(
     kind: ChangeKind,
     key: &str,
 ) -> Result<(), RegistryError> {
+    append_change(conn, at, kind, key).await.map(drop)
+}
+
+/// Appends a change to the feed and returns its revision; part of the caller's write
+/// transaction.
+pub(crate) async fn append_change(
+    conn: &mut AnyConnection,
+    at: i64,
+    kind: ChangeKind,
+    key: &str,
+) -> Result<i64, RegistryError> {
     let revision: i64 = sqlx::query_scalar(
         "UPDATE change_head SET revision = revision + 1 WHERE id = 1 RETURNING revision",
     )
@@ -113,7 +124,7 @@ pub(crate) async fn record_change(
         .bind(key)
         .execute(&mut *conn)
         .await?;
-    Ok(())
+    Ok(revision)
 }
 
 /// Appends an admin change to the audit log; part of the caller's write transaction.

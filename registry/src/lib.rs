@@ -9,7 +9,9 @@
 //! - bundles, own and foreign ([`BundleRecord`]); the own bundle is the union of the
 //!   authorities every hub replica publishes ([`Registry::publish_replica_authorities`]);
 //! - federation relationships with their refresh status and a refresh lease that hub
-//!   replicas claim ([`Relationship`], [`Registry::claim_due_refreshes`]);
+//!   replicas claim ([`Relationship`], [`Registry::claim_due_refreshes`]); a refresh stores
+//!   its result only while the bundle it started from is still stored
+//!   ([`Registry::record_refresh_success`], [`BundleRevision`]);
 //! - federation groups: named sets of trust domains ([`FederationGroup`]);
 //! - registration entries ([`Entry`]), with node aliases ([`NODE_ALIAS_PARENT_PATH`]); an
 //!   entry federates with trust domains it names, with the members of groups it names, and
@@ -38,7 +40,7 @@ mod store;
 pub use agents::{
     Agent, AgentAttestation, MAX_ATTESTATION_TYPE_LEN, MAX_NODE_SELECTORS, MAX_SERIAL_LEN,
 };
-pub use bundles::BundleRecord;
+pub use bundles::{BundleRecord, BundleRevision, StoredBundle};
 pub use entries::{
     Entry, EntryFilter, EntrySpec, MAX_DNS_NAMES, MAX_ENTRY_SELECTORS, MAX_HINT_LEN,
     NODE_ALIAS_PARENT_PATH,
@@ -46,7 +48,8 @@ pub use entries::{
 pub use error::RegistryError;
 pub use federation::{
     EndpointProfile, MAX_ENDPOINT_URL_LEN, MAX_EXTRA_CA_PEM_LEN, MAX_LEASE_OWNER_LEN,
-    MAX_REFRESH_ERROR_LEN, RefreshStatus, Relationship, RelationshipSpec,
+    MAX_REFRESH_ERROR_LEN, RefreshRecorded, RefreshStatus, RefreshSuccess, Relationship,
+    RelationshipOptions, RelationshipSpec, SequenceDrop, SequenceSeen,
 };
 pub use feed::{AuditEvent, Change, ChangeKind, MAX_ACTOR_LEN};
 pub use groups::{FederationGroup, FederationScope, MAX_GROUP_NAME_LEN};

@@ -14,8 +14,10 @@ use std::time::Duration;
 
 use common::{ACTOR, TestDb, bundle, entry, id, sel, spiffe_relationship, td, web_relationship};
 use fedhub_registry::{
-    AgentAttestation, Backend, ChangeKind, EndpointProfile, EntryFilter, NODE_ALIAS_PARENT_PATH,
-    POSTGRES_MIGRATOR, RefreshStatus, Registry, RegistryError, SQLITE_MIGRATOR,
+    AgentAttestation, Backend, BundleRecord, BundleRevision, ChangeKind, EndpointProfile,
+    EntryFilter, NODE_ALIAS_PARENT_PATH, POSTGRES_MIGRATOR, RefreshRecorded, RefreshStatus,
+    RefreshSuccess, Registry, RegistryError, RelationshipOptions, SQLITE_MIGRATOR, SequenceDrop,
+    SequenceSeen,
 };
 use fedhub_registry::{AuthorityKind, MAX_REPLICA_ID_LEN, ReplicaAuthorities};
 use fedhub_registry::{FederationGroup, MAX_GROUP_NAME_LEN};
@@ -43,6 +45,10 @@ both_backends!(
     claim_refresh_takes_one_relationship_whatever_its_schedule,
     refresh_success_and_failure_update_status,
     refresh_bookkeeping_writes_no_change,
+    bundle_revisions_change_with_every_write_and_are_never_reused,
+    refresh_result_is_not_stored_over_a_bundle_changed_meanwhile,
+    sequence_drops_are_recorded_until_sequences_come_back,
+    relationship_options_are_stored_and_kept_by_spec_updates,
     change_feed_records_every_write_in_order,
     audit_log_records_admin_changes,
     invalid_stored_values_are_reported_as_corrupt,
@@ -214,15 +220,16 @@ async fn relationships_create_get_list_update_delete(db: TestDb) {
     reg.claim_due_refreshes("hub-a", t0, Duration::from_secs(30), 10)
         .await
         .unwrap();
-    reg.record_refresh_success(
-        &web.trust_domain,
-        "hub-a",
+    let result = success(
+        reg,
+        "web.example",
         None,
         Some("\"v1\""),
         t0 + time::Duration::hours(1),
-    )
-    .await
-    .unwrap();
+    );
+    reg.record_refresh_success(&web.trust_domain, "hub-a", &result.await)
+        .await
+        .unwrap();
     let mut changed = web.clone();
     changed.profile = EndpointProfile::HttpsWeb {
         extra_ca_pem: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
@@ -1038,7 +1045,8 @@ async fn claim_refresh_takes_one_relationship_whatever_its_schedule(db: TestDb) 
         .await
         .unwrap();
     for name in [&partner, &other] {
-        reg.record_refresh_success(name, "hub-a", None, None, t0 + time::Duration::hours(1))
+        let result = success(reg, name.name(), None, None, t0 + time::Duration::hours(1));
+        reg.record_refresh_success(name, "hub-a", &result.await)
             .await
             .unwrap();
     }
@@ -1079,9 +1087,15 @@ async fn claim_refresh_takes_one_relationship_whatever_its_schedule(db: TestDb) 
         .unwrap()
         .unwrap();
     assert_eq!(retaken.status.lease_owner.as_deref(), Some("hub-b"));
-    reg.record_refresh_failure(&partner, "hub-b", "boom", t0 + time::Duration::hours(1))
-        .await
-        .unwrap();
+    reg.record_refresh_failure(
+        &partner,
+        "hub-b",
+        "boom",
+        SequenceSeen::Unknown,
+        t0 + time::Duration::hours(1),
+    )
+    .await
+    .unwrap();
 
     let failures: Vec<(fedhub_core::TrustDomain, u32)> = reg
         .list_refresh_failures()
@@ -1134,18 +1148,19 @@ async fn refresh_success_and_failure_update_status(db: TestDb) {
 
     // Only the lease holder may record a result.
     let err = reg
-        .record_refresh_failure(&partner, "hub-b", "boom", t0)
+        .record_refresh_failure(&partner, "hub-b", "boom", SequenceSeen::Unknown, t0)
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::LeaseNotHeld { .. }), "{err}");
+    let evil = success(
+        reg,
+        "partner.example",
+        Some(bundle("partner.example", 9, "evil")),
+        None,
+        t0,
+    );
     let err = reg
-        .record_refresh_success(
-            &partner,
-            "hub-b",
-            Some(&bundle("partner.example", 9, "evil")),
-            None,
-            t0,
-        )
+        .record_refresh_success(&partner, "hub-b", &evil.await)
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::LeaseNotHeld { .. }), "{err}");
@@ -1158,23 +1173,34 @@ async fn refresh_success_and_failure_update_status(db: TestDb) {
             .contains("boot")
     );
 
+    let other = success(
+        reg,
+        "partner.example",
+        Some(bundle("other.example", 2, "x")),
+        None,
+        t0,
+    );
     let err = reg
-        .record_refresh_success(
-            &partner,
-            "hub-a",
-            Some(&bundle("other.example", 2, "x")),
-            None,
-            t0,
-        )
+        .record_refresh_success(&partner, "hub-a", &other.await)
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::Invalid { .. }), "{err}");
 
     let next = t0 + time::Duration::minutes(5);
     let fresh = bundle("partner.example", 2, "fresh");
-    reg.record_refresh_success(&partner, "hub-a", Some(&fresh), Some("\"etag-2\""), next)
-        .await
-        .unwrap();
+    let result = success(
+        reg,
+        "partner.example",
+        Some(fresh.clone()),
+        Some("\"etag-2\""),
+        next,
+    );
+    assert_eq!(
+        reg.record_refresh_success(&partner, "hub-a", &result.await)
+            .await
+            .unwrap(),
+        RefreshRecorded::Replaced
+    );
     assert_eq!(reg.get_bundle(&partner).await.unwrap(), Some(fresh.clone()));
     let status = reg
         .get_relationship(&partner)
@@ -1213,9 +1239,15 @@ async fn refresh_success_and_failure_update_status(db: TestDb) {
                 .len(),
             1
         );
-        reg.record_refresh_failure(&partner, "hub-b", "connection refused", at)
-            .await
-            .unwrap();
+        reg.record_refresh_failure(
+            &partner,
+            "hub-b",
+            "connection refused",
+            SequenceSeen::Unknown,
+            at,
+        )
+        .await
+        .unwrap();
         let status = reg
             .get_relationship(&partner)
             .await
@@ -1243,15 +1275,19 @@ async fn refresh_success_and_failure_update_status(db: TestDb) {
             .len(),
         1
     );
-    reg.record_refresh_success(
-        &partner,
-        "hub-a",
+    let unchanged = success(
+        reg,
+        "partner.example",
         None,
         Some("\"etag-2\""),
         at + time::Duration::minutes(5),
-    )
-    .await
-    .unwrap();
+    );
+    assert_eq!(
+        reg.record_refresh_success(&partner, "hub-a", &unchanged.await)
+            .await
+            .unwrap(),
+        RefreshRecorded::Kept
+    );
     let status = reg
         .get_relationship(&partner)
         .await
@@ -1263,13 +1299,20 @@ async fn refresh_success_and_failure_update_status(db: TestDb) {
     assert_eq!(reg.get_bundle(&partner).await.unwrap(), Some(fresh));
 
     // A released lease cannot be used again, and unknown relationships are reported.
+    let again = success(reg, "partner.example", None, None, at);
     let err = reg
-        .record_refresh_success(&partner, "hub-a", None, None, at)
+        .record_refresh_success(&partner, "hub-a", &again.await)
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::LeaseNotHeld { .. }), "{err}");
     let err = reg
-        .record_refresh_failure(&td("nowhere.example"), "hub-a", "x", at)
+        .record_refresh_failure(
+            &td("nowhere.example"),
+            "hub-a",
+            "x",
+            SequenceSeen::Unknown,
+            at,
+        )
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::NotFound { .. }), "{err}");
@@ -1298,20 +1341,22 @@ async fn refresh_bookkeeping_writes_no_change(db: TestDb) {
 
     // 304 (no bundle) and the same bundle fetched again: status only.
     claim(at).await;
-    let changed = reg
-        .record_refresh_success(&partner, "hub-a", None, Some("\"e1\""), at)
+    let not_modified = success(reg, "partner.example", None, Some("\"e1\""), at);
+    let recorded = reg
+        .record_refresh_success(&partner, "hub-a", &not_modified.await)
         .await
         .unwrap();
-    assert!(!changed);
+    assert_eq!(recorded, RefreshRecorded::Kept);
     let mut same = boot.clone();
     same.updated_at = boot.updated_at + time::Duration::hours(1);
     at += time::Duration::minutes(1);
     claim(at).await;
-    let changed = reg
-        .record_refresh_success(&partner, "hub-a", Some(&same), Some("\"e1\""), at)
+    let fetched_again = success(reg, "partner.example", Some(same), Some("\"e1\""), at);
+    let recorded = reg
+        .record_refresh_success(&partner, "hub-a", &fetched_again.await)
         .await
         .unwrap();
-    assert!(!changed);
+    assert_eq!(recorded, RefreshRecorded::Kept);
     assert_eq!(
         reg.get_bundle(&partner).await.unwrap(),
         Some(boot.clone()),
@@ -1320,9 +1365,15 @@ async fn refresh_bookkeeping_writes_no_change(db: TestDb) {
     // A failure: status only.
     at += time::Duration::minutes(1);
     claim(at).await;
-    reg.record_refresh_failure(&partner, "hub-a", "connection refused", at)
-        .await
-        .unwrap();
+    reg.record_refresh_failure(
+        &partner,
+        "hub-a",
+        "connection refused",
+        SequenceSeen::Unknown,
+        at,
+    )
+    .await
+    .unwrap();
     assert_eq!(reg.latest_revision().await.unwrap(), before);
     assert!(changes_after(reg, before).await.is_empty());
     let status = status_of(reg, "partner.example").await;
@@ -1336,11 +1387,12 @@ async fn refresh_bookkeeping_writes_no_change(db: TestDb) {
         claim(at).await;
         let revision = reg.latest_revision().await.unwrap();
         let fresh = bundle("partner.example", sequence, marker);
-        let changed = reg
-            .record_refresh_success(&partner, "hub-a", Some(&fresh), None, at)
+        let result = success(reg, "partner.example", Some(fresh.clone()), None, at);
+        let recorded = reg
+            .record_refresh_success(&partner, "hub-a", &result.await)
             .await
             .unwrap();
-        assert!(changed, "{marker}");
+        assert_eq!(recorded, RefreshRecorded::Replaced, "{marker}");
         assert_eq!(reg.get_bundle(&partner).await.unwrap(), Some(fresh));
         assert_eq!(
             changes_after(reg, revision).await,
@@ -1348,6 +1400,359 @@ async fn refresh_bookkeeping_writes_no_change(db: TestDb) {
         );
         assert_eq!(reg.latest_revision().await.unwrap(), revision + 1);
     }
+}
+
+async fn bundle_revisions_change_with_every_write_and_are_never_reused(db: TestDb) {
+    let reg = &db.registry;
+    let partner = td("partner.example");
+    assert_eq!(reg.get_bundle_with_revision(&partner).await.unwrap(), None);
+    let first = bundle("partner.example", 1, "first");
+    reg.put_bundle(ACTOR, &first).await.unwrap();
+    let stored = reg
+        .get_bundle_with_revision(&partner)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(stored.record, first);
+    assert_eq!(
+        stored.revision.get(),
+        reg.latest_revision().await.unwrap(),
+        "the change feed revision of the write"
+    );
+
+    // The same document again is still a new write.
+    reg.put_bundle(ACTOR, &first).await.unwrap();
+    let again = revision_of(reg, "partner.example").await.unwrap();
+    assert!(again > stored.revision);
+
+    // Deleted and stored again: a revision never seen before.
+    reg.delete_bundle(ACTOR, &partner).await.unwrap();
+    assert_eq!(revision_of(reg, "partner.example").await, None);
+    reg.put_bundle(ACTOR, &first).await.unwrap();
+    assert!(revision_of(reg, "partner.example").await.unwrap() > again);
+}
+
+/// The compare-and-swap of a refresh result: a fetch judged against one stored bundle stores
+/// nothing (bundle, entity tag, sequence status) once an admin stored or deleted another one
+/// meanwhile; the admin's write wins, and the next refresh is due at once to judge the
+/// endpoint's bundle against it.
+async fn refresh_result_is_not_stored_over_a_bundle_changed_meanwhile(db: TestDb) {
+    let reg = &db.registry;
+    let partner = td("partner.example");
+    let boot = bundle("partner.example", 1, "boot");
+    reg.create_relationship(ACTOR, &web_relationship("partner.example"), Some(&boot))
+        .await
+        .unwrap();
+    let lease = Duration::from_secs(30);
+    let later = now() + time::Duration::hours(1);
+    let claim = async || {
+        let claimed = reg
+            .claim_refresh(&partner, "hub-a", now(), lease)
+            .await
+            .unwrap();
+        assert!(claimed.is_some(), "claimed");
+    };
+
+    // The refresh starts from the bootstrap bundle; an admin sets another one while it runs.
+    claim().await;
+    let started_from = revision_of(reg, "partner.example").await;
+    assert!(started_from.is_some());
+    let set = bundle("partner.example", 1, "set by an admin");
+    reg.put_bundle(ACTOR, &set).await.unwrap();
+    let before = reg.latest_revision().await.unwrap();
+    let fetched = RefreshSuccess {
+        based_on: started_from,
+        bundle: Some(bundle("partner.example", 2, "fetched")),
+        etag: Some("\"fetched\"".into()),
+        sequence: SequenceSeen::Dropped { stored: 1 },
+        next_refresh_at: later,
+    };
+    assert_eq!(
+        reg.record_refresh_success(&partner, "hub-a", &fetched)
+            .await
+            .unwrap(),
+        RefreshRecorded::Superseded
+    );
+    assert_eq!(
+        reg.get_bundle(&partner).await.unwrap(),
+        Some(set.clone()),
+        "the set wins"
+    );
+    assert!(
+        changes_after(reg, before).await.is_empty(),
+        "nothing written"
+    );
+    let status = status_of(reg, "partner.example").await;
+    assert_eq!(status.etag, None, "the fetched entity tag is not stored");
+    assert_eq!(status.sequence_dropped, None);
+    assert_eq!(status.last_success_at, None);
+    assert!(status.last_attempt_at.is_some());
+    assert_eq!(status.consecutive_failures, 0, "not a failure");
+    assert_eq!(
+        (status.lease_owner.as_deref(), status.lease_until),
+        (None, None),
+        "lease released"
+    );
+    assert!(
+        status.next_refresh_at.is_some_and(|at| at <= now()),
+        "due again at once: {:?}",
+        status.next_refresh_at
+    );
+
+    // A `304` (no bundle) is checked the same way, or its entity tag would be stored for the
+    // replaced bundle.
+    claim().await;
+    let stale = revision_of(reg, "partner.example").await;
+    reg.put_bundle(ACTOR, &boot).await.unwrap();
+    let not_modified = RefreshSuccess {
+        based_on: stale,
+        bundle: None,
+        etag: Some("\"old\"".into()),
+        sequence: SequenceSeen::Unknown,
+        next_refresh_at: later,
+    };
+    assert_eq!(
+        reg.record_refresh_success(&partner, "hub-a", &not_modified)
+            .await
+            .unwrap(),
+        RefreshRecorded::Superseded
+    );
+    assert_eq!(status_of(reg, "partner.example").await.etag, None);
+
+    // A forced delete while the fetch runs: the bundle stays deleted.
+    claim().await;
+    let stale = revision_of(reg, "partner.example").await;
+    reg.force_delete_bundle(ACTOR, &partner).await.unwrap();
+    let resurrect = RefreshSuccess {
+        based_on: stale,
+        bundle: Some(bundle("partner.example", 2, "fetched")),
+        etag: None,
+        sequence: SequenceSeen::Present,
+        next_refresh_at: later,
+    };
+    assert_eq!(
+        reg.record_refresh_success(&partner, "hub-a", &resurrect)
+            .await
+            .unwrap(),
+        RefreshRecorded::Superseded
+    );
+    assert_eq!(reg.get_bundle(&partner).await.unwrap(), None);
+
+    // And the reverse: started without a bundle, one was set meanwhile.
+    claim().await;
+    reg.put_bundle(ACTOR, &set).await.unwrap();
+    let first = RefreshSuccess {
+        based_on: None,
+        ..resurrect.clone()
+    };
+    assert_eq!(
+        reg.record_refresh_success(&partner, "hub-a", &first)
+            .await
+            .unwrap(),
+        RefreshRecorded::Superseded
+    );
+    assert_eq!(reg.get_bundle(&partner).await.unwrap(), Some(set));
+
+    // A lost lease is reported as such, superseded or not.
+    let lost = RefreshSuccess {
+        based_on: None,
+        ..resurrect.clone()
+    };
+    let err = reg
+        .record_refresh_success(&partner, "hub-a", &lost)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, RegistryError::LeaseNotHeld { .. }), "{err}");
+
+    // Based on the bundle stored now, the result is stored.
+    claim().await;
+    let current = RefreshSuccess {
+        based_on: revision_of(reg, "partner.example").await,
+        ..resurrect
+    };
+    assert_eq!(
+        reg.record_refresh_success(&partner, "hub-a", &current)
+            .await
+            .unwrap(),
+        RefreshRecorded::Replaced
+    );
+    assert!(
+        reg.get_bundle(&partner)
+            .await
+            .unwrap()
+            .unwrap()
+            .document
+            .contains("fetched")
+    );
+    let status = status_of(reg, "partner.example").await;
+    assert!(status.last_success_at.is_some());
+    assert_eq!(status.next_refresh_at, Some(later));
+}
+
+/// A fetched bundle without a sequence after a stored one with a sequence is recorded in the
+/// status, applied or refused, with the first drop's time and sequence, until a bundle with a
+/// sequence is kept again.
+async fn sequence_drops_are_recorded_until_sequences_come_back(db: TestDb) {
+    let reg = &db.registry;
+    let partner = td("partner.example");
+    reg.create_relationship(
+        ACTOR,
+        &web_relationship("partner.example"),
+        Some(&bundle("partner.example", 7, "boot")),
+    )
+    .await
+    .unwrap();
+    let lease = Duration::from_secs(30);
+    let later = now() + time::Duration::hours(1);
+    let claim = async || {
+        assert!(
+            reg.claim_refresh(&partner, "hub-a", now(), lease)
+                .await
+                .unwrap()
+                .is_some()
+        );
+    };
+    let unsequenced = BundleRecord::new(partner.clone(), r#"{"keys":[]}"#.into(), None);
+    let refresh = async |bundle: Option<BundleRecord>, sequence| {
+        claim().await;
+        let result = RefreshSuccess {
+            sequence,
+            ..success(reg, "partner.example", bundle, None, later).await
+        };
+        reg.record_refresh_success(&partner, "hub-a", &result)
+            .await
+            .unwrap()
+    };
+    assert_eq!(
+        status_of(reg, "partner.example").await.sequence_dropped,
+        None
+    );
+
+    // Applied: recorded with the stored sequence.
+    let before = now();
+    let recorded = refresh(
+        Some(unsequenced.clone()),
+        SequenceSeen::Dropped { stored: 7 },
+    )
+    .await;
+    assert_eq!(recorded, RefreshRecorded::Replaced);
+    let dropped = status_of(reg, "partner.example")
+        .await
+        .sequence_dropped
+        .expect("the drop is recorded");
+    assert_eq!(dropped.last_sequence, 7);
+    assert!(
+        dropped.since >= before && dropped.since <= now(),
+        "{dropped:?}"
+    );
+
+    // Still without sequences (nothing to compare against now), a 304, a refused bundle, a
+    // later drop: the first drop is kept.
+    refresh(Some(unsequenced.clone()), SequenceSeen::Unknown).await;
+    refresh(None, SequenceSeen::Unknown).await;
+    claim().await;
+    reg.record_refresh_failure(
+        &partner,
+        "hub-a",
+        "refused",
+        SequenceSeen::Dropped { stored: 9 },
+        later,
+    )
+    .await
+    .unwrap();
+    refresh(Some(unsequenced), SequenceSeen::Dropped { stored: 9 }).await;
+    assert_eq!(
+        status_of(reg, "partner.example").await.sequence_dropped,
+        Some(dropped)
+    );
+
+    // Sequences are back: cleared.
+    refresh(
+        Some(bundle("partner.example", 8, "back")),
+        SequenceSeen::Present,
+    )
+    .await;
+    assert_eq!(
+        status_of(reg, "partner.example").await.sequence_dropped,
+        None
+    );
+
+    // A refused bundle without a sequence is recorded too.
+    claim().await;
+    reg.record_refresh_failure(
+        &partner,
+        "hub-a",
+        "refused",
+        SequenceSeen::Dropped { stored: 8 },
+        later,
+    )
+    .await
+    .unwrap();
+    let status = status_of(reg, "partner.example").await;
+    assert!(
+        matches!(
+            status.sequence_dropped,
+            Some(SequenceDrop {
+                last_sequence: 8,
+                ..
+            })
+        ),
+        "{status:?}"
+    );
+    assert_eq!(status.last_error.as_deref(), Some("refused"));
+}
+
+async fn relationship_options_are_stored_and_kept_by_spec_updates(db: TestDb) {
+    let reg = &db.registry;
+    let strict = RelationshipOptions {
+        require_sequence: true,
+    };
+    let spec = web_relationship("strict.example");
+    let created = reg
+        .create_relationship_with_options(ACTOR, &spec, strict, None)
+        .await
+        .unwrap();
+    assert_eq!(created.options, strict);
+    let plain = reg
+        .create_relationship(ACTOR, &web_relationship("plain.example"), None)
+        .await
+        .unwrap();
+    assert_eq!(plain.options, RelationshipOptions::default());
+    assert!(!plain.options.require_sequence, "off by default");
+
+    // A spec update keeps the options; an update with options replaces them.
+    let mut moved = spec.clone();
+    moved.bundle_endpoint_url = "https://strict.example/v2".parse().unwrap();
+    let updated = reg.update_relationship(ACTOR, &moved).await.unwrap();
+    assert_eq!(updated.options, strict);
+    let relaxed = reg
+        .update_relationship_with_options(ACTOR, &moved, RelationshipOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(relaxed.options, RelationshipOptions::default());
+    assert_eq!(
+        reg.get_relationship(&spec.trust_domain)
+            .await
+            .unwrap()
+            .unwrap()
+            .options,
+        RelationshipOptions::default()
+    );
+
+    let audit = reg.list_audit(10).await.unwrap();
+    let details: Vec<(&str, &serde_json::Value)> = audit
+        .iter()
+        .filter(|e| e.target == "strict.example")
+        .map(|e| (e.action.as_str(), &e.details["require_sequence"]))
+        .collect();
+    assert_eq!(
+        details,
+        [
+            ("federation.update", &serde_json::Value::Bool(false)),
+            ("federation.update", &serde_json::Value::Null),
+            ("federation.create", &serde_json::Value::Bool(true)),
+        ]
+    );
 }
 
 async fn change_feed_records_every_write_in_order(db: TestDb) {
@@ -1576,6 +1981,32 @@ async fn invalid_stored_values_are_reported_as_corrupt(db: TestDb) {
     );
 }
 
+/// The revision of the stored bundle of `name`, if one is stored.
+async fn revision_of(reg: &Registry, name: &str) -> Option<BundleRevision> {
+    reg.get_bundle_with_revision(&td(name))
+        .await
+        .unwrap()
+        .map(|stored| stored.revision)
+}
+
+/// A successful refresh of the relationship with `name`, based on the bundle stored now, that
+/// saw nothing of the peer's sequence.
+async fn success(
+    reg: &Registry,
+    name: &str,
+    bundle: Option<BundleRecord>,
+    etag: Option<&str>,
+    next_refresh_at: OffsetDateTime,
+) -> RefreshSuccess {
+    RefreshSuccess {
+        based_on: revision_of(reg, name).await,
+        bundle,
+        etag: etag.map(str::to_owned),
+        sequence: SequenceSeen::Unknown,
+        next_refresh_at,
+    }
+}
+
 /// The refresh status of the relationship with `name`.
 async fn status_of(reg: &Registry, name: &str) -> RefreshStatus {
     reg.get_relationship(&td(name))
@@ -1603,7 +2034,8 @@ async fn refreshed_relationships(reg: &Registry, names: &[&str], next: OffsetDat
         .unwrap();
     assert_eq!(claimed.len(), names.len());
     for name in names {
-        reg.record_refresh_success(&td(name), "replica-1", None, Some("\"v1\""), next)
+        let result = success(reg, name, None, Some("\"v1\""), next);
+        reg.record_refresh_success(&td(name), "replica-1", &result.await)
             .await
             .unwrap();
     }

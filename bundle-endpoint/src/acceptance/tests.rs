@@ -37,8 +37,26 @@ fn bundle(authorities: &[&X509Authority], sequence: Option<u64>) -> Bundle {
 }
 
 fn check(current: Option<&Bundle>, fetched: &Bundle) -> Result<Acceptance, Rejection> {
-    check_fetched(&td("b.test"), current, fetched, false)
+    check_fetched(&td("b.test"), current, fetched, AcceptancePolicy::default())
 }
+
+fn check_with(
+    current: Option<&Bundle>,
+    fetched: &Bundle,
+    policy: AcceptancePolicy,
+) -> Result<Acceptance, Rejection> {
+    check_fetched(&td("b.test"), current, fetched, policy)
+}
+
+const ACCEPT_EMPTY: AcceptancePolicy = AcceptancePolicy {
+    accept_empty: true,
+    require_sequence: false,
+};
+
+const REQUIRE_SEQUENCE: AcceptancePolicy = AcceptancePolicy {
+    accept_empty: false,
+    require_sequence: true,
+};
 
 #[test]
 fn first_bundle_is_stored() {
@@ -54,7 +72,7 @@ fn empty_bundle_is_refused_unless_opted_in() {
     assert_eq!(check(None, &empty), Err(Rejection::Empty));
     assert!(Rejection::Empty.to_string().contains("accept_empty_bundle"));
     assert_eq!(
-        check_fetched(&td("b.test"), Some(&stored), &empty, true),
+        check_with(Some(&stored), &empty, ACCEPT_EMPTY),
         Ok(Acceptance::Replace)
     );
     // A bundle with only JWT authorities is not empty.
@@ -106,11 +124,74 @@ fn same_or_missing_sequence_with_new_content_replaces() {
     let rotated = bundle(&[&authority, &ca("b.test")], Some(7));
     assert_eq!(check(Some(&stored), &rotated), Ok(Acceptance::Replace));
     let unsequenced = bundle(&[&ca("b.test")], None);
-    assert_eq!(check(Some(&stored), &unsequenced), Ok(Acceptance::Replace));
     assert_eq!(check(Some(&unsequenced), &stored), Ok(Acceptance::Replace));
+    let other_unsequenced = bundle(&[&ca("b.test")], None);
+    assert_eq!(
+        check(Some(&unsequenced), &other_unsequenced),
+        Ok(Acceptance::Replace)
+    );
     let mut jwt_changed = stored.clone();
     jwt_changed.add_jwt_authority(jwt_authority("k2"));
     assert_eq!(check(Some(&stored), &jwt_changed), Ok(Acceptance::Replace));
+}
+
+/// FED-30: without a sequence the most recent fetch is current, so a bundle without one
+/// after one with a sequence is applied, but reported; a relationship that requires sequences
+/// refuses it.
+#[test]
+fn missing_sequence_after_a_sequence_is_applied_but_reported_or_refused() {
+    let authority = ca("b.test");
+    let stored = bundle(&[&authority], Some(7));
+    let unsequenced = bundle(&[&authority, &ca("b.test")], None);
+    assert_eq!(
+        check(Some(&stored), &unsequenced),
+        Ok(Acceptance::SequenceDropped { stored: 7 })
+    );
+    // The same authorities without the sequence are not "unchanged": the drop is news.
+    let same_keys = bundle(&[&authority], None);
+    assert_eq!(
+        check(Some(&stored), &same_keys),
+        Ok(Acceptance::SequenceDropped { stored: 7 })
+    );
+
+    let rejection = check_with(Some(&stored), &unsequenced, REQUIRE_SEQUENCE).unwrap_err();
+    assert_eq!(
+        rejection,
+        Rejection::SequenceDropped {
+            trust_domain: td("b.test"),
+            stored: 7
+        }
+    );
+    let message = rejection.to_string();
+    for part in [
+        "peer b.test stopped sending spiffe_sequence",
+        "the stored bundle has sequence 7",
+        "refused because the relationship requires sequences",
+        "require_sequence = false",
+    ] {
+        assert!(message.contains(part), "{message}");
+    }
+
+    // Requiring sequences changes nothing else: a first bundle, or one after a stored bundle
+    // without a sequence, is applied; sequenced bundles follow the usual rules.
+    assert_eq!(
+        check_with(None, &unsequenced, REQUIRE_SEQUENCE),
+        Ok(Acceptance::Replace)
+    );
+    let stored_unsequenced = bundle(&[&authority], None);
+    assert_eq!(
+        check_with(Some(&stored_unsequenced), &unsequenced, REQUIRE_SEQUENCE),
+        Ok(Acceptance::Replace)
+    );
+    let newer = bundle(&[&authority], Some(8));
+    assert_eq!(
+        check_with(Some(&stored), &newer, REQUIRE_SEQUENCE),
+        Ok(Acceptance::Replace)
+    );
+    assert!(matches!(
+        check_with(Some(&newer), &stored, REQUIRE_SEQUENCE),
+        Err(Rejection::Rollback { .. })
+    ));
 }
 
 #[test]

@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use fedhub_core::{SpiffeId, TrustDomain};
 use fedhub_hub::admin::api::{
-    CreateRelationship, DeletedRelationship, Profile, RelationshipConfig, RelationshipView,
+    CreateRelationship, DeletedRelationship, Profile, RefreshStatusView, RelationshipConfig,
+    RelationshipView,
 };
 use hyper::Method;
 
@@ -62,6 +63,10 @@ struct Settings {
     /// Apply a bundle without keys (revoking everything) instead of keeping the last good one.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     accept_empty_bundle: Option<bool>,
+    /// Refuse a bundle without spiffe_sequence once the stored bundle has one, keeping the
+    /// last good one; off, such a bundle is applied and flagged (sequence dropped).
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    require_sequence: Option<bool>,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -136,6 +141,9 @@ impl Settings {
         if let Some(accept) = self.accept_empty_bundle {
             config.accept_empty_bundle = accept;
         }
+        if let Some(require) = self.require_sequence {
+            config.require_sequence = require;
+        }
         Ok(())
     }
 }
@@ -159,6 +167,7 @@ impl FederationCommand {
                         endpoint_spiffe_id: None,
                         extra_ca_pem: None,
                         accept_empty_bundle: false,
+                        require_sequence: false,
                     };
                     settings.apply(&mut config)?;
                     let request = CreateRelationship {
@@ -278,6 +287,7 @@ fn show(ctx: &Ctx, view: &RelationshipView) -> anyhow::Result<()> {
             "accept empty bundle",
             view.config.accept_empty_bundle.to_string(),
         ),
+        ("require sequence", view.config.require_sequence.to_string()),
         ("last attempt", output::time(status.last_attempt_at)),
         ("last success", output::time(status.last_success_at)),
         ("last error", output::opt(status.last_error.as_ref())),
@@ -290,6 +300,7 @@ fn show(ctx: &Ctx, view: &RelationshipView) -> anyhow::Result<()> {
             "bundle sequence",
             output::opt(bundle.and_then(|b| b.sequence)),
         ),
+        ("sequence dropped", sequence_dropped(status)),
         (
             "bundle authorities",
             output::opt(bundle.map(|b| b.authorities)),
@@ -298,6 +309,31 @@ fn show(ctx: &Ctx, view: &RelationshipView) -> anyhow::Result<()> {
         ("created", output::time(Some(view.created_at))),
         ("updated", output::time(Some(view.updated_at))),
     ]))
+}
+
+/// Whether the peer stopped sending `spiffe_sequence`, for people.
+fn sequence_dropped(status: &RefreshStatusView) -> String {
+    if !status.sequence_dropped {
+        return "no".into();
+    }
+    let after = status
+        .sequence_dropped_after
+        .map(|sequence| format!(" after sequence {sequence}"))
+        .unwrap_or_default();
+    format!(
+        "yes: the peer stopped sending spiffe_sequence{after}, since {}",
+        output::time(status.sequence_dropped_at)
+    )
+}
+
+/// The stored bundle's sequence, marked when the peer stopped sending one.
+fn sequence_cell(view: &RelationshipView) -> String {
+    let sequence = output::opt(view.bundle.as_ref().and_then(|b| b.sequence));
+    if view.status.sequence_dropped {
+        format!("{sequence} (dropped)")
+    } else {
+        sequence
+    }
 }
 
 fn next_refresh(view: &RelationshipView) -> String {
@@ -321,7 +357,7 @@ fn list(ctx: &Ctx, relationships: &[RelationshipView]) -> anyhow::Result<()> {
                 output::opt(r.status.last_error.as_ref()),
                 r.status.consecutive_failures.to_string(),
                 next_refresh(r),
-                output::opt(r.bundle.as_ref().and_then(|b| b.sequence)),
+                sequence_cell(r),
                 output::opt(r.bundle.as_ref().map(|b| b.authorities)),
             ]
         })

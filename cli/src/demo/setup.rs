@@ -275,6 +275,7 @@ impl Domain {
                         endpoint_spiffe_id: Some(other.hub_id()),
                         extra_ca_pem: None,
                         accept_empty_bundle: false,
+                        require_sequence: false,
                     },
                     trust_domain_bundle: Some(bootstrap),
                 },

@@ -278,6 +278,11 @@ pub struct RelationshipConfig {
     /// Apply a bundle without keys (a revocation of everything) instead of refusing it.
     #[serde(default)]
     pub accept_empty_bundle: bool,
+    /// Refuse a bundle without `spiffe_sequence` while the stored bundle has one, keeping the
+    /// stored bundle. Off, such a bundle is applied (without a sequence the most recent fetch
+    /// is current) and `status.sequence_dropped` is set.
+    #[serde(default)]
+    pub require_sequence: bool,
 }
 
 /// `POST /v1/federation`: create a relationship.
@@ -325,6 +330,17 @@ pub struct RefreshStatusView {
     pub consecutive_failures: u32,
     /// When the next fetch is due; `null`: now.
     pub next_refresh_at: Option<Timestamp>,
+    /// The peer stopped sending `spiffe_sequence`: a fetched bundle had none while the stored
+    /// one had a sequence, so rollbacks can no longer be detected. Cleared once a bundle with a
+    /// sequence is fetched again.
+    #[serde(default)]
+    pub sequence_dropped: bool,
+    /// When the peer was first seen without a sequence.
+    #[serde(default)]
+    pub sequence_dropped_at: Option<Timestamp>,
+    /// The stored bundle's sequence at that time: the last one the peer sent.
+    #[serde(default)]
+    pub sequence_dropped_after: Option<u64>,
 }
 
 /// What is stored of a relationship's bundle.
@@ -421,13 +437,22 @@ mod tests {
                 endpoint_spiffe_id: None,
                 extra_ca_pem: None,
                 accept_empty_bundle: false,
+                require_sequence: true,
             },
             trust_domain_bundle: None,
         };
         let json = serde_json::to_value(&body).unwrap();
         assert_eq!(json["profile"], "https_web");
         assert_eq!(json["trust_domain"], "beta.test");
+        assert_eq!(json["require_sequence"], true);
         let back: CreateRelationship = serde_json::from_value(json).unwrap();
         assert_eq!(back.config, body.config);
+        // Options left out are off.
+        let minimal: RelationshipConfig = serde_json::from_value(serde_json::json!({
+            "bundle_endpoint_url": "https://beta.test/",
+            "profile": "https_web",
+        }))
+        .unwrap();
+        assert!(!minimal.accept_empty_bundle && !minimal.require_sequence);
     }
 }

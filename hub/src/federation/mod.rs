@@ -8,10 +8,16 @@
 //! stored bundle of the endpoint SPIFFE ID's trust domain, read from the registry right before
 //! each fetch), with the stored entity tag. A fetched bundle replaces the stored one only when
 //! [`check_fetched`] accepts it; on any failure or refusal the last good bundle stays and the
-//! error is recorded in the relationship's status. The next refresh follows
-//! [`FederationOptions`]: the bundle's refresh hint at the relationship's own phase of it, so
-//! that many relationships spread out, or a jittered backoff after a failure. [`FederationManager::refresh_now`] does the same for one relationship
-//! at once, for `fedhub federation refresh`.
+//! error is recorded in the relationship's status. A bundle without `spiffe_sequence` after one
+//! with a sequence is applied (FED-30) unless the relationship requires sequences, and either
+//! way flagged: a warning, [`telemetry::SEQUENCE_DROPPED_TOTAL`] and the relationship's status.
+//! A result is stored only while the bundle it was judged against is still stored (a
+//! compare-and-swap on the bundle's revision): when an admin stores or deletes the bundle
+//! during a fetch, the admin's write stays and the refresh is repeated at once. The next
+//! refresh follows [`FederationOptions`]: the bundle's refresh hint at the relationship's own
+//! phase of it, so that many relationships spread out, or a jittered backoff after a failure.
+//! [`FederationManager::refresh_now`] does the same for one relationship at once, for
+//! `fedhub federation refresh`.
 //!
 //! Every attempt is logged with trust domain, URL, profile, peer identity and outcome (FED-34)
 //! and counted in the metrics of [`telemetry`]; the bundle age there counts from the last
@@ -28,10 +34,13 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use fedhub_bundle_endpoint::{Acceptance, FetchOutcome, Rejection, check_fetched};
+use fedhub_bundle_endpoint::{
+    Acceptance, AcceptancePolicy, FetchOutcome, Rejection, check_fetched,
+};
 use fedhub_core::{Bundle, SpiffeId, TrustDomain};
 use fedhub_registry::{
-    BundleRecord, EndpointProfile, Registry, RegistryError, Relationship, RelationshipSpec,
+    BundleRecord, BundleRevision, EndpointProfile, RefreshRecorded, RefreshSuccess, Registry,
+    RegistryError, Relationship, RelationshipSpec, SequenceSeen,
 };
 use time::OffsetDateTime;
 use tokio::sync::{Notify, Semaphore};
@@ -58,6 +67,10 @@ pub enum RefreshOutcome {
     },
     /// The endpoint served the stored bundle again (or answered `304 Not Modified`).
     Unchanged,
+    /// The stored bundle was replaced or deleted while the fetch ran (e.g. by `fedhub bundle
+    /// set`): nothing was stored, the newer bundle stays, and the next refresh is due at once,
+    /// to judge the endpoint's bundle against it.
+    Superseded,
     /// No bundle was stored: the reason, also recorded as the relationship's last error. The
     /// last good bundle stays in force.
     Failed(String),
@@ -117,18 +130,29 @@ impl std::fmt::Debug for FederationManager {
 /// What a fetch attempt came to, before it is recorded.
 enum Verdict {
     /// Store this bundle.
-    Replace(Bundle),
+    Replace {
+        bundle: Bundle,
+        sequence: SequenceSeen,
+    },
     /// Keep the stored bundle, whose refresh hint is `hint`: it is still current.
     Keep {
         hint: Option<Duration>,
         outcome: Outcome,
+        sequence: SequenceSeen,
     },
     /// Keep the stored bundle and record the error.
-    Fail { outcome: Outcome, error: String },
+    Fail {
+        outcome: Outcome,
+        error: String,
+        sequence: SequenceSeen,
+    },
 }
 
 struct Attempt {
     verdict: Verdict,
+    /// The revision of the stored bundle the verdict was reached against (`None`: none was
+    /// stored); a success is stored only while it is still the stored one.
+    based_on: Option<BundleRevision>,
     /// The entity tag to store with a success.
     etag: Option<String>,
     /// The SPIFFE ID the endpoint authenticated as, when the fetch reports it.
@@ -138,7 +162,12 @@ struct Attempt {
 impl Attempt {
     fn failed(outcome: Outcome, error: String) -> Self {
         Self {
-            verdict: Verdict::Fail { outcome, error },
+            verdict: Verdict::Fail {
+                outcome,
+                error,
+                sequence: SequenceSeen::Unknown,
+            },
+            based_on: None,
             etag: None,
             peer: None,
         }
@@ -368,22 +397,40 @@ impl FederationManager {
         let peer = attempt
             .peer
             .map_or_else(|| expected_peer(spec), |peer| peer.to_string());
-        let etag = attempt.etag.as_deref();
         let now = OffsetDateTime::now_utc();
         let since_epoch = (now - OffsetDateTime::UNIX_EPOCH).unsigned_abs();
         let phase = options::phase_key(self.inner.hub.trust_domain(), td);
+        let success = |bundle: Option<&Bundle>, sequence, delay| RefreshSuccess {
+            based_on: attempt.based_on,
+            bundle: bundle
+                .map(|bundle| BundleRecord::new(td.clone(), bundle.to_json(), bundle.sequence())),
+            etag: attempt.etag.clone(),
+            sequence,
+            next_refresh_at: now + delay,
+        };
         match attempt.verdict {
-            Verdict::Replace(bundle) => {
+            Verdict::Replace {
+                ref bundle,
+                sequence,
+            } => {
                 let delay = options.success_delay(bundle.refresh_hint(), phase, since_epoch);
+                let recorded = registry
+                    .record_refresh_success(td, owner, &success(Some(bundle), sequence, delay))
+                    .await?;
+                if recorded == RefreshRecorded::Superseded {
+                    return Ok(superseded(spec, &peer));
+                }
                 log_success(spec, &peer, Outcome::Updated, bundle.sequence(), delay);
                 telemetry::count(td, Outcome::Updated);
-                let record = BundleRecord::new(td.clone(), bundle.to_json(), bundle.sequence());
-                let changed = registry
-                    .record_refresh_success(td, owner, Some(&record), etag, now + delay)
-                    .await?;
+                if let SequenceSeen::Dropped { stored } = sequence {
+                    log_sequence_dropped(spec, &peer, stored);
+                    telemetry::count_sequence_dropped(td);
+                }
                 telemetry::set_failures(td, 0);
                 telemetry::set_bundle_age(td, 0.0);
-                if changed && let Err(error) = self.inner.hub.notify_changed().await {
+                if recorded == RefreshRecorded::Replaced
+                    && let Err(error) = self.inner.hub.notify_changed().await
+                {
                     tracing::warn!(%error, "cannot signal the new bundle; the change poll will");
                 }
                 Ok(RefreshOutcome::Updated {
@@ -391,25 +438,39 @@ impl FederationManager {
                     authorities: bundle.x509_authorities().len() + bundle.jwt_authorities().len(),
                 })
             }
-            Verdict::Keep { hint, outcome } => {
+            Verdict::Keep {
+                hint,
+                outcome,
+                sequence,
+            } => {
                 let delay = options.success_delay(hint, phase, since_epoch);
+                let recorded = registry
+                    .record_refresh_success(td, owner, &success(None, sequence, delay))
+                    .await?;
+                if recorded == RefreshRecorded::Superseded {
+                    return Ok(superseded(spec, &peer));
+                }
                 log_success(spec, &peer, outcome, None, delay);
                 telemetry::count(td, outcome);
-                registry
-                    .record_refresh_success(td, owner, None, etag, now + delay)
-                    .await?;
                 telemetry::set_failures(td, 0);
                 // Verified current just now, though not replaced.
                 telemetry::set_bundle_age(td, 0.0);
                 Ok(RefreshOutcome::Unchanged)
             }
-            Verdict::Fail { outcome, error } => {
+            Verdict::Fail {
+                outcome,
+                error,
+                sequence,
+            } => {
                 let failures = relationship.status.consecutive_failures.saturating_add(1);
                 let delay = options.failure_delay(failures, rand::random::<f64>());
                 log_failure(spec, &peer, outcome, &error, failures, delay);
                 telemetry::count(td, outcome);
+                if let SequenceSeen::Dropped { .. } = sequence {
+                    telemetry::count_sequence_dropped(td);
+                }
                 registry
-                    .record_refresh_failure(td, owner, &error, now + delay)
+                    .record_refresh_failure(td, owner, &error, sequence, now + delay)
                     .await?;
                 telemetry::set_failures(td, failures);
                 Ok(RefreshOutcome::Failed(error))
@@ -422,7 +483,10 @@ impl FederationManager {
         let spec = &relationship.spec;
         let td = &spec.trust_domain;
         let registry = self.inner.hub.registry();
-        let current = stored_bundle(registry, td).await?;
+        let (current, based_on) = match stored_bundle(registry, td).await? {
+            Some((bundle, revision)) => (Some(bundle), Some(revision)),
+            None => (None, None),
+        };
         let fetcher = self
             .inner
             .fetchers
@@ -433,7 +497,9 @@ impl FederationManager {
             let trusted = if endpoint_td == td {
                 current.clone()
             } else {
-                stored_bundle(registry, endpoint_td).await?
+                stored_bundle(registry, endpoint_td)
+                    .await?
+                    .map(|(bundle, _)| bundle)
             };
             let trusted = trusted.ok_or_else(|| {
                 Stop::Failed(
@@ -455,35 +521,58 @@ impl FederationManager {
                 verdict: Verdict::Keep {
                     hint: current.as_ref().and_then(|bundle| bundle.refresh_hint()),
                     outcome: Outcome::NotModified,
+                    sequence: SequenceSeen::Unknown,
                 },
+                based_on,
                 etag: stored_etag,
                 peer: None,
             },
             Ok(FetchOutcome::Fetched {
                 bundle, etag, peer, ..
             }) => {
-                let verdict = match check_fetched(
-                    td,
-                    current.as_deref(),
-                    &bundle,
-                    spec.accept_empty_bundle,
-                ) {
-                    Ok(Acceptance::Replace) => Verdict::Replace(bundle),
+                let policy = AcceptancePolicy {
+                    accept_empty: spec.accept_empty_bundle,
+                    require_sequence: relationship.options.require_sequence,
+                };
+                // A bundle kept or stored with a sequence clears a recorded drop.
+                let present = if bundle.sequence().is_some() {
+                    SequenceSeen::Present
+                } else {
+                    SequenceSeen::Unknown
+                };
+                let verdict = match check_fetched(td, current.as_deref(), &bundle, policy) {
+                    Ok(Acceptance::Replace) => Verdict::Replace {
+                        bundle,
+                        sequence: present,
+                    },
+                    Ok(Acceptance::SequenceDropped { stored }) => Verdict::Replace {
+                        bundle,
+                        sequence: SequenceSeen::Dropped { stored },
+                    },
                     Ok(Acceptance::Unchanged) => Verdict::Keep {
                         hint: bundle.refresh_hint(),
                         outcome: Outcome::Unchanged,
+                        sequence: present,
                     },
                     Err(rejection @ Rejection::Empty) => Verdict::Fail {
                         outcome: Outcome::EmptyBundle,
                         error: rejection.to_string(),
+                        sequence: SequenceSeen::Unknown,
                     },
                     Err(rejection) => Verdict::Fail {
                         outcome: Outcome::Rejected,
                         error: rejection.to_string(),
+                        sequence: match rejection {
+                            Rejection::SequenceDropped { stored, .. } => {
+                                SequenceSeen::Dropped { stored }
+                            }
+                            _ => SequenceSeen::Unknown,
+                        },
                     },
                 };
                 Attempt {
                     verdict,
+                    based_on,
                     etag,
                     peer,
                 }
@@ -531,16 +620,16 @@ fn refill_threshold(options: &FederationOptions) -> usize {
     (batch.min(options.concurrency) / 2).max(1)
 }
 
-/// The stored bundle of `trust_domain`, parsed.
+/// The stored bundle of `trust_domain`, parsed, with its revision.
 async fn stored_bundle(
     registry: &Registry,
     trust_domain: &TrustDomain,
-) -> Result<Option<Arc<Bundle>>, Stop> {
-    let Some(record) = registry.get_bundle(trust_domain).await? else {
+) -> Result<Option<(Arc<Bundle>, BundleRevision)>, Stop> {
+    let Some(stored) = registry.get_bundle_with_revision(trust_domain).await? else {
         return Ok(None);
     };
-    Bundle::from_json(trust_domain.clone(), record.document.as_bytes())
-        .map(|bundle| Some(Arc::new(bundle)))
+    Bundle::from_json(trust_domain.clone(), stored.record.document.as_bytes())
+        .map(|bundle| Some((Arc::new(bundle), stored.revision)))
         .map_err(|error| {
             Stop::Failed(
                 Outcome::FetchError,
@@ -584,6 +673,35 @@ fn log_success(
         sequence,
         next_refresh_in = %whole_seconds(delay),
         "federated bundle refreshed"
+    );
+}
+
+/// Logs and counts a refresh whose result was not stored because the stored bundle changed
+/// while it ran.
+fn superseded(spec: &RelationshipSpec, peer: &str) -> RefreshOutcome {
+    tracing::info!(
+        trust_domain = %spec.trust_domain,
+        url = %spec.bundle_endpoint_url,
+        profile = spec.profile.name(),
+        peer,
+        outcome = Outcome::Superseded.as_str(),
+        "the stored bundle was replaced or deleted while the federated bundle was fetched; \
+         nothing was stored, the newer bundle stays and the refresh is repeated at once"
+    );
+    telemetry::count(&spec.trust_domain, Outcome::Superseded);
+    RefreshOutcome::Superseded
+}
+
+fn log_sequence_dropped(spec: &RelationshipSpec, peer: &str, stored: u64) {
+    tracing::warn!(
+        trust_domain = %spec.trust_domain,
+        url = %spec.bundle_endpoint_url,
+        profile = spec.profile.name(),
+        peer,
+        stored_sequence = stored,
+        "the federated bundle endpoint stopped sending spiffe_sequence (the stored bundle had \
+         sequence {stored}); its bundle was applied as the most recent one, but rollbacks can no \
+         longer be detected: `fedhub federation update --require-sequence` refuses such bundles"
     );
 }
 

@@ -6,8 +6,13 @@ use time::OffsetDateTime;
 
 /// Counter of refresh attempts, labelled `trust_domain` and `outcome`: `updated` (a new bundle
 /// was stored), `unchanged` (the endpoint served the stored bundle), `not_modified` (`304`),
-/// `fetch_error`, `rejected` or `empty_bundle`.
+/// `fetch_error`, `rejected`, `empty_bundle` or `superseded` (the stored bundle was replaced or
+/// deleted while the fetch ran, so nothing was stored and the refresh is repeated).
 pub const REFRESH_TOTAL: &str = "fedhub_federation_refresh_total";
+/// Counter, labelled `trust_domain`: fetched bundles without `spiffe_sequence` while the stored
+/// bundle had one, whether applied (the default, FED-30) or refused (the relationship requires
+/// sequences). The peer stopped sending sequences, so rollbacks can no longer be detected.
+pub const SEQUENCE_DROPPED_TOTAL: &str = "fedhub_federation_sequence_dropped_total";
 /// Gauge: seconds since the stored bundle of `trust_domain` was last known to be current,
 /// that is since the later of
 /// - the relationship's last successful refresh: the endpoint was reached and authenticated
@@ -38,6 +43,8 @@ pub(super) enum Outcome {
     Rejected,
     /// A bundle without keys was refused (the relationship did not opt in).
     EmptyBundle,
+    /// The stored bundle changed while the fetch ran; nothing was stored.
+    Superseded,
 }
 
 impl Outcome {
@@ -49,6 +56,7 @@ impl Outcome {
             Self::FetchError => "fetch_error",
             Self::Rejected => "rejected",
             Self::EmptyBundle => "empty_bundle",
+            Self::Superseded => "superseded",
         }
     }
 }
@@ -58,6 +66,11 @@ pub(super) fn describe() {
     metrics::describe_counter!(
         REFRESH_TOTAL,
         "Federated bundle refresh attempts by trust domain and outcome."
+    );
+    metrics::describe_counter!(
+        SEQUENCE_DROPPED_TOTAL,
+        "Fetched federated bundles without spiffe_sequence while the stored bundle had one \
+         (applied, or refused where the relationship requires sequences)."
     );
     metrics::describe_gauge!(
         BUNDLE_AGE_SECONDS,
@@ -76,6 +89,14 @@ pub(super) fn count(trust_domain: &TrustDomain, outcome: Outcome) {
         REFRESH_TOTAL,
         "trust_domain" => trust_domain.name().to_owned(),
         "outcome" => outcome.as_str()
+    )
+    .increment(1);
+}
+
+pub(super) fn count_sequence_dropped(trust_domain: &TrustDomain) {
+    metrics::counter!(
+        SEQUENCE_DROPPED_TOTAL,
+        "trust_domain" => trust_domain.name().to_owned()
     )
     .increment(1);
 }

@@ -7,7 +7,9 @@ use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
 use fedhub_core::{Bundle, TrustDomain};
-use fedhub_registry::{BundleRecord, EndpointProfile, Relationship, RelationshipSpec};
+use fedhub_registry::{
+    BundleRecord, EndpointProfile, Relationship, RelationshipOptions, RelationshipSpec,
+};
 use url::Url;
 
 use super::bundles::{admin_bundle, decode};
@@ -18,14 +20,14 @@ use crate::admin::api::{
 };
 use crate::admin::{Actor, AdminState, ApiError};
 
-/// Checks a relationship configuration and builds the registry's spec. `bootstrap` is the
-/// bundle of `trust_domain` stored with it, if any.
+/// Checks a relationship configuration and builds the registry's spec and options.
+/// `bootstrap` is the bundle of `trust_domain` stored with it, if any.
 async fn to_spec(
     state: &AdminState,
     trust_domain: &TrustDomain,
     config: RelationshipConfig,
     bootstrap: Option<&BundleRecord>,
-) -> Result<RelationshipSpec, ApiError> {
+) -> Result<(RelationshipSpec, RelationshipOptions), ApiError> {
     if trust_domain == state.hub.trust_domain() {
         return Err(ApiError::Forbidden(format!(
             "{trust_domain} is this hub's own trust domain; federate with foreign trust \
@@ -79,15 +81,19 @@ async fn to_spec(
             EndpointProfile::HttpsSpiffe { endpoint_spiffe_id }
         }
     };
-    Ok(RelationshipSpec {
+    let spec = RelationshipSpec {
         trust_domain: trust_domain.clone(),
         bundle_endpoint_url: url,
         profile,
         accept_empty_bundle: config.accept_empty_bundle,
-    })
+    };
+    let options = RelationshipOptions {
+        require_sequence: config.require_sequence,
+    };
+    Ok((spec, options))
 }
 
-fn endpoint_url(text: &str) -> Result<Url, ApiError> {
+pub(super) fn endpoint_url(text: &str) -> Result<Url, ApiError> {
     let url = Url::parse(text).map_err(|e| {
         ApiError::Invalid(format!("bundle_endpoint_url {text:?} is not a URL: {e}"))
     })?;
@@ -138,6 +144,7 @@ fn view(
             endpoint_spiffe_id,
             extra_ca_pem,
             accept_empty_bundle: spec.accept_empty_bundle,
+            require_sequence: relationship.options.require_sequence,
         },
         created_at: ts(relationship.created_at),
         updated_at: ts(relationship.updated_at),
@@ -147,6 +154,9 @@ fn view(
             last_error: status.last_error,
             consecutive_failures: status.consecutive_failures,
             next_refresh_at: status.next_refresh_at.map(ts),
+            sequence_dropped: status.sequence_dropped.is_some(),
+            sequence_dropped_at: status.sequence_dropped.map(|dropped| ts(dropped.since)),
+            sequence_dropped_after: status.sequence_dropped.map(|dropped| dropped.last_sequence),
         },
         bundle: bundle.map(summary).transpose()?,
     })
@@ -216,10 +226,11 @@ pub(in crate::admin) async fn create(
         .as_deref()
         .map(|document| admin_bundle(&trust_domain, document))
         .transpose()?;
-    let spec = to_spec(&state, &trust_domain, request.config, bootstrap.as_ref()).await?;
+    let (spec, options) =
+        to_spec(&state, &trust_domain, request.config, bootstrap.as_ref()).await?;
     let registry = state.hub.registry();
     let relationship = registry
-        .create_relationship(&actor, &spec, bootstrap.as_ref())
+        .create_relationship_with_options(&actor, &spec, options, bootstrap.as_ref())
         .await?;
     state.changed().await;
     tracing::info!(%actor, %trust_domain, profile = spec.profile.name(), "federation relationship created");
@@ -241,9 +252,11 @@ pub(in crate::admin) async fn update(
     let Path(name) = name?;
     let trust_domain = trust_domain(&name)?;
     let Json(config) = body?;
-    let spec = to_spec(&state, &trust_domain, config, None).await?;
+    let (spec, options) = to_spec(&state, &trust_domain, config, None).await?;
     let registry = state.hub.registry();
-    let relationship = registry.update_relationship(&actor, &spec).await?;
+    let relationship = registry
+        .update_relationship_with_options(&actor, &spec, options)
+        .await?;
     state.changed().await;
     tracing::info!(%actor, %trust_domain, "federation relationship updated");
     let bundle = registry.get_bundle(&trust_domain).await?;
