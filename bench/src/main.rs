@@ -7,6 +7,7 @@ mod demo;
 mod env;
 mod farm;
 mod federation;
+mod node_fairness;
 mod process;
 mod propagation;
 mod signing;
@@ -125,6 +126,10 @@ enum Command {
         #[arg(long)]
         timeline: Option<PathBuf>,
     },
+    /// Whether one agent can slow the others down: p99 of Attest and SignX509Svids of
+    /// well-behaved agents against a `fedhub hub run` child, idle and while one agent opens
+    /// 1 000 Sync streams and renews in a loop; failures and `database is locked` counted.
+    NodeFairness(node_fairness::Options),
     /// Wall time of the release `fedhub demo`.
     Demo {
         /// Runs.
@@ -186,6 +191,7 @@ fn main() -> ExitCode {
                 })
                 .await
             }
+            Command::NodeFairness(options) => node_fairness::run(&options).await,
             Command::Demo { runs, fedhub } => demo::run(runs, fedhub),
             Command::BundleEndpoint {
                 seconds,

@@ -90,7 +90,7 @@ pub struct CaConfig {
 }
 
 /// Validated agent API settings.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentApiConfig {
     /// Listen address.
     pub address: SocketAddr,
@@ -98,6 +98,13 @@ pub struct AgentApiConfig {
     pub attestations_per_minute: u32,
     /// Signing requests allowed per agent per second.
     pub signings_per_second: u32,
+    /// `Sync` streams one agent may hold open at once on one hub replica; a newer stream ends
+    /// the oldest.
+    pub sync_streams_per_agent: usize,
+    /// `Sync` calls (streams opened) allowed per agent per minute.
+    pub syncs_per_minute: u32,
+    /// `RenewAgent` calls allowed per agent per minute.
+    pub renewals_per_minute: u32,
 }
 
 /// Validated `[node_attestation.x509pop]` settings.
@@ -211,6 +218,9 @@ struct AgentApiSettings {
     address: SocketAddr,
     attestations_per_minute: u32,
     signings_per_second: u32,
+    sync_streams_per_agent: usize,
+    syncs_per_minute: u32,
+    renewals_per_minute: u32,
 }
 
 impl Default for AgentApiSettings {
@@ -219,6 +229,13 @@ impl Default for AgentApiSettings {
             address: SocketAddr::from(([0, 0, 0, 0], 8081)),
             attestations_per_minute: 60,
             signings_per_second: 500,
+            // An agent holds one sync stream; a second covers a reconnection before the hub
+            // noticed that the old connection died.
+            sync_streams_per_agent: 2,
+            // An agent opens a stream per connection: after a renewal (at half the SVID's
+            // lifetime) and after a failure, with a backoff from 0.5 s up to 30 s.
+            syncs_per_minute: 60,
+            renewals_per_minute: 60,
         }
     }
 }
@@ -533,11 +550,7 @@ impl Settings {
             .admin_socket
             .unwrap_or_else(|| data_dir.join("admin").join("admin.sock"));
 
-        let agent_api = AgentApiConfig {
-            address: self.agent_api.address,
-            attestations_per_minute: self.agent_api.attestations_per_minute.max(1),
-            signings_per_second: self.agent_api.signings_per_second.max(1),
-        };
+        let agent_api = validate_agent_api(&self.agent_api)?;
 
         let bundle_endpoint = if self.bundle_endpoint.enabled {
             Some(validate_bundle_endpoint(
@@ -702,6 +715,29 @@ fn validate_federation(settings: &FederationSettings) -> Result<FederationConfig
             max_body_bytes: settings.max_body_bytes,
             ..FetchOptions::default()
         },
+    })
+}
+
+fn validate_agent_api(settings: &AgentApiSettings) -> Result<AgentApiConfig, ConfigError> {
+    Ok(AgentApiConfig {
+        address: settings.address,
+        attestations_per_minute: settings.attestations_per_minute.max(1),
+        signings_per_second: settings.signings_per_second.max(1),
+        sync_streams_per_agent: at_least_one(
+            "agent_api.sync_streams_per_agent",
+            settings.sync_streams_per_agent,
+            "open sync stream per agent",
+        )?,
+        syncs_per_minute: at_least_one(
+            "agent_api.syncs_per_minute",
+            settings.syncs_per_minute,
+            "sync stream per agent and minute",
+        )?,
+        renewals_per_minute: at_least_one(
+            "agent_api.renewals_per_minute",
+            settings.renewals_per_minute,
+            "renewal per agent and minute",
+        )?,
     })
 }
 
@@ -1033,6 +1069,48 @@ mod tests {
             ConnectionLimits::default(),
             "the example shows the defaults"
         );
+        assert_eq!(
+            config.agent_api,
+            HubConfig::from_toml("trust_domain = \"a.test\"")
+                .unwrap()
+                .agent_api,
+            "the example shows the defaults"
+        );
+    }
+
+    #[test]
+    fn agent_api_fairness_limits_have_defaults_and_refuse_zero() {
+        let defaults = HubConfig::from_toml("trust_domain = \"a.test\"")
+            .unwrap()
+            .agent_api;
+        assert_eq!(defaults.sync_streams_per_agent, 2);
+        assert_eq!(defaults.syncs_per_minute, 60);
+        assert_eq!(defaults.renewals_per_minute, 60);
+        let set = HubConfig::from_toml(
+            "trust_domain = \"a.test\"\n[agent_api]\nsync_streams_per_agent = 1\n\
+             syncs_per_minute = 5\nrenewals_per_minute = 3",
+        )
+        .unwrap()
+        .agent_api;
+        assert_eq!(
+            (
+                set.sync_streams_per_agent,
+                set.syncs_per_minute,
+                set.renewals_per_minute
+            ),
+            (1, 5, 3)
+        );
+        for key in [
+            "sync_streams_per_agent",
+            "syncs_per_minute",
+            "renewals_per_minute",
+        ] {
+            let error = error_of(&format!(
+                "trust_domain = \"a.test\"\n[agent_api]\n{key} = 0"
+            ));
+            assert!(error.contains(&format!("agent_api.{key}")), "{error}");
+            assert!(error.contains("at least 1"), "{error}");
+        }
     }
 
     #[test]

@@ -42,8 +42,8 @@ use fedhub_proto::node::attest_response::Step as ResponseStep;
 use fedhub_proto::node::attest_start::Method;
 use fedhub_proto::node::node_client::NodeClient;
 use fedhub_proto::node::{
-    AttestRequest, AttestStart, SignJwtSvidRequest, SignX509SvidsRequest, SyncRequest,
-    SyncSnapshot, X509SvidParams,
+    AttestRequest, AttestStart, RenewAgentRequest, SignJwtSvidRequest, SignX509SvidsRequest,
+    SyncRequest, SyncSnapshot, X509SvidParams,
 };
 use fedhub_registry::{EntrySpec, RefreshStatus};
 use hyper_util::rt::TokioIo;
@@ -87,6 +87,7 @@ both_databases!(
     a_foreign_bundle_refreshed_by_one_replica_reaches_the_agents_of_another,
     entries_written_through_either_replica_reach_the_agents_of_both,
     a_replica_killed_mid_refresh_leaves_its_relationship_to_another,
+    a_renewal_wakes_nobody_until_its_svid_is_used_at_another_replica,
 );
 
 /// Runs `scenario` in a fresh schema of the PostgreSQL database named by
@@ -1034,6 +1035,77 @@ async fn entries_written_through_either_replica_reach_the_agents_of_both(databas
     .await;
 
     drop((at_a, at_b));
+    a.stop().await;
+    b.stop().await;
+}
+
+/// Agent x, syncing at replica a, renews there: the pending renewal is no change, so neither
+/// replica's revision moves (no sync stream of any agent wakes). x then presents the renewed
+/// SVID at replica b, which makes it current: a sees the change through the feed, and x's
+/// old stream at a ends; the old SVID is refused at both replicas, the new one served by both.
+async fn a_renewal_wakes_nobody_until_its_svid_is_used_at_another_replica(database_url: String) {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let a = Replica::start(&dir_a, &database_url, "").await;
+    let b = Replica::start(&dir_b, &database_url, "").await;
+    let union = converged(&[&a, &b]).await;
+    let x = attest_at(&a, &union, "a-join-token-for-agent-x").await;
+    let y = attest_at(&b, &union, "a-join-token-for-agent-y").await;
+    let mut old_at_a = sync_at(&a, &union, &x).await;
+    let mut y_at_b = sync_at(&b, &union, &y).await;
+    for sync in [&mut old_at_a, &mut y_at_b] {
+        snapshot_where(sync, "the first snapshot", |_| true).await;
+    }
+
+    let before = a.hub.registry().latest_revision().await.unwrap();
+    let key = agent_key();
+    let renewed = a
+        .client(&union, Some(&x))
+        .await
+        .unwrap()
+        .renew_agent(RenewAgentRequest {
+            agent_public_key: key.public_key_der().unwrap(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let renewed = X509Svid::new_checked(renewed.cert_chain, key).unwrap();
+    for replica in [&a, &b] {
+        replica.hub.notify_changed().await.unwrap();
+        assert_eq!(
+            *replica.hub.subscribe_changes().borrow(),
+            before,
+            "a pending renewal wakes no sync stream"
+        );
+    }
+
+    // First use, at b: the renewed SVID becomes current everywhere.
+    let mut new_at_b = sync_at(&b, &union, &renewed).await;
+    snapshot_where(&mut new_at_b, "the renewed SVID's first snapshot", |_| true).await;
+    let ended = tokio::time::timeout(WAIT, old_at_a.message())
+        .await
+        .expect("the old SVID's stream at a ends once a sees the promotion");
+    let status = ended.expect_err("the stream ends with an error");
+    assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+    assert!(status.message().contains("superseded"), "{status:?}");
+    for replica in [&a, &b] {
+        let refused = replica
+            .client(&union, Some(&x))
+            .await
+            .unwrap()
+            .sync(SyncRequest {})
+            .await
+            .expect_err("the old SVID is refused");
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied, "{refused:?}");
+        replica
+            .client(&union, Some(&renewed))
+            .await
+            .unwrap()
+            .sign_x509_svids(SignX509SvidsRequest { svids: Vec::new() })
+            .await
+            .expect("the renewed SVID is served");
+    }
+
+    drop((old_at_a, new_at_b, y_at_b));
     a.stop().await;
     b.stop().await;
 }

@@ -217,6 +217,9 @@ impl Registry {
     /// accepted until the agent presents the new one ([`Registry::promote_agent_serial`]). A
     /// second renewal replaces the pending SVID.
     ///
+    /// Not a change-feed event: a pending SVID changes nothing any agent is sent, nor which
+    /// SVID is accepted, so it wakes no sync stream on any replica. Its promotion is one.
+    ///
     /// # Errors
     /// [`RegistryError::Invalid`], [`RegistryError::NotFound`], [`RegistryError::AgentBanned`],
     /// [`RegistryError::Database`].
@@ -253,7 +256,6 @@ impl Registry {
                 }
             });
         }
-        record_change(&mut tx, at, ChangeKind::Agent, spiffe_id.as_str()).await?;
         tx.commit().await?;
         Ok(())
     }

@@ -897,9 +897,15 @@ async fn agents_attest_renew_ban_evict(db: TestDb) {
 
     // A renewal is pending until the agent presents the new SVID: both serials are known.
     let renewed_expiry = expires + time::Duration::hours(1);
+    let head = reg.latest_revision().await.unwrap();
     reg.set_pending_agent_serial(&agent_id, "0e0f", renewed_expiry)
         .await
         .unwrap();
+    assert_eq!(
+        reg.latest_revision().await.unwrap(),
+        head,
+        "a pending renewal is not a change: it wakes no sync stream"
+    );
     let seen = now() + time::Duration::minutes(5);
     reg.touch_agent(&agent_id, seen).await.unwrap();
     let agent = reg.get_agent(&agent_id).await.unwrap().unwrap();

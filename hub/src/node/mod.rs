@@ -12,7 +12,8 @@
 //! - join token: single use; the agent gets the token's SPIFFE ID, or
 //!   [`join_token_agent_id`] when the token names none.
 //! - x509pop (`[node_attestation.x509pop]`): the node's certificate chain must lead to a CA of
-//!   `ca_bundle_file`; the node signs a 32-byte challenge with the leaf's key. The agent ID is
+//!   `ca_bundle_file`; the node signs, with the leaf's key, a 32-byte challenge bound to the
+//!   agent's new public key ([`fedhub_core::x509pop::challenge_message`]). The agent ID is
 //!   `spiffe://<td>/fedhub/agent/x509pop/<first 40 hex chars of the leaf's SHA-256>`, and
 //!   its node selectors are `x509pop:subject:cn:<CN>`, `x509pop:ca:fingerprint:<SHA-256 of
 //!   the issuing CA>` and `x509pop:san:dns:<name>`.
@@ -20,9 +21,17 @@
 //! The agent sends public keys (DER SubjectPublicKeyInfo), never a CSR.
 //!
 //! Rate limits: attestation attempts per source address (IPv6: per /64) and minute
-//! (`agent_api.attestations_per_minute`), and SVIDs signed per agent and second
-//! (`agent_api.signings_per_second`, renewals included); `RESOURCE_EXHAUSTED` says when to
-//! retry, also as `retry-after-ms` metadata.
+//! (`agent_api.attestations_per_minute`), SVIDs signed per agent and second
+//! (`agent_api.signings_per_second`, renewals included), and per agent and minute `Sync`
+//! streams opened (`agent_api.syncs_per_minute`) and renewals (`agent_api.renewals_per_minute`);
+//! `RESOURCE_EXHAUSTED` says when to retry, also as `retry-after-ms` metadata.
+//!
+//! Fairness between agents, so that one agent cannot slow the others down: at most
+//! `agent_api.sync_streams_per_agent` open `Sync` streams per agent (a newer one ends the
+//! oldest with `ABORTED`), one registry read set per agent and revision however many streams
+//! it holds, a refused agent SVID refused again from memory (no registry read), and pending
+//! renewals that wake no sync stream (they are not change-feed events). These hold per
+//! replica.
 //!
 //! Connections (`[limits]`): capped per listener and per source address at accept, closed when
 //! the TLS handshake takes longer than `handshake_timeout` or no call starts within
@@ -31,8 +40,10 @@
 
 mod attest;
 mod rate;
+mod refusals;
 mod service;
 mod status;
+mod streams;
 mod sync;
 mod tls;
 mod x509pop;

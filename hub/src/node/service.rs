@@ -24,7 +24,9 @@ use uuid::Uuid;
 
 use super::attest::check_public_key;
 use super::rate::{self, RateLimiter};
+use super::refusals::{MAX_REFUSALS, Refusals};
 use super::status;
+use super::sync::Streams;
 use super::tls::{NodeConnectInfo, PeerAgent, leaf_facts};
 use super::x509pop::X509PopVerifier;
 use crate::Hub;
@@ -38,7 +40,7 @@ const MAX_AUDIENCE_LEN: usize = 1024;
 /// Time an agent has to finish an attestation (including the x509pop challenge).
 const ATTEST_TIMEOUT: Duration = Duration::from_secs(30);
 
-type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
+pub(super) type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send>>;
 
 /// A stream fed by a task through a channel.
 pub(super) fn channel_stream<T: Send + 'static>(
@@ -60,6 +62,12 @@ pub(super) struct NodeApi {
     pub(super) x509pop: Option<X509PopVerifier>,
     attest_limit: RateLimiter<IpAddr>,
     sign_limit: RateLimiter<SpiffeId>,
+    sync_limit: RateLimiter<SpiffeId>,
+    renew_limit: RateLimiter<SpiffeId>,
+    /// Agent SVIDs refused for good, answered again without a registry read.
+    pub(super) refusals: Refusals,
+    /// Each agent's open sync streams and the view they share.
+    pub(super) streams: Arc<Streams>,
     /// Turns true when the server shuts down; ends sync streams.
     pub(super) stop: watch::Receiver<bool>,
 }
@@ -81,11 +89,26 @@ impl NodeApi {
             Duration::from_secs(1),
             rate::MAX_KEYS,
         );
+        let sync_limit = RateLimiter::new(
+            limits.syncs_per_minute,
+            Duration::from_secs(60),
+            rate::MAX_KEYS,
+        );
+        let renew_limit = RateLimiter::new(
+            limits.renewals_per_minute,
+            Duration::from_secs(60),
+            rate::MAX_KEYS,
+        );
+        let streams = Arc::new(Streams::new(limits.sync_streams_per_agent));
         Self {
             hub,
             x509pop,
             attest_limit,
             sign_limit,
+            sync_limit,
+            renew_limit,
+            refusals: Refusals::new(MAX_REFUSALS),
+            streams,
             stop,
         }
     }
@@ -134,12 +157,35 @@ impl NodeApi {
         }
     }
 
+    /// The agent authenticated by the connection of `request`, unless its SVID was refused
+    /// for good before (answered as then, without a registry read).
+    pub(super) fn authenticated<T>(&self, request: &Request<T>) -> Result<PeerAgent, Status> {
+        let peer = peer(request)?;
+        self.refusals.check(&peer)?;
+        Ok(peer)
+    }
+
     /// The agent record behind `peer`, if the presented SVID is still its current one: the
     /// agent exists (not evicted), is not banned, and `peer.serial` is the stored serial (not
     /// superseded by a renewal or a new attestation). The SVID of a pending renewal becomes
     /// current the first time it is presented, and the previous one is refused from then on.
+    /// A refused SVID is refused again from memory, without reading the registry.
     pub(super) async fn current_agent(&self, peer: &PeerAgent) -> Result<Agent, Status> {
-        let mut agent = self.agent_record(peer).await?;
+        self.refusals.check(peer)?;
+        let result = match self.agent_record(peer).await {
+            Ok(agent) => self.accept_serial(peer, agent).await,
+            Err(status) => Err(status),
+        };
+        self.refusals.note(peer, result)
+    }
+
+    /// `agent` (as read from the registry) if `peer.serial` is its current serial, promoting
+    /// a pending one first.
+    pub(super) async fn accept_serial(
+        &self,
+        peer: &PeerAgent,
+        mut agent: Agent,
+    ) -> Result<Agent, Status> {
         if agent.pending_serial.as_deref() == Some(peer.serial.as_str()) {
             let registry = self.hub.registry();
             if registry
@@ -165,7 +211,7 @@ impl NodeApi {
     }
 
     /// The stored record of `peer`'s agent; refused when evicted or banned.
-    async fn agent_record(&self, peer: &PeerAgent) -> Result<Agent, Status> {
+    pub(super) async fn agent_record(&self, peer: &PeerAgent) -> Result<Agent, Status> {
         let agent = self
             .hub
             .registry()
@@ -191,6 +237,37 @@ impl NodeApi {
         if let Err(error) = self.hub.notify_changed().await {
             tracing::warn!(%error, "could not signal the change to sync streams");
         }
+    }
+
+    /// Counts a `Sync` call of `peer`'s agent against `agent_api.syncs_per_minute`.
+    pub(super) fn limit_syncs(&self, peer: &PeerAgent) -> Result<(), Status> {
+        self.sync_limit
+            .check(&peer.spiffe_id, 1, Instant::now())
+            .map_err(|wait| {
+                status::rate_limited(
+                    &format!(
+                        "agent {} may open {} sync streams per minute",
+                        peer.spiffe_id,
+                        self.hub.config().agent_api.syncs_per_minute
+                    ),
+                    wait,
+                )
+            })
+    }
+
+    fn limit_renewals(&self, peer: &PeerAgent) -> Result<(), Status> {
+        self.renew_limit
+            .check(&peer.spiffe_id, 1, Instant::now())
+            .map_err(|wait| {
+                status::rate_limited(
+                    &format!(
+                        "agent {} may renew its SVID {} times per minute",
+                        peer.spiffe_id,
+                        self.hub.config().agent_api.renewals_per_minute
+                    ),
+                    wait,
+                )
+            })
     }
 
     fn limit_signings(&self, peer: &PeerAgent, count: usize) -> Result<(), Status> {
@@ -322,7 +399,8 @@ impl Node for NodeService {
         &self,
         request: Request<RenewAgentRequest>,
     ) -> Result<Response<AgentSvid>, Status> {
-        let peer = peer(&request)?;
+        let peer = self.0.authenticated(&request)?;
+        self.0.limit_renewals(&peer)?;
         self.0.limit_signings(&peer, 1)?;
         let agent = self.0.current_agent(&peer).await?;
         let public_key = request.into_inner().agent_public_key;
@@ -354,7 +432,7 @@ impl Node for NodeService {
         &self,
         request: Request<SignX509SvidsRequest>,
     ) -> Result<Response<SignX509SvidsResponse>, Status> {
-        let peer = peer(&request)?;
+        let peer = self.0.authenticated(&request)?;
         let params = request.into_inner().svids;
         if params.len() > MAX_SVIDS_PER_REQUEST {
             return Err(Status::invalid_argument(format!(
@@ -391,7 +469,7 @@ impl Node for NodeService {
         &self,
         request: Request<SignJwtSvidRequest>,
     ) -> Result<Response<SignJwtSvidResponse>, Status> {
-        let peer = peer(&request)?;
+        let peer = self.0.authenticated(&request)?;
         let SignJwtSvidRequest { entry_id, audience } = request.into_inner();
         if audience.is_empty() {
             return Err(Status::invalid_argument(
@@ -432,19 +510,8 @@ impl Node for NodeService {
         &self,
         request: Request<SyncRequest>,
     ) -> Result<Response<Self::SyncStream>, Status> {
-        let peer = peer(&request)?;
-        let agent = self.0.current_agent(&peer).await?;
-        if let Err(error) = self
-            .0
-            .hub
-            .registry()
-            .touch_agent(&agent.spiffe_id, OffsetDateTime::now_utc())
-            .await
-        {
-            tracing::warn!(%error, agent.spiffe_id = %agent.spiffe_id, "could not note the agent as seen");
-        }
-        let (sender, receiver) = mpsc::channel(4);
-        tokio::spawn(Arc::clone(&self.0).run_sync(peer, sender));
-        Ok(Response::new(channel_stream(receiver)))
+        let peer = self.0.authenticated(&request)?;
+        self.0.limit_syncs(&peer)?;
+        Ok(Response::new(Arc::clone(&self.0).open_sync(peer).await?))
     }
 }

@@ -1,5 +1,5 @@
 //! Fixtures for the federation manager tests: hubs, TLS endpoints on loopback, a stub
-//! endpoint, a metrics recorder.
+//! endpoint, a metrics recorder; and for node API tests ([`node`]).
 
 #![allow(dead_code, reason = "each test binary uses a part of the fixtures")]
 #![allow(
@@ -36,6 +36,8 @@ use time::OffsetDateTime;
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use url::Url;
+
+pub mod node;
 
 pub const ACTOR: &str = "test-admin";
 
