@@ -21,7 +21,7 @@ use fedhub_core::id::RESERVED_PATH_PREFIX;
 
 /// Why the configuration cannot be used (shared with the agent's configuration).
 pub use fedhub_config::ConfigError;
-use fedhub_config::{format_figment_error, invalid, require_file};
+use fedhub_config::{at_least_one, format_figment_error, invalid, positive, require_file};
 
 /// The validated `[limits]` section: timeouts and caps of every listener's connections.
 pub use crate::limits::ConnectionLimits;
@@ -492,13 +492,6 @@ fn key_type(key: &'static str, value: &str) -> Result<KeyType, ConfigError> {
     value.parse().map_err(|e| invalid(key, format!("{e}")))
 }
 
-fn positive(key: &'static str, value: Duration) -> Result<Duration, ConfigError> {
-    if value.is_zero() {
-        return Err(invalid(key, "must be longer than zero"));
-    }
-    Ok(value)
-}
-
 fn tls_pair(
     cert_key: &'static str,
     cert: Option<PathBuf>,
@@ -739,21 +732,6 @@ fn validate_agent_api(settings: &AgentApiSettings) -> Result<AgentApiConfig, Con
             "renewal per agent and minute",
         )?,
     })
-}
-
-/// `value` of `key`, which must be at least 1 `unit`.
-fn at_least_one<T: Copy + Default + PartialEq>(
-    key: &'static str,
-    value: T,
-    unit: &str,
-) -> Result<T, ConfigError> {
-    if value == T::default() {
-        return Err(invalid(
-            key,
-            format!("0 is out of range: give at least 1 {unit}"),
-        ));
-    }
-    Ok(value)
 }
 
 fn validate_limits(settings: &LimitsSettings) -> Result<ConnectionLimits, ConfigError> {
