@@ -7,6 +7,7 @@ mod demo;
 mod env;
 mod farm;
 mod federation;
+mod idle_flood;
 mod node_fairness;
 mod process;
 mod propagation;
@@ -126,6 +127,10 @@ enum Command {
         #[arg(long)]
         timeline: Option<PathBuf>,
     },
+    /// Idle-connection attack on a `fedhub hub run` process: 5,000 idle connections held
+    /// against each listener in turn while a legitimate client fetches the bundle and calls
+    /// the node API; latency, open fds, and when the hub closes each idle connection.
+    IdleFlood(idle_flood::Options),
     /// Whether one agent can slow the others down: p99 of Attest and SignX509Svids of
     /// well-behaved agents against a `fedhub hub run` child, idle and while one agent opens
     /// 1 000 Sync streams and renews in a loop; failures and `database is locked` counted.
@@ -193,6 +198,7 @@ fn main() -> ExitCode {
             }
             Command::NodeFairness(options) => node_fairness::run(&options).await,
             Command::Demo { runs, fedhub } => demo::run(runs, fedhub),
+            Command::IdleFlood(options) => idle_flood::run(&options).await,
             Command::BundleEndpoint {
                 seconds,
                 connections,

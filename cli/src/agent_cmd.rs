@@ -18,6 +18,13 @@ pub struct RunArgs {
 pub fn run(args: &RunArgs) -> anyhow::Result<ExitCode> {
     let config = AgentConfig::load(&args.config)
         .with_context(|| format!("invalid agent configuration {}", args.config.display()))?;
+    // Two descriptors per Workload API connection (the socket and the caller's /proc/<pid>),
+    // and room for the agent's own files and its connection to the hub.
+    let connections = u64::try_from(config.connection_limits.max_connections).unwrap_or(u64::MAX);
+    crate::fd_limit::raise(
+        connections.saturating_mul(2).saturating_add(256),
+        "2 x workload_api.max_connections",
+    );
     crate::runtime()?.block_on(async {
         let running = fedhub_agent::launch(config)
             .await

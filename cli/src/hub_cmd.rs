@@ -26,6 +26,13 @@ pub fn run(command: HubCommand) -> anyhow::Result<ExitCode> {
         HubCommand::Run { config } => {
             let config = HubConfig::load(&config)
                 .with_context(|| format!("invalid hub configuration {}", config.display()))?;
+            // Four listeners (bundle endpoint, OIDC, health, agent API), each up to
+            // limits.max_connections, and room for the database and outgoing fetches.
+            let per_listener = u64::try_from(config.limits.max_connections).unwrap_or(u64::MAX);
+            crate::fd_limit::raise(
+                per_listener.saturating_mul(4).saturating_add(1024),
+                "4 listeners x limits.max_connections",
+            );
             crate::runtime()?.block_on(async {
                 let running = fedhub_hub::run::launch(config)
                     .await

@@ -7,6 +7,7 @@ mod admin_client;
 mod agent_cmd;
 mod api;
 mod demo;
+mod fd_limit;
 mod hub_cmd;
 mod logging;
 mod oidc_cmd;

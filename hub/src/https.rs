@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use axum::Router;
-use fedhub_idle::{Activity, Tracked};
+use fedhub_idle::{Activity, CLOSE_GRACE, Tracked};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -227,9 +227,13 @@ impl Connection {
             }
             () = self.closing.cancelled() => {}
         }
+        // GOAWAY (HTTP/2) or close after the response (HTTP/1); then the connection is dropped
+        // once no request has been in flight for the close grace, without waiting for the
+        // client to acknowledge the GOAWAY or finish a handshake it never finishes.
         connection.as_mut().graceful_shutdown();
         tokio::select! {
             result = connection => result,
+            () = idle.wait(CLOSE_GRACE) => Ok(()),
             () = tokio::time::sleep(self.limits.drain_timeout) => Ok(()),
             () = self.abort.cancelled() => Ok(()),
         }

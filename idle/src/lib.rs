@@ -5,7 +5,8 @@
 //! dropped, which [`Tracked`] does when the response body ends, so a long-lived stream keeps
 //! its connection busy for as long as it is open. [`Idle::wait`] completes once nothing has
 //! been in flight for a given time, before the first request as between requests; the server
-//! then closes the connection (gracefully: an HTTP/2 `GOAWAY`).
+//! then closes the connection (gracefully: an HTTP/2 `GOAWAY`, then [`CLOSE_GRACE`] for
+//! requests that crossed it).
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -14,6 +15,12 @@ use std::time::Duration;
 
 use http_body::{Body, Frame, SizeHint};
 use tokio::sync::watch;
+
+/// How long a closing connection is kept once nothing is in flight: time for requests that
+/// crossed the server's `GOAWAY` to arrive and be answered. After it the connection is dropped
+/// without waiting for the client to acknowledge the `GOAWAY` (or to finish an HTTP/2
+/// handshake it never started), which an idle or hostile client would never do.
+pub const CLOSE_GRACE: Duration = Duration::from_millis(250);
 
 /// Counts the requests in flight on one connection.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use fedhub_idle::{Activity, Tracked};
+use fedhub_idle::{Activity, CLOSE_GRACE, Tracked};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -165,9 +165,14 @@ impl Serving {
             }
             () = self.closing.cancelled() => {}
         }
+        // GOAWAY; then the connection is dropped once no call has been in flight for the close
+        // grace (calls that crossed the GOAWAY are answered), without waiting for the client to
+        // acknowledge it: an idle or hostile client would hold the connection for the whole
+        // drain timeout.
         connection.as_mut().graceful_shutdown();
         tokio::select! {
             _ = connection => {}
+            () = idle.wait(CLOSE_GRACE) => {}
             () = tokio::time::sleep(self.drain_timeout) => {}
             () = self.abort.cancelled() => {}
         }
