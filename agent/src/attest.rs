@@ -794,6 +794,9 @@ fn supplementary_gids(status: &str) -> Result<Vec<u32>, String> {
         .collect()
 }
 
+#[doc(hidden)]
+pub mod fuzzing;
+
 #[cfg(test)]
 mod tests {
     use std::io::Write as _;

@@ -267,10 +267,14 @@ const OID_P384: &str = "1.3.132.0.34";
 const OID_P521: &str = "1.3.132.0.35";
 
 impl PublicKey {
-    /// Reads a DER SubjectPublicKeyInfo.
+    /// Reads a DER SubjectPublicKeyInfo (see [`PublicKey::from_spki`]). The bytes must also
+    /// read as one to the crypto backend (strict DER) and to rcgen (an algorithm identifier
+    /// in its canonical form: rsaEncryption with NULL parameters, or id-ecPublicKey with the
+    /// named curve), as they do when a certificate is minted for the key: x509-parser lets
+    /// some misencodings pass, such as an outer tag other than SEQUENCE.
     ///
     /// # Errors
-    /// [`KeyError::BadPublicKey`] if it is not an EC (P-256/384/521) or RSA key.
+    /// [`KeyError::BadPublicKey`] if it is not a usable EC (P-256/384/521) or RSA key.
     pub fn from_spki_der(der: &[u8]) -> Result<Self, KeyError> {
         let (rest, spki) = SubjectPublicKeyInfo::from_der(der)
             .map_err(|e| KeyError::BadPublicKey(e.to_string()))?;
@@ -279,14 +283,82 @@ impl PublicKey {
                 "trailing bytes after the key".into(),
             ));
         }
-        Self::from_spki(&spki)
+        let key = Self::from_spki(&spki)?;
+        aws_lc_rs::signature::ParsedPublicKey::new(key.verification_algorithm(), der)
+            .map_err(|e| KeyError::BadPublicKey(format!("not a DER SubjectPublicKeyInfo: {e}")))?;
+        rcgen::SubjectPublicKeyInfo::from_der(der).map_err(|e| {
+            KeyError::BadPublicKey(format!("not a canonical algorithm identifier: {e}"))
+        })?;
+        Ok(key)
     }
 
-    /// Reads a parsed SubjectPublicKeyInfo (as found in a certificate).
+    /// The signature verification the key serves: ECDSA with its curve's hash, or RSA.
+    fn verification_algorithm(&self) -> &'static dyn aws_lc_rs::signature::VerificationAlgorithm {
+        use aws_lc_rs::signature as sig;
+        match self {
+            Self::Ec {
+                curve: EcCurve::P256,
+                ..
+            } => &sig::ECDSA_P256_SHA256_ASN1,
+            Self::Ec {
+                curve: EcCurve::P384,
+                ..
+            } => &sig::ECDSA_P384_SHA384_ASN1,
+            Self::Ec {
+                curve: EcCurve::P521,
+                ..
+            } => &sig::ECDSA_P521_SHA512_ASN1,
+            Self::Rsa { .. } => &sig::RSA_PKCS1_2048_8192_SHA256,
+        }
+    }
+
+    /// Reads a parsed SubjectPublicKeyInfo (as found in a certificate). The key must be usable
+    /// for verification (see [`PublicKey::check_usable`]), as the JWK entries of a bundle must:
+    /// a key read here is one fedhub can publish in a bundle, certify and verify with.
     ///
     /// # Errors
-    /// [`KeyError::BadPublicKey`] if it is not an EC (P-256/384/521) or RSA key.
+    /// [`KeyError::BadPublicKey`] if it is not an EC (P-256/384/521) or RSA key, or not a
+    /// usable one.
     pub fn from_spki(spki: &SubjectPublicKeyInfo<'_>) -> Result<Self, KeyError> {
+        let key = Self::from_spki_unchecked(spki)?;
+        key.check_usable()?;
+        Ok(key)
+    }
+
+    /// Checks that the key can verify signatures: an EC point on its curve, or an RSA modulus
+    /// and exponent the crypto backend accepts. The same rule decodes the JWK entries of a
+    /// bundle, so a key that passes always survives the bundle's JSON round trip.
+    ///
+    /// # Errors
+    /// [`KeyError::BadPublicKey`] saying what is wrong.
+    pub fn check_usable(&self) -> Result<(), KeyError> {
+        use aws_lc_rs::signature as sig;
+        match self {
+            Self::Ec { curve, x, y } => {
+                let point = [&[0x04][..], x, y].concat();
+                sig::ParsedPublicKey::new(self.verification_algorithm(), &point)
+                    .map(drop)
+                    .map_err(|_| {
+                        KeyError::BadPublicKey(format!(
+                            "the EC point is not on curve {}",
+                            curve.jwk_name()
+                        ))
+                    })
+            }
+            Self::Rsa { n, e } => sig::RsaPublicKeyComponents { n, e }
+                .to_parsed_public_key(&sig::RSA_PKCS1_2048_8192_SHA256)
+                .map(drop)
+                .map_err(|_| {
+                    KeyError::BadPublicKey(format!(
+                        "not a usable RSA public key (modulus of {} bits, exponent of {} bytes)",
+                        n.len() * 8,
+                        e.len()
+                    ))
+                }),
+        }
+    }
+
+    fn from_spki_unchecked(spki: &SubjectPublicKeyInfo<'_>) -> Result<Self, KeyError> {
         let alg = spki.algorithm.algorithm.to_id_string();
         let bits: &[u8] = &spki.subject_public_key.data;
         match alg.as_str() {
@@ -404,6 +476,76 @@ mod tests {
                 other => panic!("unexpected {other:?}"),
             }
         }
+    }
+
+    /// DER of `tag` and `contents` (short or two-byte lengths are enough here).
+    fn der(tag: u8, contents: &[u8]) -> Vec<u8> {
+        let len = u16::try_from(contents.len()).unwrap().to_be_bytes();
+        let mut out = vec![tag];
+        if contents.len() < 0x80 {
+            out.push(len[1]);
+        } else {
+            out.extend([0x82, len[0], len[1]]);
+        }
+        out.extend_from_slice(contents);
+        out
+    }
+
+    /// Found by the `node_public_key` and `bundle` fuzz targets: keys that parse but cannot
+    /// verify were accepted, and then refused by minting and by the bundle's JWK decoding.
+    #[test]
+    fn unusable_keys_are_refused() {
+        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
+        let mut spki = key.public_key_der().unwrap();
+        *spki.last_mut().unwrap() ^= 1;
+        let error = PublicKey::from_spki_der(&spki).unwrap_err();
+        assert!(error.to_string().contains("not on curve P-256"), "{error}");
+        *spki.last_mut().unwrap() ^= 1;
+        PublicKey::from_spki_der(&spki).unwrap();
+        let mut misencoded = spki.clone();
+        misencoded[0] = 0xb0; // not SEQUENCE: x509-parser reads it, the backend does not
+        let error = PublicKey::from_spki_der(&misencoded).unwrap_err();
+        assert!(
+            error.to_string().contains("not a DER SubjectPublicKeyInfo"),
+            "{error}"
+        );
+
+        let rsa_algorithm = der(
+            0x30,
+            &[
+                &der(
+                    0x06,
+                    &[0x2a, 0x86, 0x48, 0x86, 0xf7, 0x0d, 0x01, 0x01, 0x01],
+                )[..],
+                &[5, 0],
+            ]
+            .concat(),
+        );
+        let rsa_spki = |exponent: &[u8]| {
+            let mut n = vec![0xc5; 256];
+            n.insert(0, 0);
+            let key = der(0x30, &[der(0x02, &n), der(0x02, exponent)].concat());
+            der(
+                0x30,
+                &[rsa_algorithm.clone(), der(0x03, &[&[0][..], &key].concat())].concat(),
+            )
+        };
+        let error = PublicKey::from_spki_der(&rsa_spki(&[0])).unwrap_err();
+        assert!(error.to_string().contains("not a usable RSA"), "{error}");
+        let good = rsa_spki(&[1, 0, 1]);
+        assert!(matches!(
+            PublicKey::from_spki_der(&good),
+            Ok(PublicKey::Rsa { .. })
+        ));
+        // rsaEncryption's parameters must be NULL (05 00); rcgen refuses anything else.
+        let params = good.windows(2).position(|w| w == [5, 0]).unwrap();
+        let mut odd = good.clone();
+        odd[params] = 0x26;
+        let error = PublicKey::from_spki_der(&odd).unwrap_err();
+        assert!(
+            error.to_string().contains("canonical algorithm identifier"),
+            "{error}"
+        );
     }
 
     #[test]

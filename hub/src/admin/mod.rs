@@ -52,6 +52,8 @@ use axum::routing::{get, post, put};
 use fedhub_core::TrustDomain;
 
 pub use error::ApiError;
+#[doc(hidden)]
+pub use handlers::fuzzing;
 pub use socket::{AdminSocket, AllowedPeers, Peer};
 
 use crate::Hub;

@@ -39,6 +39,8 @@
 //! `max_concurrent_streams` calls at once per connection.
 
 mod attest;
+#[doc(hidden)]
+pub mod fuzzing;
 mod rate;
 mod refusals;
 mod service;

@@ -4,6 +4,8 @@ pub(super) mod agents;
 pub(super) mod bundles;
 pub(super) mod entries;
 pub(super) mod federation;
+#[doc(hidden)]
+pub mod fuzzing;
 pub(super) mod groups;
 pub(super) mod tokens;
 
