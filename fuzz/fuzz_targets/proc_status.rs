@@ -12,6 +12,11 @@ use fedhub_fuzz::check_heap;
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
+    run(data);
+    check_heap();
+});
+
+fn run(data: &[u8]) {
     let Some((id, text)) = data.split_first_chunk::<4>() else {
         return;
     };
@@ -22,8 +27,7 @@ fuzz_target!(|data: &[u8]| {
     let id = u32::from_le_bytes(*id);
     groups(text);
     name(text, id);
-    check_heap();
-});
+}
 
 fn groups(status: &str) {
     let line = status.lines().find_map(|line| line.strip_prefix("Groups:"));
