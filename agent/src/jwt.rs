@@ -145,19 +145,25 @@ impl JwtSvidCache {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::time::Duration;
 
-    use fedhub_core::x509::{CaParams, CaSigner, X509Svid};
-    use fedhub_core::{KeyType, PrivateKey, TrustDomain};
-
     use super::*;
+    use crate::testing::{self, domain};
 
     /// Issues `token-<n>` valid for 100 s from the wall clock the test pretends.
     struct Counting {
         calls: AtomicUsize,
         now: SystemTime,
+    }
+
+    impl Counting {
+        /// An issuer that has issued nothing, and the time it pretends it is.
+        fn start() -> (SystemTime, Self) {
+            let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+            let calls = AtomicUsize::new(0);
+            (now, Self { calls, now })
+        }
     }
 
     impl JwtSvidIssuer for Counting {
@@ -174,27 +180,7 @@ mod tests {
     }
 
     fn identity(path: &str) -> Identity {
-        let td = TrustDomain::new("own.test").unwrap();
-        let ca_key = PrivateKey::generate(KeyType::EcP256).unwrap();
-        let ca = CaSigner::self_signed(&CaParams::new(td.clone()), ca_key).unwrap();
-        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
-        let id = td.spiffe_id(path).unwrap();
-        let chain = ca
-            .mint_x509_svid(
-                &id,
-                &key.public_key_der().unwrap(),
-                Duration::from_secs(60),
-                &[],
-            )
-            .unwrap();
-        Identity {
-            entry_id: path.into(),
-            spiffe_id: id,
-            selectors: vec!["unix:uid:1".into()],
-            federates_with: vec![],
-            hint: String::new(),
-            svid: Arc::new(X509Svid::new_checked(chain, key).unwrap()),
-        }
+        testing::identity(&domain("own.test").0, path, &["unix:uid:1"], &[])
     }
 
     fn aud(values: &[&str]) -> Vec<String> {
@@ -203,11 +189,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_token_is_reused_until_half_its_lifetime_is_gone() {
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let issuer = Counting {
-            calls: AtomicUsize::new(0),
-            now: t0,
-        };
+        let (t0, issuer) = Counting::start();
         let cache = JwtSvidCache::new(16);
         let web = identity("/web");
 
@@ -244,11 +226,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_cache_holds_at_most_its_capacity() {
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let issuer = Counting {
-            calls: AtomicUsize::new(0),
-            now: t0,
-        };
+        let (t0, issuer) = Counting::start();
         let cache = JwtSvidCache::new(2);
         let web = identity("/web");
         for audience in ["a", "b", "c", "d"] {
@@ -265,11 +243,8 @@ mod tests {
 
     #[tokio::test]
     async fn an_already_expired_token_is_not_cached() {
-        let t0 = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let issuer = Counting {
-            calls: AtomicUsize::new(0),
-            now: t0 - Duration::from_secs(200),
-        };
+        let (t0, mut issuer) = Counting::start();
+        issuer.now = t0 - Duration::from_secs(200);
         let cache = JwtSvidCache::new(2);
         let web = identity("/web");
         cache.fetch(&issuer, &web, &aud(&["a"]), t0).await.unwrap();

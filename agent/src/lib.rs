@@ -14,13 +14,16 @@
 //! - [`workload`]: the SPIFFE Workload API served on a Unix domain socket.
 //! - [`sds`]: Envoy SDS v3 on the same socket.
 
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod attest;
 mod backoff;
 pub mod cache;
 pub mod config;
-mod hub;
+mod hub_client;
 pub mod jwt;
 mod per_uid;
+mod refusal;
 pub mod run;
 pub mod sds;
 pub mod store;

@@ -209,25 +209,11 @@ fn read_optional(path: &Path) -> Result<Option<Vec<u8>>, StoreError> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
-    use fedhub_core::KeyType;
-
     use super::*;
-    use crate::testing::{domain, td};
+    use crate::testing::{self, domain, td};
 
     fn svid(ca: &fedhub_core::x509::CaSigner) -> X509Svid {
-        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
-        let id = td("own.test").spiffe_id("/fedhub/agent/x").unwrap();
-        let chain = ca
-            .mint_x509_svid(
-                &id,
-                &key.public_key_der().unwrap(),
-                Duration::from_secs(60),
-                &[],
-            )
-            .unwrap();
-        X509Svid::new_checked(chain, key).unwrap()
+        testing::svid(ca, "/fedhub/agent/x")
     }
 
     fn mode(path: &Path) -> u32 {

@@ -4,13 +4,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fedhub_core::x509::{CaParams, CaSigner, X509Svid};
-use fedhub_core::{Bundle, KeyType, PrivateKey, TrustDomain};
+use fedhub_core::{Bundle, KeyType, PrivateKey};
+pub(crate) use fedhub_tests::td;
 
 use crate::cache::Identity;
-
-pub(crate) fn td(name: &str) -> TrustDomain {
-    TrustDomain::new(name).unwrap()
-}
 
 /// A CA for `name` and a bundle holding its root.
 pub(crate) fn domain(name: &str) -> (CaSigner, Bundle) {
@@ -21,13 +18,8 @@ pub(crate) fn domain(name: &str) -> (CaSigner, Bundle) {
     (ca, bundle)
 }
 
-/// An identity at `path` with a fresh SVID from `ca`.
-pub(crate) fn identity(
-    ca: &CaSigner,
-    path: &str,
-    selectors: &[&str],
-    federates: &[&str],
-) -> Identity {
+/// A fresh key and the X509-SVID chain `ca` issues for it at `path`, valid for 600 s.
+pub(crate) fn issued(ca: &CaSigner, path: &str) -> (Vec<Vec<u8>>, PrivateKey) {
     let key = PrivateKey::generate(KeyType::EcP256).unwrap();
     let id = ca.trust_domain().spiffe_id(path).unwrap();
     let chain = ca
@@ -38,12 +30,29 @@ pub(crate) fn identity(
             &[],
         )
         .unwrap();
+    (chain, key)
+}
+
+/// A fresh X509-SVID from `ca` at `path`.
+pub(crate) fn svid(ca: &CaSigner, path: &str) -> X509Svid {
+    let (chain, key) = issued(ca, path);
+    X509Svid::new_checked(chain, key).unwrap()
+}
+
+/// An identity at `path` with a fresh SVID from `ca`.
+pub(crate) fn identity(
+    ca: &CaSigner,
+    path: &str,
+    selectors: &[&str],
+    federates: &[&str],
+) -> Identity {
+    let svid = svid(ca, path);
     Identity {
         entry_id: path.to_owned(),
-        spiffe_id: id,
+        spiffe_id: svid.spiffe_id().clone(),
         selectors: selectors.iter().map(|s| (*s).to_owned()).collect(),
         federates_with: federates.iter().map(|t| td(t)).collect(),
         hint: String::new(),
-        svid: Arc::new(X509Svid::new_checked(chain, key).unwrap()),
+        svid: Arc::new(svid),
     }
 }

@@ -15,13 +15,12 @@ use std::time::{Duration, Instant, SystemTime};
 
 use fedhub_agent::{AgentConfig, AgentError, AgentStatus, RunningAgent};
 use fedhub_core::x509::{CaParams, CaSigner};
-use fedhub_core::{Bundle, KeyType, PrivateKey, SpiffeId, TrustDomain};
+use fedhub_core::{Bundle, KeyType, PrivateKey, SpiffeId};
 use fedhub_hub::Hub;
 use fedhub_hub::config::HubConfig;
 use fedhub_hub::node::serve_node_api;
-use fedhub_registry::{
-    BundleRecord, EndpointProfile, Entry, EntrySpec, RelationshipSpec, Selector,
-};
+use fedhub_registry::{BundleRecord, Entry, EntrySpec, FetchProfile, RelationshipSpec, Selector};
+use fedhub_tests::{id, td};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose,
@@ -33,14 +32,6 @@ use tokio::sync::oneshot;
 const ACTOR: &str = "test-admin";
 /// How long a test waits for something that should happen.
 const PATIENCE: Duration = Duration::from_secs(20);
-
-fn id(s: &str) -> SpiffeId {
-    SpiffeId::parse(s).unwrap()
-}
-
-fn td(name: &str) -> TrustDomain {
-    TrustDomain::new(name).unwrap()
-}
 
 /// The selector this test process is attested with.
 fn my_uid() -> Selector {
@@ -164,8 +155,8 @@ impl TestHub {
     async fn federate(&self, name: &str, bundle: &Bundle) {
         let spec = RelationshipSpec {
             trust_domain: td(name),
-            bundle_endpoint_url: url::Url::parse(&format!("https://{name}/bundle")).unwrap(),
-            profile: EndpointProfile::HttpsSpiffe {
+            bundle_endpoint_url: format!("https://{name}/bundle").parse().unwrap(),
+            profile: FetchProfile::HttpsSpiffe {
                 endpoint_spiffe_id: id(&format!("spiffe://{name}/fedhub/hub")),
             },
             accept_empty_bundle: false,

@@ -10,17 +10,11 @@ use fedhub_agent::run::RunningAgent;
 use fedhub_core::{SpiffeId, TrustDomain};
 use fedhub_hub::config::HubConfig;
 use fedhub_hub::run::{LaunchOptions, RunningHub};
-use fedhub_proto::WORKLOAD_SECURITY_HEADER;
-use fedhub_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use fedhub_proto::workload::{X509svidRequest, X509svidResponse};
 use fedhub_registry::{EntrySpec, Selector};
-use hyper_util::rt::TokioIo;
+pub use fedhub_workload_client::WorkloadApiClient as WorkloadClient;
 use tempfile::TempDir;
-use tokio::net::UnixStream;
-use tonic::codegen::InterceptedService;
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint, Uri};
-use tonic::{Request, Status};
+use tonic::Status;
 
 /// Actor name written to the registry audit log.
 pub const ACTOR: &str = "fedhub-bench";
@@ -149,36 +143,11 @@ fn uuid_like() -> String {
     format!("{nanos:032x}")
 }
 
-#[expect(
-    clippy::unnecessary_wraps,
-    reason = "the signature tonic requires of an interceptor"
-)]
-fn security_header(mut request: Request<()>) -> Result<Request<()>, Status> {
-    request
-        .metadata_mut()
-        .insert(WORKLOAD_SECURITY_HEADER, MetadataValue::from_static("true"));
-    Ok(request)
-}
-
-type Interceptor = fn(Request<()>) -> Result<Request<()>, Status>;
-/// A Workload API client whose calls carry `workload.spiffe.io: true`.
-pub type WorkloadClient = SpiffeWorkloadApiClient<InterceptedService<Channel, Interceptor>>;
-
 /// Connects one HTTP/2 connection to the Workload API at `socket`.
 pub async fn workload_client(socket: &Path) -> anyhow::Result<WorkloadClient> {
-    let path = socket.to_owned();
-    let connector = tower::service_fn(move |_: Uri| {
-        let path = path.clone();
-        async move { UnixStream::connect(path).await.map(TokioIo::new) }
-    });
-    let channel = Endpoint::from_static("http://localhost")
-        .connect_with_connector(connector)
+    fedhub_workload_client::connect(socket, None)
         .await
-        .with_context(|| format!("connecting to {}", socket.display()))?;
-    Ok(SpiffeWorkloadApiClient::with_interceptor(
-        channel,
-        security_header as Interceptor,
-    ))
+        .with_context(|| format!("connecting to {}", socket.display()))
 }
 
 /// The first message of a new `FetchX509SVID` stream.

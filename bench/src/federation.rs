@@ -21,15 +21,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 use fedhub_core::TrustDomain;
-use fedhub_registry::{EndpointProfile, Registry, RelationshipSpec};
+use fedhub_registry::{FetchProfile, Registry, RelationshipSpec};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
 use crate::env::ACTOR;
 use crate::farm::{self, Farm, Served};
-use crate::stats::memory_kib;
+use crate::process::free_port;
+use crate::procfs::{cpu_time, memory_kib};
 
-/// `/proc/<pid>/stat` counts CPU time in USER_HZ ticks, 100 per second on Linux.
-const USER_HZ: f64 = 100.0;
 /// How long the first cycle may take before the run is given up.
 const FIRST_CYCLE_TIMEOUT: Duration = Duration::from_secs(1800);
 
@@ -76,11 +75,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().join("hub");
-    std::fs::create_dir_all(&data_dir)?;
-    std::fs::set_permissions(
-        &data_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )?;
+    fedhub_files::ensure_dir(&data_dir, 0o700)?;
     let database = match &args.database_url {
         Some(url) => Database::postgres(url).await?,
         None => Database::Sqlite(format!(
@@ -194,7 +189,13 @@ async fn measure(
         pid: child.id(),
         health,
     };
-    let result = observe(args, farm, &registry, &hub, &mut child).await;
+    let run = Observed {
+        args,
+        farm,
+        registry: &registry,
+        hub: &hub,
+    };
+    let result = observe(run, &mut child).await;
     child.kill()?;
     child.wait()?;
     registry.close().await;
@@ -226,8 +227,8 @@ async fn create_relationships(
     for n in 0..count {
         let spec = RelationshipSpec {
             trust_domain: TrustDomain::new(&farm::trust_domain_name(n))?,
-            bundle_endpoint_url: url::Url::parse(&farm.url(n))?,
-            profile: EndpointProfile::HttpsWeb {
+            bundle_endpoint_url: farm.url(n).parse()?,
+            profile: FetchProfile::HttpsWeb {
                 extra_ca_pem: extra_ca_pem.clone(),
             },
             accept_empty_bundle: false,
@@ -235,11 +236,6 @@ async fn create_relationships(
         registry.create_relationship(ACTOR, &spec, None).await?;
     }
     Ok(())
-}
-
-/// A port that was free a moment ago, for the hub's health listener.
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 fn write_config(
@@ -283,12 +279,12 @@ struct HubProcess {
 impl HubProcess {
     /// CPU time (user + system) so far.
     fn cpu(&self) -> anyhow::Result<Duration> {
-        cpu_time(&format!("/proc/{}/stat", self.pid))
+        cpu_time(self.pid)
     }
 
     /// `VmRSS` and `VmHWM` in KiB.
     fn memory(&self) -> anyhow::Result<(u64, u64)> {
-        memory_kib(&self.pid.to_string())
+        memory_kib(self.pid)
     }
 
     /// Refresh attempts by outcome, summed over trust domains, from `/metrics`.
@@ -296,23 +292,6 @@ impl HubProcess {
         let text = http_get(self.health, "/metrics").await?;
         Ok(refresh_outcomes(&text))
     }
-}
-
-/// User + system CPU time from a `/proc/<pid>/stat` file.
-fn cpu_time(path: &str) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(path)?;
-    parse_cpu_time(&stat).with_context(|| format!("{path} is not in the expected format"))
-}
-
-fn parse_cpu_time(stat: &str) -> Option<Duration> {
-    // The fields after the command name (in parentheses, possibly with spaces): state is the
-    // first, utime the 12th and stime the 13th.
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let utime: u64 = fields.get(11)?.parse().ok()?;
-    let stime: u64 = fields.get(12)?.parse().ok()?;
-    #[expect(clippy::cast_precision_loss, reason = "ticks of a benchmark run")]
-    Some(Duration::from_secs_f64((utime + stime) as f64 / USER_HZ))
 }
 
 /// The body of `GET path` over plain HTTP/1.0.
@@ -396,49 +375,47 @@ async fn sample_until(
     }
 }
 
-async fn observe(
-    args: &Args,
-    farm: &Farm,
-    registry: &Registry,
-    hub: &HubProcess,
-    child: &mut Child,
-) -> anyhow::Result<()> {
-    first_cycle(args, farm, registry, hub, child).await?;
-    if args.cycles >= 2 {
-        steady_state(args, farm, registry, hub, child).await?;
+/// What the phases of the observation share.
+#[derive(Clone, Copy)]
+struct Observed<'a> {
+    args: &'a Args,
+    farm: &'a Farm,
+    registry: &'a Registry,
+    hub: &'a HubProcess,
+}
+
+/// The first cycle, then steady state when more cycles are asked for.
+async fn observe(run: Observed<'_>, child: &mut Child) -> anyhow::Result<()> {
+    first_cycle(run, child).await?;
+    if run.args.cycles >= 2 {
+        steady_state(run, child).await?;
     }
     Ok(())
 }
 
 /// The bench process's own CPU time: the farm's work, mostly TLS handshakes.
 fn farm_cpu() -> anyhow::Result<Duration> {
-    cpu_time("/proc/self/stat")
+    cpu_time("self")
 }
 
 /// Waits until every trust domain was served by the farm and its success recorded.
-async fn first_cycle(
-    args: &Args,
-    farm: &Farm,
-    registry: &Registry,
-    hub: &HubProcess,
-    child: &mut Child,
-) -> anyhow::Result<()> {
-    let n = args.trust_domains;
-    let spawned = farm.now();
+async fn first_cycle(run: Observed<'_>, child: &mut Child) -> anyhow::Result<()> {
+    let n = run.args.trust_domains;
+    let spawned = run.farm.now();
     let farm_cpu_start = farm_cpu()?;
     sample_until(
-        hub,
+        run.hub,
         child,
         FIRST_CYCLE_TIMEOUT,
         "the first fetch of every trust domain",
-        async || Ok(farm.distinct_fetched() >= n),
+        async || Ok(run.farm.distinct_fetched() >= n),
     )
     .await?;
-    let fetched = farm.now();
+    let fetched = run.farm.now();
     let mut last_poll: Option<Instant> = None;
     let mut failing = 0;
     sample_until(
-        hub,
+        run.hub,
         child,
         FIRST_CYCLE_TIMEOUT,
         "every success to be recorded",
@@ -447,7 +424,7 @@ async fn first_cycle(
                 return Ok(false);
             }
             last_poll = Some(Instant::now());
-            let relationships = registry.list_relationships().await?;
+            let relationships = run.registry.list_relationships().await?;
             let stored = relationships
                 .iter()
                 .filter(|r| r.status.last_success_at.is_some())
@@ -460,12 +437,12 @@ async fn first_cycle(
         },
     )
     .await?;
-    let cycle_end = farm.now();
-    let hub_cpu = hub.cpu()?;
+    let cycle_end = run.farm.now();
+    let hub_cpu = run.hub.cpu()?;
     let farm_cpu = farm_cpu()?.saturating_sub(farm_cpu_start);
-    let (rss, hwm) = hub.memory()?;
-    let outcomes = hub.outcomes().await?;
-    let first_request = farm.served().first().map_or(spawned, |s| s.at);
+    let (rss, hwm) = run.hub.memory()?;
+    let outcomes = run.hub.outcomes().await?;
+    let first_request = run.farm.served().first().map_or(spawned, |s| s.at);
     let cycle = cycle_end.saturating_sub(first_request);
 
     println!("## first cycle ({n} trust domains due at once)");
@@ -485,7 +462,7 @@ async fn first_cycle(
         secs(cycle),
         secs(hub_cpu),
         secs(farm_cpu),
-        farm.other_requests()
+        run.farm.other_requests()
     );
     println!(
         "hub RSS after the cycle {} MiB, peak so far (VmHWM) {} MiB; refresh outcomes {}",
@@ -497,33 +474,28 @@ async fn first_cycle(
 }
 
 /// Observes `cycles - 1` whole hint windows after the first cycle.
-async fn steady_state(
-    args: &Args,
-    farm: &Farm,
-    registry: &Registry,
-    hub: &HubProcess,
-    child: &mut Child,
-) -> anyhow::Result<()> {
-    let windows = u32::try_from(args.cycles - 1)?;
-    let observed = args.hint * windows;
-    let window_start = farm.now();
-    let hub_cpu_start = hub.cpu()?;
+async fn steady_state(run: Observed<'_>, child: &mut Child) -> anyhow::Result<()> {
+    let windows = u32::try_from(run.args.cycles - 1)?;
+    let observed = run.args.hint * windows;
+    let window_start = run.farm.now();
+    let hub_cpu_start = run.hub.cpu()?;
     let farm_cpu_start = farm_cpu()?;
     let wall = Instant::now();
     let steady = sample_until(
-        hub,
+        run.hub,
         child,
         observed + Duration::from_secs(60),
         "steady state",
         async || Ok(wall.elapsed() >= observed),
     )
     .await?;
-    let window_end = farm.now();
-    let hub_cpu = hub.cpu()?.saturating_sub(hub_cpu_start);
+    let window_end = run.farm.now();
+    let hub_cpu = run.hub.cpu()?.saturating_sub(hub_cpu_start);
     let farm_cpu = farm_cpu()?.saturating_sub(farm_cpu_start);
-    let (_, hwm) = hub.memory()?;
-    let outcomes = hub.outcomes().await?;
-    let failing = registry
+    let (_, hwm) = run.hub.memory()?;
+    let outcomes = run.hub.outcomes().await?;
+    let failing = run
+        .registry
         .list_refresh_failures()
         .await?
         .iter()
@@ -532,7 +504,7 @@ async fn steady_state(
 
     println!(
         "## steady state: {windows} hint window(s) of {} after the first cycle",
-        humantime::format_duration(args.hint)
+        humantime::format_duration(run.args.hint)
     );
     println!(
         "hub CPU {:.2} s per window ({:.1} % of one core), farm CPU {:.2} s per window; RSS \
@@ -549,14 +521,14 @@ async fn steady_state(
         outcomes_text(&outcomes)
     );
     let spread = Spread::of(
-        &farm.served(),
-        args.trust_domains,
+        &run.farm.served(),
+        run.args.trust_domains,
         window_start,
         window_end,
-        args.hint,
+        run.args.hint,
     );
     print!("{spread}");
-    if let Some(path) = &args.timeline {
+    if let Some(path) = &run.args.timeline {
         std::fs::write(path, spread.timeline_csv())
             .with_context(|| format!("writing {}", path.display()))?;
         println!("requests per second written to {}", path.display());
@@ -781,13 +753,6 @@ mod tests {
             at: Duration::from_millis(at_ms),
             full: false,
         }
-    }
-
-    #[test]
-    fn cpu_time_is_read_after_the_command_name() {
-        let stat = "4242 (fedhub hub) S 1 2 3 4 5 6 7 8 9 10 250 130 0 0 20 0";
-        assert_eq!(parse_cpu_time(stat), Some(Duration::from_millis(3800)));
-        assert_eq!(parse_cpu_time("4242 (x) S 1"), None);
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! `fedhub-bench`: loopback benchmarks of fedhub. Every figure in docs/benchmarks.md comes
 //! from this binary; run `fedhub-bench --help` for the subcommands.
+
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 #![expect(clippy::print_stdout, reason = "a benchmark binary reports on stdout")]
 
 mod bundle_endpoint;
@@ -8,8 +10,11 @@ mod env;
 mod farm;
 mod federation;
 mod idle_flood;
+mod node_api;
 mod node_fairness;
+mod pki;
 mod process;
+mod procfs;
 mod propagation;
 mod signing;
 mod stats;

@@ -35,15 +35,13 @@ use fedhub_proto::node::{
     X509SvidParams,
 };
 use fedhub_registry::{EntrySpec, Registry, Selector};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tokio::sync::watch;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::env::ACTOR;
-use crate::process::ChildProcess;
-use crate::stats::{Summary, cpu_time, median, ms};
+use crate::process::{ChildProcess, free_port};
+use crate::procfs::cpu_time;
+use crate::stats::{Summary, median, ms};
 
 /// The trust domain of the hub under test.
 const TRUST_DOMAIN: &str = "fairness.bench.test";
@@ -99,11 +97,7 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     fedhub_core::tls::install_default_crypto_provider();
     let dir = tempfile::tempdir()?;
     let data_dir = dir.path().join("hub");
-    std::fs::create_dir_all(&data_dir)?;
-    std::fs::set_permissions(
-        &data_dir,
-        std::os::unix::fs::PermissionsExt::from_mode(0o700),
-    )?;
+    fedhub_files::ensure_dir(&data_dir, 0o700)?;
     let database_url = format!("sqlite://{}", data_dir.join("registry.db").display());
     let trust_domain = TrustDomain::new(TRUST_DOMAIN)?;
     let registry = Registry::connect(&database_url).await?;
@@ -177,11 +171,6 @@ enabled = false
 "#,
         data = data_dir.display(),
     )
-}
-
-/// A port that was free a moment ago, for the hub's node API.
-fn free_port() -> anyhow::Result<SocketAddr> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
 }
 
 fn print_header(options: &Options, fedhub: &Path) {
@@ -313,19 +302,7 @@ impl Target {
         )?;
         let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
         let address = self.address;
-        let channel = Endpoint::from_static("http://node-api.invalid")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let connector = connector.clone();
-                async move {
-                    let tcp = TcpStream::connect(address).await?;
-                    tcp.set_nodelay(true)?;
-                    let name = ServerName::try_from("node-api.invalid")
-                        .map_err(|e| std::io::Error::other(e.to_string()))?;
-                    let tls = connector.connect(name, tcp).await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(tls))
-                }
-            }))
-            .await?;
+        let channel = crate::node_api::channel(address, connector, "node-api.invalid").await?;
         Ok(NodeClient::new(channel))
     }
 }

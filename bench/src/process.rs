@@ -7,6 +7,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
+/// A loopback address whose port was free a moment ago (bound to port 0, then released), for
+/// a child process to listen on.
+pub fn free_port() -> anyhow::Result<std::net::SocketAddr> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?)
+}
+
 /// A child process, stopped (SIGTERM, then SIGKILL after 5 s) when dropped. Its stderr goes to
 /// a log file; its stdout is discarded or, with [`ChildProcess::spawn_with_stdout`], kept for
 /// [`ChildProcess::finish`].

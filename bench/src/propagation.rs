@@ -7,7 +7,7 @@ use anyhow::{Context as _, bail};
 use fedhub_core::{Bundle, CaParams, CaSigner, KeyType, PrivateKey, TrustDomain};
 use fedhub_hub::run::LaunchOptions;
 use fedhub_proto::workload::X509svidRequest;
-use fedhub_registry::{BundleRecord, EndpointProfile, RelationshipSpec};
+use fedhub_registry::{BundleRecord, FetchProfile, RelationshipSpec};
 
 use crate::env::{self, ACTOR, BenchHub};
 use crate::stats::Summary;
@@ -51,8 +51,8 @@ pub async fn run(samples: usize) -> anyhow::Result<()> {
             ACTOR,
             &RelationshipSpec {
                 trust_domain: foreign.clone(),
-                bundle_endpoint_url: url::Url::parse("https://127.0.0.1:9/")?,
-                profile: EndpointProfile::HttpsWeb { extra_ca_pem: None },
+                bundle_endpoint_url: "https://127.0.0.1:9/".parse()?,
+                profile: FetchProfile::HttpsWeb { extra_ca_pem: None },
                 accept_empty_bundle: false,
             },
             Some(&record(&bootstrap)),

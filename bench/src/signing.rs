@@ -15,13 +15,10 @@ use fedhub_proto::node::attest_start::Method;
 use fedhub_proto::node::node_client::NodeClient;
 use fedhub_proto::node::{AttestRequest, AttestStart, SignX509SvidsRequest, X509SvidParams};
 use fedhub_registry::{EntrySpec, Selector};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 
 use crate::env::{ACTOR, BenchHub};
-use crate::stats::cpu_time;
+use crate::procfs::cpu_time;
 
 /// The most SVIDs one request may ask for.
 const MAX_BATCH: usize = 64;
@@ -41,19 +38,7 @@ async fn node_client(
         Authorizer::Exact(bench.hub.hub.hub_id()),
     )?;
     let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let channel = Endpoint::from_static("http://node-api.invalid")
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let connector = connector.clone();
-            async move {
-                let tcp = TcpStream::connect(address).await?;
-                tcp.set_nodelay(true)?;
-                let name = ServerName::try_from("node-api.invalid")
-                    .map_err(|e| std::io::Error::other(e.to_string()))?;
-                let tls = connector.connect(name, tcp).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(tls))
-            }
-        }))
-        .await?;
+    let channel = crate::node_api::channel(address, connector, "node-api.invalid").await?;
     Ok(NodeClient::new(channel))
 }
 

@@ -72,52 +72,9 @@ pub fn median(values: &[f64]) -> Option<f64> {
     }
 }
 
-/// `VmRSS` and `VmHWM` of a process in KiB, from `/proc/<pid>/status`.
-pub fn memory_kib(pid: &str) -> anyhow::Result<(u64, u64)> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let field = |name: &str| -> anyhow::Result<u64> {
-        status
-            .lines()
-            .find_map(|line| line.strip_prefix(name))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|n| n.parse().ok())
-            .ok_or_else(|| anyhow::anyhow!("/proc/{pid}/status has no {name}"))
-    };
-    Ok((field("VmRSS:")?, field("VmHWM:")?))
-}
-
-/// CPU time (user + system) a process has used so far, from `/proc/<pid>/stat`; `pid` may be
-/// `self`.
-pub fn cpu_time(pid: &str) -> anyhow::Result<Duration> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    cpu_time_of(&stat, rustix::param::clock_ticks_per_second())
-        .ok_or_else(|| anyhow::anyhow!("cannot read utime/stime from /proc/{pid}/stat"))
-}
-
-/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in ticks of `hz` per second. The
-/// command name (field 2) may hold spaces and parentheses, so fields are counted from the last
-/// `)`.
-fn cpu_time_of(stat: &str, hz: u64) -> Option<Duration> {
-    let after_name = &stat[stat.rfind(')')? + 1..];
-    let mut fields = after_name.split_whitespace().skip(11);
-    let utime: u64 = fields.next()?.parse().ok()?;
-    let stime: u64 = fields.next()?.parse().ok()?;
-    let ticks = utime.checked_add(stime)?;
-    let nanos = u128::from(ticks) * 1_000_000_000 / u128::from(hz.max(1));
-    Some(Duration::from_nanos(u64::try_from(nanos).ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn cpu_time_counts_user_and_system_ticks_past_an_odd_command_name() {
-        let stat = "4242 (tokio (rt) x) S 1 4242 4242 0 -1 4194560 100 0 0 0 250 50 0 0 20 0";
-        assert_eq!(cpu_time_of(stat, 100), Some(Duration::from_secs(3)));
-        assert_eq!(cpu_time_of("4242 (x) S 1", 100), None);
-        assert!(cpu_time("self").is_ok());
-    }
 
     #[test]
     fn nearest_rank_percentiles() {

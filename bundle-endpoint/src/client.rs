@@ -6,15 +6,18 @@
 //! derived from the host, and a failed handshake under one profile is never retried under the
 //! other (FED-4).
 //!
-//! - `https_web` ([`EndpointAuth::HttpsWeb`]) checks the server certificate the way browsers do:
+//! - `https_web` ([`FetchAuth::HttpsWeb`]) checks the server certificate the way browsers do:
 //!   it must chain to a trusted CA and name the URL host (FED-17). Trusted CAs are the operating
 //!   system's store, loaded with `rustls-native-certs`, plus the relationship's extra roots. The
 //!   system store is used rather than a compiled-in Mozilla list (`webpki-roots`) so that
 //!   operators keep one place to manage trust (corporate CAs, distribution updates and
 //!   removals) and a long-running hub does not trust a root list frozen at build time.
-//! - `https_spiffe` ([`EndpointAuth::HttpsSpiffe`]) accepts the server only by its X509-SVID,
+//! - `https_spiffe` ([`FetchAuth::HttpsSpiffe`]) accepts the server only by its X509-SVID,
 //!   verified against the current bundle of the endpoint ID's trust domain and required to be
 //!   exactly the configured endpoint SPIFFE ID; the host name is not checked (FED-23, FED-24).
+//!
+//! The URL is a [`BundleEndpointUrl`]: `https`, a host, no user info (FED-14), checked before
+//! anything is connected to, and again for every redirect target.
 //!
 //! Every fetch opens a fresh connection, so each one is verified with the bundle the
 //! [`BundleSource`] holds at that moment (FED-20, FED-21). Fetchers built with the same
@@ -33,6 +36,7 @@ use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use fedhub_core::bundle::IgnoredEntry;
+use fedhub_core::endpoint::{BundleEndpointUrl, EndpointUrlError, ProfileName};
 use fedhub_core::tls::{Authorizer, TlsError};
 use fedhub_core::x509::spiffe_id_of;
 use fedhub_core::{Bundle, BundleError, BundleSource, SpiffeId, TrustDomain};
@@ -41,9 +45,12 @@ use reqwest::{StatusCode, Url};
 use rustls::pki_types::CertificateDer;
 use rustls::{CertificateError, ClientConfig, RootCertStore};
 
-/// How the client authenticates a bundle endpoint: the relationship's profile.
+/// How the client authenticates a bundle endpoint: a relationship's fetch profile with its
+/// trust material resolved (parsed extra roots, or the source of the bundle that verifies the
+/// endpoint's SVID). What is configured and stored is the registry's `FetchProfile`; this is
+/// what a [`BundleFetcher`] is built with.
 #[derive(Clone)]
-pub enum EndpointAuth {
+pub enum FetchAuth {
     /// `https_web`: Web PKI certificate, verified against the system roots and `extra_roots`,
     /// with host name verification.
     HttpsWeb {
@@ -61,17 +68,17 @@ pub enum EndpointAuth {
     },
 }
 
-impl EndpointAuth {
-    /// The profile name as written in configuration: `https_web` or `https_spiffe`.
-    pub fn profile(&self) -> &'static str {
+impl FetchAuth {
+    /// The profile.
+    pub fn profile(&self) -> ProfileName {
         match self {
-            Self::HttpsWeb { .. } => "https_web",
-            Self::HttpsSpiffe { .. } => "https_spiffe",
+            Self::HttpsWeb { .. } => ProfileName::HttpsWeb,
+            Self::HttpsSpiffe { .. } => ProfileName::HttpsSpiffe,
         }
     }
 }
 
-impl fmt::Debug for EndpointAuth {
+impl fmt::Debug for FetchAuth {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::HttpsWeb { extra_roots } => f
@@ -184,8 +191,8 @@ impl fmt::Display for TlsFailure {
 #[non_exhaustive]
 pub enum FetchError {
     /// The configured URL is not a valid bundle endpoint URL (FED-14).
-    #[error("invalid bundle endpoint URL: {0}")]
-    InvalidUrl(String),
+    #[error(transparent)]
+    InvalidUrl(#[from] EndpointUrlError),
     /// The HTTPS client could not be set up (e.g. no trusted roots at all).
     #[error("cannot set up the bundle endpoint client: {0}")]
     Config(String),
@@ -310,47 +317,53 @@ fn http_client(
 /// Fetches the bundle of one federation relationship.
 #[derive(Debug, Clone)]
 pub struct BundleFetcher {
-    url: Url,
+    url: BundleEndpointUrl,
     trust_domain: TrustDomain,
-    auth: EndpointAuth,
+    auth: FetchAuth,
     options: FetchOptions,
     client: Arc<reqwest::Client>,
 }
 
 impl BundleFetcher {
-    /// A fetcher for the bundle of `trust_domain` served at `url` under the profile of `auth`,
-    /// with a client of its own.
+    /// A fetcher for the bundle of `trust_domain` served at `url` (text, checked here) under
+    /// the profile of `auth`, with a client of its own.
     ///
     /// # Errors
-    /// [`FetchError::InvalidUrl`] when `url` is not `https` with a host and without userinfo
-    /// (nothing is connected to); [`FetchError::Config`] when an extra root is not a usable
-    /// certificate or no root is trusted at all.
+    /// [`FetchError::InvalidUrl`] when `url` is not a [`BundleEndpointUrl`] (nothing is
+    /// connected to); [`FetchError::Config`] when an extra root is not a usable certificate or
+    /// no root is trusted at all.
     pub fn new(
         url: &str,
         trust_domain: TrustDomain,
-        auth: EndpointAuth,
+        auth: FetchAuth,
         options: FetchOptions,
     ) -> Result<Self, FetchError> {
-        Self::with_shared_clients(url, trust_domain, auth, options, &SharedClients::new())
+        Self::with_shared_clients(
+            BundleEndpointUrl::parse(url)?,
+            trust_domain,
+            auth,
+            options,
+            &SharedClients::new(),
+        )
     }
 
-    /// Like [`new`](Self::new), but an `https_web` fetcher takes its client from `clients`,
-    /// shared with the other fetchers of the same trust configuration.
+    /// A fetcher for the bundle of `trust_domain` served at `url` under the profile of `auth`;
+    /// an `https_web` fetcher takes its client from `clients`, shared with the other fetchers
+    /// of the same trust configuration.
     ///
     /// # Errors
-    /// As [`new`](Self::new).
+    /// [`FetchError::Config`] when an extra root is not a usable certificate or no root is
+    /// trusted at all.
     pub fn with_shared_clients(
-        url: &str,
+        url: BundleEndpointUrl,
         trust_domain: TrustDomain,
-        auth: EndpointAuth,
+        auth: FetchAuth,
         options: FetchOptions,
         clients: &SharedClients,
     ) -> Result<Self, FetchError> {
-        let url = Url::parse(url).map_err(|e| FetchError::InvalidUrl(format!("not a URL: {e}")))?;
-        check_https_url(&url).map_err(FetchError::InvalidUrl)?;
         let client = match &auth {
-            EndpointAuth::HttpsWeb { extra_roots } => clients.web_client(extra_roots, &options)?,
-            EndpointAuth::HttpsSpiffe {
+            FetchAuth::HttpsWeb { extra_roots } => clients.web_client(extra_roots, &options)?,
+            FetchAuth::HttpsSpiffe {
                 endpoint_id,
                 bundles,
             } => {
@@ -373,7 +386,7 @@ impl BundleFetcher {
     }
 
     /// The configured endpoint URL.
-    pub fn url(&self) -> &Url {
+    pub fn url(&self) -> &BundleEndpointUrl {
         &self.url
     }
 
@@ -383,7 +396,7 @@ impl BundleFetcher {
     }
 
     /// How the endpoint is authenticated.
-    pub fn auth(&self) -> &EndpointAuth {
+    pub fn auth(&self) -> &FetchAuth {
         &self.auth
     }
 
@@ -408,7 +421,7 @@ impl BundleFetcher {
 
     async fn fetch_inner(&self, etag: Option<&str>) -> Result<FetchOutcome, FetchError> {
         let if_none_match = etag.and_then(|tag| HeaderValue::from_str(tag).ok());
-        let mut url = self.url.clone();
+        let mut url = self.url.as_url().clone();
         let mut redirects = 0;
         loop {
             let mut request = self.client.get(url.clone());
@@ -463,12 +476,12 @@ impl BundleFetcher {
             .and_then(|v| v.to_str().ok())
             .map(str::to_owned);
         let peer = match self.auth {
-            EndpointAuth::HttpsSpiffe { .. } => response
+            FetchAuth::HttpsSpiffe { .. } => response
                 .extensions()
                 .get::<reqwest::tls::TlsInfo>()
                 .and_then(reqwest::tls::TlsInfo::peer_certificate)
                 .and_then(|leaf| spiffe_id_of(leaf).ok()),
-            EndpointAuth::HttpsWeb { .. } => None,
+            FetchAuth::HttpsWeb { .. } => None,
         };
         let mut body = Vec::with_capacity(usize::try_from(announced).unwrap_or(0));
         while let Some(chunk) = response
@@ -490,8 +503,8 @@ impl BundleFetcher {
         })
     }
 
-    /// The target of a redirect, if it may be followed: https, no userinfo, and the same host
-    /// and port as the configured URL.
+    /// The target of a redirect, if it may be followed: a [`BundleEndpointUrl`] with the same
+    /// host and port as the configured URL.
     fn redirect_target(&self, from: &Url, response: &reqwest::Response) -> Result<Url, FetchError> {
         let status = response.status().as_u16();
         let location = response
@@ -503,20 +516,21 @@ impl BundleFetcher {
         let target = from
             .join(location)
             .map_err(|e| FetchError::Redirect(format!("Location is not a URL: {e}")))?;
-        check_https_url(&target)
-            .map_err(|reason| FetchError::Redirect(format!("target {reason}")))?;
-        if target.host_str() != self.url.host_str()
-            || target.port_or_known_default() != self.url.port_or_known_default()
+        let target = BundleEndpointUrl::try_from(target)
+            .map_err(|reason| FetchError::Redirect(format!("target: {reason}")))?;
+        let configured = self.url.as_url();
+        if target.host() != self.url.host()
+            || target.as_url().port_or_known_default() != configured.port_or_known_default()
         {
             return Err(FetchError::Redirect(format!(
                 "target {}:{} is not the configured host {}:{}; only redirects to the same host and port are followed",
-                target.host_str().unwrap_or_default(),
-                target.port_or_known_default().unwrap_or_default(),
-                self.url.host_str().unwrap_or_default(),
-                self.url.port_or_known_default().unwrap_or_default(),
+                target.host(),
+                target.as_url().port_or_known_default().unwrap_or_default(),
+                self.url.host(),
+                configured.port_or_known_default().unwrap_or_default(),
             )));
         }
-        Ok(target)
+        Ok(target.into_url())
     }
 
     /// Classifies a transport error: TLS failure, timeout, or connection failure.
@@ -535,7 +549,7 @@ impl BundleFetcher {
             return TlsFailure::Other(error.to_string());
         };
         match (cert_error, &self.auth) {
-            (CertificateError::UnknownIssuer, EndpointAuth::HttpsSpiffe { endpoint_id, .. }) => {
+            (CertificateError::UnknownIssuer, FetchAuth::HttpsSpiffe { endpoint_id, .. }) => {
                 TlsFailure::UnknownIssuer {
                     trusted: format!(
                         "an X.509 authority of the current bundle of trust domain {}",
@@ -543,23 +557,23 @@ impl BundleFetcher {
                     ),
                 }
             }
-            (CertificateError::UnknownIssuer, EndpointAuth::HttpsWeb { .. }) => {
+            (CertificateError::UnknownIssuer, FetchAuth::HttpsWeb { .. }) => {
                 TlsFailure::UnknownIssuer {
                     trusted: "a CA of the system store or the relationship's extra roots"
                         .to_owned(),
                 }
             }
             (CertificateError::NotValidForName, _) => TlsFailure::WrongHost {
-                host: self.url.host_str().unwrap_or_default().to_owned(),
+                host: self.url.host().to_owned(),
                 presented: Vec::new(),
             },
             (CertificateError::NotValidForNameContext { presented, .. }, _) => {
                 TlsFailure::WrongHost {
-                    host: self.url.host_str().unwrap_or_default().to_owned(),
+                    host: self.url.host().to_owned(),
                     presented: presented.clone(),
                 }
             }
-            (CertificateError::Other(other), EndpointAuth::HttpsSpiffe { endpoint_id, .. }) => {
+            (CertificateError::Other(other), FetchAuth::HttpsSpiffe { endpoint_id, .. }) => {
                 match other.0.downcast_ref::<TlsError>() {
                     Some(TlsError::Unauthorized { peer, .. }) => TlsFailure::WrongSpiffeId {
                         presented: peer.clone(),
@@ -575,8 +589,8 @@ impl BundleFetcher {
 
     fn log(&self, result: &Result<FetchOutcome, FetchError>) {
         let expected_peer = match &self.auth {
-            EndpointAuth::HttpsSpiffe { endpoint_id, .. } => endpoint_id.to_string(),
-            EndpointAuth::HttpsWeb { .. } => self.url.host_str().unwrap_or_default().to_owned(),
+            FetchAuth::HttpsSpiffe { endpoint_id, .. } => endpoint_id.to_string(),
+            FetchAuth::HttpsWeb { .. } => self.url.host().to_owned(),
         };
         match result {
             Ok(FetchOutcome::Fetched {
@@ -586,7 +600,7 @@ impl BundleFetcher {
                 ..
             }) => tracing::debug!(
                 url = %self.url,
-                profile = self.auth.profile(),
+                profile = self.auth.profile().as_str(),
                 peer = peer.as_ref().map_or(expected_peer, ToString::to_string),
                 trust_domain = %self.trust_domain,
                 sequence = bundle.sequence(),
@@ -596,7 +610,7 @@ impl BundleFetcher {
             ),
             Ok(FetchOutcome::NotModified) => tracing::debug!(
                 url = %self.url,
-                profile = self.auth.profile(),
+                profile = self.auth.profile().as_str(),
                 peer = expected_peer,
                 trust_domain = %self.trust_domain,
                 outcome = "not modified",
@@ -604,7 +618,7 @@ impl BundleFetcher {
             ),
             Err(error) => tracing::debug!(
                 url = %self.url,
-                profile = self.auth.profile(),
+                profile = self.auth.profile().as_str(),
                 peer = expected_peer,
                 trust_domain = %self.trust_domain,
                 outcome = "failed",
@@ -613,25 +627,6 @@ impl BundleFetcher {
             ),
         }
     }
-}
-
-/// FED-14: `https` (hence a host), no userinfo. The reason never repeats the URL (it may hold a
-/// password).
-fn check_https_url(url: &Url) -> Result<(), String> {
-    if url.scheme() != "https" {
-        return Err(format!(
-            "scheme is {:?}; a bundle endpoint URL must use https",
-            url.scheme()
-        ));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(
-            "URL carries userinfo (user:password@); remove it, a bundle endpoint needs no credentials"
-                .to_owned(),
-        );
-    }
-    // The URL parser already refuses an https URL without a host.
-    Ok(())
 }
 
 fn web_tls_config(extra_roots: &[Vec<u8>]) -> Result<ClientConfig, FetchError> {
@@ -697,56 +692,67 @@ fn error_chain(error: &(dyn StdError + 'static)) -> String {
 
 #[cfg(test)]
 mod tests {
+    use fedhub_tests::td;
+
     use super::*;
 
-    fn td() -> TrustDomain {
-        TrustDomain::new("b.test").unwrap()
-    }
+    /// The trust domain of the endpoints these tests fetch from.
+    const TD: &str = "b.test";
 
-    fn web() -> EndpointAuth {
-        EndpointAuth::HttpsWeb {
+    fn web() -> FetchAuth {
+        FetchAuth::HttpsWeb {
             extra_roots: Vec::new(),
         }
     }
 
-    fn invalid_url(url: &str) -> String {
-        match BundleFetcher::new(url, td(), web(), FetchOptions::default()) {
-            Err(FetchError::InvalidUrl(reason)) => reason,
-            other => panic!("{url}: expected InvalidUrl, got {other:?}"),
-        }
-    }
-
+    /// The URL rule itself is tested with [`BundleEndpointUrl`]; here only that the fetcher
+    /// applies it, with its wording.
     #[test]
-    fn url_must_be_https_with_host_and_without_userinfo() {
-        assert!(invalid_url("http://example.org/bundle").contains("must use https"));
-        assert!(invalid_url("ftp://example.org/").contains("must use https"));
-        let userinfo = invalid_url("https://admin:s3cret@example.org/");
-        assert!(userinfo.contains("userinfo"), "{userinfo}");
-        assert!(!userinfo.contains("s3cret"), "password leaked: {userinfo}");
-        assert!(invalid_url("https://user@example.org/").contains("userinfo"));
-        assert!(invalid_url("not a url").contains("not a URL"));
-        assert!(invalid_url("https://").contains("not a URL"));
-    }
-
-    #[test]
-    fn other_url_parts_are_free() {
-        for url in [
-            "https://example.org",
-            "https://example.org:8443/a/b?x=1",
-            "https://127.0.0.1/",
-            "https://[::1]:9/bundle",
+    fn url_is_a_bundle_endpoint_url() {
+        for (url, expected) in [
+            (
+                "http://example.org/bundle",
+                EndpointUrlError::NotHttps {
+                    scheme: "http".into(),
+                },
+            ),
+            (
+                "https://admin:s3cret@example.org/",
+                EndpointUrlError::Credentials,
+            ),
         ] {
-            BundleFetcher::new(url, td(), web(), FetchOptions::default()).unwrap();
+            match BundleFetcher::new(url, td(TD), web(), FetchOptions::default()) {
+                Err(FetchError::InvalidUrl(error)) => {
+                    assert_eq!(error, expected, "{url}");
+                    assert_eq!(
+                        FetchError::InvalidUrl(error.clone()).to_string(),
+                        error.to_string()
+                    );
+                }
+                other => panic!("{url}: expected InvalidUrl, got {other:?}"),
+            }
         }
+        BundleFetcher::new(
+            "https://[::1]:9/bundle",
+            td(TD),
+            web(),
+            FetchOptions::default(),
+        )
+        .unwrap();
     }
 
     #[test]
     fn unusable_extra_root_is_a_config_error() {
-        let auth = EndpointAuth::HttpsWeb {
+        let auth = FetchAuth::HttpsWeb {
             extra_roots: vec![b"not a certificate".to_vec()],
         };
-        let error = BundleFetcher::new("https://example.org/", td(), auth, FetchOptions::default())
-            .unwrap_err();
+        let error = BundleFetcher::new(
+            "https://example.org/",
+            td(TD),
+            auth,
+            FetchOptions::default(),
+        )
+        .unwrap_err();
         assert!(
             matches!(&error, FetchError::Config(m) if m.contains("extra root 0")),
             "{error}"
@@ -755,9 +761,9 @@ mod tests {
 
     fn web_fetcher(url: &str, extra_roots: Vec<Vec<u8>>, clients: &SharedClients) -> BundleFetcher {
         BundleFetcher::with_shared_clients(
-            url,
-            td(),
-            EndpointAuth::HttpsWeb { extra_roots },
+            BundleEndpointUrl::parse(url).unwrap(),
+            td(TD),
+            FetchAuth::HttpsWeb { extra_roots },
             FetchOptions::default(),
             clients,
         )
@@ -781,8 +787,8 @@ mod tests {
         let private = web_fetcher("https://c.example.org/", vec![ca.clone()], &clients);
         assert!(!Arc::ptr_eq(&a.client, &private.client), "other roots");
         let slow = BundleFetcher::with_shared_clients(
-            "https://a.example.org/",
-            td(),
+            BundleEndpointUrl::parse("https://a.example.org/").unwrap(),
+            td(TD),
             web(),
             FetchOptions {
                 connect_timeout: Duration::from_secs(1),
@@ -805,7 +811,7 @@ mod tests {
 
         let own = BundleFetcher::new(
             "https://a.example.org/",
-            td(),
+            td(TD),
             web(),
             FetchOptions::default(),
         )

@@ -9,12 +9,14 @@
 //!   bundles, rollbacks, dropped sequences, authorities that are not CAs or belong to another
 //!   trust domain).
 
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 pub mod acceptance;
 pub mod client;
 pub mod server;
 
 pub use acceptance::{Acceptance, AcceptancePolicy, Rejection, check_fetched};
 pub use client::{
-    BundleFetcher, EndpointAuth, FetchError, FetchOptions, FetchOutcome, SharedClients, TlsFailure,
+    BundleFetcher, FetchAuth, FetchError, FetchOptions, FetchOutcome, SharedClients, TlsFailure,
 };
 pub use server::{BundlePublisher, PublishedBundle, router};

@@ -90,10 +90,12 @@ impl BundlePublisher {
 /// request costs a path comparison rather than a trip through axum's router, handler and
 /// extractors.
 pub fn router(path: &str, publisher: BundlePublisher) -> Router {
-    Router::new().fallback_service(BundleService {
-        path: Arc::from(path),
-        publisher,
-    })
+    Router::new()
+        .fallback_service(BundleService {
+            path: Arc::from(path),
+            publisher,
+        })
+        .layer(fedhub_idle::trace::layer("bundle endpoint"))
 }
 
 /// Answers every request of the bundle endpoint.

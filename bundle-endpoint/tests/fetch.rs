@@ -17,14 +17,14 @@ use axum::routing::get;
 use bytes::Bytes;
 use common::*;
 use fedhub_bundle_endpoint::{
-    Acceptance, AcceptancePolicy, BundleFetcher, BundlePublisher, EndpointAuth, FetchError,
+    Acceptance, AcceptancePolicy, BundleFetcher, BundlePublisher, FetchAuth, FetchError,
     FetchOptions, FetchOutcome, TlsFailure, check_fetched, router,
 };
 use fedhub_core::{Bundle, BundleError};
 use tokio::net::TcpListener;
 
-fn fetcher(url: &str, auth: EndpointAuth) -> BundleFetcher {
-    BundleFetcher::new(url, td(), auth, FetchOptions::default()).unwrap()
+fn fetcher(url: &str, auth: FetchAuth) -> BundleFetcher {
+    BundleFetcher::new(url, td(TRUST_DOMAIN), auth, FetchOptions::default()).unwrap()
 }
 
 fn fetched(outcome: FetchOutcome) -> (Bundle, Option<String>, Option<fedhub_core::SpiffeId>) {
@@ -60,7 +60,12 @@ async fn https_spiffe_fetch_then_rotated_ca_through_the_bundle_source() {
     assert_eq!(etag.as_deref(), Some(endpoint.publisher.current().etag()));
     assert_eq!(peer, Some(id(ENDPOINT_ID)));
     assert_eq!(
-        check_fetched(&td(), Some(&bootstrap), &first, AcceptancePolicy::default()),
+        check_fetched(
+            &td(TRUST_DOMAIN),
+            Some(&bootstrap),
+            &first,
+            AcceptancePolicy::default()
+        ),
         Ok(Acceptance::Replace)
     );
     bundles.store(first.clone());
@@ -75,7 +80,12 @@ async fn https_spiffe_fetch_then_rotated_ca_through_the_bundle_source() {
     assert_eq!(second, bundle(&[&new_ca], 3));
     assert_eq!(peer, Some(id(ENDPOINT_ID)));
     assert_eq!(
-        check_fetched(&td(), Some(&first), &second, AcceptancePolicy::default()),
+        check_fetched(
+            &td(TRUST_DOMAIN),
+            Some(&first),
+            &second,
+            AcceptancePolicy::default()
+        ),
         Ok(Acceptance::Replace)
     );
 
@@ -96,7 +106,7 @@ async fn https_web_with_extra_root() {
     let body = bundle(&[&ca()], 4).to_json();
     let publisher = BundlePublisher::new(body.clone());
     let server = TestServer::start(web_ca.server("localhost"), router("/b", publisher)).await;
-    let auth = EndpointAuth::HttpsWeb {
+    let auth = FetchAuth::HttpsWeb {
         extra_roots: vec![web_ca.der()],
     };
     let (bundle, etag, peer) = fetched(fetcher(&server.url("/b"), auth).fetch(None).await.unwrap());
@@ -105,16 +115,20 @@ async fn https_web_with_extra_root() {
     assert_eq!(peer, None);
 
     // Without the extra root the private CA is not trusted.
-    let no_roots = EndpointAuth::HttpsWeb {
+    let no_roots = FetchAuth::HttpsWeb {
         extra_roots: Vec::new(),
     };
-    let failure =
-        match BundleFetcher::new(&server.url("/b"), td(), no_roots, FetchOptions::default()) {
-            Ok(client) => tls_failure(client.fetch(None).await),
-            // A machine without a system store cannot even build the client; that is fine too.
-            Err(FetchError::Config(_)) => return,
-            Err(other) => panic!("{other}"),
-        };
+    let failure = match BundleFetcher::new(
+        &server.url("/b"),
+        td(TRUST_DOMAIN),
+        no_roots,
+        FetchOptions::default(),
+    ) {
+        Ok(client) => tls_failure(client.fetch(None).await),
+        // A machine without a system store cannot even build the client; that is fine too.
+        Err(FetchError::Config(_)) => return,
+        Err(other) => panic!("{other}"),
+    };
     assert!(
         matches!(&failure, TlsFailure::UnknownIssuer { trusted } if trusted.contains("system store")),
         "{failure}"
@@ -184,7 +198,7 @@ async fn https_web_certificate_for_another_host_is_refused() {
     let web_ca = WebCa::new();
     let publisher = BundlePublisher::new(bundle(&[&ca()], 1).to_json());
     let server = TestServer::start(web_ca.server("other.test"), router("/", publisher)).await;
-    let auth = EndpointAuth::HttpsWeb {
+    let auth = FetchAuth::HttpsWeb {
         extra_roots: vec![web_ca.der()],
     };
     let failure = tls_failure(fetcher(&server.url("/"), auth).fetch(None).await);
@@ -202,7 +216,7 @@ async fn https_web_certificate_for_another_host_is_refused() {
 async fn profiles_never_fall_back_to_each_other() {
     // https_web against an SVID server: the SVID's CA is no Web PKI root.
     let endpoint = SpiffeEndpoint::start().await;
-    let web = EndpointAuth::HttpsWeb {
+    let web = FetchAuth::HttpsWeb {
         extra_roots: vec![WebCa::new().der()],
     };
     assert!(matches!(
@@ -338,7 +352,7 @@ async fn plain_http_is_refused_without_connecting() {
     let port = listener.local_addr().unwrap().port();
     let result = BundleFetcher::new(
         &format!("http://127.0.0.1:{port}/"),
-        td(),
+        td(TRUST_DOMAIN),
         spiffe_auth(SharedBundles::with(bundle(&[&ca()], 1))),
         FetchOptions::default(),
     );
@@ -407,8 +421,8 @@ async fn redirects_elsewhere_are_refused() {
             "/other-port",
             format!("target localhost:1 is not the configured host localhost:{port}"),
         ),
-        ("/downgrade", "must use https".to_owned()),
-        ("/userinfo", "userinfo".to_owned()),
+        ("/downgrade", "must start with https://".to_owned()),
+        ("/userinfo", "user name or password".to_owned()),
         ("/loop", "more than 3 redirects".to_owned()),
         ("/no-location", "without a Location".to_owned()),
     ];

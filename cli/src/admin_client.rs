@@ -42,8 +42,7 @@ impl AdminClient {
         method: Method,
         path: &str,
     ) -> anyhow::Result<T> {
-        let body = self.call(method, path, None).await?;
-        decode(&body)
+        decode(&self.call(method, path, None).await?)
     }
 
     /// Sends `body` as JSON with `method` and decodes the JSON answer.
@@ -54,8 +53,7 @@ impl AdminClient {
         body: &B,
     ) -> anyhow::Result<T> {
         let body = serde_json::to_vec(body).context("encoding the request")?;
-        let answer = self.call(method, path, Some(body)).await?;
-        decode(&answer)
+        decode(&self.call(method, path, Some(body)).await?)
     }
 
     /// Sends a request without a body whose answer has none either (`204 No Content`).
@@ -63,14 +61,25 @@ impl AdminClient {
         self.call(method, path, None).await.map(drop)
     }
 
-    /// One request: the answer's body on success, the hub's error message otherwise.
+    /// One request within [`CALL_TIMEOUT`]: the answer's body on success, the hub's error
+    /// message otherwise.
     async fn call(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
     ) -> anyhow::Result<Bytes> {
-        tokio::time::timeout(CALL_TIMEOUT, self.exchange(method, path, body))
+        let mut request = Request::builder()
+            .method(method)
+            .uri(format!("{PREFIX}{path}"))
+            .header(HOST, "fedhub");
+        if body.is_some() {
+            request = request.header(CONTENT_TYPE, "application/json");
+        }
+        let request = request
+            .body(Full::new(Bytes::from(body.unwrap_or_default())))
+            .context("building the request")?;
+        tokio::time::timeout(CALL_TIMEOUT, self.exchange(request))
             .await
             .map_err(|_| {
                 anyhow!(
@@ -81,12 +90,8 @@ impl AdminClient {
             })?
     }
 
-    async fn exchange(
-        &self,
-        method: Method,
-        path: &str,
-        body: Option<Vec<u8>>,
-    ) -> anyhow::Result<Bytes> {
+    /// Connects, sends `request` and reads the answer.
+    async fn exchange(&self, request: Request<Full<Bytes>>) -> anyhow::Result<Bytes> {
         let stream = UnixStream::connect(&self.socket)
             .await
             .map_err(|e| connect_error(&self.socket, &e))?;
@@ -98,16 +103,6 @@ impl AdminClient {
                 tracing::debug!(%error, "admin connection ended with an error");
             }
         });
-        let mut request = Request::builder()
-            .method(method)
-            .uri(format!("{PREFIX}{path}"))
-            .header(HOST, "fedhub");
-        if body.is_some() {
-            request = request.header(CONTENT_TYPE, "application/json");
-        }
-        let request = request
-            .body(Full::new(Bytes::from(body.unwrap_or_default())))
-            .context("building the request")?;
         let response = sender.send_request(request).await.map_err(|e| {
             anyhow!(
                 "the hub at {} closed the connection without answering ({e}); only the hub's \

@@ -2,6 +2,8 @@
 //!
 //! `main` only parses arguments, sets up logging and hands over to a subcommand module.
 
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 mod admin;
 mod admin_client;
 mod agent_cmd;

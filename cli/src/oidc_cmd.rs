@@ -8,11 +8,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use fedhub_bundle_endpoint::{BundleFetcher, EndpointAuth, FetchOptions, FetchOutcome};
+use fedhub_bundle_endpoint::{BundleFetcher, FetchAuth, FetchOptions, FetchOutcome};
 use fedhub_core::{Bundle, SpiffeId, TrustDomain};
-use fedhub_hub::config::TlsFiles;
-use fedhub_hub::https::{ServeLimits, SwappableCert, serve};
 use fedhub_oidc_discovery::OidcPublisher;
+use fedhub_serve::{ConnectionLimits, ServeLimits, SwappableCert, serve, server_config};
 use serde::Deserialize;
 
 use crate::api::client::WorkloadClient;
@@ -92,15 +91,7 @@ enum KeySource {
 
 fn pem_certificates(path: &Path) -> anyhow::Result<Vec<Vec<u8>>> {
     let text = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
-    let certs: Vec<Vec<u8>> = pem::parse_many(&text)?
-        .into_iter()
-        .filter(|p| p.tag() == "CERTIFICATE")
-        .map(pem::Pem::into_contents)
-        .collect();
-    if certs.is_empty() {
-        bail!("{} holds no CERTIFICATE block", path.display());
-    }
-    Ok(certs)
+    fedhub_core::pem::certificates_der(text).with_context(|| path.display().to_string())
 }
 
 impl KeySource {
@@ -134,7 +125,7 @@ impl KeySource {
                         let source =
                             Arc::new(LatestBundle(std::sync::RwLock::new(Arc::new(bundle))));
                         latest = Some(Arc::clone(&source));
-                        EndpointAuth::HttpsSpiffe {
+                        FetchAuth::HttpsSpiffe {
                             endpoint_id: id,
                             bundles: source,
                         }
@@ -143,7 +134,7 @@ impl KeySource {
                         "source.endpoint_spiffe_id needs source.trust_bundle_file (the hub's \
                          bundle, from `fedhub bundle show --format spiffe`)"
                     ),
-                    (None, _) => EndpointAuth::HttpsWeb {
+                    (None, _) => FetchAuth::HttpsWeb {
                         extra_roots: source
                             .extra_ca_file
                             .as_deref()
@@ -212,10 +203,7 @@ pub fn run(command: OidcCommand) -> anyhow::Result<ExitCode> {
     let settings: OidcSettings = toml::from_str(&text)
         .with_context(|| format!("invalid OIDC configuration {}", config.display()))?;
     let tls_files = match (settings.cert_file.clone(), settings.key_file.clone()) {
-        (Some(cert_file), Some(key_file)) => Some(TlsFiles {
-            cert_file,
-            key_file,
-        }),
+        (Some(cert_file), Some(key_file)) => Some((cert_file, key_file)),
         (None, None) if settings.allow_insecure_http => None,
         (None, None) => bail!(
             "cert_file and key_file are required, or allow_insecure_http = true behind a \
@@ -227,16 +215,11 @@ pub fn run(command: OidcCommand) -> anyhow::Result<ExitCode> {
     let source = KeySource::from_settings(settings.source)?;
     crate::runtime()?.block_on(async move {
         let tls = match &tls_files {
-            Some(files) => Some(Arc::new(
-                rustls::ServerConfig::builder_with_provider(Arc::new(
-                    rustls::crypto::aws_lc_rs::default_provider(),
-                ))
-                .with_safe_default_protocol_versions()?
-                .with_no_client_auth()
-                .with_cert_resolver(SwappableCert::new(
-                    fedhub_hub::run::load_certified_key("cert_file", files)?,
-                )),
-            )),
+            Some((cert_file, key_file)) => {
+                let cert = fedhub_serve::load_certified_key(cert_file, key_file)
+                    .map_err(|error| anyhow::anyhow!("cert_file: {error}"))?;
+                Some(server_config(SwappableCert::new(cert)))
+            }
             None => None,
         };
         let listener = tokio::net::TcpListener::bind(settings.address)
@@ -265,7 +248,7 @@ pub fn run(command: OidcCommand) -> anyhow::Result<ExitCode> {
             listener,
             tls,
             fedhub_oidc_discovery::router(publisher),
-            ServeLimits::new("oidc", fedhub_hub::limits::ConnectionLimits::default()),
+            ServeLimits::new("oidc", ConnectionLimits::default()),
             crate::shutdown_signal(),
         )
         .await?;

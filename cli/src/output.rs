@@ -26,23 +26,25 @@ pub fn print(text: &str) -> anyhow::Result<()> {
 }
 
 /// Prints `value` as pretty JSON.
-pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
+pub fn json<T: Serialize + ?Sized>(value: &T) -> anyhow::Result<()> {
     let mut text = serde_json::to_string_pretty(value).context("encoding JSON")?;
     text.push('\n');
     print(&text)
 }
 
-/// Columns padded to their widest cell, two spaces apart.
-pub fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
+/// A table of `items`, a row each as `row` makes it: columns padded to their widest cell, two
+/// spaces apart.
+pub fn table<T>(headers: &[&str], items: &[T], row: impl Fn(&T) -> Vec<String>) -> String {
+    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
-    for row in rows {
+    for row in &rows {
         for (width, cell) in widths.iter_mut().zip(row) {
             *width = (*width).max(cell.chars().count());
         }
     }
     let mut text = String::new();
     let header: Vec<String> = headers.iter().map(|h| (*h).to_owned()).collect();
-    for row in std::iter::once(&header).chain(rows) {
+    for row in std::iter::once(&header).chain(&rows) {
         let cells: Vec<String> = row
             .iter()
             .zip(&widths)
@@ -104,16 +106,28 @@ fn time_at(value: Timestamp, now: SystemTime) -> String {
 
 /// A duration in seconds for people: the two largest units, e.g. `1h 5m`.
 pub fn short(secs: u64) -> String {
-    let units = [(86_400, "d"), (3600, "h"), (60, "m"), (1, "s")];
+    join_units(
+        units(secs)
+            .into_iter()
+            .filter(|(count, _)| *count > 0)
+            .take(2),
+    )
+}
+
+/// `secs` in days, hours, minutes and seconds, largest first.
+pub fn units(secs: u64) -> [(u64, &'static str); 4] {
+    [
+        (secs / 86_400, "d"),
+        (secs / 3600 % 24, "h"),
+        (secs / 60 % 60, "m"),
+        (secs % 60, "s"),
+    ]
+}
+
+/// Units for people, e.g. `1h 5m`; `0s` for none.
+pub fn join_units(units: impl IntoIterator<Item = (u64, &'static str)>) -> String {
     let parts: Vec<String> = units
-        .iter()
-        .scan(secs, |rest, &(size, unit)| {
-            let count = *rest / size;
-            *rest %= size;
-            Some((count, unit))
-        })
-        .filter(|(count, _)| *count > 0)
-        .take(2)
+        .into_iter()
         .map(|(count, unit)| format!("{count}{unit}"))
         .collect();
     if parts.is_empty() {
@@ -133,10 +147,8 @@ mod tests {
     fn tables_align_columns() {
         let text = table(
             &["ID", "NAME"],
-            &[
-                vec!["1".into(), "alpha".into()],
-                vec!["200".into(), "b".into()],
-            ],
+            &[("1", "alpha"), ("200", "b")],
+            |(id, name)| vec![(*id).to_owned(), (*name).to_owned()],
         );
         assert_eq!(text, "ID   NAME\n1    alpha\n200  b\n");
     }

@@ -10,24 +10,19 @@
 use std::os::unix::fs::PermissionsExt as _;
 use std::path::PathBuf;
 use std::process::{Command, Output};
-use std::sync::Arc;
 use std::time::Duration;
 
-use fedhub_core::{Bundle, SpiffeId, TrustDomain};
+use fedhub_core::{Bundle, SpiffeId};
 use fedhub_hub::Hub;
-use fedhub_hub::admin::{
-    AdminSocket, AdminState, AllowedPeers, RefreshFuture, RefreshNow, join_token_agent_id,
-    serve_admin,
-};
+use fedhub_hub::admin::{AdminSocket, AdminState, AllowedPeers, join_token_agent_id, serve_admin};
 use fedhub_hub::config::HubConfig;
+use fedhub_hub::federation::{FederationManager, FederationOptions};
 use fedhub_registry::{AgentAttestation, RefreshSuccess, Registry, Selector, SequenceSeen};
+use fedhub_tests::td;
 use serde_json::Value;
-use sqlx::{AnyConnection, AssertSqlSafe, Connection as _};
 use tempfile::TempDir;
 use time::OffsetDateTime;
 use tokio::sync::oneshot;
-
-const DATABASE_URL_VAR: &str = "FEDHUB_TEST_DATABASE_URL";
 
 /// A hub (state only, no network listeners) with its admin API on a temp socket.
 struct TestHub {
@@ -45,11 +40,11 @@ impl TestHub {
     }
 
     /// A hub on `database_url` (default: SQLite in the temp dir) whose admin socket admits
-    /// `peers` (default: this process's uid), with the refresh engine `refresher` builds.
+    /// `peers` (default: this process's uid), with the refresh engine `federation` builds.
     fn start_with(
         database_url: Option<&str>,
         peers: Option<AllowedPeers>,
-        refresher: fn(&Hub) -> Option<Arc<dyn RefreshNow>>,
+        federation: fn(&Hub) -> Option<FederationManager>,
     ) -> Self {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -74,8 +69,8 @@ impl TestHub {
             let peers = peers.unwrap_or_else(|| AllowedPeers::this_process(&[]).unwrap());
             let bound = AdminSocket::bind(&socket, peers).unwrap();
             let mut state = AdminState::new(hub.clone());
-            if let Some(refresher) = refresher(&hub) {
-                state = state.with_refresher(refresher);
+            if let Some(federation) = federation(&hub) {
+                state = state.with_federation(federation);
             }
             runtime.spawn(serve_admin(state, bound, async {
                 let _ = stopped.await;
@@ -177,10 +172,6 @@ fn field<'a>(text: &'a str, label: &str) -> &'a str {
         .find_map(|line| line.strip_prefix(label)?.strip_prefix(':'))
         .unwrap_or_else(|| panic!("no {label:?} in {text}"))
         .trim()
-}
-
-fn td(name: &str) -> TrustDomain {
-    TrustDomain::new(name).unwrap()
 }
 
 fn now() -> OffsetDateTime {
@@ -1182,85 +1173,81 @@ fn peers_outside_the_allowed_uids_are_refused() {
     assert!(err.contains("admin_uids"), "{err}");
 }
 
-/// A refresh engine stand-in: records a success for `ok.test`, fails everything else.
-struct FakeRefresher(Registry);
-
-impl RefreshNow for FakeRefresher {
-    fn refresh_now(&self, trust_domain: TrustDomain) -> RefreshFuture {
-        let registry = self.0.clone();
-        Box::pin(async move {
-            if trust_domain.name() != "ok.test" {
-                return Err("endpoint unreachable".to_owned());
-            }
-            let next = now() + Duration::from_secs(600);
-            registry
-                .claim_due_refreshes("fake", now(), Duration::from_secs(60), 10)
-                .await
-                .map_err(|e| e.to_string())?;
-            let based_on = registry
-                .get_bundle_with_revision(&trust_domain)
-                .await
-                .map_err(|e| e.to_string())?
-                .map(|stored| stored.revision);
-            let success = RefreshSuccess {
-                based_on,
-                bundle: None,
-                etag: None,
-                sequence: SequenceSeen::Unknown,
-                next_refresh_at: next,
-            };
-            registry
-                .record_refresh_success(&trust_domain, "fake", &success)
-                .await
-                .map(drop)
-                .map_err(|e| e.to_string())
-        })
-    }
+/// The hub's own refresh engine, with a short connect timeout.
+fn federation_manager(hub: &Hub) -> FederationManager {
+    let options = FederationOptions {
+        connect_timeout: Duration::from_secs(1),
+        replica_id: Some("hub-1".into()),
+        ..FederationOptions::default()
+    };
+    FederationManager::new(hub.clone(), options).unwrap()
 }
 
+/// `federation refresh` goes to the hub's refresh engine, and each way it can fail reaches the
+/// admin with its own message: the fetch failed (502), no such relationship (404), another
+/// replica is refreshing it (409), the registry failed (500).
 #[test]
-fn refresh_now_goes_to_the_refresh_engine() {
-    let hub = TestHub::start_with(None, None, |hub| {
-        Some(Arc::new(FakeRefresher(hub.registry().clone())))
-    });
-    web_relationship(&hub, "ok.test");
-    web_relationship(&hub, "down.test");
-    let refreshed = hub.json(&["federation", "refresh", "--trust-domain", "ok.test"]);
-    assert!(refreshed["status"]["last_success_at"].is_string());
-    assert!(refreshed["status"]["next_refresh_at"].is_string());
-    let err = hub.refused(&["federation", "refresh", "--trust-domain", "down.test"]);
+fn refresh_failures_keep_their_meaning_up_to_the_cli() {
+    let hub = TestHub::start_with(None, None, |hub| Some(federation_manager(hub)));
+    // An endpoint that is down: a loopback port nobody listens on.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    hub.ok(&[
+        "federation",
+        "create",
+        "--trust-domain",
+        "down.test",
+        "--bundle-endpoint-url",
+        &format!("https://127.0.0.1:{port}/"),
+        "--bundle-endpoint-profile",
+        "https_web",
+    ]);
+    let refresh = ["federation", "refresh", "--trust-domain", "down.test"];
+    let err = hub.refused(&refresh);
     assert!(
-        err.contains("refreshing the bundle of down.test failed: endpoint unreachable"),
+        err.contains("refreshing the bundle of down.test failed: cannot reach the bundle endpoint"),
         "{err}"
     );
+    let shown = hub.json(&["federation", "show", "--trust-domain", "down.test"]);
+    assert_eq!(shown["status"]["consecutive_failures"], 1, "{shown}");
+
     let err = hub.refused(&["federation", "refresh", "--trust-domain", "nope.test"]);
-    assert!(err.contains("no federation relationship"), "{err}");
+    assert!(
+        err.contains("no federation relationship with nope.test"),
+        "{err}"
+    );
+
+    // Another hub replica holds the refresh lease.
+    hub.block_on(hub.registry().claim_refresh(
+        &td("down.test"),
+        "hub-2",
+        now(),
+        Duration::from_secs(60),
+    ))
+    .unwrap()
+    .unwrap();
+    let err = hub.refused(&refresh);
+    assert!(
+        err.contains("a refresh of trust domain down.test is already running on hub replica hub-2"),
+        "{err}"
+    );
+
+    // The database is gone (hub/tests/federation.rs breaks it inside the refresh itself).
+    hub.block_on(hub.registry().close());
+    let err = hub.refused(&refresh);
+    assert!(
+        err.contains("internal error (the hub's log has the details)"),
+        "{err}"
+    );
 }
 
 #[test]
 fn admin_flow_on_postgres() {
-    let Ok(base) = std::env::var(DATABASE_URL_VAR) else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "{DATABASE_URL_VAR} must be set in CI to run the PostgreSQL tests"
-        );
-        eprintln!("note: {DATABASE_URL_VAR} is not set; skipping the PostgreSQL admin flow");
-        return;
-    };
-    let runtime = tokio::runtime::Runtime::new().unwrap();
-    sqlx::any::install_default_drivers();
-    let schema = format!("fedhub_admin_{}", uuid::Uuid::new_v4().simple());
-    let mut admin = runtime
-        .block_on(AnyConnection::connect(&base))
-        .expect("PostgreSQL must be reachable at FEDHUB_TEST_DATABASE_URL");
-    runtime
-        .block_on(sqlx::query(AssertSqlSafe(format!("CREATE SCHEMA {schema}"))).execute(&mut admin))
-        .unwrap();
-    let mut url = url::Url::parse(&base).unwrap();
-    url.query_pairs_mut()
-        .append_pair("options", &format!("-c search_path={schema}"));
-    let outcome = std::panic::catch_unwind(|| {
-        let hub = TestHub::start_with(Some(url.as_str()), None, |_| None);
+    fedhub_tests::postgres::with_schema_blocking("fedhub_admin", |url| {
+        let hub = TestHub::start_with(Some(url), None, |_| None);
         tokens(&hub);
         federation(&hub);
         entries(&hub);
@@ -1268,12 +1255,4 @@ fn admin_flow_on_postgres() {
         agents(&hub);
         groups(&hub);
     });
-    runtime
-        .block_on(
-            sqlx::query(AssertSqlSafe(format!("DROP SCHEMA {schema} CASCADE"))).execute(&mut admin),
-        )
-        .unwrap();
-    if let Err(panic) = outcome {
-        std::panic::resume_unwind(panic);
-    }
 }

@@ -8,22 +8,15 @@
     reason = "test helpers outside #[test] fns: a failed unwrap is a failed test"
 )]
 
-use std::collections::BTreeMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
-use fedhub_agent::{
-    AgentState, Identity, IssueError, JwtSvidIssuer, JwtSvidToken, Snapshot, WorkloadEndpoint,
-};
-use fedhub_core::x509::CaParams;
-use fedhub_core::{
-    Bundle, BundleSet, CaSigner, JwtAlgorithm, JwtSigner, JwtValidator, KeyType, PrivateKey,
-    SpiffeId, TrustDomain, X509Svid,
-};
+use fedhub_agent::{ConnectionLimits, Identity, Snapshot};
+use fedhub_core::{Bundle, BundleSet, JwtValidator, PrivateKey, TrustDomain, X509Svid};
 use fedhub_proto::workload::spiffe_workload_api_server::{
     SpiffeWorkloadApi, SpiffeWorkloadApiServer,
 };
@@ -32,86 +25,30 @@ use fedhub_proto::workload::{
     ValidateJwtsvidResponse, WitBundlesRequest, WitBundlesResponse, WitsvidRequest,
     WitsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svidRequest, X509svidResponse,
 };
-use futures::future::BoxFuture;
+use fedhub_tests::issuer::Domain;
+use fedhub_tests::workload::Agent;
 use futures::stream::BoxStream;
 use serde_json::Value;
 use tokio::net::UnixListener;
-use tokio::sync::oneshot;
-use tokio::task::JoinHandle;
 use tonic::{Code, Request, Response, Status};
 
-const JWT_TTL: Duration = Duration::from_secs(300);
 /// How long a test waits for something that should happen.
 const PATIENCE: Duration = Duration::from_secs(15);
 
 // ---------------------------------------------------------------------------------------------
-// Trust domains, identities and an in-process agent
+// Trust domains, identities and an in-process agent (`fedhub_tests::workload`)
 
-struct Domain {
-    td: TrustDomain,
-    ca: CaSigner,
-    signer: JwtSigner,
-}
-
-impl Domain {
-    fn new(name: &str) -> Self {
-        static NEXT_KID: AtomicU32 = AtomicU32::new(0);
-        let td = TrustDomain::new(name).unwrap();
-        let ca_key = PrivateKey::generate(KeyType::EcP256).unwrap();
-        let ca = CaSigner::self_signed(&CaParams::new(td.clone()), ca_key).unwrap();
-        let jwt_key = PrivateKey::generate(KeyType::EcP256).unwrap();
-        let kid = format!("{name}-jwt-{}", NEXT_KID.fetch_add(1, Ordering::Relaxed));
-        let signer = JwtSigner::new(kid, &jwt_key, JwtAlgorithm::ES256).unwrap();
-        Self { td, ca, signer }
-    }
-
-    fn bundle(&self) -> Bundle {
-        let mut bundle = Bundle::new(self.td.clone());
-        bundle.add_x509_authority(self.ca.root_authority().unwrap());
-        bundle.add_jwt_authority(self.signer.jwt_authority());
-        bundle
-    }
-
-    fn root_der(&self) -> Vec<u8> {
-        self.ca.root().unwrap().to_vec()
-    }
-
-    fn id(&self, path: &str) -> SpiffeId {
-        self.td.spiffe_id(path).unwrap()
-    }
-
-    fn token(&self, path: &str, audience: &str) -> String {
-        self.signer
-            .sign(
-                &self.id(path),
-                &[audience.to_owned()],
-                JWT_TTL,
-                SystemTime::now(),
-            )
-            .unwrap()
-    }
-
-    /// An identity at `path` with a fresh SVID, for callers with `selector`.
-    fn identity(&self, path: &str, selector: &str, hint: &str, federates: &[&Domain]) -> Identity {
-        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
-        let id = self.id(path);
-        let chain = self
-            .ca
-            .mint_x509_svid(
-                &id,
-                &key.public_key_der().unwrap(),
-                Duration::from_secs(3600),
-                &[],
-            )
-            .unwrap();
-        Identity {
-            entry_id: format!("entry{path}"),
-            spiffe_id: id,
-            selectors: vec![selector.to_owned()],
-            federates_with: federates.iter().map(|d| d.td.clone()).collect(),
-            hint: hint.to_owned(),
-            svid: Arc::new(X509Svid::new_checked(chain, key).unwrap()),
-        }
+/// An identity at `path` with a fresh SVID, for callers with `selector`.
+fn identity(
+    own: &Domain,
+    path: &str,
+    selector: &str,
+    hint: &str,
+    federates: &[&Domain],
+) -> Identity {
+    Identity {
+        hint: hint.to_owned(),
+        ..own.identity(path, &[selector.to_owned()], federates)
     }
 }
 
@@ -125,84 +62,8 @@ fn me() -> String {
 }
 
 fn snapshot(own: &Domain, federated: &[&Domain], identities: Vec<Identity>) -> Snapshot {
-    Snapshot {
-        own_bundle: Arc::new(own.bundle()),
-        federated: federated
-            .iter()
-            .map(|d| (d.td.clone(), Arc::new(d.bundle())))
-            .collect::<BTreeMap<_, _>>(),
-        identities,
-    }
-}
-
-/// Issues JWT-SVIDs with the own domain's signer.
-struct TestIssuer {
-    signer: JwtSigner,
-}
-
-impl JwtSvidIssuer for TestIssuer {
-    fn issue<'a>(
-        &'a self,
-        identity: &'a Identity,
-        audience: &'a [String],
-    ) -> BoxFuture<'a, Result<JwtSvidToken, IssueError>> {
-        Box::pin(async move {
-            let now = SystemTime::now();
-            let token = self
-                .signer
-                .sign(&identity.spiffe_id, audience, JWT_TTL, now)
-                .map_err(|e| IssueError::Unavailable(e.to_string()))?;
-            Ok(JwtSvidToken {
-                token,
-                expiry: now + JWT_TTL,
-            })
-        })
-    }
-}
-
-/// A running agent Workload API.
-struct Agent {
-    state: AgentState,
-    socket: PathBuf,
-    shutdown: Option<oneshot::Sender<()>>,
-    server: Option<JoinHandle<Result<(), fedhub_agent::ServeError>>>,
-}
-
-impl Agent {
-    fn start(own: &Domain, socket: &Path) -> Self {
-        let state = AgentState::new();
-        let endpoint = WorkloadEndpoint::bind(socket).unwrap();
-        let (tx, rx) = oneshot::channel();
-        let issuer = Arc::new(TestIssuer {
-            signer: own.signer.clone(),
-        });
-        let server = tokio::spawn(endpoint.serve(state.clone(), issuer, async {
-            let _ = rx.await;
-        }));
-        Self {
-            state,
-            socket: socket.to_owned(),
-            shutdown: Some(tx),
-            server: Some(server),
-        }
-    }
-
-    fn socket(&self) -> &str {
-        self.socket.to_str().unwrap()
-    }
-
-    async fn stop(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        if let Some(server) = self.server.take() {
-            tokio::time::timeout(PATIENCE, server)
-                .await
-                .expect("the agent did not stop")
-                .unwrap()
-                .unwrap();
-        }
-    }
+    let bundles: Vec<Bundle> = federated.iter().map(|d| d.bundle()).collect();
+    fedhub_tests::workload::snapshot(own, &bundles, identities)
 }
 
 /// A temporary directory with an agent socket path in it.
@@ -344,8 +205,8 @@ async fn fetch_x509_prints_the_svids_as_a_table_and_as_json() {
     let (_dir, socket) = workspace();
     let own = Domain::new("own.test");
     let partner = Domain::new("partner.test");
-    let agent = Agent::start(&own, &socket);
-    let identity = own.identity("/web", &me(), "internal", &[&partner]);
+    let agent = Agent::start_at(&own, &socket, ConnectionLimits::default());
+    let identity = identity(&own, "/web", &me(), "internal", &[&partner]);
     let chain = identity.svid.chain().to_vec();
     let not_after = identity.svid.not_after();
     agent
@@ -413,9 +274,9 @@ async fn write_puts_down_pem_files_with_a_private_key_only_its_owner_can_read() 
     let (dir, socket) = workspace();
     let own = Domain::new("own.test");
     let partner = Domain::new("partner.test");
-    let agent = Agent::start(&own, &socket);
-    let web = own.identity("/web", &me(), "", &[&partner]);
-    let db = own.identity("/db", &me(), "", &[]);
+    let agent = Agent::start_at(&own, &socket, ConnectionLimits::default());
+    let web = identity(&own, "/web", &me(), "", &[&partner]);
+    let db = identity(&own, "/db", &me(), "", &[]);
     let (web_svid, db_svid) = (web.svid.clone(), db.svid.clone());
     agent
         .state
@@ -492,7 +353,7 @@ async fn write_puts_down_pem_files_with_a_private_key_only_its_owner_can_read() 
 async fn a_process_without_an_entry_is_told_how_to_get_one() {
     let (_dir, socket) = workspace();
     let own = Domain::new("own.test");
-    let agent = Agent::start(&own, &socket);
+    let agent = Agent::start_at(&own, &socket, ConnectionLimits::default());
 
     // Before the agent's first sync: UNAVAILABLE.
     let run = fedhub(&["api", "fetch", "x509", "--socket", agent.socket()])
@@ -510,7 +371,7 @@ async fn a_process_without_an_entry_is_told_how_to_get_one() {
     agent.state.publish(snapshot(
         &own,
         &[],
-        vec![own.identity("/web", &stranger, "", &[])],
+        vec![identity(&own, "/web", &stranger, "", &[])],
     ));
     let uid = my_uid();
     for args in [
@@ -537,13 +398,13 @@ async fn a_process_without_an_entry_is_told_how_to_get_one() {
 async fn fetch_jwt_prints_tokens_with_their_claims() {
     let (_dir, socket) = workspace();
     let own = Domain::new("own.test");
-    let agent = Agent::start(&own, &socket);
+    let agent = Agent::start_at(&own, &socket, ConnectionLimits::default());
     agent.state.publish(snapshot(
         &own,
         &[],
         vec![
-            own.identity("/web", &me(), "", &[]),
-            own.identity("/db", &me(), "", &[]),
+            identity(&own, "/web", &me(), "", &[]),
+            identity(&own, "/db", &me(), "", &[]),
         ],
     ));
     let mut bundles = BundleSet::new();
@@ -645,11 +506,11 @@ async fn fetch_bundles_shows_x509_and_jwt_authorities_per_trust_domain() {
     let (_dir, socket) = workspace();
     let own = Domain::new("own.test");
     let partner = Domain::new("partner.test");
-    let agent = Agent::start(&own, &socket);
+    let agent = Agent::start_at(&own, &socket, ConnectionLimits::default());
     agent.state.publish(snapshot(
         &own,
         &[&partner],
-        vec![own.identity("/web", &me(), "", &[&partner])],
+        vec![identity(&own, "/web", &me(), "", &[&partner])],
     ));
 
     let text = fedhub(&["api", "fetch", "bundles", "--socket", agent.socket()])
@@ -693,13 +554,13 @@ async fn validate_jwt_prints_the_subject_or_fails_for_an_invalid_token() {
     let (_dir, socket) = workspace();
     let own = Domain::new("own.test");
     let stranger = Domain::new("stranger.test");
-    let agent = Agent::start(&own, &socket);
+    let agent = Agent::start_at(&own, &socket, ConnectionLimits::default());
     agent.state.publish(snapshot(
         &own,
         &[],
-        vec![own.identity("/web", &me(), "", &[])],
+        vec![identity(&own, "/web", &me(), "", &[])],
     ));
-    let token = own.token("/db", "svc");
+    let token = own.token("/db", "svc", SystemTime::now());
 
     let run = fedhub(&[
         "api",
@@ -747,8 +608,8 @@ async fn validate_jwt_prints_the_subject_or_fails_for_an_invalid_token() {
     assert!(json["claims"]["exp"].is_u64(), "{json}");
 
     let invalid = [
-        (own.token("/db", "other"), "svc"),
-        (stranger.token("/db", "svc"), "svc"),
+        (own.token("/db", "other", SystemTime::now()), "svc"),
+        (stranger.token("/db", "svc", SystemTime::now()), "svc"),
         ("not.a.token".to_owned(), "svc"),
     ];
     for (token, audience) in invalid {
@@ -781,11 +642,11 @@ async fn validate_jwt_prints_the_subject_or_fails_for_an_invalid_token() {
 async fn the_socket_comes_from_spiffe_endpoint_socket_as_a_unix_uri() {
     let (_dir, socket) = workspace();
     let own = Domain::new("own.test");
-    let agent = Agent::start(&own, &socket);
+    let agent = Agent::start_at(&own, &socket, ConnectionLimits::default());
     agent.state.publish(snapshot(
         &own,
         &[],
-        vec![own.identity("/web", &me(), "", &[])],
+        vec![identity(&own, "/web", &me(), "", &[])],
     ));
     let uri = format!("unix://{}", agent.socket());
 
@@ -897,11 +758,11 @@ async fn watch_rewrites_the_files_on_every_change_and_signals_the_app() {
     let (dir, socket) = workspace();
     let own = Domain::new("own.test");
     let partner = Domain::new("partner.test");
-    let mut agent = Agent::start(&own, &socket);
+    let mut agent = Agent::start_at(&own, &socket, ConnectionLimits::default());
     agent.state.publish(snapshot(
         &own,
         &[&partner],
-        vec![own.identity("/web", &me(), "", &[&partner])],
+        vec![identity(&own, "/web", &me(), "", &[&partner])],
     ));
 
     let (mut app, marker) = hup_counter(dir.path()).await;
@@ -936,7 +797,7 @@ async fn watch_rewrites_the_files_on_every_change_and_signals_the_app() {
 
     // Rotation: a new SVID for the same identity.
     let first_key = read(&key);
-    let rotated = own.identity("/web", &me(), "", &[&partner]);
+    let rotated = identity(&own, "/web", &me(), "", &[&partner]);
     let rotated_chain = rotated.svid.chain().to_vec();
     agent
         .state
@@ -962,11 +823,11 @@ async fn watch_rewrites_the_files_on_every_change_and_signals_the_app() {
     // The agent restarts: the watch reconnects and picks up the new agent's SVID.
     let before_restart = read(&key);
     agent.stop().await;
-    let agent = Agent::start(&own, &socket);
+    let agent = Agent::start_at(&own, &socket, ConnectionLimits::default());
     agent.state.publish(snapshot(
         &own,
         &[],
-        vec![own.identity("/web", &me(), "", &[])],
+        vec![identity(&own, "/web", &me(), "", &[])],
     ));
     eventually("the key after reconnecting", || {
         read(&key) != before_restart

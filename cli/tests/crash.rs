@@ -75,7 +75,7 @@ fn hub_svid_outlives_the_housekeeping_tick() {
 /// (`authorized` in `hub/src/node/service.rs`), the code it also uses to refuse the agent
 /// itself. The agent does not count it as a refusal of one entry (`is_entry_refusal` in
 /// `agent/src/sync.rs`), takes it for a refusal of its own SVID (`Daemon::hub_refused` in
-/// `agent/src/run.rs`), throws that SVID away and attests again: with a join token, which
+/// `agent/src/run/daemon.rs`), throws that SVID away and attests again: with a join token, which
 /// was spent, it stops for good. Found by the agent crash scenario, whose entry churn created
 /// and deleted entries. Creates and deletes entries until the agent falls over (usually
 /// within seconds), for at most 60 s.

@@ -5,12 +5,20 @@
 //! - [`ConfigError`]: every message names the key and what to do.
 //! - [`invalid`]: the error for a value that parsed but is not acceptable; [`positive`] and
 //!   [`at_least_one`] for durations and counts where zero would turn a feature off by mistake.
-//! - [`require_file`]: the error for a `--config` path that is not a file.
+//! - [`connection_caps`]: the caps on a listener's open connections, in total and per peer, as
+//!   the hub's `[limits]` and the agent's `[workload_api]` both carry them.
+//! - [`require_file`]: the error for a `--config` path that is not a file; [`layers`]: the
+//!   file and its environment overrides, in that order.
 //! - [`format_figment_error`]: figment's errors (unknown keys, wrong types, TOML syntax) as one
 //!   line per problem, each prefixed with its dotted key.
 
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 use std::path::Path;
 use std::time::Duration;
+
+use figment::Figment;
+use figment::providers::{Env, Format as _, Toml};
 
 /// Why a configuration cannot be used. Each message names the key and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -74,6 +82,39 @@ pub fn at_least_one<T: Copy + Default + PartialEq>(
     Ok(value)
 }
 
+/// A cap on open connections as a config section spells it.
+#[derive(Debug, Clone, Copy)]
+pub struct Cap {
+    /// The dotted key, e.g. `limits.max_connections`.
+    pub key: &'static str,
+    /// The value given.
+    pub value: usize,
+    /// What one counts, for the message when it is zero, e.g. `open connection per uid`.
+    pub unit: &'static str,
+}
+
+/// The caps on a listener's open connections, `total` and `per_peer` (a source address, a uid),
+/// checked together: each at least 1, and the cap per peer within the total. Returns their
+/// values.
+///
+/// # Errors
+/// [`ConfigError::Invalid`] naming the key and the fix.
+pub fn connection_caps(total: Cap, per_peer: Cap) -> Result<(usize, usize), ConfigError> {
+    let max = at_least_one(total.key, total.value, total.unit)?;
+    let max_per_peer = at_least_one(per_peer.key, per_peer.value, per_peer.unit)?;
+    if max_per_peer > max {
+        let name = total.key.rsplit('.').next().unwrap_or(total.key);
+        return Err(invalid(
+            per_peer.key,
+            format!(
+                "{max_per_peer} is more than {} ({max}); lower it or raise {name}",
+                total.key
+            ),
+        ));
+    }
+    Ok((max, max_per_peer))
+}
+
 /// Checks that the configuration file `path` exists and is a file. `expected` completes the
 /// advice "pass --config with the path of …", e.g. `a hub.toml (see hub/hub.example.toml)`.
 ///
@@ -88,6 +129,19 @@ pub fn require_file(path: &Path, expected: &str) -> Result<(), ConfigError> {
          {expected}",
         path.display()
     )))
+}
+
+/// The layers of a configuration: the TOML file `path`, then the environment variables
+/// `<env_prefix>KEY` (`__` between nested keys, e.g. `FEDHUB_HUB__SVID__JWT_TTL`), which win.
+/// `expected` completes the advice when `path` is not a file (see [`require_file`]).
+///
+/// # Errors
+/// [`ConfigError::Parse`] when `path` is not a file.
+pub fn layers(path: &Path, expected: &str, env_prefix: &str) -> Result<Figment, ConfigError> {
+    require_file(path, expected)?;
+    Ok(Figment::new()
+        .merge(Toml::file(path))
+        .merge(Env::prefixed(env_prefix).split("__")))
 }
 
 /// Every problem in `error`, joined with `; `, each as `dotted.key: what` (or just `what` when
@@ -110,8 +164,6 @@ pub fn format_figment_error(error: &figment::Error) -> String {
 
 #[cfg(test)]
 mod tests {
-    use figment::Figment;
-    use figment::providers::{Format as _, Toml};
     use serde::Deserialize;
 
     use super::*;
@@ -181,6 +233,39 @@ mod tests {
                 ..
             }
         ));
+    }
+
+    #[test]
+    fn connection_caps_are_at_least_one_and_the_cap_per_peer_within_the_total() {
+        let cap = |key, value, unit| Cap { key, value, unit };
+        let total = |value| cap("s.max_connections", value, "open connection");
+        let per_uid = |value| {
+            cap(
+                "s.max_connections_per_uid",
+                value,
+                "open connection per uid",
+            )
+        };
+        assert_eq!(connection_caps(total(10), per_uid(10)).unwrap(), (10, 10));
+        assert_eq!(
+            connection_caps(total(0), per_uid(1))
+                .unwrap_err()
+                .to_string(),
+            "s.max_connections: 0 is out of range: give at least 1 open connection"
+        );
+        assert_eq!(
+            connection_caps(total(1), per_uid(0))
+                .unwrap_err()
+                .to_string(),
+            "s.max_connections_per_uid: 0 is out of range: give at least 1 open connection per uid"
+        );
+        assert_eq!(
+            connection_caps(total(10), per_uid(11))
+                .unwrap_err()
+                .to_string(),
+            "s.max_connections_per_uid: 11 is more than s.max_connections (10); lower it or \
+             raise max_connections"
+        );
     }
 
     #[test]

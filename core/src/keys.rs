@@ -128,7 +128,7 @@ impl PrivateKey {
     /// [`KeyError::BadPrivateKey`] if the PEM does not hold a supported PKCS#8 key.
     pub fn from_pkcs8_pem(pem_text: &str) -> Result<Self, KeyError> {
         let block = pem::parse(pem_text).map_err(|e| KeyError::BadPrivateKey(e.to_string()))?;
-        if block.tag() != "PRIVATE KEY" {
+        if block.tag() != crate::pem::PRIVATE_KEY {
             return Err(KeyError::BadPrivateKey(format!(
                 "expected a PEM \"PRIVATE KEY\" (PKCS#8) block, found {:?}",
                 block.tag()
@@ -149,9 +149,9 @@ impl PrivateKey {
 
     /// The key as PEM `PRIVATE KEY` text, for writing to a 0600 file.
     pub fn to_pkcs8_pem(&self) -> Zeroizing<String> {
-        Zeroizing::new(pem::encode_config(
-            &pem::Pem::new("PRIVATE KEY", self.pkcs8.as_slice()),
-            crate::x509::pem_config(),
+        Zeroizing::new(crate::pem::encode_block(
+            crate::pem::PRIVATE_KEY,
+            &self.pkcs8,
         ))
     }
 
@@ -292,8 +292,12 @@ impl PublicKey {
         Ok(key)
     }
 
-    /// The signature verification the key serves: ECDSA with its curve's hash, or RSA.
-    fn verification_algorithm(&self) -> &'static dyn aws_lc_rs::signature::VerificationAlgorithm {
+    /// The signature verification the key serves: ECDSA with its curve's hash, or RSA
+    /// PKCS#1 v1.5 with SHA-256.
+    #[must_use]
+    pub fn verification_algorithm(
+        &self,
+    ) -> &'static dyn aws_lc_rs::signature::VerificationAlgorithm {
         use aws_lc_rs::signature as sig;
         match self {
             Self::Ec {

@@ -120,6 +120,35 @@ impl fmt::Debug for Authorizer {
     }
 }
 
+/// The handshake-signature methods of a rustls verifier, the same for every verifier here:
+/// whatever is decided about the peer's certificate, its handshake signatures are checked with
+/// the crypto provider's algorithms, found at `self.<path>`.
+macro_rules! check_handshake_signatures_with {
+    ($($path:tt)+) => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.$($path)+)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.$($path)+)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.$($path)+.supported_schemes()
+        }
+    };
+}
+
 /// What both verifiers share: the bundle source, the authorizer and the signature algorithms.
 struct SvidVerifier {
     bundles: Arc<dyn BundleSource>,
@@ -171,24 +200,6 @@ impl SvidVerifier {
             }
         }
     }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
-    }
 }
 
 impl fmt::Debug for SvidVerifier {
@@ -226,27 +237,7 @@ impl ServerCertVerifier for SpiffeServerCertVerifier {
         Ok(ServerCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.algorithms.supported_schemes()
-    }
+    check_handshake_signatures_with!(0.algorithms);
 }
 
 /// Verifies a TLS client's X509-SVID (for use by TLS servers). A client certificate is
@@ -289,27 +280,7 @@ impl ClientCertVerifier for SpiffeClientCertVerifier {
         Ok(ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.0.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.algorithms.supported_schemes()
-    }
+    check_handshake_signatures_with!(0.algorithms);
 }
 
 /// A TLS 1.2/1.3 client configuration that verifies the server's X509-SVID against `bundles`
@@ -332,6 +303,48 @@ pub fn client_config(
         Some(svid) => builder.with_client_auth_cert(cert_chain(svid), private_key(svid))?,
         None => builder.with_no_client_auth(),
     })
+}
+
+/// INSECURE: a TLS 1.2/1.3 client configuration that accepts any server certificate, without
+/// client certificate. Handshake signatures are still checked, so the session itself is sound,
+/// but the server is not authenticated at all. Only for an insecure bootstrap (the agent's
+/// first attestation in demos), or for a client that judges the presented chain itself
+/// afterwards.
+///
+/// # Errors
+/// [`TlsError::Config`] when rustls refuses the configuration (not with the built-in crypto
+/// provider).
+pub fn insecure_client_config() -> Result<ClientConfig, TlsError> {
+    let provider = provider();
+    let verifier = InsecureAnyServerCertVerifier {
+        algorithms: provider.signature_verification_algorithms,
+    };
+    Ok(ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(PROTOCOL_VERSIONS)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier))
+        .with_no_client_auth())
+}
+
+/// INSECURE: accepts every server certificate; only handshake signatures are checked.
+#[derive(Debug)]
+struct InsecureAnyServerCertVerifier {
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl ServerCertVerifier for InsecureAnyServerCertVerifier {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    check_handshake_signatures_with!(algorithms);
 }
 
 /// A TLS 1.2/1.3 server configuration presenting `svid`. With `bundles`, clients must present

@@ -26,6 +26,7 @@ use x509_parser::time::ASN1Time;
 use crate::bundle::{BundleSource, X509Authority};
 use crate::id::{IdError, SpiffeId, TrustDomain};
 use crate::keys::{EcCurve, KeyError, PrivateKey, PublicKey};
+use crate::pem::certificates_pem;
 
 /// The validity of a CA minted without an explicit TTL: one year.
 pub const DEFAULT_CA_TTL: Duration = Duration::from_secs(365 * 24 * 60 * 60);
@@ -681,20 +682,6 @@ impl X509Svid {
     pub fn chain_pem(&self) -> String {
         certificates_pem(self.chain.iter().map(Vec::as_slice))
     }
-}
-
-/// DER certificates as PEM `CERTIFICATE` blocks with LF line endings, in order.
-pub fn certificates_pem<'a>(ders: impl IntoIterator<Item = &'a [u8]>) -> String {
-    let blocks: Vec<pem::Pem> = ders
-        .into_iter()
-        .map(|der| pem::Pem::new("CERTIFICATE", der))
-        .collect();
-    pem::encode_many_config(&blocks, pem_config())
-}
-
-/// How fedhub writes PEM: LF line endings, as Unix tools expect.
-pub(crate) fn pem_config() -> pem::EncodeConfig {
-    pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF)
 }
 
 impl fmt::Debug for X509Svid {

@@ -16,16 +16,11 @@ use aws_lc_rs::signature::{self, EcdsaKeyPair, RsaKeyPair};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use fedhub_core::bundle::MAX_BUNDLE_BYTES;
-use fedhub_core::{
-    Bundle, JwtAuthority, KeyType, PrivateKey, PublicKey, TrustDomain, X509Authority,
-};
+use fedhub_core::{Bundle, JwtAuthority, KeyType, PrivateKey, PublicKey, X509Authority};
+use fedhub_tests::td;
 use serde_json::{Value, json};
 
 const TRUST_DOMAIN: &str = "example.org";
-
-fn td() -> TrustDomain {
-    TrustDomain::new(TRUST_DOMAIN).unwrap()
-}
 
 fn spiffe_td() -> spiffe::TrustDomain {
     spiffe::TrustDomain::new(TRUST_DOMAIN).unwrap()
@@ -114,7 +109,7 @@ struct Fixture {
 }
 
 fn fixture() -> Fixture {
-    let mut bundle = Bundle::new(td());
+    let mut bundle = Bundle::new(td(TRUST_DOMAIN));
     let mut keys = Vec::new();
     let mut cas = Vec::new();
     for (kid, key_type) in [
@@ -215,7 +210,7 @@ fn we_read_a_jwks_serialised_by_spiffe() {
         .collect();
     let jwks = serde_json::to_vec(&json!({ "keys": keys })).unwrap();
 
-    let parsed = Bundle::parse_json(td(), &jwks, MAX_BUNDLE_BYTES).unwrap();
+    let parsed = Bundle::parse_json(td(TRUST_DOMAIN), &jwks, MAX_BUNDLE_BYTES).unwrap();
     assert!(parsed.ignored.is_empty(), "{:?}", parsed.ignored);
     for (kid, key) in &fx.keys {
         let authority = parsed.bundle.jwt_authority(kid).unwrap();
@@ -238,7 +233,7 @@ fn a_workload_api_jwks_without_use_is_not_a_spiffe_bundle() {
             .find_jwt_authority("C6vs25welZOx6WksNYfbMfiw9l96pMnD")
             .is_some()
     );
-    let ours = Bundle::parse_json(td(), jwks, MAX_BUNDLE_BYTES).unwrap();
+    let ours = Bundle::parse_json(td(TRUST_DOMAIN), jwks, MAX_BUNDLE_BYTES).unwrap();
     assert!(ours.bundle.is_empty());
     assert_eq!(ours.ignored.len(), 1);
 }

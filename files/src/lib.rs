@@ -1,11 +1,14 @@
 //! Files that hold secrets and the data directories around them: private directories,
-//! atomically and durably written 0600 files, and an exclusive lock per data directory so that
-//! two processes never share one.
+//! atomically and durably written files (0600 for secrets, any mode for certificates and
+//! bundles), and an exclusive lock per data directory so that two processes never share one.
+
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 use std::fs;
 use std::io::{self, Read as _, Seek as _, Write as _};
 use std::os::unix::fs::{DirBuilderExt as _, OpenOptionsExt as _, PermissionsExt as _};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use rustix::fs::FlockOperation;
 
@@ -28,31 +31,84 @@ pub fn ensure_dir(dir: &Path, mode: u32) -> io::Result<()> {
 /// # Errors
 /// I/O errors from writing, syncing or renaming.
 pub fn write_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    write_atomic(path, contents, 0o600)
+}
+
+/// Writes `contents` to `path` with permissions `mode` (e.g. `0o644` for a certificate), as
+/// [`write_private`] does: the temporary file is created 0600 and given `mode` only once
+/// written, so a secret is never readable by others, not even for a moment. The temporary
+/// file is removed when the write fails.
+///
+/// # Errors
+/// I/O errors from writing, syncing or renaming.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> io::Result<()> {
+    write_through(path, contents, mode, temp_name, |tmp, path| {
+        fs::rename(tmp, path)
+    })
+}
+
+/// Creates `path` holding `contents`, readable by the owner only (0600), unless it exists
+/// already: the file is written aside under a name of its own, synced, then hard-linked into
+/// place, so readers never see a partial file and of several processes creating it at once
+/// exactly one succeeds. The file written aside is removed in every case.
+///
+/// # Errors
+/// `AlreadyExists` when `path` exists (whoever created it); other I/O errors from writing,
+/// syncing or linking.
+pub fn create_private(path: &Path, contents: &[u8]) -> io::Result<()> {
+    static CREATED: AtomicU64 = AtomicU64::new(0);
+    let unique = |name: &str| {
+        let n = CREATED.fetch_add(1, Ordering::Relaxed);
+        format!(".{name}.{}.{n}.tmp", std::process::id())
+    };
+    write_through(path, contents, 0o600, unique, |tmp, path| {
+        let linked = fs::hard_link(tmp, path);
+        let _ = fs::remove_file(tmp);
+        linked
+    })
+}
+
+/// Writes `contents` to a temporary file in `path`'s directory named by `temp_name` from
+/// `path`'s file name, created 0600 (so a secret is never readable by others, not even for a
+/// moment), then given `mode` and synced; `place` then puts it at `path`, and the directory is
+/// synced. The temporary file is removed when anything fails.
+fn write_through(
+    path: &Path,
+    contents: &[u8],
+    mode: u32,
+    temp_name: impl FnOnce(&str) -> String,
+    place: impl FnOnce(&Path, &Path) -> io::Result<()>,
+) -> io::Result<()> {
     let dir = path.parent().unwrap_or_else(|| Path::new("."));
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
     let tmp = dir.join(temp_name(&name.to_string_lossy()));
     let _ = fs::remove_file(&tmp);
-    {
+    let written = (|| {
         let mut file = fs::OpenOptions::new()
             .write(true)
             .create_new(true)
             .mode(0o600)
             .open(&tmp)?;
         file.write_all(contents)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
         file.sync_all()?;
+        place(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
     }
-    fs::rename(&tmp, path)?;
+    written?;
     fs::File::open(dir)?.sync_all()
 }
 
-/// The name of the temporary file [`write_private`] writes a file called `name` through.
+/// The name of the temporary file [`write_atomic`] writes a file called `name` through.
 fn temp_name(name: &str) -> String {
     format!(".{name}.tmp")
 }
 
-/// When `name` is the temporary file of a [`write_private`] of a file, that file's name. Such a
+/// When `name` is the temporary file of a [`write_atomic`] of a file, that file's name. Such a
 /// file left in a directory that nothing writes to now is a write a crash interrupted before
 /// its rename: the write never happened, and the file can go.
 pub fn interrupted_write_of(name: &str) -> Option<&str> {
@@ -208,6 +264,43 @@ mod tests {
         let err = check_private(&path).unwrap_err();
         assert!(err.to_string().contains("chmod 600"), "{err}");
         assert_eq!(fs::read_dir(&sub).unwrap().count(), 1, "no temp files left");
+    }
+
+    #[test]
+    fn atomic_writes_set_the_mode_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("bundle.pem");
+        write_atomic(&path, b"one", 0o644).unwrap();
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o7777,
+            0o644
+        );
+        write_atomic(&path, b"two", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"two");
+        check_private(&path).unwrap();
+        let missing = dir.path().join("missing").join("bundle.pem");
+        write_atomic(&missing, b"three", 0o644).unwrap_err();
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp files left"
+        );
+    }
+
+    #[test]
+    fn private_files_are_created_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id");
+        create_private(&path, b"first").unwrap();
+        let error = create_private(&path, b"second").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::AlreadyExists);
+        assert_eq!(fs::read(&path).unwrap(), b"first");
+        check_private(&path).unwrap();
+        assert_eq!(
+            fs::read_dir(dir.path()).unwrap().count(),
+            1,
+            "no temp files left"
+        );
     }
 
     #[test]

@@ -1,6 +1,6 @@
-//! The SPIFFE bundle document codec (`core/src/bundle/codec.rs`): decoding untrusted
-//! documents (bundle endpoints, admin uploads, bundle files), then the round trip through the
-//! encoder, which must give back the same bundle and a fixed point of the encoding.
+//! The SPIFFE bundle document codec (`core/src/bundle/decode.rs` and `encode.rs`): decoding
+//! untrusted documents (bundle endpoints, admin uploads, bundle files), then the round trip
+//! through the encoder, which must give back the same bundle and a fixed point of the encoding.
 #![no_main]
 
 use fedhub_core::bundle::MAX_BUNDLE_BYTES;

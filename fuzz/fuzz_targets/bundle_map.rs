@@ -1,4 +1,4 @@
-//! The SPIFFE bundle map codec (`core/src/bundle/codec.rs`): decoding, then the round trip
+//! The SPIFFE bundle map codec (`core/src/bundle/map.rs`): decoding, then the round trip
 //! through the encoder (which leaves refresh hints out, BMAP-4).
 #![no_main]
 

@@ -16,7 +16,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use fedhub_core::jwt::{JwtAlgorithm, JwtSigner};
-use fedhub_core::x509::{CaParams, CaSigner, X509Error, certificates_pem};
+use fedhub_core::pem::certificates_pem;
+use fedhub_core::x509::{CaParams, CaSigner, X509Error};
 use fedhub_core::{JwtAuthority, KeyType, PrivateKey, SpiffeId, TrustDomain, X509Authority};
 use serde::{Deserialize, Serialize};
 

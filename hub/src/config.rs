@@ -7,10 +7,10 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use fedhub_bundle_endpoint::FetchOptions;
+use fedhub_core::endpoint::ProfileName;
 use fedhub_core::{KeyType, SpiffeId, TrustDomain};
 use figment::Figment;
-use figment::providers::{Env, Format as _, Toml};
+use figment::providers::{Format as _, Toml};
 use serde::Deserialize;
 
 /// The environment variable prefix for overrides, e.g. `FEDHUB_HUB__CA__TTL=12h`.
@@ -21,14 +21,18 @@ use fedhub_core::id::RESERVED_PATH_PREFIX;
 
 /// Why the configuration cannot be used (shared with the agent's configuration).
 pub use fedhub_config::ConfigError;
-use fedhub_config::{at_least_one, format_figment_error, invalid, positive, require_file};
+use fedhub_config::{Cap, at_least_one, connection_caps, invalid, layers, positive};
 
+/// The validated `[federation]` section: the federation manager's settings.
+pub use crate::federation::FederationOptions;
 /// The validated `[limits]` section: timeouts and caps of every listener's connections.
-pub use crate::limits::ConnectionLimits;
+pub use fedhub_serve::ConnectionLimits;
 
-/// The bundle endpoint profile served by the hub.
+/// How the hub serves its own bundle endpoint: the serving profile of `[bundle_endpoint]`.
+/// (How a foreign endpoint is authenticated when its bundle is fetched is the registry's
+/// `FetchProfile`.)
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EndpointProfile {
+pub enum ServingProfile {
     /// Authenticated by the hub's own X509-SVID with this SPIFFE ID.
     HttpsSpiffe {
         /// The SPIFFE ID of the endpoint's SVID.
@@ -52,7 +56,7 @@ pub struct BundleEndpointConfig {
     /// HTTP path of the bundle document.
     pub path: String,
     /// TLS profile.
-    pub profile: EndpointProfile,
+    pub profile: ServingProfile,
     /// `spiffe_refresh_hint` published in the bundle.
     pub refresh_hint: Duration,
 }
@@ -121,30 +125,6 @@ pub struct NodeAttestationConfig {
     pub x509pop: Option<X509PopConfig>,
 }
 
-/// Validated `[federation]` settings: the refresh schedule of foreign bundles and the limits of
-/// each fetch. [`FederationOptions::from_config`](crate::federation::FederationOptions::from_config)
-/// turns them into the federation manager's options.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FederationConfig {
-    /// Interval when a foreign bundle has no `spiffe_refresh_hint`.
-    pub default_refresh: Duration,
-    /// Shortest interval between two fetches of one relationship.
-    pub min_refresh: Duration,
-    /// Longest interval between two fetches after a success.
-    pub max_refresh: Duration,
-    /// Largest fraction, in `[0, 1)`, by which a retry delay after a failure is shortened at
-    /// random.
-    pub jitter: f64,
-    /// Delay after the first failure in a row, doubled with each further one.
-    pub backoff_base: Duration,
-    /// Longest delay after failures.
-    pub backoff_cap: Duration,
-    /// Most fetches in flight at once.
-    pub concurrency: usize,
-    /// Connect and total timeouts and the body size cap of each fetch.
-    pub fetch: FetchOptions,
-}
-
 /// The validated hub configuration.
 #[derive(Debug, Clone)]
 pub struct HubConfig {
@@ -176,8 +156,9 @@ pub struct HubConfig {
     pub jwt_svid_ttl: Duration,
     /// Key type of JWT signing keys.
     pub jwt_key_type: KeyType,
-    /// Federation refresh schedule and fetch limits.
-    pub federation: FederationConfig,
+    /// Federation refresh schedule and fetch limits: the `[federation]` section, deserialized
+    /// and validated as the federation manager's own settings type.
+    pub federation: FederationOptions,
     /// Connection timeouts and caps of every listener.
     pub limits: ConnectionLimits,
 }
@@ -207,7 +188,7 @@ struct Settings {
     #[serde(default)]
     svid: SvidSettings,
     #[serde(default)]
-    federation: FederationSettings,
+    federation: FederationOptions,
     #[serde(default)]
     limits: LimitsSettings,
 }
@@ -362,63 +343,6 @@ impl Default for SvidSettings {
     }
 }
 
-/// The largest `federation.concurrency` accepted: each fetch in flight holds a socket.
-pub const MAX_FEDERATION_CONCURRENCY: usize = 4096;
-/// The smallest `federation.max_body_bytes` accepted.
-pub const MIN_FEDERATION_BODY_BYTES: usize = 1024;
-/// The largest `federation.max_body_bytes` accepted.
-pub const MAX_FEDERATION_BODY_BYTES: usize = 64 * 1024 * 1024;
-/// The longest `federation.fetch_timeout` accepted (a fetch holds a refresh lease meanwhile).
-pub const MAX_FEDERATION_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
-
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-struct FederationSettings {
-    #[serde(with = "humantime_serde")]
-    default_refresh: Duration,
-    #[serde(with = "humantime_serde")]
-    min_refresh: Duration,
-    #[serde(with = "humantime_serde")]
-    max_refresh: Duration,
-    jitter: f64,
-    #[serde(with = "humantime_serde")]
-    backoff_base: Duration,
-    #[serde(with = "humantime_serde")]
-    backoff_cap: Duration,
-    concurrency: usize,
-    #[serde(with = "humantime_serde")]
-    connect_timeout: Duration,
-    #[serde(with = "humantime_serde")]
-    fetch_timeout: Duration,
-    max_body_bytes: usize,
-}
-
-impl Default for FederationSettings {
-    fn default() -> Self {
-        let fetch = FetchOptions::default();
-        Self {
-            default_refresh: Duration::from_secs(300),
-            min_refresh: Duration::from_secs(30),
-            max_refresh: Duration::from_secs(3600),
-            jitter: 0.1,
-            backoff_base: Duration::from_secs(5),
-            backoff_cap: Duration::from_secs(300),
-            concurrency: 32,
-            connect_timeout: fetch.connect_timeout,
-            fetch_timeout: fetch.total_timeout,
-            max_body_bytes: fetch.max_body_bytes,
-        }
-    }
-}
-
-impl Default for FederationConfig {
-    /// The defaults of the `[federation]` section.
-    fn default() -> Self {
-        validate_federation(&FederationSettings::default())
-            .unwrap_or_else(|_| unreachable!("the federation defaults are valid"))
-    }
-}
-
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 struct LimitsSettings {
@@ -464,12 +388,11 @@ impl HubConfig {
     /// # Errors
     /// [`ConfigError`] naming the offending key and the fix.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        require_file(path, "a hub.toml (see hub/hub.example.toml)")?;
-        Self::from_figment(
-            &Figment::new()
-                .merge(Toml::file(path))
-                .merge(Env::prefixed(ENV_PREFIX).split("__")),
-        )
+        Self::from_figment(&layers(
+            path,
+            "a hub.toml (see hub/hub.example.toml)",
+            ENV_PREFIX,
+        )?)
     }
 
     /// Parses and validates TOML text (no environment overrides); used by tests and tools.
@@ -481,10 +404,7 @@ impl HubConfig {
     }
 
     fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
-        let settings: Settings = figment
-            .extract()
-            .map_err(|e| ConfigError::Parse(format_figment_error(&e)))?;
-        settings.validate()
+        figment.extract::<Settings>()?.validate()
     }
 }
 
@@ -607,108 +527,13 @@ impl Settings {
             x509_svid_ttl,
             jwt_svid_ttl,
             jwt_key_type: key_type("svid.jwt_key_type", &self.svid.jwt_key_type)?,
-            federation: validate_federation(&self.federation)?,
+            federation: {
+                self.federation.validate()?;
+                self.federation
+            },
             limits: validate_limits(&self.limits)?,
         })
     }
-}
-
-fn humane(duration: Duration) -> humantime::FormattedDuration {
-    humantime::format_duration(duration)
-}
-
-fn validate_federation(settings: &FederationSettings) -> Result<FederationConfig, ConfigError> {
-    let min_refresh = positive("federation.min_refresh", settings.min_refresh)?;
-    let max_refresh = positive("federation.max_refresh", settings.max_refresh)?;
-    if min_refresh > max_refresh {
-        return Err(invalid(
-            "federation.min_refresh",
-            format!(
-                "{} is longer than federation.max_refresh ({}); lower it or raise max_refresh",
-                humane(min_refresh),
-                humane(max_refresh)
-            ),
-        ));
-    }
-    let default_refresh = positive("federation.default_refresh", settings.default_refresh)?;
-    if !(0.0..1.0).contains(&settings.jitter) {
-        return Err(invalid(
-            "federation.jitter",
-            format!(
-                "{} is not a fraction in [0, 1): give e.g. 0.1 to shorten retry delays by up to \
-                 10 % at random, or 0 for none",
-                settings.jitter
-            ),
-        ));
-    }
-    let backoff_base = positive("federation.backoff_base", settings.backoff_base)?;
-    let backoff_cap = positive("federation.backoff_cap", settings.backoff_cap)?;
-    if backoff_base > backoff_cap {
-        return Err(invalid(
-            "federation.backoff_base",
-            format!(
-                "{} is longer than federation.backoff_cap ({}); lower it or raise backoff_cap",
-                humane(backoff_base),
-                humane(backoff_cap)
-            ),
-        ));
-    }
-    if !(1..=MAX_FEDERATION_CONCURRENCY).contains(&settings.concurrency) {
-        return Err(invalid(
-            "federation.concurrency",
-            format!(
-                "{} is out of range: give 1 to {MAX_FEDERATION_CONCURRENCY} fetches in flight",
-                settings.concurrency
-            ),
-        ));
-    }
-    let fetch_timeout = positive("federation.fetch_timeout", settings.fetch_timeout)?;
-    if fetch_timeout > MAX_FEDERATION_FETCH_TIMEOUT {
-        return Err(invalid(
-            "federation.fetch_timeout",
-            format!(
-                "{} is longer than {}; a bundle endpoint that slow is better treated as down",
-                humane(fetch_timeout),
-                humane(MAX_FEDERATION_FETCH_TIMEOUT)
-            ),
-        ));
-    }
-    let connect_timeout = positive("federation.connect_timeout", settings.connect_timeout)?;
-    if connect_timeout > fetch_timeout {
-        return Err(invalid(
-            "federation.connect_timeout",
-            format!(
-                "{} is longer than federation.fetch_timeout ({}), which includes connecting",
-                humane(connect_timeout),
-                humane(fetch_timeout)
-            ),
-        ));
-    }
-    if !(MIN_FEDERATION_BODY_BYTES..=MAX_FEDERATION_BODY_BYTES).contains(&settings.max_body_bytes) {
-        return Err(invalid(
-            "federation.max_body_bytes",
-            format!(
-                "{} is out of range: give {MIN_FEDERATION_BODY_BYTES} to \
-                 {MAX_FEDERATION_BODY_BYTES} bytes (default 1048576, 1 MiB)",
-                settings.max_body_bytes
-            ),
-        ));
-    }
-    Ok(FederationConfig {
-        default_refresh,
-        min_refresh,
-        max_refresh,
-        jitter: settings.jitter,
-        backoff_base,
-        backoff_cap,
-        concurrency: settings.concurrency,
-        fetch: FetchOptions {
-            connect_timeout,
-            total_timeout: fetch_timeout,
-            max_body_bytes: settings.max_body_bytes,
-            ..FetchOptions::default()
-        },
-    })
 }
 
 fn validate_agent_api(settings: &AgentApiSettings) -> Result<AgentApiConfig, ConfigError> {
@@ -735,25 +560,18 @@ fn validate_agent_api(settings: &AgentApiSettings) -> Result<AgentApiConfig, Con
 }
 
 fn validate_limits(settings: &LimitsSettings) -> Result<ConnectionLimits, ConfigError> {
-    let max_connections = at_least_one(
-        "limits.max_connections",
-        settings.max_connections,
-        "open connection per listener",
+    let (max_connections, max_connections_per_source) = connection_caps(
+        Cap {
+            key: "limits.max_connections",
+            value: settings.max_connections,
+            unit: "open connection per listener",
+        },
+        Cap {
+            key: "limits.max_connections_per_source",
+            value: settings.max_connections_per_source,
+            unit: "open connection per source address",
+        },
     )?;
-    let max_connections_per_source = at_least_one(
-        "limits.max_connections_per_source",
-        settings.max_connections_per_source,
-        "open connection per source address",
-    )?;
-    if max_connections_per_source > max_connections {
-        return Err(invalid(
-            "limits.max_connections_per_source",
-            format!(
-                "{max_connections_per_source} is more than limits.max_connections \
-                 ({max_connections}); lower it or raise max_connections"
-            ),
-        ));
-    }
     Ok(ConnectionLimits {
         handshake_timeout: positive("limits.handshake_timeout", settings.handshake_timeout)?,
         idle_timeout: positive("limits.idle_timeout", settings.idle_timeout)?,
@@ -803,8 +621,12 @@ fn validate_bundle_endpoint(
     if !settings.path.starts_with('/') {
         return Err(invalid("bundle_endpoint.path", "must start with /"));
     }
-    let profile = match settings.profile.as_str() {
-        "https_spiffe" => {
+    let name: ProfileName = settings
+        .profile
+        .parse()
+        .map_err(|e| invalid("bundle_endpoint.profile", format!("{e}")))?;
+    let profile = match name {
+        ProfileName::HttpsSpiffe => {
             let spiffe_id = match settings.spiffe_id {
                 None => trust_domain.spiffe_id(HUB_ID_PATH).map_err(|e| {
                     invalid(
@@ -830,9 +652,9 @@ fn validate_bundle_endpoint(
                     id
                 }
             };
-            EndpointProfile::HttpsSpiffe { spiffe_id }
+            ServingProfile::HttpsSpiffe { spiffe_id }
         }
-        "https_web" => {
+        ProfileName::HttpsWeb => {
             let files = tls_pair(
                 "bundle_endpoint.cert_file",
                 settings.cert_file,
@@ -846,16 +668,10 @@ fn validate_bundle_endpoint(
                      bundle_endpoint.key_file (PEM certificate chain and key)",
                 )
             })?;
-            EndpointProfile::HttpsWeb {
+            ServingProfile::HttpsWeb {
                 cert_file: files.cert_file,
                 key_file: files.key_file,
             }
-        }
-        other => {
-            return Err(invalid(
-                "bundle_endpoint.profile",
-                format!("{other:?} is not a profile: use \"https_spiffe\" or \"https_web\""),
-            ));
         }
     };
     let refresh_hint = positive("bundle_endpoint.refresh_hint", settings.refresh_hint)?;
@@ -868,462 +684,4 @@ fn validate_bundle_endpoint(
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn minimal_config_gets_sane_defaults() {
-        let config = HubConfig::from_toml("trust_domain = \"alpha.test\"").unwrap();
-        assert_eq!(config.trust_domain.name(), "alpha.test");
-        assert_eq!(
-            config.database_url,
-            "sqlite:///var/lib/fedhub/hub/registry.db"
-        );
-        assert_eq!(
-            config.admin_socket,
-            Path::new("/var/lib/fedhub/hub/admin/admin.sock")
-        );
-        let endpoint = config.bundle_endpoint.unwrap();
-        assert_eq!(endpoint.refresh_hint, Duration::from_secs(300));
-        assert_eq!(
-            endpoint.profile,
-            EndpointProfile::HttpsSpiffe {
-                spiffe_id: SpiffeId::parse("spiffe://alpha.test/fedhub/hub").unwrap()
-            }
-        );
-        assert_eq!(config.ca.ttl, Duration::from_secs(86_400));
-        assert_eq!(config.x509_svid_ttl, Duration::from_secs(3600));
-        assert_eq!(config.jwt_svid_ttl, Duration::from_secs(300));
-        assert_eq!(config.ca.key_type, KeyType::EcP256);
-        assert_eq!(config.jwt_key_type, KeyType::EcP256);
-        assert!(config.oidc.is_none());
-        assert!(config.health_address.is_some());
-    }
-
-    #[test]
-    fn full_config_parses() {
-        let config = HubConfig::from_toml(
-            r#"
-            trust_domain = "alpha.test"
-            data_dir = "/tmp/hub"
-            database_url = "postgres://postgres@127.0.0.1/test"
-            admin_uids = [1000]
-            [agent_api]
-            address = "127.0.0.1:9081"
-            [bundle_endpoint]
-            address = "127.0.0.1:9443"
-            profile = "https_web"
-            cert_file = "/etc/fedhub/web.pem"
-            key_file = "/etc/fedhub/web.key"
-            refresh_hint = "1m"
-            [oidc]
-            enabled = true
-            issuer = "https://oidc.alpha.test"
-            cert_file = "/etc/fedhub/oidc.pem"
-            key_file = "/etc/fedhub/oidc.key"
-            [ca]
-            ttl = "48h"
-            key_type = "rsa-2048"
-            [svid]
-            x509_ttl = "2h"
-            jwt_ttl = "10m"
-            jwt_key_type = "rsa-2048"
-            "#,
-        )
-        .unwrap();
-        assert_eq!(config.admin_uids, [1000]);
-        assert_eq!(config.ca.key_type, KeyType::Rsa2048);
-        assert_eq!(config.jwt_key_type, KeyType::Rsa2048);
-        assert_eq!(config.x509_svid_ttl, Duration::from_secs(7200));
-        let endpoint = config.bundle_endpoint.unwrap();
-        assert!(matches!(endpoint.profile, EndpointProfile::HttpsWeb { .. }));
-        assert_eq!(endpoint.refresh_hint, Duration::from_secs(60));
-        assert_eq!(config.oidc.unwrap().issuer, "https://oidc.alpha.test");
-    }
-
-    #[test]
-    fn federation_section_sets_the_schedule_and_fetch_limits() {
-        let defaults = HubConfig::from_toml("trust_domain = \"a.test\"")
-            .unwrap()
-            .federation;
-        assert_eq!(defaults, FederationConfig::default());
-        assert_eq!(defaults.default_refresh, Duration::from_secs(300));
-        assert_eq!(defaults.min_refresh, Duration::from_secs(30));
-        assert_eq!(defaults.max_refresh, Duration::from_secs(3600));
-        assert!((defaults.jitter - 0.1).abs() < f64::EPSILON);
-        assert_eq!(defaults.backoff_base, Duration::from_secs(5));
-        assert_eq!(defaults.backoff_cap, Duration::from_secs(300));
-        assert_eq!(defaults.concurrency, 32);
-        assert_eq!(defaults.fetch, FetchOptions::default());
-
-        let config = HubConfig::from_toml(
-            r#"
-            trust_domain = "a.test"
-            [federation]
-            default_refresh = "10m"
-            min_refresh = "1m"
-            max_refresh = "2h"
-            jitter = 0.25
-            backoff_base = "2s"
-            backoff_cap = "1m"
-            concurrency = 128
-            connect_timeout = "2s"
-            fetch_timeout = "10s"
-            max_body_bytes = 65536
-            "#,
-        )
-        .unwrap()
-        .federation;
-        assert_eq!(
-            config,
-            FederationConfig {
-                default_refresh: Duration::from_secs(600),
-                min_refresh: Duration::from_secs(60),
-                max_refresh: Duration::from_secs(7200),
-                jitter: 0.25,
-                backoff_base: Duration::from_secs(2),
-                backoff_cap: Duration::from_secs(60),
-                concurrency: 128,
-                fetch: FetchOptions {
-                    connect_timeout: Duration::from_secs(2),
-                    total_timeout: Duration::from_secs(10),
-                    max_body_bytes: 65536,
-                    ..FetchOptions::default()
-                },
-            }
-        );
-    }
-
-    #[test]
-    #[expect(
-        clippy::result_large_err,
-        reason = "figment's Jail API returns its own error"
-    )]
-    fn federation_keys_take_environment_overrides() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hub.toml");
-        std::fs::write(&path, "trust_domain = \"alpha.test\"\n").unwrap();
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("FEDHUB_HUB__FEDERATION__CONCURRENCY", "64");
-            jail.set_env("FEDHUB_HUB__FEDERATION__MIN_REFRESH", "45s");
-            let config = HubConfig::load(&path).unwrap();
-            assert_eq!(config.federation.concurrency, 64);
-            assert_eq!(config.federation.min_refresh, Duration::from_secs(45));
-            jail.set_env("FEDHUB_HUB__FEDERATION__JITTER", "2");
-            let error = HubConfig::load(&path).unwrap_err().to_string();
-            assert!(error.starts_with("federation.jitter: 2 "), "{error}");
-            Ok(())
-        });
-    }
-
-    #[test]
-    fn x509pop_is_off_unless_configured() {
-        let config = HubConfig::from_toml("trust_domain = \"a.test\"").unwrap();
-        assert_eq!(config.node_attestation.x509pop, None);
-        let config = HubConfig::from_toml(
-            "trust_domain = \"a.test\"\n[node_attestation.x509pop]\nca_bundle_file = \"/etc/ca.pem\"",
-        )
-        .unwrap();
-        assert_eq!(
-            config.node_attestation.x509pop.unwrap().ca_bundle_file,
-            Path::new("/etc/ca.pem")
-        );
-        let error = error_of("trust_domain = \"a.test\"\n[node_attestation.x509pop]\n");
-        assert!(error.contains("ca_bundle_file"), "{error}");
-    }
-
-    #[test]
-    fn shipped_example_config_is_valid() {
-        let text = include_str!("../hub.example.toml");
-        let config = HubConfig::from_toml(text).unwrap();
-        assert_eq!(config.trust_domain.name(), "example.org");
-        assert_eq!(
-            config.federation,
-            FederationConfig::default(),
-            "the example shows the defaults"
-        );
-        assert_eq!(
-            config.limits,
-            ConnectionLimits::default(),
-            "the example shows the defaults"
-        );
-        assert_eq!(
-            config.agent_api,
-            HubConfig::from_toml("trust_domain = \"a.test\"")
-                .unwrap()
-                .agent_api,
-            "the example shows the defaults"
-        );
-    }
-
-    #[test]
-    fn agent_api_fairness_limits_have_defaults_and_refuse_zero() {
-        let defaults = HubConfig::from_toml("trust_domain = \"a.test\"")
-            .unwrap()
-            .agent_api;
-        assert_eq!(defaults.sync_streams_per_agent, 2);
-        assert_eq!(defaults.syncs_per_minute, 60);
-        assert_eq!(defaults.renewals_per_minute, 60);
-        let set = HubConfig::from_toml(
-            "trust_domain = \"a.test\"\n[agent_api]\nsync_streams_per_agent = 1\n\
-             syncs_per_minute = 5\nrenewals_per_minute = 3",
-        )
-        .unwrap()
-        .agent_api;
-        assert_eq!(
-            (
-                set.sync_streams_per_agent,
-                set.syncs_per_minute,
-                set.renewals_per_minute
-            ),
-            (1, 5, 3)
-        );
-        for key in [
-            "sync_streams_per_agent",
-            "syncs_per_minute",
-            "renewals_per_minute",
-        ] {
-            let error = error_of(&format!(
-                "trust_domain = \"a.test\"\n[agent_api]\n{key} = 0"
-            ));
-            assert!(error.contains(&format!("agent_api.{key}")), "{error}");
-            assert!(error.contains("at least 1"), "{error}");
-        }
-    }
-
-    #[test]
-    fn limits_section_sets_timeouts_and_caps() {
-        let defaults = HubConfig::from_toml("trust_domain = \"a.test\"")
-            .unwrap()
-            .limits;
-        assert_eq!(
-            defaults,
-            ConnectionLimits {
-                handshake_timeout: Duration::from_secs(10),
-                idle_timeout: Duration::from_secs(10),
-                keepalive_interval: Duration::from_secs(30),
-                keepalive_timeout: Duration::from_secs(10),
-                max_concurrent_streams: 100,
-                max_connections: 10_000,
-                max_connections_per_source: 256,
-            }
-        );
-        let config = HubConfig::from_toml(
-            r#"
-            trust_domain = "a.test"
-            [limits]
-            handshake_timeout = "5s"
-            idle_timeout = "500ms"
-            keepalive_interval = "1m"
-            keepalive_timeout = "20s"
-            max_concurrent_streams = 16
-            max_connections = 100
-            max_connections_per_source = 100
-            "#,
-        )
-        .unwrap()
-        .limits;
-        assert_eq!(
-            config,
-            ConnectionLimits {
-                handshake_timeout: Duration::from_secs(5),
-                idle_timeout: Duration::from_millis(500),
-                keepalive_interval: Duration::from_secs(60),
-                keepalive_timeout: Duration::from_secs(20),
-                max_concurrent_streams: 16,
-                max_connections: 100,
-                max_connections_per_source: 100,
-            }
-        );
-    }
-
-    #[test]
-    fn limits_errors_name_the_key_and_the_fix() {
-        let cases = [
-            (
-                "[limits]\nidle_timeout = \"0s\"",
-                "limits.idle_timeout: must be longer than zero",
-            ),
-            (
-                "[limits]\nhandshake_timeout = \"0s\"",
-                "limits.handshake_timeout: must be longer than zero",
-            ),
-            (
-                "[limits]\nkeepalive_interval = \"0s\"",
-                "limits.keepalive_interval: must be longer than zero",
-            ),
-            (
-                "[limits]\nkeepalive_timeout = \"0s\"",
-                "limits.keepalive_timeout: must be longer than zero",
-            ),
-            (
-                "[limits]\nmax_concurrent_streams = 0",
-                "limits.max_concurrent_streams: 0 is out of range: give at least 1",
-            ),
-            (
-                "[limits]\nmax_connections = 0",
-                "limits.max_connections: 0 is out of range: give at least 1",
-            ),
-            (
-                "[limits]\nmax_connections_per_source = 0",
-                "limits.max_connections_per_source: 0 is out of range",
-            ),
-            (
-                "[limits]\nmax_connections = 10\nmax_connections_per_source = 11",
-                "limits.max_connections_per_source: 11 is more than limits.max_connections (10)",
-            ),
-            ("[limits]\nmax_connections = -1", "limits.max_connections"),
-            ("[limits]\nidle = \"1s\"", "idle"),
-        ];
-        for (section, expected) in cases {
-            let error = error_of(&format!("trust_domain = \"a.test\"\n{section}"));
-            assert!(error.contains(expected), "{section:?}: got {error:?}");
-        }
-    }
-
-    fn error_of(text: &str) -> String {
-        HubConfig::from_toml(text).unwrap_err().to_string()
-    }
-
-    #[test]
-    fn errors_name_the_key_and_the_fix() {
-        let cases = [
-            ("", "trust_domain: is required"),
-            (
-                "trust_domain = \"Alpha.test\"",
-                "trust_domain: \"Alpha.test\" is not valid",
-            ),
-            (
-                "trust_domain = \"spiffe://alpha.test\"",
-                "give the bare name",
-            ),
-            ("trust_domain = \"a.test\"\nunknown_key = 1", "unknown_key"),
-            (
-                "trust_domain = \"a.test\"\n[ca]\nkey_type = \"ed25519\"",
-                "ca.key_type: unknown key type",
-            ),
-            ("trust_domain = \"a.test\"\n[ca]\nttl = \"soon\"", "ca.ttl"),
-            (
-                "trust_domain = \"a.test\"\n[bundle_endpoint]\nprofile = \"https\"",
-                "bundle_endpoint.profile: \"https\" is not a profile",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[bundle_endpoint]\nprofile = \"https_web\"",
-                "bundle_endpoint.cert_file: profile https_web needs",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[bundle_endpoint]\nspiffe_id = \"spiffe://b.test/x\"",
-                "bundle_endpoint.spiffe_id: must be an ID of a.test under /fedhub/",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[bundle_endpoint]\nspiffe_id = \"spiffe://a.test/payments\"",
-                "use spiffe://a.test/fedhub/hub, the default",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[oidc]\nenabled = true",
-                "oidc.issuer: is required",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[oidc]\nenabled = true\nissuer = \"https://o.a.test\"",
-                "oidc.allow_insecure_http",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[svid]\nx509_ttl = \"20h\"",
-                "svid.x509_ttl: 20h is more than half of ca.ttl",
-            ),
-            (
-                "trust_domain = \"a.test\"\ndatabase_url = \"mysql://x\"",
-                "database_url: must start with",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[agent_api]\naddress = \"nowhere\"",
-                "agent_api.address",
-            ),
-        ];
-        for (text, expected) in cases {
-            let error = error_of(text);
-            assert!(error.contains(expected), "{text:?}: got {error:?}");
-        }
-    }
-
-    #[test]
-    fn federation_errors_name_the_key_and_the_fix() {
-        let cases = [
-            (
-                "trust_domain = \"a.test\"\n[federation]\nmin_refresh = \"2h\"",
-                "federation.min_refresh: 2h is longer than federation.max_refresh (1h)",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[federation]\nmax_refresh = \"0s\"",
-                "federation.max_refresh: must be longer than zero",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[federation]\ndefault_refresh = \"0s\"",
-                "federation.default_refresh: must be longer than zero",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[federation]\njitter = 1.5",
-                "federation.jitter: 1.5 is not a fraction in [0, 1)",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[federation]\njitter = -0.1",
-                "federation.jitter: -0.1 is not a fraction",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[federation]\nbackoff_base = \"10m\"",
-                "federation.backoff_base: 10m is longer than federation.backoff_cap (5m)",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[federation]\nconcurrency = 0",
-                "federation.concurrency: 0 is out of range",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[federation]\nconcurrency = 100000",
-                "federation.concurrency: 100000 is out of range",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[federation]\nconnect_timeout = \"1m\"",
-                "federation.connect_timeout: 1m is longer than federation.fetch_timeout (30s)",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[federation]\nfetch_timeout = \"1h\"",
-                "federation.fetch_timeout: 1h is longer than 10m",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[federation]\nmax_body_bytes = 10",
-                "federation.max_body_bytes: 10 is out of range",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[federation]\nmin_refresh = \"often\"",
-                "federation.min_refresh",
-            ),
-            (
-                "trust_domain = \"a.test\"\n[federation]\nlease = \"1m\"",
-                "lease",
-            ),
-        ];
-        for (text, expected) in cases {
-            let error = error_of(text);
-            assert!(error.contains(expected), "{text:?}: got {error:?}");
-        }
-    }
-
-    #[test]
-    #[expect(
-        clippy::result_large_err,
-        reason = "figment's Jail API returns its own error"
-    )]
-    fn load_reports_missing_file_and_applies_env_overrides() {
-        let missing = HubConfig::load(Path::new("/nonexistent/hub.toml")).unwrap_err();
-        assert!(missing.to_string().contains("--config"), "{missing}");
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("hub.toml");
-        std::fs::write(&path, "trust_domain = \"alpha.test\"\n").unwrap();
-        figment::Jail::expect_with(|jail| {
-            jail.set_env("FEDHUB_HUB__SVID__JWT_TTL", "2m");
-            let config = HubConfig::load(&path).unwrap();
-            assert_eq!(config.jwt_svid_ttl, Duration::from_secs(120));
-            Ok(())
-        });
-    }
-}
+mod tests;

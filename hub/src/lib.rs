@@ -7,21 +7,16 @@
 //!   fresh and verified.
 //! - [`state`]: [`Hub`], the shared state: registry, CA, own bundle, hub SVID, change signal.
 //! - [`run`]: `fedhub hub run`: binds and serves every endpoint, runs the background loops.
-//! - [`https`]: serving axum routers over TLS (or plain HTTP where allowed) with handshake,
-//!   idle and header read timeouts, HTTP/2 keep-alive, graceful shutdown and swappable
-//!   certificates.
-//! - [`limits`]: the `[limits]` settings and the connection caps every listener's accept step
-//!   applies (per listener, per source address).
 //! - [`node`]: the node API agents use (attestation, SVID signing, sync), over TLS.
 //! - [`replica`]: the replica id kept in the data directory, under which this hub publishes
 //!   its CA's authorities when several replicas share one registry.
+
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 pub mod admin;
 pub mod ca;
 pub mod config;
 pub mod federation;
-pub mod https;
-pub mod limits;
 pub mod node;
 pub mod replica;
 pub mod run;

@@ -5,8 +5,7 @@
 //! over the replica's keys and its row in the registry instead of adding another.
 
 use std::fs;
-use std::io::{self, Write as _};
-use std::os::unix::fs::OpenOptionsExt as _;
+use std::io;
 use std::path::{Path, PathBuf};
 
 use fedhub_registry::MAX_REPLICA_ID_LEN;
@@ -66,7 +65,7 @@ fn read(path: &Path) -> Result<String, ReplicaIdError> {
 
 /// The replica id kept in `data_dir`, created (random, 0600) on first use. Two hubs starting
 /// at once on one data directory get the same id: the file is written aside and linked into
-/// place only if it is not there yet.
+/// place only if it is not there yet ([`fedhub_files::create_private`]).
 ///
 /// # Errors
 /// [`ReplicaIdError`] when the file cannot be read or written, or is malformed.
@@ -77,19 +76,7 @@ pub fn load_or_create(data_dir: &Path) -> Result<String, ReplicaIdError> {
         other => return other,
     }
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let tmp = data_dir.join(format!(".{REPLICA_ID_FILE}.{id}.tmp"));
-    let written = (|| {
-        let mut file = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        file.write_all(format!("{id}\n").as_bytes())?;
-        file.sync_all()?;
-        fs::hard_link(&tmp, &path)
-    })();
-    let _ = fs::remove_file(&tmp);
-    match written {
+    match fedhub_files::create_private(&path, format!("{id}\n").as_bytes()) {
         Ok(()) => {
             tracing::info!(replica_id = %id, "new hub replica id created");
             Ok(id)

@@ -14,17 +14,16 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
+use fedhub_serve::{ServeLimits, SwappableCert, serve, server_config};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{AdminSocket, AdminState, AllowedPeers, serve_admin};
-use crate::config::{EndpointProfile, HubConfig, TlsFiles};
+use crate::config::{HubConfig, ServingProfile, TlsFiles};
 use crate::federation::{FederationManager, FederationOptions};
-use crate::https::{ServeLimits, SwappableCert, serve};
 use crate::state::{Hub, HubError};
 
 /// How often operator certificate files are checked for changes.
@@ -176,48 +175,18 @@ async fn listen(
     }
 }
 
-fn tls_config(resolver: Arc<dyn ResolvesServerCert>) -> Arc<rustls::ServerConfig> {
-    let config = rustls::ServerConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap_or_else(|_| unreachable!("the aws-lc-rs provider supports TLS 1.2 and 1.3"))
-    .with_no_client_auth()
-    .with_cert_resolver(resolver);
-    Arc::new(config)
-}
-
-/// Loads a PEM certificate chain and PKCS#8 key into a rustls certified key.
+/// Loads the operator certificate files named by the config key `key`.
 ///
 /// # Errors
 /// [`RunError::TlsFiles`] naming `key` when a file is unreadable, empty, or the key is
 /// readable by other users.
-pub fn load_certified_key(key: &'static str, files: &TlsFiles) -> Result<CertifiedKey, RunError> {
-    let fail = |message: String| RunError::TlsFiles { key, message };
-    let cert_text = std::fs::read(&files.cert_file)
-        .map_err(|e| fail(format!("cannot read {}: {e}", files.cert_file.display())))?;
-    let chain: Vec<CertificateDer<'static>> = pem::parse_many(&cert_text)
-        .map_err(|e| fail(format!("{}: {e}", files.cert_file.display())))?
-        .into_iter()
-        .filter(|p| p.tag() == "CERTIFICATE")
-        .map(|p| CertificateDer::from(p.into_contents()))
-        .collect();
-    if chain.is_empty() {
-        return Err(fail(format!(
-            "{} holds no CERTIFICATE block",
-            files.cert_file.display()
-        )));
-    }
-    fedhub_files::check_private(&files.key_file).map_err(|e| fail(e.to_string()))?;
-    let key_text = std::fs::read_to_string(&files.key_file)
-        .map_err(|e| fail(format!("cannot read {}: {e}", files.key_file.display())))?;
-    let private = fedhub_core::PrivateKey::from_pkcs8_pem(&key_text)
-        .map_err(|e| fail(format!("{}: {e}", files.key_file.display())))?;
-    let signing = rustls::crypto::aws_lc_rs::default_provider()
-        .key_provider
-        .load_private_key(PrivateKeyDer::Pkcs8(private.pkcs8_der().to_vec().into()))
-        .map_err(|e| fail(format!("{}: {e}", files.key_file.display())))?;
-    Ok(CertifiedKey::new(chain, signing))
+fn load_certified_key(key: &'static str, files: &TlsFiles) -> Result<CertifiedKey, RunError> {
+    fedhub_serve::load_certified_key(&files.cert_file, &files.key_file).map_err(|error| {
+        RunError::TlsFiles {
+            key,
+            message: error.to_string(),
+        }
+    })
 }
 
 fn modified(paths: &[&Path]) -> Option<Vec<SystemTime>> {
@@ -309,10 +278,11 @@ fn health_router(hub: Hub, metrics: Option<PrometheusHandle>) -> Router {
         .route("/live", get(live))
         .route("/ready", get(ready))
         .with_state(hub);
-    match metrics {
+    let router = match metrics {
         Some(handle) => router.route("/metrics", get(move || async move { handle.render() })),
         None => router,
-    }
+    };
+    router.layer(fedhub_idle::trace::layer("health"))
 }
 
 /// Installs the process-wide Prometheus recorder once; later calls return the same handle.
@@ -406,7 +376,7 @@ impl Listeners {
             None => None,
         };
         let web_cert = match config.bundle_endpoint.as_ref().map(|e| &e.profile) {
-            Some(EndpointProfile::HttpsWeb {
+            Some(ServingProfile::HttpsWeb {
                 cert_file,
                 key_file,
             }) => Some(OperatorCert::load(
@@ -457,8 +427,8 @@ pub struct LaunchOptions {
     /// How often operator certificate files are checked for changes.
     pub cert_reload_interval: Duration,
     /// Federation refresh schedule and fetch limits; `None` (the default) takes them from the
-    /// configuration's `[federation]` section, `Some` overrides it whole (tests shorten
-    /// intervals below what the configuration allows, or fix the replica ID).
+    /// configuration's `[federation]` section, `Some` overrides it whole (tests set what the
+    /// configuration does not: the lease, the poll interval, the replica ID).
     pub federation: Option<FederationOptions>,
     /// Listeners already bound, used instead of binding their configured addresses; none by
     /// default.
@@ -518,7 +488,7 @@ pub async fn launch_with(
         spawn_server(
             &mut tasks,
             listener,
-            Some(tls_config(resolver)),
+            Some(server_config(resolver)),
             router,
             ServeLimits::new("bundle_endpoint", config.limits),
             &stop,
@@ -528,7 +498,7 @@ pub async fn launch_with(
     if let (Some(listener), Some(publisher)) = (oidc_listener, hub.oidc().cloned()) {
         bound.oidc = listener.local_addr().ok();
         let tls = oidc_cert.map(|cert| {
-            tls_config(cert.keep_reloaded(&mut tasks, options.cert_reload_interval, &stop))
+            server_config(cert.keep_reloaded(&mut tasks, options.cert_reload_interval, &stop))
         });
         let router = fedhub_oidc_discovery::router(publisher);
         let limits = ServeLimits::new("oidc", config.limits);
@@ -544,7 +514,7 @@ pub async fn launch_with(
 
     let federation_options = options
         .federation
-        .unwrap_or_else(|| FederationOptions::from_config(&config.federation));
+        .unwrap_or_else(|| config.federation.clone());
     let federation = FederationManager::new(hub.clone(), federation_options)?;
     {
         let federation = federation.clone();
@@ -552,7 +522,7 @@ pub async fn launch_with(
         tasks.spawn(async move { federation.run(stopped.cancelled_owned()).await });
     }
     {
-        let state = AdminState::new(hub.clone()).with_refresher(Arc::new(federation));
+        let state = AdminState::new(hub.clone()).with_federation(federation);
         let stopped = stop.clone();
         tasks.spawn(async move {
             if let Err(error) = serve_admin(state, admin_socket, stopped.cancelled_owned()).await {

@@ -15,14 +15,14 @@ use fedhub_core::x509::X509Svid;
 use fedhub_core::{Bundle, PrivateKey, SpiffeId, TrustDomain};
 use fedhub_oidc_discovery::OidcPublisher;
 use fedhub_registry::{ChangeKind, Registry, RegistryError, ReplicaAuthorities};
+use fedhub_serve::SwappableCert;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use rustls::sign::CertifiedKey;
 use time::OffsetDateTime;
 use tokio::sync::watch;
 
 use crate::ca::{CaError, CaManager, CaOptions, KeyStatus};
-use crate::config::{EndpointProfile, HUB_ID_PATH, HubConfig};
-use crate::https::SwappableCert;
+use crate::config::{HUB_ID_PATH, HubConfig, ServingProfile};
 
 /// The actor recorded in the audit log for changes the hub makes by itself.
 pub const SYSTEM_ACTOR: &str = "fedhub-hub";
@@ -499,7 +499,7 @@ fn read<T>(lock: &RwLock<T>) -> RwLockReadGuard<'_, T> {
 
 fn hub_id(config: &HubConfig) -> SpiffeId {
     match config.bundle_endpoint.as_ref().map(|b| &b.profile) {
-        Some(EndpointProfile::HttpsSpiffe { spiffe_id }) => spiffe_id.clone(),
+        Some(ServingProfile::HttpsSpiffe { spiffe_id }) => spiffe_id.clone(),
         _ => config
             .trust_domain
             .spiffe_id(HUB_ID_PATH)

@@ -15,16 +15,18 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use common::*;
 use fedhub_core::bundle::X509Authority;
+use fedhub_core::endpoint::BundleEndpointUrl;
 use fedhub_core::{SpiffeId, TrustDomain};
 use fedhub_hub::Hub;
+use fedhub_hub::admin::{AdminSocket, AdminState, AllowedPeers, serve_admin};
 use fedhub_hub::federation::telemetry::{
     BUNDLE_AGE_SECONDS, CONSECUTIVE_FAILURES, SEQUENCE_DROPPED_TOTAL,
 };
 use fedhub_hub::federation::{
     FederationError, FederationManager, FederationOptions, RefreshOutcome,
 };
-use fedhub_hub::https::SwappableCert;
-use fedhub_registry::{EndpointProfile, RelationshipOptions, RelationshipSpec};
+use fedhub_registry::{FetchProfile, RelationshipOptions, RelationshipSpec, SequenceSeen};
+use fedhub_serve::SwappableCert;
 
 // --- two hubs -------------------------------------------------------------------------------
 
@@ -235,6 +237,128 @@ async fn refresh_now_refuses_while_another_replica_holds_the_lease() {
         pair.manager.refresh_now(&unknown).await,
         Err(FederationError::NotFound(td)) if td == unknown
     ));
+}
+
+/// `POST /v1/federation/{td}/refresh` through the admin socket: each outcome of the manager
+/// keeps its meaning up to the HTTP status. 200 with the refreshed relationship; 404 without
+/// the relationship; 500 when the database fails (a trigger refuses the lease); 409 while
+/// another replica holds the lease; 502 when the foreign endpoint is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_refresh_answers_with_the_status_of_each_outcome() {
+    recorded();
+    let (remote, _remote_dir) = open_hub("statuses.test", "5m").await;
+    let (local, local_dir) = open_hub("local.test", "5m").await;
+    let manager = FederationManager::new(local.clone(), options("local-1")).unwrap();
+    let endpoint = Server::bundle_endpoint(&remote).await;
+    let td = remote.trust_domain().clone();
+    local
+        .registry()
+        .create_relationship(
+            ACTOR,
+            &spiffe_spec(&td, &endpoint.url, remote.hub_id()),
+            Some(&record(&remote.own_bundle())),
+        )
+        .await
+        .unwrap();
+    let socket = local_dir.path().join("admin-test/admin.sock");
+    let bound = AdminSocket::bind(&socket, AllowedPeers::this_process(&[]).unwrap()).unwrap();
+    let state = AdminState::new(local.clone()).with_federation(manager);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve_admin(state, bound, async {
+        let _ = stopped.await;
+    }));
+
+    let (status, body) = admin_refresh(&socket, "statuses.test").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"last_success_at\":\""), "{body}");
+
+    let (status, body) = admin_refresh(&socket, "nowhere.test").await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("no federation relationship with nowhere.test"),
+        "{body}"
+    );
+
+    let database = format!(
+        "sqlite://{}",
+        local_dir.path().join("registry.db").display()
+    );
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&database)
+        .await
+        .unwrap();
+    sqlx::query(
+        "CREATE TRIGGER no_leases BEFORE UPDATE OF lease_owner ON federation_relationships \
+         BEGIN SELECT RAISE(ABORT, 'disk on fire'); END",
+    )
+    .execute(&mut conn)
+    .await
+    .unwrap();
+    let (status, body) = admin_refresh(&socket, "statuses.test").await;
+    assert_eq!(status, 500, "{body}");
+    assert!(
+        body.contains("the federation refresh failed inside the hub: internal error"),
+        "{body}"
+    );
+    assert!(
+        !body.contains("disk on fire"),
+        "the cause stays in the log: {body}"
+    );
+    sqlx::query("DROP TRIGGER no_leases")
+        .execute(&mut conn)
+        .await
+        .unwrap();
+
+    local
+        .registry()
+        .claim_refresh(&td, "other-replica", now(), Duration::from_secs(30))
+        .await
+        .unwrap()
+        .unwrap();
+    let (status, body) = admin_refresh(&socket, "statuses.test").await;
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("already running on hub replica other-replica"),
+        "{body}"
+    );
+    local
+        .registry()
+        .record_refresh_failure(&td, "other-replica", "test", SequenceSeen::Unknown, now())
+        .await
+        .unwrap();
+
+    endpoint.stop().await;
+    let (status, body) = admin_refresh(&socket, "statuses.test").await;
+    assert_eq!(status, 502, "{body}");
+    assert!(
+        body.contains(
+            "refreshing the bundle of statuses.test failed: cannot reach the bundle endpoint"
+        ),
+        "{body}"
+    );
+
+    stop.send(()).unwrap();
+    server.await.unwrap().unwrap();
+}
+
+/// Sends `POST /v1/federation/{trust_domain}/refresh` to the admin socket; the status and body.
+async fn admin_refresh(socket: &std::path::Path, trust_domain: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let mut stream = tokio::net::UnixStream::connect(socket).await.unwrap();
+    let request = format!(
+        "POST /v1/federation/{trust_domain}/refresh HTTP/1.1\r\nHost: fedhub\r\n\
+         Content-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response
+        .get(9..12)
+        .and_then(|code| code.parse().ok())
+        .unwrap_or_else(|| panic!("not an HTTP response: {response:?}"));
+    let body = response
+        .split_once("\r\n\r\n")
+        .map_or_else(String::new, |(_, body)| body.to_owned());
+    (status, body)
 }
 
 /// FED-32: a bundle an admin sets over a federated one is an override that stays until a
@@ -690,8 +814,8 @@ async fn https_web_trusts_the_relationship_extra_roots() {
     let endpoint = serve_stub(&stub("/", served.to_json()), cert).await;
     let web = |ca_der: Vec<u8>| RelationshipSpec {
         trust_domain: pair.td.clone(),
-        bundle_endpoint_url: endpoint.url.clone(),
-        profile: EndpointProfile::HttpsWeb {
+        bundle_endpoint_url: BundleEndpointUrl::try_from(endpoint.url.clone()).unwrap(),
+        profile: FetchProfile::HttpsWeb {
             extra_ca_pem: Some(pem::encode(&pem::Pem::new("CERTIFICATE", ca_der))),
         },
         accept_empty_bundle: false,

@@ -2,45 +2,16 @@
 //! A test binary of its own, because it installs a log subscriber (tracing caches per call
 //! site whether anyone listens, which tests on other threads would disturb).
 
-#![expect(
-    clippy::unwrap_used,
-    reason = "test code: a failed step is a failed test"
-)]
-
 mod common;
-
-use std::sync::{Arc, Mutex};
 
 use common::*;
 use fedhub_hub::federation::RefreshOutcome;
-
-/// Collects formatted log lines.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// FED-34: every fetch outcome is logged with trust domain, URL, profile and peer identity.
 /// On a current-thread runtime, so the thread's subscriber sees every event.
 #[tokio::test]
 async fn every_refresh_is_logged_with_url_profile_peer_and_outcome() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = fedhub_tests::logs::capture(tracing::Level::INFO);
 
     let pair = pair("logged.test", "5m", options("local-1")).await;
     let endpoint = Server::bundle_endpoint(&pair.remote).await;
@@ -54,7 +25,7 @@ async fn every_refresh_is_logged_with_url_profile_peer_and_outcome() {
     endpoint.stop().await;
     pair.manager.refresh_now(&pair.td).await.unwrap();
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     let lines: Vec<&str> = logs
         .lines()
         .filter(|line| line.contains("trust_domain=logged.test"))
@@ -77,14 +48,7 @@ async fn every_refresh_is_logged_with_url_profile_peer_and_outcome() {
 /// says the peer stopped sending sequences and how to refuse such bundles.
 #[tokio::test]
 async fn a_dropped_sequence_is_logged_as_a_warning() {
-    let captured = Captured::default();
-    let writer = captured.clone();
-    let subscriber = tracing_subscriber::fmt()
-        .with_max_level(tracing::Level::INFO)
-        .with_ansi(false)
-        .with_writer(move || writer.clone())
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let (captured, _guard) = fedhub_tests::logs::capture(tracing::Level::INFO);
 
     let pair = pair("dropped.test", "5m", options("local-1")).await;
     let bootstrap = pair.remote_bundle();
@@ -98,7 +62,7 @@ async fn a_dropped_sequence_is_logged_as_a_warning() {
         RefreshOutcome::Updated { sequence: None, .. }
     ));
 
-    let logs = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let logs = captured.text();
     let warning = logs
         .lines()
         .find(|line| line.contains("trust_domain=dropped.test") && line.contains("WARN"))

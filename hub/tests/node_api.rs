@@ -7,7 +7,6 @@
     reason = "test helpers panic when set-up fails; scenarios read top to bottom"
 )]
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -18,9 +17,7 @@ use fedhub_core::{
     Authorizer, Bundle, BundleSet, JwtValidator, KeyType, PrivateKey, SpiffeId, TrustDomain,
     X509Svid,
 };
-use fedhub_hub::Hub;
-use fedhub_hub::config::HubConfig;
-use fedhub_hub::node::{RETRY_AFTER_MS, join_token_agent_id, serve_node_api};
+use fedhub_hub::node::{RETRY_AFTER_MS, join_token_agent_id};
 use fedhub_proto::node::attest_request::Step as RequestStep;
 use fedhub_proto::node::attest_response::Step as ResponseStep;
 use fedhub_proto::node::attest_start::Method;
@@ -29,27 +26,25 @@ use fedhub_proto::node::{
     AgentSvid, AttestRequest, AttestStart, RenewAgentRequest, SignJwtSvidRequest,
     SignX509SvidsRequest, SyncRequest, SyncSnapshot, X509PopStart, X509SvidParams,
 };
-use fedhub_registry::{
-    BundleRecord, EndpointProfile, Entry, EntrySpec, RelationshipSpec, Selector,
-};
-use hyper_util::rt::TokioIo;
+use fedhub_registry::{BundleRecord, Entry, EntrySpec, FetchProfile, RelationshipSpec, Selector};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
     KeyUsagePurpose, SigningKey as _,
 };
 use rustls::pki_types::ServerName;
 use tempfile::TempDir;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot};
-use tonic::transport::{Channel, Endpoint, Uri};
-use tonic::{Code, Status, Streaming};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tonic::transport::Channel;
+use tonic::{Code, Status};
 
-const ACTOR: &str = "test-admin";
+mod common;
+
+use common::ACTOR;
+use common::node::{NodeHub, assert_status, next_snapshot, node_client};
+use fedhub_tests::{h2, id};
+
 const TOKEN: &str = "a-join-token-of-enough-length";
-
-fn id(s: &str) -> SpiffeId {
-    SpiffeId::parse(s).unwrap()
-}
 
 fn sel(s: &str) -> Selector {
     Selector::parse(s).unwrap()
@@ -64,45 +59,25 @@ fn sha256_hex(bytes: &[u8]) -> String {
     })
 }
 
-/// A hub serving the node API on loopback.
-struct TestHub {
-    hub: Hub,
-    addr: SocketAddr,
-    stop: Option<oneshot::Sender<()>>,
-    task: tokio::task::JoinHandle<std::io::Result<()>>,
-    _dir: TempDir,
+/// A hub serving the node API on loopback ([`NodeHub`]), with the shortcuts of these tests.
+struct TestHub(NodeHub);
+
+impl std::ops::Deref for TestHub {
+    type Target = NodeHub;
+
+    fn deref(&self) -> &NodeHub {
+        &self.0
+    }
 }
 
 impl TestHub {
     /// A hub for `alpha.test` with `extra` TOML appended to the configuration.
     async fn start(extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        Self::start_in(dir, extra, None).await
+        Self(NodeHub::start(extra).await)
     }
 
     async fn start_in(dir: TempDir, extra: &str, database_url: Option<&str>) -> Self {
-        let database = database_url
-            .map(|url| format!("database_url = \"{url}\"\n"))
-            .unwrap_or_default();
-        let config = HubConfig::from_toml(&format!(
-            "trust_domain = \"alpha.test\"\ndata_dir = \"{}\"\n{database}{extra}",
-            dir.path().display()
-        ))
-        .unwrap();
-        let hub = Hub::open(config).await.unwrap();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (stop, stopped) = oneshot::channel::<()>();
-        let task = tokio::spawn(serve_node_api(hub.clone(), listener, async {
-            let _ = stopped.await;
-        }));
-        Self {
-            hub,
-            addr,
-            stop: Some(stop),
-            task,
-            _dir: dir,
-        }
+        Self(NodeHub::start_in(dir, extra, database_url).await)
     }
 
     fn td(&self) -> TrustDomain {
@@ -115,27 +90,7 @@ impl TestHub {
 
     /// A client that authenticates the hub by its SPIFFE ID, presenting `svid` if given.
     async fn client(&self, svid: Option<&X509Svid>) -> Result<NodeClient<Channel>, String> {
-        let config = client_config(
-            svid,
-            Arc::new(self.bundles()),
-            Authorizer::Exact(self.hub.hub_id()),
-        )
-        .unwrap();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let addr = self.addr;
-        let channel = Endpoint::from_static("http://node-api.invalid")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let connector = connector.clone();
-                async move {
-                    let tcp = TcpStream::connect(addr).await?;
-                    let name = ServerName::try_from("node-api.invalid").unwrap();
-                    let tls = connector.connect(name, tcp).await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(tls))
-                }
-            }))
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        Ok(NodeClient::new(channel))
+        node_client(self.addr, self.hub.hub_id(), &self.hub.own_bundle(), svid).await
     }
 
     async fn anonymous(&self) -> NodeClient<Channel> {
@@ -156,12 +111,7 @@ impl TestHub {
 
     /// Attests with a new join token; returns the agent's SVID.
     async fn join(&self, token: &str) -> X509Svid {
-        self.token(token, None).await;
-        let key = agent_key();
-        let svid = attest(&mut self.anonymous().await, join_start(&key, token), None)
-            .await
-            .unwrap();
-        X509Svid::new_checked(svid.cert_chain, key).unwrap()
+        self.0.join(token, None).await
     }
 
     async fn entry(&self, spiffe_id: &str, parent: &SpiffeId, selectors: &[&str]) -> Entry {
@@ -179,12 +129,9 @@ impl TestHub {
         entry
     }
 
-    async fn stop(mut self) -> std::io::Result<()> {
-        let _ = self.stop.take().unwrap().send(());
-        tokio::time::timeout(Duration::from_secs(10), &mut self.task)
-            .await
-            .expect("the server stops")
-            .unwrap()
+    /// Stops serving; waits for the server to return.
+    async fn stop(self) {
+        self.0.stop().await;
     }
 }
 
@@ -234,17 +181,6 @@ async fn attest(
     }
 }
 
-fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, text: &str) -> Status {
-    let status = result.expect_err("the call should fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(text),
-        "{:?} does not contain {text:?}",
-        status.message()
-    );
-    status
-}
-
 async fn sign_x509(
     client: &mut NodeClient<Channel>,
     entries: &[&Entry],
@@ -261,13 +197,6 @@ async fn sign_x509(
         .await?
         .into_inner()
         .svids)
-}
-
-async fn next_snapshot(stream: &mut Streaming<SyncSnapshot>) -> Result<SyncSnapshot, Status> {
-    tokio::time::timeout(Duration::from_secs(5), stream.message())
-        .await
-        .expect("a snapshot within 5 s")
-        .map(|m| m.expect("the stream goes on"))
 }
 
 fn entry_ids(snapshot: &SyncSnapshot) -> Vec<String> {
@@ -824,13 +753,7 @@ async fn sync_pushes_entries_and_bundles_when_they_change() {
             &["unix:uid:1"],
         )
         .await;
-    let mut stream = hub
-        .mtls(&agent)
-        .await
-        .sync(SyncRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = hub.sync_stream(&agent).await;
 
     let snapshot = next_snapshot(&mut stream).await.unwrap();
     assert_eq!(entry_ids(&snapshot), [first.id.to_string()]);
@@ -876,8 +799,8 @@ async fn sync_pushes_entries_and_bundles_when_they_change() {
             ACTOR,
             &RelationshipSpec {
                 trust_domain: beta.clone(),
-                bundle_endpoint_url: url::Url::parse("https://beta.test/bundle").unwrap(),
-                profile: EndpointProfile::HttpsWeb { extra_ca_pem: None },
+                bundle_endpoint_url: "https://beta.test/bundle".parse().unwrap(),
+                profile: FetchProfile::HttpsWeb { extra_ca_pem: None },
                 accept_empty_bundle: false,
             },
             None,
@@ -933,7 +856,7 @@ async fn sync_pushes_entries_and_bundles_when_they_change() {
         2
     );
 
-    hub.stop().await.unwrap();
+    hub.stop().await;
 }
 
 /// A web relationship with `name`, with a stored bundle of sequence `sequence`; returns the
@@ -949,8 +872,8 @@ async fn federate_with(hub: &TestHub, name: &str, sequence: u64) -> String {
             ACTOR,
             &RelationshipSpec {
                 trust_domain: trust_domain.clone(),
-                bundle_endpoint_url: url::Url::parse(&format!("https://{name}/bundle")).unwrap(),
-                profile: EndpointProfile::HttpsWeb { extra_ca_pem: None },
+                bundle_endpoint_url: format!("https://{name}/bundle").parse().unwrap(),
+                profile: FetchProfile::HttpsWeb { extra_ca_pem: None },
                 accept_empty_bundle: false,
             },
             Some(&BundleRecord::new(
@@ -1001,13 +924,7 @@ async fn sync_follows_federation_groups_and_federates_with_all() {
     );
     spec.federates_with_groups = vec!["partners".into()];
     let grouped = hub.create(&spec).await;
-    let mut stream = hub
-        .mtls(&agent)
-        .await
-        .sync(SyncRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = hub.sync_stream(&agent).await;
     let snapshot = next_snapshot(&mut stream).await.unwrap();
     assert!(federates_with(&snapshot, "spiffe://alpha.test/grouped").is_empty());
     assert!(snapshot.federated_bundles.is_empty());
@@ -1085,33 +1002,23 @@ async fn sync_follows_federation_groups_and_federates_with_all() {
     assert!(federates_with(&snapshot, "spiffe://alpha.test/grouped").is_empty());
     assert_eq!(bundle_names(&snapshot), ["beta.test", "gamma.test"]);
 
-    hub.stop().await.unwrap();
+    hub.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_ends_sync_streams_and_returns() {
     let hub = TestHub::start("").await;
     let agent = hub.join("token-of-the-agent-here").await;
-    let mut stream = hub
-        .mtls(&agent)
-        .await
-        .sync(SyncRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = hub.sync_stream(&agent).await;
     next_snapshot(&mut stream).await.unwrap();
-    let TestHub { stop, task, .. } = hub;
-    stop.unwrap().send(()).unwrap();
+    let TestHub(mut hub) = hub;
+    hub.signal_stop();
     assert_status(
         next_snapshot(&mut stream).await,
         Code::Unavailable,
         "shutting down",
     );
-    tokio::time::timeout(Duration::from_secs(10), task)
-        .await
-        .expect("the server returns")
-        .unwrap()
-        .unwrap();
+    hub.stop().await;
 }
 
 // ---- bans, evictions, renewals ---------------------------------------------------------------
@@ -1366,37 +1273,12 @@ impl TestHub {
 /// Reads until the hub closes the connection; panics when it stays open for
 /// [`CLOSED_WITHIN`]. Returns what was read.
 async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
-    use tokio::io::AsyncReadExt as _;
-    let mut received = Vec::new();
-    let read = tokio::time::timeout(CLOSED_WITHIN, async {
-        let mut buf = [0u8; 4096];
-        loop {
-            match stream.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => received.extend_from_slice(&buf[..n]),
-            }
-        }
-    })
-    .await;
-    assert!(read.is_ok(), "the hub kept the connection open");
-    received
+    h2::read_until_closed(stream, CLOSED_WITHIN).await
 }
 
 /// SETTINGS_MAX_CONCURRENT_STREAMS in the first SETTINGS frame of `bytes` (HTTP/2 frames).
-fn announced_max_streams(mut bytes: &[u8]) -> Option<u32> {
-    while bytes.len() >= 9 {
-        let length =
-            usize::from(bytes[0]) << 16 | usize::from(bytes[1]) << 8 | usize::from(bytes[2]);
-        let payload = bytes.get(9..9 + length)?;
-        if bytes[3] == 0x4 && bytes[4] & 1 == 0 {
-            return payload.chunks_exact(6).find_map(|entry| {
-                (entry[..2] == [0, 3])
-                    .then(|| u32::from_be_bytes([entry[2], entry[3], entry[4], entry[5]]))
-            });
-        }
-        bytes = &bytes[9 + length..];
-    }
-    None
+fn announced_max_streams(bytes: &[u8]) -> Option<u32> {
+    h2::setting(&h2::frames(bytes), h2::SETTINGS_MAX_CONCURRENT_STREAMS)
 }
 
 #[tokio::test]
@@ -1416,29 +1298,20 @@ async fn connections_that_make_no_call_are_closed() {
 
     // A client that sends the HTTP/2 preface and its settings, but no request.
     let mut tls = hub.raw_tls().await.unwrap();
-    tokio::io::AsyncWriteExt::write_all(
-        &mut tls,
-        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00",
-    )
-    .await
-    .unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut tls, h2::PREFACE_AND_SETTINGS)
+        .await
+        .unwrap();
     let received = read_until_closed(&mut tls).await;
     assert_eq!(announced_max_streams(&received), Some(5), "{received:?}");
 
-    hub.stop().await.unwrap();
+    hub.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sync_stream_outlives_the_first_call_timeout() {
     let hub = TestHub::start("[limits]\nidle_timeout = \"1s\"\n").await;
     let agent = hub.join("token-of-a-patient-agent").await;
-    let mut stream = hub
-        .mtls(&agent)
-        .await
-        .sync(SyncRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = hub.sync_stream(&agent).await;
     next_snapshot(&mut stream).await.unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
     let entry = hub
@@ -1450,7 +1323,7 @@ async fn a_sync_stream_outlives_the_first_call_timeout() {
         .await;
     let snapshot = next_snapshot(&mut stream).await.unwrap();
     assert_eq!(entry_ids(&snapshot), [entry.id.to_string()]);
-    hub.stop().await.unwrap();
+    hub.stop().await;
 }
 
 #[tokio::test]
@@ -1475,5 +1348,5 @@ async fn connections_over_the_per_source_cap_are_refused() {
             }
         }
     }
-    hub.stop().await.unwrap();
+    hub.stop().await;
 }

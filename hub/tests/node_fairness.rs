@@ -3,7 +3,6 @@
 //! refused agent SVIDs refused again without a registry read.
 #![expect(
     clippy::unwrap_used,
-    clippy::expect_used,
     reason = "test helpers panic when set-up fails; scenarios read top to bottom"
 )]
 
@@ -13,21 +12,10 @@ use fedhub_core::SpiffeId;
 use fedhub_hub::node::RETRY_AFTER_MS;
 use fedhub_proto::node::{SignX509SvidsRequest, SyncRequest};
 use fedhub_registry::{EntrySpec, Selector};
-use tonic::{Code, Status};
+use tonic::Code;
 
 use common::ACTOR;
-use common::node::{NodeHub, next_snapshot, renew};
-
-fn assert_status<T: std::fmt::Debug>(result: Result<T, Status>, code: Code, text: &str) -> Status {
-    let status = result.expect_err("the call should fail");
-    assert_eq!(status.code(), code, "{status:?}");
-    assert!(
-        status.message().contains(text),
-        "{:?} does not contain {text:?}",
-        status.message()
-    );
-    status
-}
+use common::node::{NodeHub, assert_status, next_snapshot, renew};
 
 /// Registers `path` for `agent` and wakes the sync streams.
 async fn entry_for(hub: &NodeHub, agent: &SpiffeId, path: &str) {
@@ -50,24 +38,12 @@ async fn a_sync_stream_beyond_the_cap_ends_the_oldest_of_the_same_agent() {
     let hub = NodeHub::start("[agent_api]\nsync_streams_per_agent = 2\n").await;
     let noisy = hub.join("token-of-a-noisy-agent", None).await;
     let quiet = hub.join("token-of-a-quiet-agent", None).await;
-    let mut quiet_stream = hub
-        .client(Some(&quiet))
-        .await
-        .sync(SyncRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut quiet_stream = hub.sync_stream(&quiet).await;
     next_snapshot(&mut quiet_stream).await.unwrap();
 
     let mut streams = Vec::new();
     for _ in 0..3 {
-        let mut stream = hub
-            .client(Some(&noisy))
-            .await
-            .sync(SyncRequest {})
-            .await
-            .unwrap()
-            .into_inner();
+        let mut stream = hub.sync_stream(&noisy).await;
         next_snapshot(&mut stream).await.unwrap();
         streams.push(stream);
     }
@@ -136,21 +112,9 @@ async fn a_pending_renewal_wakes_no_sync_stream_and_its_first_use_does() {
     let hub = NodeHub::start("").await;
     let renewing = hub.join("token-of-a-renewing-agent", None).await;
     let other = hub.join("token-of-another-agent", None).await;
-    let mut old_stream = hub
-        .client(Some(&renewing))
-        .await
-        .sync(SyncRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut old_stream = hub.sync_stream(&renewing).await;
     next_snapshot(&mut old_stream).await.unwrap();
-    let mut other_stream = hub
-        .client(Some(&other))
-        .await
-        .sync(SyncRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut other_stream = hub.sync_stream(&other).await;
     next_snapshot(&mut other_stream).await.unwrap();
 
     // Sync streams wake when the change feed revision moves; a pending renewal leaves it.
@@ -280,13 +244,7 @@ async fn sync_streams_of_one_agent_share_one_registry_read_per_revision() {
     let hub = NodeHub::start("").await;
     let agent = hub.join("token-of-a-two-stream-agent", None).await;
     entry_for(&hub, agent.spiffe_id(), "web").await;
-    let mut first = hub
-        .client(Some(&agent))
-        .await
-        .sync(SyncRequest {})
-        .await
-        .unwrap()
-        .into_inner();
+    let mut first = hub.sync_stream(&agent).await;
     let snapshot = next_snapshot(&mut first).await.unwrap();
     assert_eq!(snapshot.entries.len(), 1);
 

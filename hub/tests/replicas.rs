@@ -25,11 +25,9 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
 use axum::http::{Method as HttpMethod, Request, StatusCode};
-use fedhub_core::tls::client_config;
 use fedhub_core::x509::{SvidUsage, verify_x509_svid};
 use fedhub_core::{
-    Authorizer, Bundle, BundleSet, JwtValidator, KeyType, PrivateKey, SpiffeId, TrustDomain,
-    X509Svid,
+    Bundle, BundleSet, JwtValidator, KeyType, PrivateKey, SpiffeId, TrustDomain, X509Svid,
 };
 use fedhub_hub::Hub;
 use fedhub_hub::admin::{AdminState, Peer};
@@ -46,13 +44,12 @@ use fedhub_proto::node::{
     SyncRequest, SyncSnapshot, X509SvidParams,
 };
 use fedhub_registry::{EntrySpec, RefreshStatus};
-use hyper_util::rt::TokioIo;
-use rustls::pki_types::ServerName;
+use fedhub_tests::td;
 use tempfile::TempDir;
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tonic::Streaming;
-use tonic::transport::{Channel, Endpoint, Uri};
+use tonic::transport::Channel;
 use tower::ServiceExt as _;
 
 const ACTOR: &str = "test-admin";
@@ -66,9 +63,8 @@ macro_rules! both_databases {
         mod $name {
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn sqlite() {
-                let dir = tempfile::tempdir().unwrap();
-                let url = format!("sqlite://{}", dir.path().join("shared.db").display());
-                super::$name(url).await;
+                let db = fedhub_tests::sqlite::TempSqlite::new("shared.db");
+                super::$name(db.url()).await;
             }
 
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -209,28 +205,7 @@ impl Replica {
         bundle: &Bundle,
         svid: Option<&X509Svid>,
     ) -> Result<NodeClient<Channel>, String> {
-        let bundles: BundleSet = [bundle.clone()].into_iter().collect();
-        let config = client_config(
-            svid,
-            Arc::new(bundles),
-            Authorizer::Exact(self.hub.hub_id()),
-        )
-        .unwrap();
-        let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let addr = self.addr;
-        let channel = Endpoint::from_static("http://node-api.invalid")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let connector = connector.clone();
-                async move {
-                    let tcp = TcpStream::connect(addr).await?;
-                    let name = ServerName::try_from("node-api.invalid").unwrap();
-                    let tls = connector.connect(name, tcp).await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(tls))
-                }
-            }))
-            .await
-            .map_err(|e| format!("{e:?}"))?;
-        Ok(NodeClient::new(channel))
+        common::node::node_client(self.addr, self.hub.hub_id(), bundle, svid).await
     }
 }
 
@@ -251,10 +226,6 @@ async fn converged(replicas: &[&Replica]) -> Arc<Bundle> {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-fn td() -> TrustDomain {
-    TrustDomain::new(TD).unwrap()
 }
 
 fn agent_key() -> PrivateKey {
@@ -283,7 +254,7 @@ async fn attest(
     else {
         panic!("no attestation result");
     };
-    let bundle = Bundle::from_json(td(), &svid.bundle).unwrap();
+    let bundle = Bundle::from_json(td(TD), &svid.bundle).unwrap();
     (
         X509Svid::new_checked(svid.cert_chain, key.clone()).unwrap(),
         bundle,
@@ -415,7 +386,7 @@ async fn an_agent_attested_at_one_replica_is_served_by_another(database_url: Str
         .expect("a snapshot")
         .unwrap()
         .unwrap();
-    assert_eq!(Bundle::from_json(td(), &snapshot.bundle).unwrap(), *union);
+    assert_eq!(Bundle::from_json(td(TD), &snapshot.bundle).unwrap(), *union);
     assert_eq!(snapshot.entries.len(), 1);
     assert_eq!(snapshot.entries[0].id, entry.id.to_string());
 
@@ -495,7 +466,7 @@ async fn a_rotation_on_one_replica_keeps_the_other_replicas_keys(database_url: S
         .unwrap()
         .into_inner();
     let first = sync.message().await.unwrap().unwrap();
-    assert_eq!(Bundle::from_json(td(), &first.bundle).unwrap(), *before);
+    assert_eq!(Bundle::from_json(td(TD), &first.bundle).unwrap(), *before);
 
     let old_a = a.hub.ca().published_authorities();
     a.hub.rotate(true).await.unwrap();
@@ -535,7 +506,7 @@ async fn a_rotation_on_one_replica_keeps_the_other_replicas_keys(database_url: S
             .expect("the rotation reaches the agent")
             .unwrap()
             .unwrap();
-        let pushed = Bundle::from_json(td(), &snapshot.bundle).unwrap();
+        let pushed = Bundle::from_json(td(TD), &snapshot.bundle).unwrap();
         if pushed != *before {
             break pushed;
         }
@@ -557,7 +528,7 @@ async fn a_rotation_on_one_replica_keeps_the_other_replicas_keys(database_url: S
     )
     .await;
     let old_a_only: BundleSet = {
-        let mut bundle = Bundle::new(td());
+        let mut bundle = Bundle::new(td(TD));
         for (authority, _) in &old_a.x509 {
             bundle.add_x509_authority(authority.clone());
         }
@@ -586,7 +557,7 @@ async fn a_rotation_on_one_replica_keeps_the_other_replicas_keys(database_url: S
         .expect("a snapshot")
         .unwrap()
         .unwrap();
-    assert_eq!(Bundle::from_json(td(), &snapshot.bundle).unwrap(), *after);
+    assert_eq!(Bundle::from_json(td(TD), &snapshot.bundle).unwrap(), *after);
     drop(fresh_sync);
 
     drop(sync);
@@ -784,7 +755,7 @@ impl HeldEndpoint {
     }
 
     /// Serves it over TLS with `cert`.
-    async fn serve(&self, cert: Arc<fedhub_hub::https::SwappableCert>) -> common::Server {
+    async fn serve(&self, cert: Arc<fedhub_serve::SwappableCert>) -> common::Server {
         let router = Router::new()
             .fallback(held_request)
             .with_state(self.clone());
@@ -826,8 +797,8 @@ fn short_leases(owner: &str) -> FederationOptions {
         max_refresh: hourly,
         ..common::options(owner)
     };
-    options.lease = Duration::from_secs(5);
-    options.fetch.total_timeout = Duration::from_secs(4);
+    options.lease = Some(Duration::from_secs(5));
+    options.fetch_timeout = Duration::from_secs(4);
     options
 }
 

@@ -7,6 +7,14 @@
 //! been in flight for a given time, before the first request as between requests; the server
 //! then closes the connection (gracefully: an HTTP/2 `GOAWAY`, then [`CLOSE_GRACE`] for
 //! requests that crossed it).
+//!
+//! [`trace`] holds the request tracing layer that every axum router of fedhub applies.
+//! [`stream`] holds [`delegate_async_write!`] for stream wrappers that write straight through.
+
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
+pub mod stream;
+pub mod trace;
 
 use std::pin::Pin;
 use std::sync::Arc;

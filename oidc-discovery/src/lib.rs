@@ -5,6 +5,8 @@
 //! `use: sig` on every key). Both documents are serialized once per key change and swapped
 //! atomically; requests never build JSON.
 
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -157,6 +159,7 @@ pub fn router(publisher: OidcPublisher) -> Router {
     Router::new()
         .route(DISCOVERY_PATH, get(discovery))
         .route(KEYS_PATH, get(keys))
+        .layer(fedhub_idle::trace::layer("oidc discovery"))
         .with_state(publisher)
 }
 

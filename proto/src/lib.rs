@@ -4,6 +4,8 @@
 //! - [`workload`]: the SPIFFE Workload API (`SpiffeWorkloadAPI`, no protobuf package).
 //! - [`node`]: the hub's node API used by agents (`fedhub.node.v1.Node`).
 
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 /// The SPIFFE Workload API.
 #[allow(missing_docs, clippy::pedantic, clippy::all)]
 pub mod workload {

@@ -2,13 +2,12 @@
 
 use fedhub_core::SpiffeId;
 use serde_json::json;
-use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 
 use crate::error::RegistryError;
-use crate::feed::{ChangeKind, record_audit, record_change};
+use crate::feed::ChangeKind;
 use crate::selector::{self, Selector};
-use crate::store::{Fields, Registry, now, unix};
+use crate::store::{Fields, Record, Registry, Table, Write, check_len, exists, unix};
 
 /// The longest attestation type accepted, in bytes.
 pub const MAX_ATTESTATION_TYPE_LEN: usize = 64;
@@ -19,6 +18,7 @@ pub const MAX_SERIAL_LEN: usize = 128;
 
 const KIND: &str = "agent";
 
+/// The columns an [`Agent`] is read from.
 macro_rules! agent_columns {
     () => {
         "spiffe_id, attestation_type, serial, svid_expires_at, pending_serial, \
@@ -70,9 +70,15 @@ pub struct Agent {
     pub last_seen_at: Option<OffsetDateTime>,
 }
 
-impl Agent {
-    fn from_row(row: &AnyRow) -> Result<Self, RegistryError> {
-        let f = Fields::new(row, KIND, "spiffe_id")?;
+impl Record for Agent {
+    const TABLE: Table = Table {
+        kind: KIND,
+        name: "agents",
+        key: "spiffe_id",
+        columns: agent_columns!(),
+    };
+
+    fn from_fields(f: &Fields<'_>) -> Result<Self, RegistryError> {
         Ok(Self {
             spiffe_id: f.spiffe_id("spiffe_id")?,
             attestation_type: f.text("attestation_type")?,
@@ -91,13 +97,7 @@ impl Agent {
 }
 
 fn validate_serial(serial: &str) -> Result<(), RegistryError> {
-    if serial.is_empty() || serial.len() > MAX_SERIAL_LEN {
-        return Err(RegistryError::invalid(
-            "serial",
-            format!("must be 1 to {MAX_SERIAL_LEN} bytes"),
-        ));
-    }
-    Ok(())
+    check_len("serial", serial, 1..=MAX_SERIAL_LEN)
 }
 
 impl AgentAttestation {
@@ -143,7 +143,6 @@ impl Registry {
         attestation: &AgentAttestation,
     ) -> Result<Agent, RegistryError> {
         let selectors = attestation.validate()?;
-        let at = unix(now());
         let mut tx = self.begin_write().await?;
         let row = sqlx::query(concat!(
             "INSERT INTO agents (spiffe_id, attestation_type, serial, svid_expires_at, \
@@ -162,7 +161,7 @@ impl Registry {
         .bind(attestation.serial.as_str())
         .bind(unix(attestation.svid_expires_at))
         .bind(selectors)
-        .bind(at)
+        .bind(tx.at)
         .fetch_optional(&mut *tx)
         .await?;
         let Some(row) = row else {
@@ -171,13 +170,8 @@ impl Registry {
             });
         };
         let agent = Agent::from_row(&row)?;
-        record_change(
-            &mut tx,
-            at,
-            ChangeKind::Agent,
-            attestation.spiffe_id.as_str(),
-        )
-        .await?;
+        tx.change(ChangeKind::Agent, attestation.spiffe_id.as_str())
+            .await?;
         tx.commit().await?;
         Ok(agent)
     }
@@ -187,15 +181,7 @@ impl Registry {
     /// # Errors
     /// [`RegistryError::Database`], or [`RegistryError::Corrupt`] for a malformed row.
     pub async fn get_agent(&self, spiffe_id: &SpiffeId) -> Result<Option<Agent>, RegistryError> {
-        let row = sqlx::query(concat!(
-            "SELECT ",
-            agent_columns!(),
-            " FROM agents WHERE spiffe_id = $1"
-        ))
-        .bind(spiffe_id.as_str())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.as_ref().map(Agent::from_row).transpose()
+        self.get_record(spiffe_id.as_str()).await
     }
 
     /// All agents, ordered by SPIFFE ID.
@@ -203,14 +189,7 @@ impl Registry {
     /// # Errors
     /// [`RegistryError::Database`], or [`RegistryError::Corrupt`] for a malformed row.
     pub async fn list_agents(&self) -> Result<Vec<Agent>, RegistryError> {
-        let rows = sqlx::query(concat!(
-            "SELECT ",
-            agent_columns!(),
-            " FROM agents ORDER BY spiffe_id"
-        ))
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(Agent::from_row).collect()
+        self.list_records().await
     }
 
     /// Records the SVID an agent was issued on renewal as pending: the current SVID stays
@@ -230,7 +209,6 @@ impl Registry {
         svid_expires_at: OffsetDateTime,
     ) -> Result<(), RegistryError> {
         validate_serial(serial)?;
-        let at = unix(now());
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE agents SET pending_serial = $2, pending_svid_expires_at = $3, updated_at = $4 \
@@ -239,21 +217,23 @@ impl Registry {
         .bind(spiffe_id.as_str())
         .bind(serial)
         .bind(unix(svid_expires_at))
-        .bind(at)
+        .bind(tx.at)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if updated == 0 {
-            let known: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM agents WHERE spiffe_id = $1")
-                .bind(spiffe_id.as_str())
-                .fetch_one(&mut *tx)
-                .await?;
-            return Err(if known == 0 {
-                RegistryError::not_found(KIND, spiffe_id)
-            } else {
+            let known = exists(
+                &mut tx,
+                "SELECT COUNT(*) FROM agents WHERE spiffe_id = $1",
+                spiffe_id.as_str(),
+            )
+            .await?;
+            return Err(if known {
                 RegistryError::AgentBanned {
                     spiffe_id: spiffe_id.clone(),
                 }
+            } else {
+                RegistryError::not_found(KIND, spiffe_id)
             });
         }
         tx.commit().await?;
@@ -271,7 +251,6 @@ impl Registry {
         spiffe_id: &SpiffeId,
         serial: &str,
     ) -> Result<bool, RegistryError> {
-        let at = unix(now());
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE agents SET serial = pending_serial, svid_expires_at = pending_svid_expires_at, \
@@ -280,14 +259,14 @@ impl Registry {
         )
         .bind(spiffe_id.as_str())
         .bind(serial)
-        .bind(at)
+        .bind(tx.at)
         .execute(&mut *tx)
         .await?
         .rows_affected();
         if updated == 0 {
             return Ok(false);
         }
-        record_change(&mut tx, at, ChangeKind::Agent, spiffe_id.as_str()).await?;
+        tx.change(ChangeKind::Agent, spiffe_id.as_str()).await?;
         tx.commit().await?;
         Ok(true)
     }
@@ -298,7 +277,6 @@ impl Registry {
     /// # Errors
     /// [`RegistryError::NotFound`], [`RegistryError::Database`].
     pub async fn ban_agent(&self, actor: &str, spiffe_id: &SpiffeId) -> Result<(), RegistryError> {
-        let at = unix(now());
         let mut tx = self.begin_write().await?;
         let updated = sqlx::query(
             "UPDATE agents SET banned = 1, serial = NULL, svid_expires_at = NULL, \
@@ -306,25 +284,11 @@ impl Registry {
              WHERE spiffe_id = $1",
         )
         .bind(spiffe_id.as_str())
-        .bind(at)
+        .bind(tx.at)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        if updated == 0 {
-            return Err(RegistryError::not_found(KIND, spiffe_id));
-        }
-        record_change(&mut tx, at, ChangeKind::Agent, spiffe_id.as_str()).await?;
-        record_audit(
-            &mut tx,
-            at,
-            actor,
-            "agent.ban",
-            spiffe_id.as_str(),
-            &json!({}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        finish_admin_action(tx, actor, "agent.ban", spiffe_id, updated).await
     }
 
     /// Evicts (deletes) an agent. It must attest again, which it may, even if it was banned.
@@ -336,28 +300,13 @@ impl Registry {
         actor: &str,
         spiffe_id: &SpiffeId,
     ) -> Result<(), RegistryError> {
-        let at = unix(now());
         let mut tx = self.begin_write().await?;
         let deleted = sqlx::query("DELETE FROM agents WHERE spiffe_id = $1")
             .bind(spiffe_id.as_str())
             .execute(&mut *tx)
             .await?
             .rows_affected();
-        if deleted == 0 {
-            return Err(RegistryError::not_found(KIND, spiffe_id));
-        }
-        record_change(&mut tx, at, ChangeKind::Agent, spiffe_id.as_str()).await?;
-        record_audit(
-            &mut tx,
-            at,
-            actor,
-            "agent.evict",
-            spiffe_id.as_str(),
-            &json!({}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        finish_admin_action(tx, actor, "agent.evict", spiffe_id, deleted).await
     }
 
     /// Notes that the agent was heard from at `at`. A heartbeat: not a change-feed event.
@@ -380,4 +329,23 @@ impl Registry {
         }
         Ok(())
     }
+}
+
+/// Ends an admin's `action` on agent `spiffe_id` that changed `rows` rows: none means the
+/// agent is unknown (and nothing is written); otherwise the change is recorded, audited and
+/// committed.
+async fn finish_admin_action(
+    mut tx: Write,
+    actor: &str,
+    action: &str,
+    spiffe_id: &SpiffeId,
+    rows: u64,
+) -> Result<(), RegistryError> {
+    if rows == 0 {
+        return Err(RegistryError::not_found(KIND, spiffe_id));
+    }
+    tx.change(ChangeKind::Agent, spiffe_id.as_str()).await?;
+    tx.audit(actor, action, spiffe_id.as_str(), &json!({}))
+        .await?;
+    tx.commit().await
 }

@@ -3,12 +3,21 @@
 use fedhub_core::TrustDomain;
 use serde_json::json;
 use sqlx::AnyConnection;
-use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 
 use crate::error::RegistryError;
-use crate::feed::{ChangeKind, append_change, record_audit, record_change};
-use crate::store::{Fields, Registry, now, unix};
+use crate::feed::{ChangeKind, append_change};
+use crate::store::{
+    Fields, Record, Registry, Table, Write, fetch_record, now, relationship_exists, unix,
+};
+
+/// Where bundles are stored; a [`BundleRecord`] is read from these columns.
+const BUNDLES: Table = Table {
+    kind: "bundle",
+    name: "bundles",
+    key: "trust_domain",
+    columns: "trust_domain, document, sequence, updated_at",
+};
 
 /// A stored bundle. The document is SPIFFE bundle JSON as produced by
 /// `fedhub_core::Bundle::to_json`; the registry checks only that it is a JSON object.
@@ -52,9 +61,12 @@ impl BundleRecord {
             })
             .transpose()
     }
+}
 
-    fn from_row(row: &AnyRow) -> Result<Self, RegistryError> {
-        let f = Fields::new(row, "bundle", "trust_domain")?;
+impl Record for BundleRecord {
+    const TABLE: Table = BUNDLES;
+
+    fn from_fields(f: &Fields<'_>) -> Result<Self, RegistryError> {
         Ok(Self {
             trust_domain: f.trust_domain("trust_domain")?,
             document: f.text("document")?,
@@ -93,6 +105,20 @@ pub struct StoredBundle {
     pub record: BundleRecord,
     /// Which write stored it.
     pub revision: BundleRevision,
+}
+
+impl Record for StoredBundle {
+    const TABLE: Table = Table {
+        columns: "trust_domain, document, sequence, updated_at, revision",
+        ..BUNDLES
+    };
+
+    fn from_fields(f: &Fields<'_>) -> Result<Self, RegistryError> {
+        Ok(Self {
+            record: BundleRecord::from_fields(f)?,
+            revision: BundleRevision(f.unsigned("revision")?),
+        })
+    }
 }
 
 /// Checks `record` and that it belongs to `trust_domain`.
@@ -165,31 +191,23 @@ pub(crate) async fn fetch_bundle(
     conn: &mut AnyConnection,
     trust_domain: &TrustDomain,
 ) -> Result<Option<BundleRecord>, RegistryError> {
-    let row = sqlx::query(
-        "SELECT trust_domain, document, sequence, updated_at FROM bundles \
-         WHERE trust_domain = $1",
-    )
-    .bind(trust_domain.name())
-    .fetch_optional(&mut *conn)
-    .await?;
-    row.as_ref().map(BundleRecord::from_row).transpose()
+    fetch_record(conn, trust_domain.name()).await
 }
 
 /// Deletes a bundle and, when there was one, records the change; part of the caller's
 /// transaction. Returns whether a bundle was deleted.
 pub(crate) async fn remove_bundle(
-    conn: &mut AnyConnection,
+    tx: &mut Write,
     trust_domain: &TrustDomain,
-    at: i64,
 ) -> Result<bool, RegistryError> {
     let deleted = sqlx::query("DELETE FROM bundles WHERE trust_domain = $1")
         .bind(trust_domain.name())
-        .execute(&mut *conn)
+        .execute(&mut **tx)
         .await?
         .rows_affected()
         > 0;
     if deleted {
-        record_change(conn, at, ChangeKind::Bundle, trust_domain.name()).await?;
+        tx.change(ChangeKind::Bundle, trust_domain.name()).await?;
     }
     Ok(deleted)
 }
@@ -220,17 +238,14 @@ impl Registry {
             .bind(record.trust_domain.name())
             .execute(&mut *tx)
             .await?;
-        record_audit(
-            &mut tx,
-            unix(now()),
+        tx.audit(
             actor,
             "bundle.put",
             record.trust_domain.name(),
             &json!({ "sequence": record.sequence }),
         )
         .await?;
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// The bundle of `trust_domain`, if stored.
@@ -241,8 +256,7 @@ impl Registry {
         &self,
         trust_domain: &TrustDomain,
     ) -> Result<Option<BundleRecord>, RegistryError> {
-        let mut conn = self.pool.acquire().await?;
-        fetch_bundle(&mut conn, trust_domain).await
+        self.get_record(trust_domain.name()).await
     }
 
     /// The bundle of `trust_domain` with its revision, if stored: what a federation refresh
@@ -255,21 +269,7 @@ impl Registry {
         &self,
         trust_domain: &TrustDomain,
     ) -> Result<Option<StoredBundle>, RegistryError> {
-        let row = sqlx::query(
-            "SELECT trust_domain, document, sequence, updated_at, revision FROM bundles \
-             WHERE trust_domain = $1",
-        )
-        .bind(trust_domain.name())
-        .fetch_optional(&self.pool)
-        .await?;
-        row.map(|row| {
-            let f = Fields::new(&row, "bundle", "trust_domain")?;
-            Ok(StoredBundle {
-                record: BundleRecord::from_row(&row)?,
-                revision: BundleRevision(f.unsigned("revision")?),
-            })
-        })
-        .transpose()
+        self.get_record(trust_domain.name()).await
     }
 
     /// All stored bundles, ordered by trust domain.
@@ -277,13 +277,7 @@ impl Registry {
     /// # Errors
     /// [`RegistryError::Database`], or [`RegistryError::Corrupt`] for a malformed row.
     pub async fn list_bundles(&self) -> Result<Vec<BundleRecord>, RegistryError> {
-        let rows = sqlx::query(
-            "SELECT trust_domain, document, sequence, updated_at FROM bundles \
-             ORDER BY trust_domain",
-        )
-        .fetch_all(&self.pool)
-        .await?;
-        rows.iter().map(BundleRecord::from_row).collect()
+        self.list_records().await
     }
 
     /// Deletes the bundle of `trust_domain`. A foreign bundle that belongs to a federation
@@ -297,33 +291,7 @@ impl Registry {
         actor: &str,
         trust_domain: &TrustDomain,
     ) -> Result<(), RegistryError> {
-        let mut tx = self.begin_write().await?;
-        let relationships: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM federation_relationships WHERE trust_domain = $1",
-        )
-        .bind(trust_domain.name())
-        .fetch_one(&mut *tx)
-        .await?;
-        if relationships > 0 {
-            return Err(RegistryError::Conflict(format!(
-                "the bundle of {trust_domain} belongs to its federation relationship; delete the relationship instead"
-            )));
-        }
-        let at = unix(now());
-        if !remove_bundle(&mut tx, trust_domain, at).await? {
-            return Err(RegistryError::not_found("bundle", trust_domain));
-        }
-        record_audit(
-            &mut tx,
-            at,
-            actor,
-            "bundle.delete",
-            trust_domain.name(),
-            &json!({}),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        self.delete_bundle_as(actor, trust_domain, false).await
     }
 
     /// Deletes the bundle of `trust_domain` even when a federation relationship uses it, e.g.
@@ -337,32 +305,44 @@ impl Registry {
         actor: &str,
         trust_domain: &TrustDomain,
     ) -> Result<(), RegistryError> {
-        let at = unix(now());
+        self.delete_bundle_as(actor, trust_domain, true).await
+    }
+
+    /// Deletes the bundle of `trust_domain`; only with `force` when a relationship uses it.
+    async fn delete_bundle_as(
+        &self,
+        actor: &str,
+        trust_domain: &TrustDomain,
+        force: bool,
+    ) -> Result<(), RegistryError> {
         let mut tx = self.begin_write().await?;
-        if !remove_bundle(&mut tx, trust_domain, at).await? {
+        if !force && relationship_exists(&mut tx, trust_domain).await? {
+            return Err(RegistryError::Conflict(format!(
+                "the bundle of {trust_domain} belongs to its federation relationship; delete the relationship instead"
+            )));
+        }
+        if !remove_bundle(&mut tx, trust_domain).await? {
             return Err(RegistryError::not_found("bundle", trust_domain));
         }
-        let relationships = sqlx::query(
-            "UPDATE federation_relationships SET next_refresh_at = NULL, etag = NULL \
-             WHERE trust_domain = $1",
-        )
-        .bind(trust_domain.name())
-        .execute(&mut *tx)
-        .await?
-        .rows_affected();
-        if relationships > 0 {
-            record_change(&mut tx, at, ChangeKind::Federation, trust_domain.name()).await?;
-        }
-        record_audit(
-            &mut tx,
-            at,
-            actor,
-            "bundle.delete",
-            trust_domain.name(),
-            &json!({ "force": true }),
-        )
-        .await?;
-        tx.commit().await?;
-        Ok(())
+        let details = if force {
+            let relationships = sqlx::query(
+                "UPDATE federation_relationships SET next_refresh_at = NULL, etag = NULL \
+                 WHERE trust_domain = $1",
+            )
+            .bind(trust_domain.name())
+            .execute(&mut *tx)
+            .await?
+            .rows_affected();
+            if relationships > 0 {
+                tx.change(ChangeKind::Federation, trust_domain.name())
+                    .await?;
+            }
+            json!({ "force": true })
+        } else {
+            json!({})
+        };
+        tx.audit(actor, "bundle.delete", trust_domain.name(), &details)
+            .await?;
+        tx.commit().await
     }
 }

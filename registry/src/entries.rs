@@ -5,16 +5,19 @@ use std::time::Duration;
 
 use fedhub_core::{SpiffeId, TrustDomain};
 use serde_json::json;
-use sqlx::AnyConnection;
-use sqlx::any::AnyRow;
+use sqlx::any::{AnyArguments, AnyRow};
+use sqlx::query::Query;
+use sqlx::{Any, AnyConnection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::error::RegistryError;
-use crate::feed::{ChangeKind, record_audit, record_change};
-use crate::groups::validate_group_name;
+use crate::feed::ChangeKind;
+use crate::groups::{group_exists, validate_group_name};
 use crate::selector::{self, Selector};
-use crate::store::{Fields, Registry, now, sha256_hex, unix, whole_seconds};
+use crate::store::{
+    Fields, Registry, Write, exists, now, relationship_exists, sha256_hex, unix, whole_seconds,
+};
 
 /// The path of the parent ID that marks node alias entries: an entry whose parent is
 /// `spiffe://<trust domain>/fedhub/server` names a group of agents by node selectors, and
@@ -318,69 +321,192 @@ async fn check_conflicts(
         return Err(RegistryError::DuplicateEntry { existing });
     }
     for td in &stored.federates_with {
-        let known: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM federation_relationships WHERE trust_domain = $1",
-        )
-        .bind(td.name())
-        .fetch_one(&mut *conn)
-        .await?;
-        if known == 0 {
+        if !relationship_exists(conn, td).await? {
             return Err(RegistryError::UnknownFederatedTrustDomain {
                 trust_domain: td.clone(),
             });
         }
     }
     for name in &stored.federates_with_groups {
-        let known: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM federation_groups WHERE name = $1")
-                .bind(name.as_str())
-                .fetch_one(&mut *conn)
-                .await?;
-        if known == 0 {
+        if !group_exists(conn, name).await? {
             return Err(RegistryError::UnknownFederationGroup { name: name.clone() });
         }
     }
     Ok(())
 }
 
+/// Stores a new entry; the parameters are those of [`bind_entry`].
+const INSERT_ENTRY: &str = "INSERT INTO entries (id, spiffe_id, parent_id, selectors, \
+    identity_key, x509_svid_ttl, jwt_svid_ttl, dns_names, hint, expires_at, federates_with_all, \
+    revision, created_at, updated_at) \
+    VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, 1, $11, $11)";
+
+/// Replaces an entry and bumps its revision; the parameters are those of [`bind_entry`].
+const UPDATE_ENTRY: &str = "UPDATE entries SET spiffe_id = $2, parent_id = $3, selectors = $4, \
+    identity_key = $5, x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8, hint = $9, \
+    expires_at = $10, federates_with_all = $12, revision = revision + 1, updated_at = $11 \
+    WHERE id = $1";
+
+/// Binds the columns of entry `id` to `statement`, in this order: id, spiffe_id, parent_id,
+/// selectors, identity_key, x509_svid_ttl, jwt_svid_ttl, dns_names, hint, expires_at, the
+/// time of the write and federates_with_all.
+fn bind_entry(
+    statement: &'static str,
+    id: &str,
+    spec: &EntrySpec,
+    stored: &Stored,
+    at: i64,
+) -> Query<'static, Any, AnyArguments> {
+    sqlx::query(statement)
+        .bind(id)
+        .bind(spec.spiffe_id.as_str())
+        .bind(spec.parent_id.as_str())
+        .bind(stored.selectors_json.as_str())
+        .bind(stored.identity_key.as_str())
+        .bind(stored.x509_svid_ttl)
+        .bind(stored.jwt_svid_ttl)
+        .bind(stored.dns_names_json.as_str())
+        .bind(stored.hint.as_deref())
+        .bind(stored.expires_at)
+        .bind(at)
+        .bind(i16::from(spec.federates_with_all))
+}
+
+/// The SQL of a table linking entries to what they federate through.
+struct LinkTable {
+    /// Links entry `$1` to `$2`.
+    insert: &'static str,
+    /// The ids of the entries linked to `$1`, sorted.
+    entries: &'static str,
+    /// Unlinks every entry from `$1`.
+    unlink: &'static str,
+    /// Unlinks entry `$1` from everything.
+    clear: &'static str,
+    /// The entry field that names what entries federate through.
+    field: &'static str,
+}
+
+/// Entries' links to trust domains (`federates_with`).
+const TRUST_DOMAIN_LINKS: LinkTable = LinkTable {
+    insert: "INSERT INTO entry_federation (entry_id, trust_domain) VALUES ($1, $2)",
+    entries: "SELECT entry_id FROM entry_federation WHERE trust_domain = $1 ORDER BY entry_id",
+    unlink: "DELETE FROM entry_federation WHERE trust_domain = $1",
+    clear: "DELETE FROM entry_federation WHERE entry_id = $1",
+    field: "federates_with",
+};
+
+/// Entries' links to federation groups (`federates_with_groups`).
+const GROUP_LINKS: LinkTable = LinkTable {
+    insert: "INSERT INTO entry_federation_groups (entry_id, group_name) VALUES ($1, $2)",
+    entries: "SELECT entry_id FROM entry_federation_groups WHERE group_name = $1 \
+              ORDER BY entry_id",
+    unlink: "DELETE FROM entry_federation_groups WHERE group_name = $1",
+    clear: "DELETE FROM entry_federation_groups WHERE entry_id = $1",
+    field: "federates_with_groups",
+};
+
+/// Something entries federate through.
+#[derive(Clone, Copy)]
+pub(crate) enum Federation<'a> {
+    /// A trust domain, named in `federates_with`.
+    TrustDomain(&'a TrustDomain),
+    /// A federation group, named in `federates_with_groups`.
+    Group(&'a str),
+}
+
+impl<'a> Federation<'a> {
+    /// The table of its links to entries, what it is called, and its key there.
+    fn links(self) -> (&'static LinkTable, &'static str, &'a str) {
+        match self {
+            Self::TrustDomain(td) => (&TRUST_DOMAIN_LINKS, "trust domain", td.name()),
+            Self::Group(name) => (&GROUP_LINKS, "federation group", name),
+        }
+    }
+}
+
+/// Stores the trust domains and federation groups entry `id` federates with.
 async fn insert_federation(
     conn: &mut AnyConnection,
     id: &str,
     stored: &Stored,
 ) -> Result<(), RegistryError> {
-    for td in &stored.federates_with {
-        sqlx::query("INSERT INTO entry_federation (entry_id, trust_domain) VALUES ($1, $2)")
+    let trust_domains = stored.federates_with.iter().map(Federation::TrustDomain);
+    let groups = stored
+        .federates_with_groups
+        .iter()
+        .map(|name| Federation::Group(name));
+    for target in trust_domains.chain(groups) {
+        let (links, _, key) = target.links();
+        sqlx::query(links.insert)
             .bind(id)
-            .bind(td.name())
-            .execute(&mut *conn)
-            .await?;
-    }
-    for name in &stored.federates_with_groups {
-        sqlx::query("INSERT INTO entry_federation_groups (entry_id, group_name) VALUES ($1, $2)")
-            .bind(id)
-            .bind(name.as_str())
+            .bind(key)
             .execute(&mut *conn)
             .await?;
     }
     Ok(())
 }
 
+/// Drops `target` from the entries that federate through it, each getting a new revision, and
+/// returns their ids; part of the caller's write transaction. Unless `force` is set, refuses
+/// while any entry uses it.
+pub(crate) async fn detach_entries(
+    tx: &mut Write,
+    target: Federation<'_>,
+    force: bool,
+) -> Result<Vec<String>, RegistryError> {
+    let (links, what, key) = target.links();
+    let ids: Vec<String> = sqlx::query_scalar(links.entries)
+        .bind(key)
+        .fetch_all(&mut **tx)
+        .await?;
+    if !ids.is_empty() && !force {
+        return Err(RegistryError::Conflict(format!(
+            "{what} {key} is used by {} entries; remove it from their {} or pass force",
+            ids.len(),
+            links.field
+        )));
+    }
+    sqlx::query(links.unlink)
+        .bind(key)
+        .execute(&mut **tx)
+        .await?;
+    touch_entries(tx, &ids).await?;
+    Ok(ids)
+}
+
 /// Gives entries `ids` a new revision because something they referred to was removed; part of
 /// the caller's write transaction.
-pub(crate) async fn touch_entries(
-    conn: &mut AnyConnection,
-    ids: &[String],
-    at: i64,
-) -> Result<(), RegistryError> {
+async fn touch_entries(tx: &mut Write, ids: &[String]) -> Result<(), RegistryError> {
     for id in ids {
         sqlx::query("UPDATE entries SET revision = revision + 1, updated_at = $2 WHERE id = $1")
             .bind(id.as_str())
-            .bind(at)
-            .execute(&mut *conn)
+            .bind(tx.at)
+            .execute(&mut **tx)
             .await?;
-        record_change(conn, at, ChangeKind::Entry, id).await?;
+        tx.change(ChangeKind::Entry, id).await?;
     }
     Ok(())
+}
+
+/// Ends the write of entry `id` by `actor`: stores what it federates with, records the change,
+/// audits `action` and commits; returns the entry as stored.
+async fn finish_entry_write(
+    mut tx: Write,
+    actor: &str,
+    action: &str,
+    id: &str,
+    spec: &EntrySpec,
+    stored: &Stored,
+) -> Result<Entry, RegistryError> {
+    insert_federation(&mut tx, id, stored).await?;
+    tx.change(ChangeKind::Entry, id).await?;
+    tx.audit(actor, action, id, &audit_details(spec, stored))
+        .await?;
+    let entry = load_entry(&mut tx, id)
+        .await?
+        .ok_or_else(|| RegistryError::not_found(KIND, &id))?;
+    tx.commit().await?;
+    Ok(entry)
 }
 
 fn audit_details(spec: &EntrySpec, stored: &Stored) -> serde_json::Value {
@@ -413,45 +539,12 @@ impl Registry {
     ) -> Result<Entry, RegistryError> {
         let stored = spec.normalize()?;
         let id = Uuid::new_v4().to_string();
-        let at = unix(now());
         let mut tx = self.begin_write().await?;
         check_conflicts(&mut tx, &id, &stored).await?;
-        sqlx::query(
-            "INSERT INTO entries (id, spiffe_id, parent_id, selectors, identity_key, \
-             x509_svid_ttl, jwt_svid_ttl, dns_names, hint, expires_at, federates_with_all, \
-             revision, created_at, updated_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $12, 1, $11, $11)",
-        )
-        .bind(id.as_str())
-        .bind(spec.spiffe_id.as_str())
-        .bind(spec.parent_id.as_str())
-        .bind(stored.selectors_json.as_str())
-        .bind(stored.identity_key.as_str())
-        .bind(stored.x509_svid_ttl)
-        .bind(stored.jwt_svid_ttl)
-        .bind(stored.dns_names_json.as_str())
-        .bind(stored.hint.as_deref())
-        .bind(stored.expires_at)
-        .bind(at)
-        .bind(i16::from(spec.federates_with_all))
-        .execute(&mut *tx)
-        .await?;
-        insert_federation(&mut tx, &id, &stored).await?;
-        record_change(&mut tx, at, ChangeKind::Entry, &id).await?;
-        record_audit(
-            &mut tx,
-            at,
-            actor,
-            "entry.create",
-            &id,
-            &audit_details(spec, &stored),
-        )
-        .await?;
-        let entry = load_entry(&mut tx, &id)
-            .await?
-            .ok_or_else(|| RegistryError::not_found(KIND, &id))?;
-        tx.commit().await?;
-        Ok(entry)
+        bind_entry(INSERT_ENTRY, &id, spec, &stored, tx.at)
+            .execute(&mut *tx)
+            .await?;
+        finish_entry_write(tx, actor, "entry.create", &id, spec, &stored).await
     }
 
     /// Replaces everything of entry `id` with `spec` and bumps its revision.
@@ -466,60 +559,21 @@ impl Registry {
     ) -> Result<Entry, RegistryError> {
         let stored = spec.normalize()?;
         let id = id.to_string();
-        let at = unix(now());
         let mut tx = self.begin_write().await?;
-        let exists: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM entries WHERE id = $1")
-            .bind(id.as_str())
-            .fetch_one(&mut *tx)
-            .await?;
-        if exists == 0 {
+        if !exists(&mut tx, "SELECT COUNT(*) FROM entries WHERE id = $1", &id).await? {
             return Err(RegistryError::not_found(KIND, &id));
         }
         check_conflicts(&mut tx, &id, &stored).await?;
-        sqlx::query(
-            "UPDATE entries SET spiffe_id = $2, parent_id = $3, selectors = $4, \
-             identity_key = $5, x509_svid_ttl = $6, jwt_svid_ttl = $7, dns_names = $8, \
-             hint = $9, expires_at = $10, federates_with_all = $12, revision = revision + 1, \
-             updated_at = $11 WHERE id = $1",
-        )
-        .bind(id.as_str())
-        .bind(spec.spiffe_id.as_str())
-        .bind(spec.parent_id.as_str())
-        .bind(stored.selectors_json.as_str())
-        .bind(stored.identity_key.as_str())
-        .bind(stored.x509_svid_ttl)
-        .bind(stored.jwt_svid_ttl)
-        .bind(stored.dns_names_json.as_str())
-        .bind(stored.hint.as_deref())
-        .bind(stored.expires_at)
-        .bind(at)
-        .bind(i16::from(spec.federates_with_all))
-        .execute(&mut *tx)
-        .await?;
-        sqlx::query("DELETE FROM entry_federation WHERE entry_id = $1")
-            .bind(id.as_str())
+        bind_entry(UPDATE_ENTRY, &id, spec, &stored, tx.at)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM entry_federation_groups WHERE entry_id = $1")
-            .bind(id.as_str())
-            .execute(&mut *tx)
-            .await?;
-        insert_federation(&mut tx, &id, &stored).await?;
-        record_change(&mut tx, at, ChangeKind::Entry, &id).await?;
-        record_audit(
-            &mut tx,
-            at,
-            actor,
-            "entry.update",
-            &id,
-            &audit_details(spec, &stored),
-        )
-        .await?;
-        let entry = load_entry(&mut tx, &id)
-            .await?
-            .ok_or_else(|| RegistryError::not_found(KIND, &id))?;
-        tx.commit().await?;
-        Ok(entry)
+        for links in [&TRUST_DOMAIN_LINKS, &GROUP_LINKS] {
+            sqlx::query(links.clear)
+                .bind(id.as_str())
+                .execute(&mut *tx)
+                .await?;
+        }
+        finish_entry_write(tx, actor, "entry.update", &id, spec, &stored).await
     }
 
     /// Deletes entry `id`.
@@ -528,7 +582,6 @@ impl Registry {
     /// [`RegistryError::NotFound`], [`RegistryError::Database`].
     pub async fn delete_entry(&self, actor: &str, id: Uuid) -> Result<(), RegistryError> {
         let id = id.to_string();
-        let at = unix(now());
         let mut tx = self.begin_write().await?;
         let spiffe_id: Option<String> =
             sqlx::query_scalar("DELETE FROM entries WHERE id = $1 RETURNING spiffe_id")
@@ -538,18 +591,15 @@ impl Registry {
         let Some(spiffe_id) = spiffe_id else {
             return Err(RegistryError::not_found(KIND, &id));
         };
-        record_change(&mut tx, at, ChangeKind::Entry, &id).await?;
-        record_audit(
-            &mut tx,
-            at,
+        tx.change(ChangeKind::Entry, &id).await?;
+        tx.audit(
             actor,
             "entry.delete",
             &id,
             &json!({ "spiffe_id": spiffe_id }),
         )
         .await?;
-        tx.commit().await?;
-        Ok(())
+        tx.commit().await
     }
 
     /// Entry `id`, if it exists.

@@ -150,9 +150,26 @@ impl RegistryError {
             key: key.to_string(),
         }
     }
+
+    pub(crate) fn already_exists(kind: &'static str, key: &impl ToString) -> Self {
+        Self::AlreadyExists {
+            kind,
+            key: key.to_string(),
+        }
+    }
 }
 
-/// Whether `err` is a unique-constraint violation (a duplicate key).
-pub(crate) fn is_unique_violation(err: &sqlx::Error) -> bool {
-    matches!(err, sqlx::Error::Database(db) if db.is_unique_violation())
+/// Turns a unique-constraint violation (a duplicate key) into the caller's error.
+pub(crate) trait OnDuplicate<T> {
+    /// `duplicate()` when the statement broke a unique constraint, else the database error.
+    fn on_duplicate(self, duplicate: impl FnOnce() -> RegistryError) -> Result<T, RegistryError>;
+}
+
+impl<T> OnDuplicate<T> for Result<T, sqlx::Error> {
+    fn on_duplicate(self, duplicate: impl FnOnce() -> RegistryError) -> Result<T, RegistryError> {
+        self.map_err(|err| match &err {
+            sqlx::Error::Database(db) if db.is_unique_violation() => duplicate(),
+            _ => err.into(),
+        })
+    }
 }

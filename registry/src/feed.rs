@@ -6,7 +6,7 @@ use sqlx::AnyConnection;
 use time::OffsetDateTime;
 
 use crate::error::RegistryError;
-use crate::store::{Fields, Registry, unix};
+use crate::store::{Registry, check_len, decode_rows, unix};
 
 /// The longest actor name accepted in the audit log, in bytes.
 pub const MAX_ACTOR_LEN: usize = 256;
@@ -94,18 +94,8 @@ pub struct AuditEvent {
     pub details: serde_json::Value,
 }
 
-/// Appends a change to the feed; part of the caller's write transaction.
-pub(crate) async fn record_change(
-    conn: &mut AnyConnection,
-    at: i64,
-    kind: ChangeKind,
-    key: &str,
-) -> Result<(), RegistryError> {
-    append_change(conn, at, kind, key).await.map(drop)
-}
-
 /// Appends a change to the feed and returns its revision; part of the caller's write
-/// transaction.
+/// transaction ([`Write::change`](crate::store::Write::change)).
 pub(crate) async fn append_change(
     conn: &mut AnyConnection,
     at: i64,
@@ -127,7 +117,8 @@ pub(crate) async fn append_change(
     Ok(revision)
 }
 
-/// Appends an admin change to the audit log; part of the caller's write transaction.
+/// Appends an admin change to the audit log; part of the caller's write transaction
+/// ([`Write::audit`](crate::store::Write::audit)).
 pub(crate) async fn record_audit(
     conn: &mut AnyConnection,
     at: i64,
@@ -136,12 +127,7 @@ pub(crate) async fn record_audit(
     target: &str,
     details: &serde_json::Value,
 ) -> Result<(), RegistryError> {
-    if actor.is_empty() || actor.len() > MAX_ACTOR_LEN {
-        return Err(RegistryError::invalid(
-            "actor",
-            format!("must be 1 to {MAX_ACTOR_LEN} bytes"),
-        ));
-    }
+    check_len("actor", actor, 1..=MAX_ACTOR_LEN)?;
     sqlx::query(
         "INSERT INTO audit_log (at, actor, action, target, details) VALUES ($1, $2, $3, $4, $5)",
     )
@@ -190,19 +176,16 @@ impl Registry {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let f = Fields::new(row, "change", "key")?;
-                let kind = f.text("kind")?;
-                Ok(Change {
-                    revision: f.unsigned("revision")?,
-                    at: f.time("at")?,
-                    kind: ChangeKind::parse(&kind)
-                        .ok_or_else(|| f.corrupt("kind", format!("unknown kind {kind:?}")))?,
-                    key: f.key().to_owned(),
-                })
+        decode_rows(&rows, "change", "key", |f| {
+            let kind = f.text("kind")?;
+            Ok(Change {
+                revision: f.unsigned("revision")?,
+                at: f.time("at")?,
+                kind: ChangeKind::parse(&kind)
+                    .ok_or_else(|| f.corrupt("kind", format!("unknown kind {kind:?}")))?,
+                key: f.key().to_owned(),
             })
-            .collect()
+        })
     }
 
     /// Deletes changes written before `older_than`; returns how many. The latest revision is
@@ -230,19 +213,16 @@ impl Registry {
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|row| {
-                let f = Fields::new(row, "audit event", "target")?;
-                Ok(AuditEvent {
-                    id: f.unsigned("id")?,
-                    at: f.time("at")?,
-                    actor: f.text("actor")?,
-                    action: f.text("action")?,
-                    target: f.key().to_owned(),
-                    details: serde_json::from_str(&f.text("details")?)
-                        .map_err(|e| f.corrupt("details", e))?,
-                })
+        decode_rows(&rows, "audit event", "target", |f| {
+            Ok(AuditEvent {
+                id: f.unsigned("id")?,
+                at: f.time("at")?,
+                actor: f.text("actor")?,
+                action: f.text("action")?,
+                target: f.key().to_owned(),
+                details: serde_json::from_str(&f.text("details")?)
+                    .map_err(|e| f.corrupt("details", e))?,
             })
-            .collect()
+        })
     }
 }

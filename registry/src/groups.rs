@@ -9,10 +9,10 @@ use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 
-use crate::entries::{EntrySpec, touch_entries};
-use crate::error::{RegistryError, is_unique_violation};
-use crate::feed::{ChangeKind, record_audit, record_change};
-use crate::store::{Fields, Registry, now, unix};
+use crate::entries::{EntrySpec, Federation, detach_entries};
+use crate::error::{OnDuplicate, RegistryError};
+use crate::feed::ChangeKind;
+use crate::store::{Fields, Registry, Write, exists, relationship_exists};
 
 /// The longest federation group name, in bytes.
 pub const MAX_GROUP_NAME_LEN: usize = 64;
@@ -117,18 +117,60 @@ async fn load_group(
     Ok(groups_from_rows(&rows)?.pop())
 }
 
-/// Marks group `name` as changed at `at`; [`RegistryError::NotFound`] when there is none.
-async fn touch_group(conn: &mut AnyConnection, name: &str, at: i64) -> Result<(), RegistryError> {
+/// Whether federation group `name` exists.
+pub(crate) async fn group_exists(
+    conn: &mut AnyConnection,
+    name: &str,
+) -> Result<bool, RegistryError> {
+    exists(
+        conn,
+        "SELECT COUNT(*) FROM federation_groups WHERE name = $1",
+        name,
+    )
+    .await
+}
+
+/// Group `name` as written so far, then commits the write; [`RegistryError::NotFound`] when
+/// there is none.
+async fn commit_group(mut tx: Write, name: &str) -> Result<FederationGroup, RegistryError> {
+    let group = load_group(&mut tx, name)
+        .await?
+        .ok_or_else(|| RegistryError::not_found(KIND, &name))?;
+    tx.commit().await?;
+    Ok(group)
+}
+
+/// Ends an admin's `action` on the membership of `trust_domain` in group `name`: audits it and
+/// commits; returns the group as written.
+async fn finish_membership_change(
+    mut tx: Write,
+    actor: &str,
+    action: &str,
+    name: &str,
+    trust_domain: &TrustDomain,
+) -> Result<FederationGroup, RegistryError> {
+    tx.audit(
+        actor,
+        action,
+        name,
+        &json!({ "trust_domain": trust_domain.name() }),
+    )
+    .await?;
+    commit_group(tx, name).await
+}
+
+/// Marks group `name` as changed; [`RegistryError::NotFound`] when there is none.
+async fn touch_group(tx: &mut Write, name: &str) -> Result<(), RegistryError> {
     let updated = sqlx::query("UPDATE federation_groups SET updated_at = $2 WHERE name = $1")
         .bind(name)
-        .bind(at)
-        .execute(&mut *conn)
+        .bind(tx.at)
+        .execute(&mut **tx)
         .await?
         .rows_affected();
     if updated == 0 {
         return Err(RegistryError::not_found(KIND, &name));
     }
-    record_change(conn, at, ChangeKind::FederationGroup, name).await
+    tx.change(ChangeKind::FederationGroup, name).await
 }
 
 /// Adds `trust_domain` to group `group`, refusing trust domains without a relationship.
@@ -137,12 +179,7 @@ async fn insert_member(
     group: &str,
     trust_domain: &TrustDomain,
 ) -> Result<(), RegistryError> {
-    let known: i64 =
-        sqlx::query_scalar("SELECT COUNT(*) FROM federation_relationships WHERE trust_domain = $1")
-            .bind(trust_domain.name())
-            .fetch_one(&mut *conn)
-            .await?;
-    if known == 0 {
+    if !relationship_exists(conn, trust_domain).await? {
         return Err(RegistryError::UnknownGroupMember {
             group: group.to_owned(),
             trust_domain: trust_domain.clone(),
@@ -153,14 +190,10 @@ async fn insert_member(
         .bind(trust_domain.name())
         .execute(conn)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                RegistryError::Conflict(format!(
-                    "trust domain {trust_domain} is already a member of federation group {group}"
-                ))
-            } else {
-                e.into()
-            }
+        .on_duplicate(|| {
+            RegistryError::Conflict(format!(
+                "trust domain {trust_domain} is already a member of federation group {group}"
+            ))
         })?;
     Ok(())
 }
@@ -169,23 +202,22 @@ async fn insert_member(
 /// caller's write transaction. Returns the groups it was removed from, each recorded as
 /// changed.
 pub(crate) async fn remove_from_groups(
-    conn: &mut AnyConnection,
+    tx: &mut Write,
     trust_domain: &TrustDomain,
-    at: i64,
 ) -> Result<Vec<String>, RegistryError> {
     let groups: Vec<String> = sqlx::query_scalar(
         "SELECT group_name FROM federation_group_members WHERE trust_domain = $1 \
          ORDER BY group_name",
     )
     .bind(trust_domain.name())
-    .fetch_all(&mut *conn)
+    .fetch_all(&mut **tx)
     .await?;
     sqlx::query("DELETE FROM federation_group_members WHERE trust_domain = $1")
         .bind(trust_domain.name())
-        .execute(&mut *conn)
+        .execute(&mut **tx)
         .await?;
     for group in &groups {
-        touch_group(conn, group, at).await?;
+        touch_group(tx, group).await?;
     }
     Ok(groups)
 }
@@ -205,44 +237,28 @@ impl Registry {
     ) -> Result<FederationGroup, RegistryError> {
         validate_group_name(name)?;
         let members: BTreeSet<&TrustDomain> = members.iter().collect();
-        let at = unix(now());
         let mut tx = self.begin_write().await?;
         sqlx::query(
             "INSERT INTO federation_groups (name, created_at, updated_at) VALUES ($1, $2, $2)",
         )
         .bind(name)
-        .bind(at)
+        .bind(tx.at)
         .execute(&mut *tx)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                RegistryError::AlreadyExists {
-                    kind: KIND,
-                    key: name.to_owned(),
-                }
-            } else {
-                e.into()
-            }
-        })?;
+        .on_duplicate(|| RegistryError::already_exists(KIND, &name))?;
         for member in &members {
             insert_member(&mut tx, name, member).await?;
         }
-        record_change(&mut tx, at, ChangeKind::FederationGroup, name).await?;
+        tx.change(ChangeKind::FederationGroup, name).await?;
         let names: Vec<&str> = members.iter().map(|td| td.name()).collect();
-        record_audit(
-            &mut tx,
-            at,
+        tx.audit(
             actor,
             "federation_group.create",
             name,
             &json!({ "members": names }),
         )
         .await?;
-        let group = load_group(&mut tx, name)
-            .await?
-            .ok_or_else(|| RegistryError::not_found(KIND, &name))?;
-        tx.commit().await?;
-        Ok(group)
+        commit_group(tx, name).await
     }
 
     /// Deletes federation group `name`.
@@ -260,42 +276,17 @@ impl Registry {
         name: &str,
         force: bool,
     ) -> Result<u64, RegistryError> {
-        let at = unix(now());
         let mut tx = self.begin_write().await?;
-        let exists: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM federation_groups WHERE name = $1")
-                .bind(name)
-                .fetch_one(&mut *tx)
-                .await?;
-        if exists == 0 {
+        if !group_exists(&mut tx, name).await? {
             return Err(RegistryError::not_found(KIND, &name));
         }
-        let entry_ids: Vec<String> = sqlx::query_scalar(
-            "SELECT entry_id FROM entry_federation_groups WHERE group_name = $1 ORDER BY entry_id",
-        )
-        .bind(name)
-        .fetch_all(&mut *tx)
-        .await?;
-        if !entry_ids.is_empty() && !force {
-            return Err(RegistryError::Conflict(format!(
-                "federation group {name} is used by {} entries; remove it from their \
-                 federates_with_groups or pass force",
-                entry_ids.len()
-            )));
-        }
-        sqlx::query("DELETE FROM entry_federation_groups WHERE group_name = $1")
-            .bind(name)
-            .execute(&mut *tx)
-            .await?;
-        touch_entries(&mut tx, &entry_ids, at).await?;
+        let entry_ids = detach_entries(&mut tx, Federation::Group(name), force).await?;
         sqlx::query("DELETE FROM federation_groups WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
-        record_change(&mut tx, at, ChangeKind::FederationGroup, name).await?;
-        record_audit(
-            &mut tx,
-            at,
+        tx.change(ChangeKind::FederationGroup, name).await?;
+        tx.audit(
             actor,
             "federation_group.delete",
             name,
@@ -318,24 +309,10 @@ impl Registry {
         name: &str,
         trust_domain: &TrustDomain,
     ) -> Result<FederationGroup, RegistryError> {
-        let at = unix(now());
         let mut tx = self.begin_write().await?;
-        touch_group(&mut tx, name, at).await?;
+        touch_group(&mut tx, name).await?;
         insert_member(&mut tx, name, trust_domain).await?;
-        record_audit(
-            &mut tx,
-            at,
-            actor,
-            "federation_group.add_member",
-            name,
-            &json!({ "trust_domain": trust_domain.name() }),
-        )
-        .await?;
-        let group = load_group(&mut tx, name)
-            .await?
-            .ok_or_else(|| RegistryError::not_found(KIND, &name))?;
-        tx.commit().await?;
-        Ok(group)
+        finish_membership_change(tx, actor, "federation_group.add_member", name, trust_domain).await
     }
 
     /// Removes `trust_domain` from federation group `name`.
@@ -349,9 +326,8 @@ impl Registry {
         name: &str,
         trust_domain: &TrustDomain,
     ) -> Result<FederationGroup, RegistryError> {
-        let at = unix(now());
         let mut tx = self.begin_write().await?;
-        touch_group(&mut tx, name, at).await?;
+        touch_group(&mut tx, name).await?;
         let removed = sqlx::query(
             "DELETE FROM federation_group_members WHERE group_name = $1 AND trust_domain = $2",
         )
@@ -366,20 +342,14 @@ impl Registry {
                 key: format!("{trust_domain} of federation group {name}"),
             });
         }
-        record_audit(
-            &mut tx,
-            at,
+        finish_membership_change(
+            tx,
             actor,
             "federation_group.remove_member",
             name,
-            &json!({ "trust_domain": trust_domain.name() }),
+            trust_domain,
         )
-        .await?;
-        let group = load_group(&mut tx, name)
-            .await?
-            .ok_or_else(|| RegistryError::not_found(KIND, &name))?;
-        tx.commit().await?;
-        Ok(group)
+        .await
     }
 
     /// Federation group `name`, if it exists.
@@ -438,12 +408,10 @@ impl Registry {
 mod tests {
     use fedhub_core::SpiffeId;
 
+    use fedhub_tests::td;
+
     use super::*;
     use crate::Selector;
-
-    fn td(name: &str) -> TrustDomain {
-        TrustDomain::new(name).unwrap()
-    }
 
     #[test]
     fn group_names_are_short_lowercase_words() {

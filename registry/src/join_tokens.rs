@@ -6,9 +6,8 @@ use fedhub_core::SpiffeId;
 use serde_json::json;
 use time::OffsetDateTime;
 
-use crate::error::{RegistryError, is_unique_violation};
-use crate::feed::record_audit;
-use crate::store::{Fields, Registry, now, sha256_hex, unix, unix_after, whole_seconds};
+use crate::error::{OnDuplicate, RegistryError};
+use crate::store::{Fields, Registry, check_len, sha256_hex, unix, whole_seconds};
 
 /// The shortest token accepted, in bytes: tokens are bearer secrets.
 pub const MIN_JOIN_TOKEN_LEN: usize = 16;
@@ -45,47 +44,31 @@ impl Registry {
         ttl: Duration,
         spiffe_id: Option<&SpiffeId>,
     ) -> Result<OffsetDateTime, RegistryError> {
-        if !(MIN_JOIN_TOKEN_LEN..=MAX_JOIN_TOKEN_LEN).contains(&token.len()) {
-            return Err(RegistryError::invalid(
-                "join token",
-                format!("must be {MIN_JOIN_TOKEN_LEN} to {MAX_JOIN_TOKEN_LEN} bytes"),
-            ));
-        }
+        check_len("join token", token, MIN_JOIN_TOKEN_LEN..=MAX_JOIN_TOKEN_LEN)?;
         if spiffe_id.is_some_and(SpiffeId::is_trust_domain_id) {
             return Err(RegistryError::invalid(
                 "join token spiffe_id",
                 "must have a path, not be a trust domain ID",
             ));
         }
-        let created = now();
-        let expires_at = unix_after(created, whole_seconds("join token ttl", ttl)?);
+        let ttl = whole_seconds("join token ttl", ttl)?;
         let hash = token_hash(token);
         let mut tx = self.begin_write().await?;
+        let expires_at = tx.at.saturating_add(ttl);
         sqlx::query(
             "INSERT INTO join_tokens (token_hash, spiffe_id, created_at, expires_at) \
              VALUES ($1, $2, $3, $4)",
         )
         .bind(hash.as_str())
         .bind(spiffe_id.map(SpiffeId::as_str))
-        .bind(unix(created))
+        .bind(tx.at)
         .bind(expires_at)
         .execute(&mut *tx)
         .await
-        .map_err(|e| {
-            if is_unique_violation(&e) {
-                RegistryError::AlreadyExists {
-                    kind: "join token",
-                    key: "(value withheld)".into(),
-                }
-            } else {
-                e.into()
-            }
-        })?;
+        .on_duplicate(|| RegistryError::already_exists("join token", &"(value withheld)"))?;
         // The audit target is a prefix of the hash: enough to tell tokens apart, useless to
         // an attacker.
-        record_audit(
-            &mut tx,
-            unix(created),
+        tx.audit(
             actor,
             "join_token.create",
             &hash[..12],

@@ -25,6 +25,8 @@
 //! see (refresh status and schedule, refresh leases, agent heartbeats) writes no change, so a
 //! federation refresh that finds the bundle unchanged wakes nobody.
 
+#![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
 mod agents;
 mod bundles;
 mod entries;
@@ -47,7 +49,7 @@ pub use entries::{
 };
 pub use error::RegistryError;
 pub use federation::{
-    EndpointProfile, MAX_ENDPOINT_URL_LEN, MAX_EXTRA_CA_PEM_LEN, MAX_LEASE_OWNER_LEN,
+    FetchProfile, MAX_ENDPOINT_URL_LEN, MAX_EXTRA_CA_PEM_LEN, MAX_LEASE_OWNER_LEN,
     MAX_REFRESH_ERROR_LEN, RefreshRecorded, RefreshStatus, RefreshSuccess, Relationship,
     RelationshipOptions, RelationshipSpec, SequenceDrop, SequenceSeen,
 };

@@ -19,7 +19,6 @@ use time::OffsetDateTime;
 
 use crate::bundles::{BundleRecord, upsert_bundle};
 use crate::error::RegistryError;
-use crate::feed::record_audit;
 use crate::store::{Fields, Registry, sha256_hex, unix};
 
 /// The longest replica id accepted, in bytes.
@@ -368,7 +367,7 @@ impl Registry {
         let at = unix(now);
         let rows = publication.rows(at);
         let trust_domain = &publication.trust_domain;
-        let mut tx = self.begin_write().await?;
+        let mut tx = self.begin_write_at(at).await?;
         replace_replica(&mut tx, publication, &rows, at).await?;
         collect_expired(&mut tx, at).await?;
         let (mut bundle, next_expiry) = union(&mut tx, trust_domain).await?;
@@ -399,9 +398,7 @@ impl Registry {
             }
         };
         upsert_bundle(&mut tx, &record).await?;
-        record_audit(
-            &mut tx,
-            at,
+        tx.audit(
             actor,
             "bundle.publish",
             trust_domain.name(),

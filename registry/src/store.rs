@@ -1,5 +1,6 @@
 //! The [`Registry`] handle: connecting, migrating, transactions and row decoding.
 
+use std::ops::{Deref, DerefMut, RangeInclusive};
 use std::path::Path;
 use std::str::FromStr;
 use std::time::Duration;
@@ -9,10 +10,11 @@ use sha2::{Digest, Sha256};
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
 use sqlx::migrate::Migrator;
 use sqlx::sqlite::SqliteConnectOptions;
-use sqlx::{Any, AnyPool, ConnectOptions, Row, Transaction};
+use sqlx::{Any, AnyConnection, AnyPool, AssertSqlSafe, ConnectOptions, Row, Transaction};
 use time::OffsetDateTime;
 
 use crate::error::RegistryError;
+use crate::feed::{ChangeKind, append_change, record_audit};
 
 /// The schema migrations for SQLite (`migrations/sqlite`).
 pub static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
@@ -134,11 +136,16 @@ impl Registry {
         Ok(Self { pool, backend })
     }
 
-    /// Starts a write transaction and takes the change-feed lock first, so that writers are
-    /// serialised (also across hub replicas on PostgreSQL) and change revisions commit in
-    /// order. On SQLite `BEGIN IMMEDIATE` takes the write lock up front, so a transaction never
-    /// fails half-way for want of it.
-    pub(crate) async fn begin_write(&self) -> Result<Transaction<'static, Any>, RegistryError> {
+    /// Starts a write transaction dated now; see [`Registry::begin_write_at`].
+    pub(crate) async fn begin_write(&self) -> Result<Write, RegistryError> {
+        self.begin_write_at(unix(now())).await
+    }
+
+    /// Starts a write transaction dated `at` (unix seconds) and takes the change-feed lock
+    /// first, so that writers are serialised (also across hub replicas on PostgreSQL) and
+    /// change revisions commit in order. On SQLite `BEGIN IMMEDIATE` takes the write lock up
+    /// front, so a transaction never fails half-way for want of it.
+    pub(crate) async fn begin_write_at(&self, at: i64) -> Result<Write, RegistryError> {
         let mut tx = match self.backend {
             Backend::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await?,
             Backend::Postgres => self.pool.begin().await?,
@@ -146,8 +153,162 @@ impl Registry {
         sqlx::query("UPDATE change_head SET revision = revision WHERE id = 1")
             .execute(&mut *tx)
             .await?;
-        Ok(tx)
+        Ok(Write { tx, at })
     }
+
+    /// The record whose key is `key`, if stored.
+    pub(crate) async fn get_record<R: Record>(
+        &self,
+        key: &str,
+    ) -> Result<Option<R>, RegistryError> {
+        let mut conn = self.pool.acquire().await?;
+        fetch_record(&mut conn, key).await
+    }
+
+    /// Every stored record of a kind, ordered by key.
+    pub(crate) async fn list_records<R: Record>(&self) -> Result<Vec<R>, RegistryError> {
+        let Table {
+            name, key, columns, ..
+        } = R::TABLE;
+        // Built from the table's constants only: no input reaches the SQL text.
+        let sql = format!("SELECT {columns} FROM {name} ORDER BY {key}");
+        let rows = sqlx::query(AssertSqlSafe(sql))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(R::from_row).collect()
+    }
+}
+
+/// A write transaction: the change-feed lock is held, and `at` dates everything it writes.
+/// Dropped without [`Write::commit`], it rolls back.
+pub(crate) struct Write {
+    tx: Transaction<'static, Any>,
+    /// When the write happens, in unix seconds as stored.
+    pub(crate) at: i64,
+}
+
+impl Write {
+    /// Appends to the change feed that the `kind` record `key` changed.
+    pub(crate) async fn change(
+        &mut self,
+        kind: ChangeKind,
+        key: &str,
+    ) -> Result<(), RegistryError> {
+        let at = self.at;
+        append_change(self, at, kind, key).await.map(drop)
+    }
+
+    /// Appends an admin change to the audit log: `actor` did `action` to `target`.
+    pub(crate) async fn audit(
+        &mut self,
+        actor: &str,
+        action: &str,
+        target: &str,
+        details: &serde_json::Value,
+    ) -> Result<(), RegistryError> {
+        let at = self.at;
+        record_audit(self, at, actor, action, target, details).await
+    }
+
+    /// Commits the transaction.
+    pub(crate) async fn commit(self) -> Result<(), RegistryError> {
+        Ok(self.tx.commit().await?)
+    }
+}
+
+impl Deref for Write {
+    type Target = AnyConnection;
+
+    fn deref(&self) -> &AnyConnection {
+        &self.tx
+    }
+}
+
+impl DerefMut for Write {
+    fn deref_mut(&mut self) -> &mut AnyConnection {
+        &mut self.tx
+    }
+}
+
+/// Where records of one kind are stored: one row each, found by a key column.
+pub(crate) struct Table {
+    /// What a record is called in errors, e.g. `agent`.
+    pub(crate) kind: &'static str,
+    /// The table.
+    pub(crate) name: &'static str,
+    /// The key column.
+    pub(crate) key: &'static str,
+    /// The columns a record is read from.
+    pub(crate) columns: &'static str,
+}
+
+/// A record stored as one row of its [`Table`].
+pub(crate) trait Record: Sized {
+    /// Where it is stored.
+    const TABLE: Table;
+
+    /// Reads the record from the columns of its row.
+    fn from_fields(f: &Fields<'_>) -> Result<Self, RegistryError>;
+
+    /// Reads the record from a row holding at least its columns.
+    fn from_row(row: &AnyRow) -> Result<Self, RegistryError> {
+        Self::from_fields(&Fields::new(row, Self::TABLE.kind, Self::TABLE.key)?)
+    }
+}
+
+/// Decodes `rows`, each a `kind` record identified by its `key_column`, with `decode`.
+pub(crate) fn decode_rows<T>(
+    rows: &[AnyRow],
+    kind: &'static str,
+    key_column: &str,
+    decode: impl Fn(&Fields<'_>) -> Result<T, RegistryError>,
+) -> Result<Vec<T>, RegistryError> {
+    rows.iter()
+        .map(|row| decode(&Fields::new(row, kind, key_column)?))
+        .collect()
+}
+
+/// The record whose key is `key`, if stored; on `conn`, e.g. inside a write transaction.
+pub(crate) async fn fetch_record<R: Record>(
+    conn: &mut AnyConnection,
+    key: &str,
+) -> Result<Option<R>, RegistryError> {
+    let Table {
+        name,
+        key: key_column,
+        columns,
+        ..
+    } = R::TABLE;
+    // Built from the table's constants only: no input reaches the SQL text.
+    let sql = format!("SELECT {columns} FROM {name} WHERE {key_column} = $1");
+    let row = sqlx::query(AssertSqlSafe(sql))
+        .bind(key)
+        .fetch_optional(conn)
+        .await?;
+    row.as_ref().map(R::from_row).transpose()
+}
+
+/// Whether `count`, a `SELECT COUNT(*)` of the rows matching `$1`, counts any for `key`.
+pub(crate) async fn exists(
+    conn: &mut AnyConnection,
+    count: &'static str,
+    key: &str,
+) -> Result<bool, RegistryError> {
+    let count: i64 = sqlx::query_scalar(count).bind(key).fetch_one(conn).await?;
+    Ok(count > 0)
+}
+
+/// Whether a federation relationship with `trust_domain` exists.
+pub(crate) async fn relationship_exists(
+    conn: &mut AnyConnection,
+    trust_domain: &TrustDomain,
+) -> Result<bool, RegistryError> {
+    exists(
+        conn,
+        "SELECT COUNT(*) FROM federation_relationships WHERE trust_domain = $1",
+        trust_domain.name(),
+    )
+    .await
 }
 
 fn create_parent_dir(path: &Path) -> Result<(), RegistryError> {
@@ -170,6 +331,21 @@ pub(crate) fn now() -> OffsetDateTime {
 /// A time as stored: unix seconds.
 pub(crate) fn unix(at: OffsetDateTime) -> i64 {
     at.unix_timestamp()
+}
+
+/// Refuses a `value` whose length in bytes is outside `allowed`.
+pub(crate) fn check_len(
+    field: &'static str,
+    value: &str,
+    allowed: RangeInclusive<usize>,
+) -> Result<(), RegistryError> {
+    if allowed.contains(&value.len()) {
+        return Ok(());
+    }
+    Err(RegistryError::invalid(
+        field,
+        format!("must be {} to {} bytes", allowed.start(), allowed.end()),
+    ))
 }
 
 /// A positive duration as stored: whole seconds, at least one.

@@ -14,10 +14,9 @@ use std::time::Duration;
 
 use common::{ACTOR, TestDb, bundle, entry, id, sel, spiffe_relationship, td, web_relationship};
 use fedhub_registry::{
-    AgentAttestation, Backend, BundleRecord, BundleRevision, ChangeKind, EndpointProfile,
-    EntryFilter, NODE_ALIAS_PARENT_PATH, POSTGRES_MIGRATOR, RefreshRecorded, RefreshStatus,
-    RefreshSuccess, Registry, RegistryError, RelationshipOptions, SQLITE_MIGRATOR, SequenceDrop,
-    SequenceSeen,
+    AgentAttestation, Backend, BundleRecord, BundleRevision, ChangeKind, EntryFilter, FetchProfile,
+    NODE_ALIAS_PARENT_PATH, POSTGRES_MIGRATOR, RefreshRecorded, RefreshStatus, RefreshSuccess,
+    Registry, RegistryError, RelationshipOptions, SQLITE_MIGRATOR, SequenceDrop, SequenceSeen,
 };
 use fedhub_registry::{AuthorityKind, MAX_REPLICA_ID_LEN, ReplicaAuthorities};
 use fedhub_registry::{FederationGroup, MAX_GROUP_NAME_LEN};
@@ -231,7 +230,7 @@ async fn relationships_create_get_list_update_delete(db: TestDb) {
         .await
         .unwrap();
     let mut changed = web.clone();
-    changed.profile = EndpointProfile::HttpsWeb {
+    changed.profile = FetchProfile::HttpsWeb {
         extra_ca_pem: Some("-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n".into()),
     };
     changed.accept_empty_bundle = true;
@@ -2550,12 +2549,11 @@ async fn deleting_a_relationship_removes_it_from_its_groups(db: TestDb) {
 /// its change feed and entries; old entries federate with no groups and not with all.
 #[tokio::test]
 async fn sqlite_upgrade_to_federation_groups_keeps_data() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("old.db");
+    let db = fedhub_tests::sqlite::TempSqlite::new("old.db");
     sqlx::any::install_default_drivers();
     let pool = sqlx::any::AnyPoolOptions::new()
         .max_connections(1)
-        .connect(&format!("sqlite://{}?mode=rwc", path.display()))
+        .connect(&format!("{}?mode=rwc", db.url()))
         .await
         .unwrap();
     SQLITE_MIGRATOR.run_to(1, &pool).await.unwrap();
@@ -2573,7 +2571,7 @@ async fn sqlite_upgrade_to_federation_groups_keeps_data() {
     .unwrap();
     pool.close().await;
 
-    let reg = Registry::open_sqlite(&path).await.unwrap();
+    let reg = Registry::open_sqlite(db.path()).await.unwrap();
     let summary: Vec<(u64, ChangeKind, String)> = reg
         .changes_since(0, 10)
         .await

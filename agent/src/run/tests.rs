@@ -1,4 +1,7 @@
+use std::time::Duration;
+
 use fedhub_core::x509::CaSigner;
+use fedhub_core::{KeyType, PrivateKey};
 
 use super::*;
 use crate::config::JoinToken;
@@ -92,23 +95,4 @@ fn the_trust_bundle_file_may_be_json_or_pem_and_must_hold_authorities() {
         error.starts_with("trust_bundle_file: cannot read"),
         "{error}"
     );
-}
-
-#[test]
-fn only_refusals_end_an_attestation_for_good() {
-    for code in [
-        Code::PermissionDenied,
-        Code::Unauthenticated,
-        Code::FailedPrecondition,
-    ] {
-        assert!(is_attestation_refusal(code), "{code:?}");
-    }
-    for code in [
-        Code::Unavailable,
-        Code::ResourceExhausted,
-        Code::DeadlineExceeded,
-        Code::Internal,
-    ] {
-        assert!(!is_attestation_refusal(code), "{code:?}");
-    }
 }

@@ -1,28 +1,21 @@
-//! The one mapping from SDS failures to gRPC status codes; the codes match the Workload API's
-//! for the same causes.
+//! The one mapping from SDS failures to gRPC status codes; the causes it shares with the
+//! Workload API are [`Refusal`]s, told alike.
 
 use tonic::{Code, Status};
 
-use crate::attest::AttestError;
+use crate::refusal::Refusal;
 
 /// Everything an SDS call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum SdsError {
-    /// Told as [`AttestError::status_message`]: the details stay in the log.
-    #[error("{}", .0.status_message())]
-    Attestation(#[source] AttestError),
-    #[error("the agent has not synced with its hub yet; retry shortly")]
-    NotSynced,
-    #[error("no identity issued")]
-    NoIdentity,
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("type_url {0:?} is not served here; request {secret}", secret = super::SECRET_TYPE_URL)]
     WrongTypeUrl(String),
     #[error("too many open SDS streams; retry shortly")]
     TooManyStreams,
     #[error("the processes of this user hold as many SDS streams as one user may")]
     TooManyStreamsForUid,
-    #[error("the agent is shutting down; reconnect shortly")]
-    ShuttingDown,
     #[error("incremental (delta) SDS is not implemented by this agent; use StreamSecrets")]
     DeltaUnimplemented,
 }
@@ -30,11 +23,9 @@ pub(crate) enum SdsError {
 impl SdsError {
     fn code(&self) -> Code {
         match self {
+            Self::Refused(refusal) => refusal.code(),
             Self::WrongTypeUrl(_) => Code::InvalidArgument,
-            Self::NoIdentity => Code::PermissionDenied,
-            Self::Attestation(_) | Self::NotSynced | Self::TooManyStreams | Self::ShuttingDown => {
-                Code::Unavailable
-            }
+            Self::TooManyStreams => Code::Unavailable,
             Self::TooManyStreamsForUid => Code::ResourceExhausted,
             Self::DeltaUnimplemented => Code::Unimplemented,
         }
@@ -45,7 +36,7 @@ impl From<SdsError> for Status {
     fn from(error: SdsError) -> Self {
         match &error {
             // Logged (rate-limited) and counted where the caller is known.
-            SdsError::Attestation(_) => {}
+            SdsError::Refused(Refusal::Attestation(_)) => {}
             other => tracing::debug!(error = %other, "sds request refused"),
         }
         Status::new(error.code(), error.to_string())
@@ -55,19 +46,20 @@ impl From<SdsError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attest::AttestError;
 
     #[test]
     fn errors_map_to_the_workload_api_codes() {
         let cases = [
+            (SdsError::WrongTypeUrl("x".into()), Code::InvalidArgument),
             (
-                SdsError::Attestation(AttestError::ProcessGone { pid: 1 }),
+                Refusal::Attestation(AttestError::ProcessGone { pid: 1 }).into(),
                 Code::Unavailable,
             ),
-            (SdsError::NotSynced, Code::Unavailable),
-            (SdsError::NoIdentity, Code::PermissionDenied),
-            (SdsError::WrongTypeUrl("x".into()), Code::InvalidArgument),
+            (Refusal::NotSynced.into(), Code::Unavailable),
+            (Refusal::NoIdentity.into(), Code::PermissionDenied),
             (SdsError::TooManyStreams, Code::Unavailable),
-            (SdsError::ShuttingDown, Code::Unavailable),
+            (Refusal::ShuttingDown.into(), Code::Unavailable),
             (SdsError::DeltaUnimplemented, Code::Unimplemented),
         ];
         for (error, code) in cases {
@@ -77,14 +69,18 @@ mod tests {
 
     #[test]
     fn attestation_details_stay_out_of_the_status() {
-        let status = Status::from(SdsError::Attestation(AttestError::ProcessGone { pid: 7 }));
+        let status = Status::from(SdsError::from(Refusal::Attestation(
+            AttestError::ProcessGone { pid: 7 },
+        )));
         assert_eq!(status.message(), "workload attestation failed");
 
-        let status = Status::from(SdsError::Attestation(AttestError::NotPermitted {
-            pid: 7,
-            path: "/proc/7/exe".into(),
-            source: std::io::Error::from_raw_os_error(13),
-        }));
+        let status = Status::from(SdsError::from(Refusal::Attestation(
+            AttestError::NotPermitted {
+                pid: 7,
+                path: "/proc/7/exe".into(),
+                source: std::io::Error::from_raw_os_error(13),
+            },
+        )));
         assert_eq!(status.code(), Code::Unavailable);
         assert_eq!(status.message(), crate::attest::ATTESTATION_NOT_PERMITTED);
     }

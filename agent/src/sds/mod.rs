@@ -62,8 +62,9 @@ use tonic::{Request, Response, Status, Streaming};
 
 use self::error::SdsError;
 use self::stream::Session;
-use crate::attest::{AttestError, Caller, Selectors};
+use crate::attest::Selectors;
 use crate::cache::{AgentState, Snapshot};
+use crate::refusal;
 
 /// The resource name of the caller's default X509-SVID.
 pub const DEFAULT_SVID: &str = "default";
@@ -109,21 +110,6 @@ impl SecretDiscovery {
             stop,
         }
     }
-
-    async fn attest<T>(&self, request: &Request<T>) -> Result<Selectors, SdsError> {
-        caller_of(request)?
-            .attest()
-            .await
-            .map_err(SdsError::Attestation)
-    }
-}
-
-/// The connection's caller, captured at accept.
-fn caller_of<T>(request: &Request<T>) -> Result<&Arc<Caller>, SdsError> {
-    request
-        .extensions()
-        .get::<Arc<Caller>>()
-        .ok_or(SdsError::Attestation(AttestError::NoPeerCredentials))
 }
 
 /// The packed secrets named `names` for a caller, or why there are none: not synced
@@ -133,11 +119,7 @@ fn render(
     selectors: &Selectors,
     names: &BTreeSet<String>,
 ) -> Result<Vec<Any>, SdsError> {
-    let snapshot = snapshot.ok_or(SdsError::NotSynced)?;
-    let view = snapshot.caller_view(selectors);
-    if view.identities().is_empty() {
-        return Err(SdsError::NoIdentity);
-    }
+    let view = refusal::caller_view(snapshot, selectors)?;
     Ok(resources::secrets(&view, names)
         .into_iter()
         .map(pack_any)
@@ -180,8 +162,10 @@ impl SecretDiscoveryService for SecretDiscovery {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<Self::StreamSecretsStream>, Status> {
-        let caller = Arc::clone(caller_of(&request)?);
-        let selectors = caller.attest().await.map_err(SdsError::Attestation)?;
+        let caller = Arc::clone(refusal::caller_of(&request).map_err(SdsError::from)?);
+        let selectors = refusal::attest_caller(&caller)
+            .await
+            .map_err(SdsError::from)?;
         let uid_permit = caller
             .stream_permit()
             .ok_or(SdsError::TooManyStreamsForUid)?;
@@ -205,7 +189,7 @@ impl SecretDiscoveryService for SecretDiscovery {
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        let selectors = self.attest(&request).await?;
+        let selectors = refusal::attest(&request).await.map_err(SdsError::from)?;
         let request = request.into_inner();
         check_type_url(&request)?;
         let snapshot = self.state.current();

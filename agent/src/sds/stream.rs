@@ -14,6 +14,7 @@ use super::{ResponseStream, SECRET_TYPE_URL, check_type_url, render, requested_n
 use crate::attest::Caller;
 use crate::cache::Snapshot;
 use crate::per_uid::UidPermit;
+use crate::refusal::{self, Refusal};
 
 /// What a stream has agreed with its client so far.
 #[derive(Debug, Default)]
@@ -191,7 +192,7 @@ impl Session {
                     }
                 }
                 Event::Published => {}
-                Event::Stopped => return Err(SdsError::ShuttingDown),
+                Event::Stopped => return Err(Refusal::ShuttingDown.into()),
             }
         }
     }
@@ -199,7 +200,7 @@ impl Session {
     /// The caller's secrets for the subscribed names from the latest snapshot, once the
     /// caller is attested again.
     async fn render(&self) -> Result<Vec<Any>, SdsError> {
-        let selectors = self.caller.attest().await.map_err(SdsError::Attestation)?;
+        let selectors = refusal::attest_caller(&self.caller).await?;
         let everything = BTreeSet::new();
         let names = self.subscription.names().unwrap_or(&everything);
         let snapshot = self.snapshots.borrow().clone();

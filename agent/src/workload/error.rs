@@ -3,21 +3,16 @@
 use fedhub_core::{IdError, JwtError, SpiffeId};
 use tonic::{Code, Status};
 
-use crate::attest::AttestError;
 use crate::jwt::IssueError;
+use crate::refusal::Refusal;
 
 /// Everything a Workload API call can fail with.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum ApiError {
     #[error("security header missing from request")]
     MissingSecurityHeader,
-    /// Told as [`AttestError::status_message`]: the details stay in the log.
-    #[error("{}", .0.status_message())]
-    Attestation(#[source] AttestError),
-    #[error("the agent has not synced with its hub yet; retry shortly")]
-    NotSynced,
-    #[error("no identity issued")]
-    NoIdentity,
+    #[error(transparent)]
+    Refused(#[from] Refusal),
     #[error("no identity issued for {0}")]
     NotEntitled(SpiffeId),
     #[error("audience must be specified")]
@@ -39,8 +34,6 @@ pub(crate) enum ApiError {
          some (one FetchX509SVID stream per process is enough)"
     )]
     TooManyStreamsForUid,
-    #[error("the agent is shutting down; reconnect shortly")]
-    ShuttingDown,
     #[error("the WIT-SVID profile is not implemented by this agent")]
     WitUnimplemented,
 }
@@ -54,14 +47,9 @@ impl ApiError {
             | Self::MissingSvid
             | Self::InvalidSpiffeId(_)
             | Self::InvalidToken(_) => Code::InvalidArgument,
-            Self::NoIdentity | Self::NotEntitled(_) | Self::Issue(IssueError::Denied(_)) => {
-                Code::PermissionDenied
-            }
-            Self::Attestation(_)
-            | Self::NotSynced
-            | Self::Issue(_)
-            | Self::TooManyStreams
-            | Self::ShuttingDown => Code::Unavailable,
+            Self::Refused(refusal) => refusal.code(),
+            Self::NotEntitled(_) | Self::Issue(IssueError::Denied(_)) => Code::PermissionDenied,
+            Self::Issue(_) | Self::TooManyStreams => Code::Unavailable,
             Self::TooManyStreamsForUid => Code::ResourceExhausted,
             Self::WitUnimplemented => Code::Unimplemented,
         }
@@ -72,7 +60,7 @@ impl From<ApiError> for Status {
     fn from(error: ApiError) -> Self {
         match &error {
             // Logged (rate-limited) and counted where the caller is known.
-            ApiError::Attestation(_) => {}
+            ApiError::Refused(Refusal::Attestation(_)) => {}
             ApiError::Issue(cause) => tracing::warn!(error = %cause, "JWT-SVID issuance failed"),
             other => tracing::debug!(error = %other, "workload api request refused"),
         }
@@ -83,17 +71,18 @@ impl From<ApiError> for Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::attest::AttestError;
 
     #[test]
     fn errors_map_to_the_checklist_codes() {
         let cases = [
             (ApiError::MissingSecurityHeader, Code::InvalidArgument),
             (
-                ApiError::Attestation(AttestError::ProcessGone { pid: 1 }),
+                Refusal::Attestation(AttestError::ProcessGone { pid: 1 }).into(),
                 Code::Unavailable,
             ),
-            (ApiError::NotSynced, Code::Unavailable),
-            (ApiError::NoIdentity, Code::PermissionDenied),
+            (Refusal::NotSynced.into(), Code::Unavailable),
+            (Refusal::NoIdentity.into(), Code::PermissionDenied),
             (ApiError::MissingAudience, Code::InvalidArgument),
             (
                 ApiError::InvalidToken(JwtError::Expired),
@@ -118,7 +107,9 @@ mod tests {
 
     #[test]
     fn attestation_details_stay_out_of_the_status() {
-        let status = Status::from(ApiError::Attestation(AttestError::ProcessGone { pid: 7 }));
+        let status = Status::from(ApiError::from(Refusal::Attestation(
+            AttestError::ProcessGone { pid: 7 },
+        )));
         assert_eq!(status.message(), "workload attestation failed");
     }
 
@@ -126,11 +117,13 @@ mod tests {
     /// `UNAVAILABLE` (checklist §4.4: attestation itself failed), never `PERMISSION_DENIED`.
     #[test]
     fn a_caller_the_agent_may_not_inspect_is_told_the_cause() {
-        let status = Status::from(ApiError::Attestation(AttestError::NotPermitted {
-            pid: 7,
-            path: "/proc/7/exe".into(),
-            source: std::io::Error::from_raw_os_error(13),
-        }));
+        let status = Status::from(ApiError::from(Refusal::Attestation(
+            AttestError::NotPermitted {
+                pid: 7,
+                path: "/proc/7/exe".into(),
+                source: std::io::Error::from_raw_os_error(13),
+            },
+        )));
         assert_eq!(status.code(), Code::Unavailable);
         let message = status.message();
         assert!(

@@ -19,10 +19,11 @@ use tonic::{Request, Response, Status};
 
 use super::error::ApiError;
 use super::messages;
-use crate::attest::{AttestError, Caller, Selectors};
+use crate::attest::{Caller, Selectors};
 use crate::cache::{AgentState, CallerView, Snapshot};
 use crate::jwt::{JwtSvidCache, JwtSvidIssuer};
 use crate::per_uid::UidPermit;
+use crate::refusal::{self, Refusal};
 
 /// How many JWT-SVIDs the agent keeps for reuse.
 const JWT_CACHE_CAPACITY: usize = 4096;
@@ -61,15 +62,8 @@ impl WorkloadApi {
         }
     }
 
-    async fn attest<T>(&self, request: &Request<T>) -> Result<Selectors, ApiError> {
-        caller_of(request)?
-            .attest()
-            .await
-            .map_err(ApiError::Attestation)
-    }
-
     fn snapshot(&self) -> Result<Arc<Snapshot>, ApiError> {
-        self.state.current().ok_or(ApiError::NotSynced)
+        Ok(self.state.current().ok_or(Refusal::NotSynced)?)
     }
 
     /// A stream that sends the caller's message now and again whenever it changes.
@@ -81,8 +75,10 @@ impl WorkloadApi {
     where
         T: PartialEq + Clone + Send + 'static,
     {
-        let caller = Arc::clone(caller_of(&request)?);
-        let selectors = caller.attest().await.map_err(ApiError::Attestation)?;
+        let caller = Arc::clone(refusal::caller_of(&request).map_err(ApiError::from)?);
+        let selectors = refusal::attest_caller(&caller)
+            .await
+            .map_err(ApiError::from)?;
         let uid_permit = caller
             .stream_permit()
             .ok_or(ApiError::TooManyStreamsForUid)?;
@@ -110,14 +106,6 @@ impl WorkloadApi {
     }
 }
 
-/// The connection's caller, captured at accept ([`crate::workload::connection`]).
-fn caller_of<T>(request: &Request<T>) -> Result<&Arc<Caller>, ApiError> {
-    request
-        .extensions()
-        .get::<Arc<Caller>>()
-        .ok_or(ApiError::Attestation(AttestError::NoPeerCredentials))
-}
-
 /// The message for a caller, or why there is none: not synced yet (`UNAVAILABLE`), or no
 /// identity (`PERMISSION_DENIED`, which also ends an open stream, WAPI-12).
 fn render_for<T>(
@@ -125,12 +113,7 @@ fn render_for<T>(
     selectors: &Selectors,
     render: Render<T>,
 ) -> Result<T, ApiError> {
-    let snapshot = snapshot.ok_or(ApiError::NotSynced)?;
-    let view = snapshot.caller_view(selectors);
-    if view.identities().is_empty() {
-        return Err(ApiError::NoIdentity);
-    }
-    Ok(render(&view))
+    Ok(render(&refusal::caller_view(snapshot, selectors)?))
 }
 
 /// The state of one open stream.
@@ -169,7 +152,7 @@ impl<T: PartialEq + Clone> Watcher<T> {
             let outcome = if published {
                 self.next_message().await
             } else {
-                Err(ApiError::ShuttingDown)
+                Err(Refusal::ShuttingDown.into())
             };
             match outcome {
                 Ok((message, from)) => {
@@ -192,7 +175,7 @@ impl<T: PartialEq + Clone> Watcher<T> {
     /// what it was rendered from.
     async fn next_message(&mut self) -> Result<(T, (Option<Arc<Snapshot>>, Selectors)), ApiError> {
         let snapshot = self.snapshots.borrow_and_update().clone();
-        let selectors = self.caller.attest().await.map_err(ApiError::Attestation)?;
+        let selectors = refusal::attest_caller(&self.caller).await?;
         let message = render_for(snapshot.as_deref(), &selectors, self.render)?;
         Ok((message, (snapshot, selectors)))
     }
@@ -246,7 +229,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         } else {
             Some(SpiffeId::parse(spiffe_id).map_err(ApiError::InvalidSpiffeId)?)
         };
-        let selectors = self.attest(&request).await?;
+        let selectors = refusal::attest(&request).await.map_err(ApiError::from)?;
         let snapshot = self.snapshot()?;
         let view = snapshot.caller_view(&selectors);
         let identities: Vec<_> = view
@@ -256,7 +239,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
             .collect();
         if identities.is_empty() {
             return Err(wanted
-                .map_or(ApiError::NoIdentity, ApiError::NotEntitled)
+                .map_or(Refusal::NoIdentity.into(), ApiError::NotEntitled)
                 .into());
         }
         let now = SystemTime::now();
@@ -289,7 +272,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         if svid.is_empty() {
             return Err(ApiError::MissingSvid.into());
         }
-        let selectors = self.attest(&request).await?;
+        let selectors = refusal::attest(&request).await.map_err(ApiError::from)?;
         let snapshot = self.snapshot()?;
         let view = snapshot.caller_view(&selectors);
         let validated = self

@@ -20,7 +20,6 @@ use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
-use tonic::transport::{Endpoint, Uri};
 
 use crate::stats::Summary;
 
@@ -195,19 +194,7 @@ impl Client {
     async fn node_call(&self) -> anyhow::Result<()> {
         let address = self.agent_api;
         let connector = self.tls.clone();
-        let channel = Endpoint::from_static("http://node-api.invalid")
-            .connect_with_connector(tower::service_fn(move |_: Uri| {
-                let connector = connector.clone();
-                async move {
-                    let tcp = TcpStream::connect(address).await?;
-                    tcp.set_nodelay(true)?;
-                    let name = ServerName::try_from(HUB_SERVER_NAME)
-                        .map_err(|e| std::io::Error::other(e.to_string()))?;
-                    let tls = connector.connect(name, tcp).await?;
-                    Ok::<_, std::io::Error>(TokioIo::new(tls))
-                }
-            }))
-            .await?;
+        let channel = crate::node_api::channel(address, connector, HUB_SERVER_NAME).await?;
         let request = AttestRequest {
             step: Some(RequestStep::Start(AttestStart {
                 agent_public_key: self.agent_public_key.clone(),

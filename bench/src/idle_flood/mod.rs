@@ -147,9 +147,10 @@ pub async fn run(options: &Options) -> anyhow::Result<()> {
     )?;
 
     let hub_pid = hub.process.pid();
-    let hub_fd_limit = setup::fd_limit_of(hub_pid).context("cannot read the hub's fd limit")?;
+    let hub_fd_limit =
+        crate::procfs::fd_limit_of(hub_pid).context("cannot read the hub's fd limit")?;
     let agent_pid = agent.as_ref().map(|agent| agent.process.pid());
-    let agent_fd_limit = agent_pid.and_then(setup::fd_limit_of);
+    let agent_fd_limit = agent_pid.and_then(crate::procfs::fd_limit_of);
     report::print_header(
         options,
         &fedhub,

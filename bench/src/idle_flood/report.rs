@@ -316,14 +316,7 @@ pub(super) fn print_header(
     println!(
         "# bench fd limit {own_limit}; load average {}; {} cores shared by the hub, the agent \
          and the bench",
-        std::fs::read_to_string("/proc/loadavg").map_or_else(
-            |_| "?".to_owned(),
-            |text| text
-                .split_whitespace()
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" ")
-        ),
+        crate::procfs::load_average(3),
         std::thread::available_parallelism().map_or(0, std::num::NonZero::get)
     );
 }

@@ -6,8 +6,7 @@ use std::time::Duration;
 
 use tokio::task::JoinHandle;
 
-use super::setup;
-use crate::stats::memory_kib;
+use crate::procfs::{fd_count_of, memory_kib};
 
 /// Interval of the samples.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(200);
@@ -35,8 +34,8 @@ impl Sampler {
                 loop {
                     ticker.tick().await;
                     for &pid in &pids {
-                        let fds = setup::fd_count_of(pid).unwrap_or(0);
-                        let rss = memory_kib(&pid.to_string()).map_or(0, |(rss, _)| rss);
+                        let fds = fd_count_of(pid).unwrap_or(0);
+                        let rss = memory_kib(pid).map_or(0, |(rss, _)| rss);
                         let mut peaks = peaks.lock().unwrap_or_else(PoisonError::into_inner);
                         let peak: &mut Peak = peaks.entry(pid).or_default();
                         peak.fds = peak.fds.max(fds);

@@ -10,15 +10,13 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
 use fedhub_core::tls::client_config;
-use fedhub_core::{
-    Authorizer, Bundle, BundleSet, CaParams, CaSigner, KeyType, PrivateKey, SpiffeId, TrustDomain,
-    X509Svid,
-};
-use fedhub_hub::limits::ConnectionLimits;
+use fedhub_core::{Authorizer, Bundle, BundleSet, SpiffeId, TrustDomain};
+use fedhub_serve::ConnectionLimits;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 
-use crate::process::ChildProcess;
+use crate::pki::{ServerCertSpec, ServerPki};
+use crate::process::{ChildProcess, free_port};
 
 /// The hub's trust domain.
 pub const TRUST_DOMAIN: &str = "bench.test";
@@ -57,12 +55,6 @@ pub struct Agent {
     pub process: ChildProcess,
     pub socket: PathBuf,
     pub max_connections: usize,
-}
-
-/// A loopback port that was free a moment ago (bound to port 0, then released).
-fn free_port() -> anyhow::Result<SocketAddr> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
-    Ok(listener.local_addr()?)
 }
 
 /// `sh -c 'ulimit -n <fd_limit> && exec <program> <args>…'`: the process runs `program` with
@@ -127,35 +119,15 @@ max_connections_per_source = {per_source}
 /// Writes a P-256 CA and an OIDC server certificate for [`OIDC_SERVER_NAME`] into `dir`;
 /// returns a client configuration trusting exactly that CA.
 fn oidc_pki(dir: &Path) -> anyhow::Result<Arc<rustls::ClientConfig>> {
-    let trust_domain = TrustDomain::new("oidc-ca.bench.test")?;
-    let ca = CaSigner::self_signed(
-        &CaParams::new(trust_domain.clone())
-            .with_path_len(0)
-            .with_common_name("fedhub-bench idle-flood CA"),
-        PrivateKey::generate(KeyType::EcP256)?,
-    )?;
-    let key = PrivateKey::generate(KeyType::EcP256)?;
-    let chain = ca.mint_x509_svid(
-        &trust_domain.spiffe_id("/oidc")?,
-        &key.public_key_der()?,
-        Duration::from_secs(24 * 3600),
-        &[OIDC_SERVER_NAME.to_owned()],
-    )?;
-    let server = X509Svid::new_checked(chain, key)?;
-    std::fs::write(dir.join("oidc.pem"), server.chain_pem())?;
-    fedhub_files::write_private(
-        &dir.join("oidc.key"),
-        server.key().to_pkcs8_pem().as_bytes(),
-    )?;
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(ca.certificate().to_vec().into())?;
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::aws_lc_rs::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()?
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Ok(Arc::new(config))
+    ServerPki::create(ServerCertSpec {
+        trust_domain: "oidc-ca.bench.test",
+        ca_name: "fedhub-bench idle-flood CA",
+        path: "/oidc",
+        dns_name: OIDC_SERVER_NAME,
+        cert_file: dir.join("oidc.pem"),
+        key_file: dir.join("oidc.key"),
+    })?
+    .client_config()
 }
 
 impl Hub {
@@ -215,7 +187,7 @@ impl Hub {
             Ok((_, body)) => {
                 let lines: Vec<&str> = body
                     .lines()
-                    .filter(|l| l.starts_with(fedhub_hub::limits::REFUSED_TOTAL))
+                    .filter(|l| l.starts_with(fedhub_serve::limits::REFUSED_TOTAL))
                     .collect();
                 if lines.is_empty() {
                     "none".to_owned()
@@ -424,21 +396,6 @@ async fn http_get(address: SocketAddr, path: &str) -> anyhow::Result<(u16, Strin
     Ok((status, body))
 }
 
-/// `Max open files` (soft limit) of process `pid`, from `/proc/<pid>/limits`.
-pub fn fd_limit_of(pid: u32) -> Option<u64> {
-    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).ok()?;
-    limits
-        .lines()
-        .find_map(|line| line.strip_prefix("Max open files"))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|soft| soft.parse().ok())
-}
-
-/// Open file descriptors of process `pid` now.
-pub fn fd_count_of(pid: u32) -> Option<usize> {
-    Some(std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -465,12 +422,5 @@ mod tests {
         assert_eq!(config.oidc.unwrap().address, addresses.oidc);
         assert_eq!(config.health_address, Some(addresses.health));
         assert_eq!(config.agent_api.address, addresses.agent_api);
-    }
-
-    #[test]
-    fn reads_this_process_fd_limit_and_count() {
-        let pid = std::process::id();
-        assert!(fd_limit_of(pid).is_some_and(|limit| limit > 0));
-        assert!(fd_count_of(pid).is_some_and(|count| count >= 3));
     }
 }

@@ -12,7 +12,7 @@ use fedhub_proto::workload::JwtsvidRequest;
 use futures::future::try_join_all;
 
 use crate::env::{self, WorkloadClient};
-use crate::stats::{self, Summary};
+use crate::stats::Summary;
 
 /// The audience of every JWT-SVID the bench asks for: one fixed audience, so that the agent
 /// answers from its cache after the first call.
@@ -227,7 +227,7 @@ async fn load(args: &LoadArgs) -> anyhow::Result<LoadReport> {
         samples.extend(record.samples);
         all_calls += record.calls;
     }
-    let cpu = stats::cpu_time("self")?;
+    let cpu = crate::procfs::cpu_time("self")?;
     let seconds = end.duration_since(start).as_secs_f64();
     let calls = samples.len();
     let Some(summary) = Summary::of(&mut samples) else {

@@ -26,7 +26,8 @@ use self::load::LoadReport;
 pub use self::load::{Call, LoadArgs, run as run_load};
 use crate::env::{self, BenchHub};
 use crate::process::ChildProcess;
-use crate::stats::{self, median, memory_kib};
+use crate::procfs::{self, memory_kib};
+use crate::stats::median;
 
 /// Settings of one `fedhub-bench workload-api` run.
 #[derive(Debug, Clone, clap::Args)]
@@ -250,7 +251,7 @@ async fn measure(
     for round in 1..=options.rounds {
         for (row, per_target) in rows.iter().zip(results.iter_mut()) {
             for (target, series) in targets.iter_mut().zip(per_target.iter_mut()) {
-                let load = load_average();
+                let load = procfs::load_average(1);
                 let measurement = run_load_client(options, bench_exe, *row, target)
                     .await
                     .with_context(|| {
@@ -291,7 +292,7 @@ async fn run_load_client(
     target: &mut Target,
 ) -> anyhow::Result<Measurement> {
     let pid = target.process.pid().to_string();
-    let cpu_before = stats::cpu_time(&pid)?;
+    let cpu_before = procfs::cpu_time(&pid)?;
     let log = target
         .socket
         .with_file_name(format!("load-{}.log", target.name));
@@ -314,7 +315,7 @@ async fn run_load_client(
     )?;
     let timeout = Duration::from_secs(options.warmup + options.seconds + 30);
     let output = client.finish(timeout).await?;
-    let server_cpu = stats::cpu_time(&pid)?.saturating_sub(cpu_before);
+    let server_cpu = procfs::cpu_time(&pid)?.saturating_sub(cpu_before);
     ensure!(
         target.process.is_running()?,
         "{} exited; its stderr:\n{}",
@@ -395,14 +396,6 @@ fn report(
     println!();
     print!("{goals}");
     Ok(())
-}
-
-/// The 1-minute load average, for the record.
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|text| text.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
 }
 
 /// A `fedhub agent run` child process attested with a join token against the bench's hub.

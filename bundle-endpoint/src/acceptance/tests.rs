@@ -2,12 +2,9 @@ use std::time::Duration;
 
 use fedhub_core::x509::{CaParams, CaSigner};
 use fedhub_core::{JwtAuthority, KeyType, PrivateKey, PublicKey, X509Authority};
+use fedhub_tests::td;
 
 use super::*;
-
-fn td(name: &str) -> TrustDomain {
-    TrustDomain::new(name).unwrap()
-}
 
 fn key() -> PrivateKey {
     PrivateKey::generate(KeyType::EcP256).unwrap()

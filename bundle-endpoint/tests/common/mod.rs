@@ -9,11 +9,10 @@ use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use axum::Router;
-use fedhub_bundle_endpoint::{BundleFetcher, BundlePublisher, EndpointAuth, FetchOptions, router};
+use fedhub_bundle_endpoint::{BundleFetcher, BundlePublisher, FetchAuth, FetchOptions, router};
 use fedhub_core::x509::{CaParams, CaSigner};
 use fedhub_core::{
-    Authorizer, Bundle, BundleSet, BundleSource, KeyType, PrivateKey, SpiffeId, TrustDomain,
-    X509Svid,
+    Authorizer, Bundle, BundleSet, BundleSource, KeyType, PrivateKey, TrustDomain, X509Svid,
 };
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
@@ -27,20 +26,14 @@ use tokio_rustls::TlsAcceptor;
 pub const TRUST_DOMAIN: &str = "b.test";
 pub const ENDPOINT_ID: &str = "spiffe://b.test/bundle-server";
 
-pub fn td() -> TrustDomain {
-    TrustDomain::new(TRUST_DOMAIN).unwrap()
-}
-
-pub fn id(s: &str) -> SpiffeId {
-    SpiffeId::parse(s).unwrap()
-}
+pub use fedhub_tests::{id, td};
 
 pub fn key() -> PrivateKey {
     PrivateKey::generate(KeyType::EcP256).unwrap()
 }
 
 pub fn ca() -> CaSigner {
-    CaSigner::self_signed(&CaParams::new(td()), key()).unwrap()
+    CaSigner::self_signed(&CaParams::new(td(TRUST_DOMAIN)), key()).unwrap()
 }
 
 pub fn svid(ca: &CaSigner, spiffe_id: &str) -> X509Svid {
@@ -56,8 +49,8 @@ pub fn svid(ca: &CaSigner, spiffe_id: &str) -> X509Svid {
     X509Svid::new_checked(chain, key).unwrap()
 }
 
-pub fn spiffe_auth(bundles: Arc<dyn BundleSource>) -> EndpointAuth {
-    EndpointAuth::HttpsSpiffe {
+pub fn spiffe_auth(bundles: Arc<dyn BundleSource>) -> FetchAuth {
+    FetchAuth::HttpsSpiffe {
         endpoint_id: id(ENDPOINT_ID),
         bundles,
     }
@@ -65,7 +58,7 @@ pub fn spiffe_auth(bundles: Arc<dyn BundleSource>) -> EndpointAuth {
 
 /// The bundle of b.test holding the roots of `cas`.
 pub fn bundle(cas: &[&CaSigner], sequence: u64) -> Bundle {
-    let mut bundle = Bundle::new(td());
+    let mut bundle = Bundle::new(td(TRUST_DOMAIN));
     for ca in cas {
         bundle.add_x509_authority(ca.root_authority().unwrap());
     }
@@ -229,6 +222,12 @@ impl SpiffeEndpoint {
 
     pub fn fetcher_with(&self, path: &str, options: FetchOptions) -> BundleFetcher {
         let bundles = SharedBundles::with(bundle(&[&self.ca], 1));
-        BundleFetcher::new(&self.server.url(path), td(), spiffe_auth(bundles), options).unwrap()
+        BundleFetcher::new(
+            &self.server.url(path),
+            td(TRUST_DOMAIN),
+            spiffe_auth(bundles),
+            options,
+        )
+        .unwrap()
     }
 }

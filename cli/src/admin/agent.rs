@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{AdminArgs, Ctx};
 use crate::admin_client::encode;
-use crate::output::{self, OutputFormat};
+use crate::output;
 
 /// The node agent: run it, or manage agents attested to the hub.
 #[derive(Debug, clap::Args)]
@@ -62,11 +62,11 @@ impl AgentCommand {
             match action {
                 AdminAction::List => {
                     let agents: Vec<AgentView> = ctx.client.get("/agents").await?;
-                    list(&ctx, &agents)
+                    ctx.print(agents.as_slice(), table)
                 }
                 AdminAction::Show(AgentIdArg { spiffe_id }) => {
                     let agent: AgentView = ctx.client.get(&agent_path(&spiffe_id)).await?;
-                    show(&ctx, &agent)
+                    ctx.print(&agent, fields)
                 }
                 AdminAction::Ban(AgentIdArg { spiffe_id }) => {
                     let path = format!("{}/ban", agent_path(&spiffe_id));
@@ -89,17 +89,11 @@ fn agent_path(id: &SpiffeId) -> String {
 }
 
 fn done(ctx: &Ctx, what: &str, id: &SpiffeId) -> anyhow::Result<()> {
-    match ctx.output {
-        OutputFormat::Json => output::json(&json!({ what: id })),
-        OutputFormat::Table => output::print(&format!("{what} agent {id}\n")),
-    }
+    ctx.print(&json!({ what: id }), |_| format!("{what} agent {id}\n"))
 }
 
-fn show(ctx: &Ctx, agent: &AgentView) -> anyhow::Result<()> {
-    if ctx.output == OutputFormat::Json {
-        return output::json(agent);
-    }
-    output::print(&output::fields(&[
+fn fields(agent: &AgentView) -> String {
+    output::fields(&[
         ("spiffe id", agent.spiffe_id.to_string()),
         ("attestation type", agent.attestation_type.clone()),
         ("serial", output::opt(agent.serial.as_ref())),
@@ -109,27 +103,11 @@ fn show(ctx: &Ctx, agent: &AgentView) -> anyhow::Result<()> {
         ("last seen", output::time(agent.last_seen_at)),
         ("created", output::time(Some(agent.created_at))),
         ("updated", output::time(Some(agent.updated_at))),
-    ]))
+    ])
 }
 
-fn list(ctx: &Ctx, agents: &[AgentView]) -> anyhow::Result<()> {
-    if ctx.output == OutputFormat::Json {
-        return output::json(&agents);
-    }
-    let rows: Vec<Vec<String>> = agents
-        .iter()
-        .map(|a| {
-            vec![
-                a.spiffe_id.to_string(),
-                a.attestation_type.clone(),
-                output::opt(a.serial.as_ref()),
-                output::time(a.svid_expires_at),
-                if a.banned { "yes" } else { "no" }.into(),
-                output::time(a.last_seen_at),
-            ]
-        })
-        .collect();
-    output::print(&output::table(
+fn table(agents: &[AgentView]) -> String {
+    output::table(
         &[
             "SPIFFE ID",
             "ATTESTATION",
@@ -138,6 +116,16 @@ fn list(ctx: &Ctx, agents: &[AgentView]) -> anyhow::Result<()> {
             "BANNED",
             "LAST SEEN",
         ],
-        &rows,
-    ))
+        agents,
+        |a| {
+            vec![
+                a.spiffe_id.to_string(),
+                a.attestation_type.clone(),
+                output::opt(a.serial.as_ref()),
+                output::time(a.svid_expires_at),
+                if a.banned { "yes" } else { "no" }.into(),
+                output::time(a.last_seen_at),
+            ]
+        },
+    )
 }

@@ -10,9 +10,9 @@ use fedhub_hub::ca::KeyState;
 use hyper::Method;
 use serde_json::json;
 
-use super::{AdminArgs, Ctx, read_text};
-use crate::admin_client::{encode, query};
-use crate::output::{self, OutputFormat};
+use super::{AdminArgs, delete_path, read_text};
+use crate::admin_client::encode;
+use crate::output;
 
 /// Bundles: the own trust domain's and the foreign ones.
 #[derive(Debug, clap::Args)]
@@ -80,14 +80,11 @@ impl BundleCommand {
             match action {
                 BundleAction::Show { format } => {
                     let bundle: BundleView = ctx.client.get("/bundle").await?;
-                    if ctx.output == OutputFormat::Json {
-                        return output::json(&bundle);
-                    }
-                    output::print(&document(&bundle, format)?)
+                    ctx.try_print(&bundle, |bundle| document(bundle, format))
                 }
                 BundleAction::List { format } => {
                     let bundles: Vec<BundleView> = ctx.client.get("/bundles").await?;
-                    list(&ctx, &bundles, format)
+                    ctx.try_print(bundles.as_slice(), |bundles| list(bundles, format))
                 }
                 BundleAction::Set { trust_domain, path } => {
                     let body = SetBundle {
@@ -97,31 +94,24 @@ impl BundleCommand {
                         .client
                         .send(Method::PUT, &bundle_path(&trust_domain), &body)
                         .await?;
-                    summary(&ctx, &bundle)
+                    ctx.print(&bundle, summary)
                 }
                 BundleAction::Delete {
                     trust_domain,
                     force,
                 } => {
-                    let path = format!(
-                        "{}{}",
-                        bundle_path(&trust_domain),
-                        query(&[("force", force.then_some("true"))])
-                    );
+                    let path = delete_path(&bundle_path(&trust_domain), force);
                     ctx.client.act(Method::DELETE, &path).await?;
-                    match ctx.output {
-                        OutputFormat::Json => output::json(&json!({ "deleted": trust_domain })),
-                        OutputFormat::Table => {
-                            output::print(&format!("deleted the bundle of {trust_domain}\n"))
-                        }
-                    }
+                    ctx.print(&json!({ "deleted": trust_domain }), |_| {
+                        format!("deleted the bundle of {trust_domain}\n")
+                    })
                 }
                 BundleAction::Rotate { activate } => {
                     let rotated: RotateView = ctx
                         .client
                         .send(Method::POST, "/bundle/rotate", &RotateRequest { activate })
                         .await?;
-                    rotation(&ctx, &rotated)
+                    ctx.print(&rotated, rotation)
                 }
             }
         })
@@ -145,17 +135,15 @@ fn document(view: &BundleView, format: DocumentFormat) -> anyhow::Result<String>
     })
 }
 
-fn list(ctx: &Ctx, bundles: &[BundleView], format: Option<DocumentFormat>) -> anyhow::Result<()> {
-    if ctx.output == OutputFormat::Json {
-        return output::json(&bundles);
-    }
-    match format {
+/// The bundles' documents in `format`, or without one a summary table.
+fn list(bundles: &[BundleView], format: Option<DocumentFormat>) -> anyhow::Result<String> {
+    Ok(match format {
         Some(DocumentFormat::Spiffe) => {
             let mut map = BundleMap::new();
             for view in bundles {
                 map.insert(decode(view)?);
             }
-            output::print(&format!("{}\n", map.to_json().trim_end()))
+            format!("{}\n", map.to_json().trim_end())
         }
         Some(DocumentFormat::Pem) => {
             let mut text = String::new();
@@ -163,59 +151,48 @@ fn list(ctx: &Ctx, bundles: &[BundleView], format: Option<DocumentFormat>) -> an
                 let _ = writeln!(text, "# trust domain {}", view.trust_domain);
                 text.push_str(&decode(view)?.x509_authorities_pem());
             }
-            output::print(&text)
+            text
         }
-        None => {
-            let rows: Vec<Vec<String>> = bundles
-                .iter()
-                .map(|b| {
-                    vec![
-                        b.trust_domain.to_string(),
-                        b.kind.to_string(),
-                        output::opt(b.sequence),
-                        b.x509_authorities.to_string(),
-                        b.jwt_authorities.to_string(),
-                        output::time(Some(b.updated_at)),
-                    ]
-                })
-                .collect();
-            output::print(&output::table(
-                &[
-                    "TRUST DOMAIN",
-                    "KIND",
-                    "SEQUENCE",
-                    "X509 AUTHORITIES",
-                    "JWT AUTHORITIES",
-                    "UPDATED",
-                ],
-                &rows,
-            ))
-        }
-    }
+        None => output::table(
+            &[
+                "TRUST DOMAIN",
+                "KIND",
+                "SEQUENCE",
+                "X509 AUTHORITIES",
+                "JWT AUTHORITIES",
+                "UPDATED",
+            ],
+            bundles,
+            |b| {
+                vec![
+                    b.trust_domain.to_string(),
+                    b.kind.to_string(),
+                    output::opt(b.sequence),
+                    b.x509_authorities.to_string(),
+                    b.jwt_authorities.to_string(),
+                    output::time(Some(b.updated_at)),
+                ]
+            },
+        ),
+    })
 }
 
-fn summary(ctx: &Ctx, bundle: &BundleView) -> anyhow::Result<()> {
-    if ctx.output == OutputFormat::Json {
-        return output::json(bundle);
-    }
-    output::print(&output::fields(&[
+fn summary(bundle: &BundleView) -> String {
+    output::fields(&[
         ("trust domain", bundle.trust_domain.to_string()),
         ("kind", bundle.kind.to_string()),
         ("sequence", output::opt(bundle.sequence)),
         ("x509 authorities", bundle.x509_authorities.to_string()),
         ("jwt authorities", bundle.jwt_authorities.to_string()),
         ("updated", output::time(Some(bundle.updated_at))),
-    ]))
+    ])
 }
 
-fn rotation(ctx: &Ctx, rotated: &RotateView) -> anyhow::Result<()> {
-    if ctx.output == OutputFormat::Json {
-        return output::json(rotated);
-    }
-    let rows: Vec<Vec<String>> = rotated
-        .keys
-        .iter()
-        .map(|key| {
+fn rotation(rotated: &RotateView) -> String {
+    let mut text = output::table(
+        &["KIND", "KEY ID", "STATE", "CREATED", "EXPIRES"],
+        &rotated.keys,
+        |key| {
             vec![
                 key.kind.clone(),
                 key.id.clone(),
@@ -223,15 +200,14 @@ fn rotation(ctx: &Ctx, rotated: &RotateView) -> anyhow::Result<()> {
                 output::time(Some(key.created_at)),
                 output::time(Some(key.not_after)),
             ]
-        })
-        .collect();
-    let mut text = output::table(&["KIND", "KEY ID", "STATE", "CREATED", "EXPIRES"], &rows);
+        },
+    );
     let _ = write!(
         text,
         "\nbundle sequence: {}\n",
         output::opt(rotated.sequence)
     );
-    output::print(&text)
+    text
 }
 
 fn state_name(state: KeyState) -> &'static str {

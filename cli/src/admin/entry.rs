@@ -7,9 +7,9 @@ use fedhub_hub::admin::api::{EntrySpecBody, EntryView};
 use hyper::Method;
 use serde_json::json;
 
-use super::{AdminArgs, Ctx};
+use super::AdminArgs;
 use crate::admin_client::{encode, query};
-use crate::output::{self, OutputFormat};
+use crate::output;
 
 /// Registration entries: which workloads get which SPIFFE ID.
 #[derive(Debug, clap::Args)]
@@ -161,21 +161,10 @@ impl EntryCommand {
                     selectors,
                     options,
                 } => {
-                    let mut spec = EntrySpecBody {
-                        spiffe_id,
-                        parent_id,
-                        selectors,
-                        federates_with: Vec::new(),
-                        federates_with_groups: Vec::new(),
-                        federates_with_all: false,
-                        x509_svid_ttl_secs: None,
-                        jwt_svid_ttl_secs: None,
-                        dns_names: Vec::new(),
-                        hint: None,
-                    };
+                    let mut spec = EntrySpecBody::new(spiffe_id, parent_id, selectors);
                     options.apply(&mut spec);
                     let entry: EntryView = ctx.client.send(Method::POST, "/entries", &spec).await?;
-                    show(&ctx, &entry)
+                    ctx.print(&entry, fields)
                 }
                 EntryAction::List {
                     spiffe_id,
@@ -194,11 +183,11 @@ impl EntryCommand {
                         ])
                     );
                     let entries: Vec<EntryView> = ctx.client.get(&path).await?;
-                    list(&ctx, &entries)
+                    ctx.print(entries.as_slice(), table)
                 }
                 EntryAction::Show { entry_id } => {
                     let entry: EntryView = ctx.client.get(&entry_path(&entry_id)).await?;
-                    show(&ctx, &entry)
+                    ctx.print(&entry, fields)
                 }
                 EntryAction::Update {
                     entry_id,
@@ -232,18 +221,15 @@ impl EntryCommand {
                     }
                     options.apply(&mut spec);
                     let entry: EntryView = ctx.client.send(Method::PUT, &path, &spec).await?;
-                    show(&ctx, &entry)
+                    ctx.print(&entry, fields)
                 }
                 EntryAction::Delete { entry_id } => {
                     ctx.client
                         .act(Method::DELETE, &entry_path(&entry_id))
                         .await?;
-                    match ctx.output {
-                        OutputFormat::Json => output::json(&json!({ "deleted": entry_id })),
-                        OutputFormat::Table => {
-                            output::print(&format!("deleted entry {entry_id}\n"))
-                        }
-                    }
+                    ctx.print(&json!({ "deleted": entry_id }), |_| {
+                        format!("deleted entry {entry_id}\n")
+                    })
                 }
             }
         })
@@ -258,12 +244,9 @@ fn ttl(secs: Option<u64>) -> String {
     secs.map_or_else(|| "hub default".into(), output::short)
 }
 
-fn show(ctx: &Ctx, entry: &EntryView) -> anyhow::Result<()> {
-    if ctx.output == OutputFormat::Json {
-        return output::json(entry);
-    }
+fn fields(entry: &EntryView) -> String {
     let spec = &entry.spec;
-    output::print(&output::fields(&[
+    output::fields(&[
         ("entry id", entry.id.clone()),
         ("spiffe id", spec.spiffe_id.to_string()),
         ("parent id", spec.parent_id.to_string()),
@@ -285,7 +268,7 @@ fn show(ctx: &Ctx, entry: &EntryView) -> anyhow::Result<()> {
         ("revision", entry.revision.to_string()),
         ("created", output::time(Some(entry.created_at))),
         ("updated", output::time(Some(entry.updated_at))),
-    ]))
+    ])
 }
 
 /// What an entry federates with, in one cell: its trust domains, `group:NAME` for each group
@@ -305,24 +288,8 @@ fn federation(spec: &EntrySpecBody) -> String {
     output::list(&parts)
 }
 
-fn list(ctx: &Ctx, entries: &[EntryView]) -> anyhow::Result<()> {
-    if ctx.output == OutputFormat::Json {
-        return output::json(&entries);
-    }
-    let rows: Vec<Vec<String>> = entries
-        .iter()
-        .map(|entry| {
-            vec![
-                entry.id.clone(),
-                entry.spec.spiffe_id.to_string(),
-                entry.spec.parent_id.to_string(),
-                output::list(&entry.spec.selectors),
-                federation(&entry.spec),
-                entry.revision.to_string(),
-            ]
-        })
-        .collect();
-    output::print(&output::table(
+fn table(entries: &[EntryView]) -> String {
+    output::table(
         &[
             "ENTRY ID",
             "SPIFFE ID",
@@ -331,6 +298,16 @@ fn list(ctx: &Ctx, entries: &[EntryView]) -> anyhow::Result<()> {
             "FEDERATES WITH",
             "REVISION",
         ],
-        &rows,
-    ))
+        entries,
+        |entry| {
+            vec![
+                entry.id.clone(),
+                entry.spec.spiffe_id.to_string(),
+                entry.spec.parent_id.to_string(),
+                output::list(&entry.spec.selectors),
+                federation(&entry.spec),
+                entry.revision.to_string(),
+            ]
+        },
+    )
 }

@@ -3,17 +3,17 @@
 
 use std::path::PathBuf;
 
+use fedhub_core::endpoint::ProfileName;
 use fedhub_core::{SpiffeId, TrustDomain};
 use fedhub_hub::admin::api::{
-    CreateRelationship, DeletedRelationship, Profile, RefreshStatusView, RelationshipConfig,
-    RelationshipView,
+    CreateRelationship, RefreshStatusView, RelationshipConfig, RelationshipView,
 };
 use hyper::Method;
 
 use super::group::GroupAction;
-use super::{AdminArgs, Ctx, read_text};
-use crate::admin_client::{encode, query};
-use crate::output::{self, OutputFormat};
+use super::{AdminArgs, read_text};
+use crate::admin_client::encode;
+use crate::output;
 
 /// Federation relationships: the foreign trust domains whose bundles this hub keeps fresh.
 #[derive(Debug, clap::Args)]
@@ -24,7 +24,7 @@ pub struct FederationCommand {
     action: FederationAction,
 }
 
-/// The bundle endpoint profile on the command line.
+/// The bundle endpoint profile on the command line: [`ProfileName`] with help texts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 enum ProfileArg {
     /// Web PKI certificate (system roots, or --extra-ca-file for a private PKI).
@@ -35,7 +35,7 @@ enum ProfileArg {
     HttpsSpiffe,
 }
 
-impl From<ProfileArg> for Profile {
+impl From<ProfileArg> for ProfileName {
     fn from(profile: ProfileArg) -> Self {
         match profile {
             ProfileArg::HttpsWeb => Self::HttpsWeb,
@@ -118,6 +118,9 @@ enum FederationAction {
         force: bool,
     },
     /// Fetch the foreign bundle now.
+    ///
+    /// Fails when the fetch fails (the last good bundle stays), when the relationship does not
+    /// exist, or while another hub replica refreshes it.
     Refresh {
         #[command(flatten)]
         trust_domain: TrustDomainArg,
@@ -181,19 +184,19 @@ impl FederationCommand {
                         .client
                         .send(Method::POST, "/federation", &request)
                         .await?;
-                    show(&ctx, &created)
+                    ctx.print(&created, fields)
                 }
                 FederationAction::List => {
                     let relationships: Vec<RelationshipView> =
                         ctx.client.get("/federation").await?;
-                    list(&ctx, &relationships)
+                    ctx.print(relationships.as_slice(), table)
                 }
                 FederationAction::Show {
                     trust_domain: TrustDomainArg { trust_domain },
                 } => {
                     let relationship: RelationshipView =
                         ctx.client.get(&relationship_path(&trust_domain)).await?;
-                    show(&ctx, &relationship)
+                    ctx.print(&relationship, fields)
                 }
                 FederationAction::Update {
                     trust_domain: TrustDomainArg { trust_domain },
@@ -210,34 +213,22 @@ impl FederationCommand {
                     if let Some(profile) = bundle_endpoint_profile {
                         config.profile = profile.into();
                         match config.profile {
-                            Profile::HttpsWeb => config.endpoint_spiffe_id = None,
-                            Profile::HttpsSpiffe => config.extra_ca_pem = None,
+                            ProfileName::HttpsWeb => config.endpoint_spiffe_id = None,
+                            ProfileName::HttpsSpiffe => config.extra_ca_pem = None,
                         }
                     }
                     settings.apply(&mut config)?;
                     let updated: RelationshipView =
                         ctx.client.send(Method::PUT, &path, &config).await?;
-                    show(&ctx, &updated)
+                    ctx.print(&updated, fields)
                 }
                 FederationAction::Delete {
                     trust_domain: TrustDomainArg { trust_domain },
                     force,
                 } => {
-                    let path = format!(
-                        "{}{}",
-                        relationship_path(&trust_domain),
-                        query(&[("force", force.then_some("true"))])
-                    );
-                    let deleted: DeletedRelationship =
-                        ctx.client.request(Method::DELETE, &path).await?;
-                    match ctx.output {
-                        OutputFormat::Json => output::json(&deleted),
-                        OutputFormat::Table => output::print(&format!(
-                            "deleted the federation relationship with {trust_domain} \
-                             ({} entries no longer federate with it)\n",
-                            deleted.entries_updated
-                        )),
-                    }
+                    let path = relationship_path(&trust_domain);
+                    let what = format!("the federation relationship with {trust_domain}");
+                    ctx.unfederate(&path, force, &what).await
                 }
                 FederationAction::Refresh {
                     trust_domain: TrustDomainArg { trust_domain },
@@ -245,7 +236,7 @@ impl FederationCommand {
                     let path = format!("{}/refresh", relationship_path(&trust_domain));
                     let refreshed: RelationshipView =
                         ctx.client.request(Method::POST, &path).await?;
-                    show(&ctx, &refreshed)
+                    ctx.print(&refreshed, fields)
                 }
                 FederationAction::Group { action } => action.run(&ctx).await,
             }
@@ -257,13 +248,10 @@ fn relationship_path(trust_domain: &TrustDomain) -> String {
     format!("/federation/{}", encode(trust_domain.name()))
 }
 
-fn show(ctx: &Ctx, view: &RelationshipView) -> anyhow::Result<()> {
-    if ctx.output == OutputFormat::Json {
-        return output::json(view);
-    }
+fn fields(view: &RelationshipView) -> String {
     let status = &view.status;
     let bundle = view.bundle.as_ref();
-    output::print(&output::fields(&[
+    output::fields(&[
         ("trust domain", view.trust_domain.to_string()),
         (
             "bundle endpoint url",
@@ -308,7 +296,7 @@ fn show(ctx: &Ctx, view: &RelationshipView) -> anyhow::Result<()> {
         ("bundle stored", output::time(bundle.map(|b| b.updated_at))),
         ("created", output::time(Some(view.created_at))),
         ("updated", output::time(Some(view.updated_at))),
-    ]))
+    ])
 }
 
 /// Whether the peer stopped sending `spiffe_sequence`, for people.
@@ -342,27 +330,8 @@ fn next_refresh(view: &RelationshipView) -> String {
         .map_or_else(|| "due now".into(), |at| output::time(Some(at)))
 }
 
-fn list(ctx: &Ctx, relationships: &[RelationshipView]) -> anyhow::Result<()> {
-    if ctx.output == OutputFormat::Json {
-        return output::json(&relationships);
-    }
-    let rows: Vec<Vec<String>> = relationships
-        .iter()
-        .map(|r| {
-            vec![
-                r.trust_domain.to_string(),
-                r.config.profile.to_string(),
-                r.config.bundle_endpoint_url.clone(),
-                output::time(r.status.last_success_at),
-                output::opt(r.status.last_error.as_ref()),
-                r.status.consecutive_failures.to_string(),
-                next_refresh(r),
-                sequence_cell(r),
-                output::opt(r.bundle.as_ref().map(|b| b.authorities)),
-            ]
-        })
-        .collect();
-    output::print(&output::table(
+fn table(relationships: &[RelationshipView]) -> String {
+    output::table(
         &[
             "TRUST DOMAIN",
             "PROFILE",
@@ -374,6 +343,19 @@ fn list(ctx: &Ctx, relationships: &[RelationshipView]) -> anyhow::Result<()> {
             "SEQUENCE",
             "AUTHORITIES",
         ],
-        &rows,
-    ))
+        relationships,
+        |r| {
+            vec![
+                r.trust_domain.to_string(),
+                r.config.profile.to_string(),
+                r.config.bundle_endpoint_url.clone(),
+                output::time(r.status.last_success_at),
+                output::opt(r.status.last_error.as_ref()),
+                r.status.consecutive_failures.to_string(),
+                next_refresh(r),
+                sequence_cell(r),
+                output::opt(r.bundle.as_ref().map(|b| b.authorities)),
+            ]
+        },
+    )
 }

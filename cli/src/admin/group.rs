@@ -1,12 +1,12 @@
 //! `fedhub federation group create|delete|list|show|add|remove`.
 
 use fedhub_core::TrustDomain;
-use fedhub_hub::admin::api::{CreateFederationGroup, DeletedFederationGroup, FederationGroupView};
+use fedhub_hub::admin::api::{CreateFederationGroup, FederationGroupView};
 use hyper::Method;
 
 use super::Ctx;
-use crate::admin_client::{encode, query};
-use crate::output::{self, OutputFormat};
+use crate::admin_client::encode;
+use crate::output;
 
 #[derive(Debug, clap::Args)]
 pub(super) struct NameArg {
@@ -73,53 +73,33 @@ impl GroupAction {
                     .client
                     .send(Method::POST, "/federation-groups", &request)
                     .await?;
-                show(ctx, &group)
+                ctx.print(&group, fields)
             }
             Self::Delete {
                 name: NameArg { name },
                 force,
             } => {
-                let path = format!(
-                    "{}{}",
-                    group_path(&name),
-                    query(&[("force", force.then_some("true"))])
-                );
-                let deleted: DeletedFederationGroup =
-                    ctx.client.request(Method::DELETE, &path).await?;
-                match ctx.output {
-                    OutputFormat::Json => output::json(&deleted),
-                    OutputFormat::Table => output::print(&format!(
-                        "deleted federation group {name} ({} entries no longer federate with it)\n",
-                        deleted.entries_updated
-                    )),
-                }
+                let what = format!("federation group {name}");
+                ctx.unfederate(&group_path(&name), force, &what).await
             }
             Self::List => {
                 let groups: Vec<FederationGroupView> = ctx.client.get("/federation-groups").await?;
-                list(ctx, &groups)
+                ctx.print(groups.as_slice(), table)
             }
             Self::Show {
                 name: NameArg { name },
             } => {
                 let group: FederationGroupView = ctx.client.get(&group_path(&name)).await?;
-                show(ctx, &group)
+                ctx.print(&group, fields)
             }
             Self::Add {
                 name: NameArg { name },
                 trust_domain,
-            } => {
-                let path = member_path(&name, &trust_domain);
-                let group: FederationGroupView = ctx.client.request(Method::PUT, &path).await?;
-                show(ctx, &group)
-            }
+            } => member(ctx, Method::PUT, &name, &trust_domain).await,
             Self::Remove {
                 name: NameArg { name },
                 trust_domain,
-            } => {
-                let path = member_path(&name, &trust_domain);
-                let group: FederationGroupView = ctx.client.request(Method::DELETE, &path).await?;
-                show(ctx, &group)
-            }
+            } => member(ctx, Method::DELETE, &name, &trust_domain).await,
         }
     }
 }
@@ -128,39 +108,37 @@ fn group_path(name: &str) -> String {
     format!("/federation-groups/{}", encode(name))
 }
 
-fn member_path(name: &str, trust_domain: &TrustDomain) -> String {
-    format!(
+/// Adds (`PUT`) or removes (`DELETE`) a member and prints the group.
+async fn member(
+    ctx: &Ctx,
+    method: Method,
+    name: &str,
+    trust_domain: &TrustDomain,
+) -> anyhow::Result<()> {
+    let path = format!(
         "{}/members/{}",
         group_path(name),
         encode(trust_domain.name())
-    )
+    );
+    let group: FederationGroupView = ctx.client.request(method, &path).await?;
+    ctx.print(&group, fields)
 }
 
-fn show(ctx: &Ctx, group: &FederationGroupView) -> anyhow::Result<()> {
-    if ctx.output == OutputFormat::Json {
-        return output::json(group);
-    }
-    output::print(&output::fields(&[
+fn fields(group: &FederationGroupView) -> String {
+    output::fields(&[
         ("name", group.name.clone()),
         ("members", output::list(&group.members)),
         ("created", output::time(Some(group.created_at))),
         ("updated", output::time(Some(group.updated_at))),
-    ]))
+    ])
 }
 
-fn list(ctx: &Ctx, groups: &[FederationGroupView]) -> anyhow::Result<()> {
-    if ctx.output == OutputFormat::Json {
-        return output::json(&groups);
-    }
-    let rows: Vec<Vec<String>> = groups
-        .iter()
-        .map(|group| {
-            vec![
-                group.name.clone(),
-                output::list(&group.members),
-                output::time(Some(group.updated_at)),
-            ]
-        })
-        .collect();
-    output::print(&output::table(&["NAME", "MEMBERS", "UPDATED"], &rows))
+fn table(groups: &[FederationGroupView]) -> String {
+    output::table(&["NAME", "MEMBERS", "UPDATED"], groups, |group| {
+        vec![
+            group.name.clone(),
+            output::list(&group.members),
+            output::time(Some(group.updated_at)),
+        ]
+    })
 }

@@ -14,9 +14,12 @@ use std::process::ExitCode;
 
 use anyhow::Context as _;
 use fedhub_hub::admin::DEFAULT_ADMIN_SOCKET;
+use fedhub_hub::admin::api::Unfederated;
+use hyper::Method;
+use serde::Serialize;
 
-use crate::admin_client::AdminClient;
-use crate::output::OutputFormat;
+use crate::admin_client::{AdminClient, query};
+use crate::output::{self, OutputFormat};
 
 /// Flags every admin command takes.
 #[derive(Debug, clap::Args)]
@@ -51,6 +54,44 @@ pub struct Ctx {
     pub output: OutputFormat,
 }
 
+impl Ctx {
+    /// Prints a result: `value` as JSON with `--output json`, else the text `text` makes of it.
+    fn print<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        text: impl FnOnce(&T) -> String,
+    ) -> anyhow::Result<()> {
+        self.try_print(value, |value| Ok(text(value)))
+    }
+
+    /// [`Ctx::print`] with a text that may fail to be made.
+    fn try_print<T: Serialize + ?Sized>(
+        &self,
+        value: &T,
+        text: impl FnOnce(&T) -> anyhow::Result<String>,
+    ) -> anyhow::Result<()> {
+        match self.output {
+            OutputFormat::Json => output::json(value),
+            OutputFormat::Table => output::print(&text(value)?),
+        }
+    }
+
+    /// Deletes what entries may federate with, at `path` (with `force` also while they do),
+    /// and prints the answer; `what` names it, e.g. `federation group prod`.
+    async fn unfederate(&self, path: &str, force: bool, what: &str) -> anyhow::Result<()> {
+        let deleted: Unfederated = self
+            .client
+            .request(Method::DELETE, &delete_path(path, force))
+            .await?;
+        self.print(&deleted, |deleted| {
+            format!(
+                "deleted {what} ({} entries no longer federate with it)\n",
+                deleted.entries_updated
+            )
+        })
+    }
+}
+
 /// Runs an admin command on a small runtime.
 pub fn run<F, Fut>(args: AdminArgs, command: F) -> anyhow::Result<ExitCode>
 where
@@ -67,6 +108,11 @@ where
     };
     runtime.block_on(command(ctx))?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// The path of a delete: `path`, with `?force=true` when `force`.
+fn delete_path(path: &str, force: bool) -> String {
+    format!("{path}{}", query(&[("force", force.then_some("true"))]))
 }
 
 /// Reads a text file an admin names (a bundle, CA certificates).

@@ -7,7 +7,7 @@ use fedhub_hub::admin::api::{CreateJoinToken, JoinTokenView};
 use hyper::Method;
 
 use super::{AdminArgs, Ctx};
-use crate::output::{self, OutputFormat};
+use crate::output;
 
 /// Join tokens: single-use secrets an agent attests with.
 #[derive(Debug, clap::Args)]
@@ -53,12 +53,11 @@ async fn generate(ctx: &Ctx, spiffe_id: Option<SpiffeId>, ttl: Duration) -> anyh
         .client
         .send(Method::POST, "/join-tokens", &request)
         .await?;
-    match ctx.output {
-        OutputFormat::Json => output::json(&token),
-        OutputFormat::Table => output::print(&output::fields(&[
-            ("token", token.token),
+    ctx.print(&token, |token| {
+        output::fields(&[
+            ("token", token.token.clone()),
             ("spiffe id", token.spiffe_id.to_string()),
             ("expires", output::time(Some(token.expires_at))),
-        ])),
-    }
+        ])
+    })
 }

@@ -119,12 +119,9 @@ fn describe_certificate(der: &[u8], now: SystemTime) -> String {
 mod tests {
     use fedhub_core::x509::CaParams;
     use fedhub_core::{CaSigner, JwtAlgorithm, JwtSigner, KeyType, PrivateKey};
+    use fedhub_tests::td;
 
     use super::*;
-
-    fn td(name: &str) -> TrustDomain {
-        TrustDomain::new(name).unwrap()
-    }
 
     #[test]
     fn x509_and_jwt_bundles_merge_per_trust_domain() {

@@ -3,19 +3,13 @@
 use std::future::Future;
 use std::time::Duration;
 
-use fedhub_proto::WORKLOAD_SECURITY_HEADER;
-use fedhub_proto::workload::spiffe_workload_api_client::SpiffeWorkloadApiClient;
 use fedhub_proto::workload::{
     JwtBundlesRequest, JwtBundlesResponse, JwtsvidRequest, JwtsvidResponse, ValidateJwtsvidRequest,
     ValidateJwtsvidResponse, X509BundlesRequest, X509BundlesResponse, X509svidRequest,
     X509svidResponse,
 };
-use hyper_util::rt::TokioIo;
-use tokio::net::UnixStream;
-use tonic::codegen::InterceptedService;
-use tonic::metadata::MetadataValue;
-use tonic::transport::{Channel, Endpoint, Uri};
-use tonic::{Code, Request, Status, Streaming};
+use fedhub_workload_client::WorkloadApiClient;
+use tonic::{Code, Status, Streaming};
 
 use super::endpoint::WorkloadSocket;
 
@@ -105,24 +99,10 @@ impl From<Status> for ApiError {
     }
 }
 
-/// Adds the security header every Workload API request must carry (WAPI-4).
-#[expect(
-    clippy::unnecessary_wraps,
-    reason = "the signature tonic requires of an interceptor"
-)]
-fn security_header(mut request: Request<()>) -> Result<Request<()>, Status> {
-    request
-        .metadata_mut()
-        .insert(WORKLOAD_SECURITY_HEADER, MetadataValue::from_static("true"));
-    Ok(request)
-}
-
-type Interceptor = fn(Request<()>) -> Result<Request<()>, Status>;
-
 /// A connected Workload API client; every call carries `workload.spiffe.io: true`.
 #[derive(Debug, Clone)]
 pub struct WorkloadClient {
-    inner: SpiffeWorkloadApiClient<InterceptedService<Channel, Interceptor>>,
+    inner: WorkloadApiClient,
     socket: String,
     timeout: Duration,
 }
@@ -134,15 +114,9 @@ impl WorkloadClient {
     /// # Errors
     /// [`ApiError::Connect`] or [`ApiError::Timeout`].
     pub async fn connect(socket: &WorkloadSocket, timeout: Duration) -> Result<Self, ApiError> {
-        let path = socket.path().to_owned();
-        let connector = tower::service_fn(move |_: Uri| {
-            let path = path.clone();
-            async move { UnixStream::connect(path).await.map(TokioIo::new) }
-        });
-        // The URI only names the HTTP/2 authority; the connector decides where to go.
-        let endpoint = Endpoint::from_static("http://localhost").connect_timeout(timeout);
         let name = socket.to_string();
-        let channel = tokio::time::timeout(timeout, endpoint.connect_with_connector(connector))
+        let connect = fedhub_workload_client::connect(socket.path(), Some(timeout));
+        let inner = tokio::time::timeout(timeout, connect)
             .await
             .map_err(|_| ApiError::Timeout {
                 socket: name.clone(),
@@ -153,7 +127,7 @@ impl WorkloadClient {
                 reason: innermost(&error),
             })?;
         Ok(Self {
-            inner: SpiffeWorkloadApiClient::with_interceptor(channel, security_header as _),
+            inner,
             socket: name,
             timeout,
         })
@@ -191,6 +165,16 @@ impl WorkloadClient {
             .await
     }
 
+    /// Opens a stream with `open` and waits for its first message, each for at most the
+    /// client's timeout.
+    async fn first_of<T>(
+        &self,
+        open: impl Future<Output = Result<tonic::Response<Streaming<T>>, Status>>,
+    ) -> Result<T, ApiError> {
+        let mut stream = self.timed(async { Ok(open.await?.into_inner()) }).await?;
+        self.first(&mut stream).await
+    }
+
     /// The current X.509 context: the first message of `FetchX509SVID`.
     ///
     /// # Errors
@@ -206,15 +190,8 @@ impl WorkloadClient {
     /// [`ApiError`] from the status, or [`ApiError::Timeout`].
     pub async fn fetch_x509_bundles(&mut self) -> Result<X509BundlesResponse, ApiError> {
         let mut inner = self.inner.clone();
-        let mut stream = self
-            .timed(async move {
-                Ok(inner
-                    .fetch_x509_bundles(X509BundlesRequest {})
-                    .await?
-                    .into_inner())
-            })
-            .await?;
-        self.first(&mut stream).await
+        self.first_of(async move { inner.fetch_x509_bundles(X509BundlesRequest {}).await })
+            .await
     }
 
     /// The current JWT bundles: the first message of `FetchJWTBundles`.
@@ -223,15 +200,8 @@ impl WorkloadClient {
     /// [`ApiError`] from the status, or [`ApiError::Timeout`].
     pub async fn fetch_jwt_bundles(&mut self) -> Result<JwtBundlesResponse, ApiError> {
         let mut inner = self.inner.clone();
-        let mut stream = self
-            .timed(async move {
-                Ok(inner
-                    .fetch_jwt_bundles(JwtBundlesRequest {})
-                    .await?
-                    .into_inner())
-            })
-            .await?;
-        self.first(&mut stream).await
+        self.first_of(async move { inner.fetch_jwt_bundles(JwtBundlesRequest {}).await })
+            .await
     }
 
     /// `FetchJWTSVID` for `audience`, for `spiffe_id` or (when empty) every identity.
@@ -288,17 +258,6 @@ fn innermost(error: &tonic::transport::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn every_request_gets_exactly_one_security_header() {
-        let request = security_header(Request::new(())).unwrap();
-        let values: Vec<_> = request
-            .metadata()
-            .get_all(WORKLOAD_SECURITY_HEADER)
-            .iter()
-            .collect();
-        assert_eq!(values, ["true"]);
-    }
 
     #[test]
     fn statuses_become_errors_that_say_what_to_do() {

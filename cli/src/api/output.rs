@@ -5,6 +5,10 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 
+/// A list for a table cell, `-` when empty.
+pub use crate::output::list;
+use crate::output::{join_units, units};
+
 /// How results are printed.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
@@ -50,25 +54,13 @@ pub fn expiry(at: SystemTime, now: SystemTime) -> String {
 
 /// A duration in its two most significant units, e.g. `364d 23h`, `59m 59s`, `5m`.
 fn rough(duration: Duration) -> String {
-    let s = duration.as_secs();
-    let units = [
-        (s / 86_400, "d"),
-        (s / 3600 % 24, "h"),
-        (s / 60 % 60, "m"),
-        (s % 60, "s"),
-    ];
-    let parts: Vec<String> = units
-        .iter()
-        .skip_while(|(n, _)| *n == 0)
-        .take(2)
-        .filter(|(n, _)| *n > 0)
-        .map(|(n, unit)| format!("{n}{unit}"))
-        .collect();
-    if parts.is_empty() {
-        "0s".to_owned()
-    } else {
-        parts.join(" ")
-    }
+    join_units(
+        units(duration.as_secs())
+            .into_iter()
+            .skip_while(|(n, _)| *n == 0)
+            .take(2)
+            .filter(|(n, _)| *n > 0),
+    )
 }
 
 /// `n` and the noun, pluralised with an `s`.
@@ -79,15 +71,6 @@ pub fn count(n: usize, noun: &str) -> String {
         format!("{n} {stem}ies")
     } else {
         format!("{n} {noun}s")
-    }
-}
-
-/// A list for a table cell, `-` when empty.
-pub fn list(items: &[String]) -> String {
-    if items.is_empty() {
-        "-".to_owned()
-    } else {
-        items.join(", ")
     }
 }
 
@@ -132,8 +115,8 @@ mod tests {
     fn small_formatting_helpers() {
         assert_eq!(count(1, "certificate"), "1 certificate");
         assert_eq!(count(2, "certificate"), "2 certificates");
-        assert_eq!(list(&[]), "-");
-        assert_eq!(list(&["a".into(), "b".into()]), "a, b");
+        assert_eq!(list::<String>(&[]), "-");
+        assert_eq!(list(&["a", "b"]), "a, b");
         assert_eq!(or_dash(""), "-");
     }
 }

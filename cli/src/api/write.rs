@@ -6,9 +6,9 @@
 //! are removed: a later message replaces the earlier one completely (WAPI-10).
 
 use std::collections::HashSet;
-use std::fs::{self, OpenOptions};
-use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::fs;
+use std::io;
+use std::os::unix::fs::PermissionsExt as _;
 use std::path::{Path, PathBuf};
 
 use fedhub_core::TrustDomain;
@@ -151,27 +151,10 @@ fn is_current(path: &Path, file: &OutputFile) -> bool {
         && fs::read(path).is_ok_and(|old| *Zeroizing::new(old) == *file.contents)
 }
 
-/// Writes `file` to a temporary file in `dir` (created 0600, so a key is never readable by
-/// others), sets its mode, syncs it and renames it over the target.
+/// Replaces `file` in `dir` atomically ([`fedhub_files::write_atomic`]: created 0600 so a key
+/// is never readable by others, then given its mode, synced and renamed over the target).
 fn replace(dir: &Path, file: &OutputFile) -> io::Result<()> {
-    let target = dir.join(&file.name);
-    let temp = dir.join(format!(".{}.{}.tmp", file.name, std::process::id()));
-    let _ = fs::remove_file(&temp);
-    let written = (|| {
-        let mut out = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(KEY_MODE)
-            .open(&temp)?;
-        out.write_all(&file.contents)?;
-        out.set_permissions(fs::Permissions::from_mode(file.mode))?;
-        out.sync_all()?;
-        fs::rename(&temp, &target)
-    })();
-    if written.is_err() {
-        let _ = fs::remove_file(&temp);
-    }
-    written
+    fedhub_files::write_atomic(&dir.join(&file.name), &file.contents, file.mode)
 }
 
 /// Whether `name` is one of the names [`write_context`] writes.

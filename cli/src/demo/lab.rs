@@ -59,6 +59,7 @@ pub fn router(lab: Lab) -> Router {
         .route("/spiffe/demo/rotation", get(rotation))
         .route("/spiffe/status", get(status))
         .layer(tower_http::limit::RequestBodyLimitLayer::new(256 * 1024))
+        .layer(fedhub_idle::trace::layer("lab"))
         .with_state(lab)
 }
 

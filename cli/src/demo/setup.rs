@@ -9,10 +9,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail};
 use fedhub_agent::config::{AgentConfig, JoinToken, NodeAttestation};
 use fedhub_agent::run::RunningAgent;
+use fedhub_core::endpoint::ProfileName;
 use fedhub_core::{SpiffeId, TrustDomain};
 use fedhub_hub::admin::api::{
     BundleView, CreateJoinToken, CreateRelationship, EntrySpecBody, EntryView, JoinTokenView,
-    Profile, RelationshipConfig, RelationshipView, RotateRequest, RotateView,
+    RelationshipConfig, RelationshipView, RotateRequest, RotateView,
 };
 use fedhub_hub::config::{HubConfig, TlsFiles};
 use fedhub_hub::federation::FederationOptions;
@@ -271,7 +272,7 @@ impl Domain {
                     trust_domain: other.plan.trust_domain.clone(),
                     config: RelationshipConfig {
                         bundle_endpoint_url: other.bundle_endpoint_url(),
-                        profile: Profile::HttpsSpiffe,
+                        profile: ProfileName::HttpsSpiffe,
                         endpoint_spiffe_id: Some(other.hub_id()),
                         extra_ca_pem: None,
                         accept_empty_bundle: false,
@@ -493,14 +494,11 @@ fn start_lab(
     let router = lab::router(lab.clone());
     let stopped = stop.clone().cancelled_owned();
     tokio::spawn(async move {
-        if let Err(error) = fedhub_hub::https::serve(
+        if let Err(error) = fedhub_serve::serve(
             api,
             None,
             router,
-            fedhub_hub::https::ServeLimits::new(
-                "lab",
-                fedhub_hub::limits::ConnectionLimits::default(),
-            ),
+            fedhub_serve::ServeLimits::new("lab", fedhub_serve::ConnectionLimits::default()),
             stopped,
         )
         .await

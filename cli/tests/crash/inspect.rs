@@ -14,61 +14,9 @@ use base64::Engine as _;
 use fedhub_core::bundle::BundleSet;
 use fedhub_core::x509::{SvidUsage, X509Svid, verify_x509_svid};
 use fedhub_core::{Bundle, CaSigner, JwtValidator, PrivateKey, PublicKey, TrustDomain};
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::CryptoProvider;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, ClientConnection, DigitallySignedStruct, SignatureScheme, StreamOwned};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConnection, StreamOwned};
 use serde::Deserialize;
-
-/// Accepts any server certificate: the chain is judged afterwards, against the bundle served
-/// over the same connection. Handshake signatures are still checked.
-#[derive(Debug)]
-struct RecordOnly(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for RecordOnly {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.0.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
-}
 
 /// What a bundle endpoint served on one connection.
 #[derive(Debug, Clone)]
@@ -85,13 +33,9 @@ pub fn fetch_bundle_endpoint(
     address: SocketAddr,
     trust_domain: &TrustDomain,
 ) -> Result<Served, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = ClientConfig::builder_with_provider(Arc::clone(&provider))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(RecordOnly(provider)))
-        .with_no_client_auth();
+    // The presented chain is judged afterwards, against the bundle served over the same
+    // connection.
+    let config = fedhub_core::tls::insecure_client_config().map_err(|e| e.to_string())?;
     let timeout = Duration::from_secs(5);
     let tcp = TcpStream::connect_timeout(&address, timeout)
         .map_err(|e| format!("connecting to the bundle endpoint {address}: {e}"))?;

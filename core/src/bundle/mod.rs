@@ -2,21 +2,39 @@
 //! refresh hint.
 //!
 //! The SPIFFE bundle JSON (JWK Set) codec, the SPIFFE bundle map and PEM import/export live in
-//! the `codec` submodule; their types are re-exported here.
+//! submodules, one job each; their types are re-exported here.
+//!
+//! - `error`: [`BundleError`], why an input was rejected as a whole.
+//! - `strict_json`: reading untrusted JSON, refusing duplicate object keys.
+//! - `decode`: [`Bundle::from_json`] and [`Bundle::parse_json`], entries skipped or rejected as
+//!   the SPIFFE spec says.
+//! - `encode`: [`Bundle::to_json`], deterministic.
+//! - `map`: [`BundleMap`], the bundles of several trust domains in one document.
+//! - `x509_pem`: [`Bundle::x509_authorities_pem`], [`Bundle::from_x509_pem`] and
+//!   [`Bundle::from_json_or_pem`].
 
-mod codec;
+mod decode;
+mod encode;
+mod error;
+mod map;
+mod strict_json;
+mod x509_pem;
 
 use std::time::Duration;
 
 use x509_parser::prelude::FromDer;
 
-pub use codec::{
-    BundleError, BundleMap, IgnoreReason, IgnoredEntry, MAX_BUNDLE_BYTES, MAX_BUNDLE_MAP_BYTES,
-    ParsedBundle, ParsedBundleMap,
-};
+pub use decode::{IgnoreReason, IgnoredEntry, MAX_BUNDLE_BYTES, ParsedBundle};
+pub use error::BundleError;
+pub use map::{BundleMap, MAX_BUNDLE_MAP_BYTES, ParsedBundleMap};
 
 use crate::id::TrustDomain;
 use crate::keys::PublicKey;
+
+/// The JWK `use` of an X.509 authority in a bundle document.
+const USE_X509_SVID: &str = "x509-svid";
+/// The JWK `use` of a JWT authority in a bundle document.
+const USE_JWT_SVID: &str = "jwt-svid";
 
 /// An X.509 authority: one CA certificate (DER) that roots X509-SVIDs of the trust domain.
 #[derive(Clone, PartialEq, Eq, Hash)]
@@ -287,3 +305,6 @@ impl BundleSource for BundleSet {
         self.bundles.get(trust_domain).cloned()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -255,6 +255,23 @@ async fn client_refuses_a_server_of_an_untrusted_trust_domain() {
     assert!(err.contains("NoBundle"), "{err}");
 }
 
+/// The insecure bootstrap configuration connects to a server no bundle vouches for.
+#[tokio::test]
+async fn the_insecure_client_accepts_any_server() {
+    let partner = root_ca("partner.example");
+    let server = svid(&partner, "spiffe://partner.example/server");
+    let outcome = handshake(
+        insecure_client_config().unwrap(),
+        server_config(&server, None, Authorizer::Any).unwrap(),
+    )
+    .await;
+    assert_eq!(
+        outcome.client.unwrap(),
+        Some(id("spiffe://partner.example/server"))
+    );
+    assert_eq!(outcome.server.unwrap(), None);
+}
+
 #[tokio::test]
 async fn tls12_mutual_handshake() {
     let pair = Pair::new();

@@ -8,6 +8,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
+use fedhub_core::endpoint::ProfileName;
 use fedhub_core::{SpiffeId, TrustDomain};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -120,6 +121,25 @@ pub struct EntrySpecBody {
     /// A hint for workloads choosing between SVIDs.
     #[serde(default)]
     pub hint: Option<String>,
+}
+
+impl EntrySpecBody {
+    /// An entry of `spiffe_id` for `parent_id` with `selectors`, everything else at its
+    /// default: no federation, the hub's SVID lifetimes, no DNS names, no hint.
+    pub fn new(spiffe_id: SpiffeId, parent_id: SpiffeId, selectors: Vec<String>) -> Self {
+        Self {
+            spiffe_id,
+            parent_id,
+            selectors,
+            federates_with: Vec::new(),
+            federates_with_groups: Vec::new(),
+            federates_with_all: false,
+            x509_svid_ttl_secs: None,
+            jwt_svid_ttl_secs: None,
+            dns_names: Vec::new(),
+            hint: None,
+        }
+    }
 }
 
 /// A stored registration entry.
@@ -242,33 +262,19 @@ pub struct KeyView {
     pub not_after: Timestamp,
 }
 
-/// The bundle endpoint profile of a relationship.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Profile {
-    /// Web PKI server certificate (system roots or `extra_ca_pem`).
-    HttpsWeb,
-    /// The endpoint's X509-SVID, verified with the stored bundle.
-    HttpsSpiffe,
-}
-
-impl fmt::Display for Profile {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Self::HttpsWeb => "https_web",
-            Self::HttpsSpiffe => "https_spiffe",
-        })
-    }
-}
-
 /// How a federation relationship reaches and authenticates the foreign bundle endpoint
-/// (`PUT /v1/federation/{trust_domain}`; part of the create request).
+/// (`PUT /v1/federation/{trust_domain}`; part of the create request): the registry's
+/// `RelationshipSpec` and `RelationshipOptions` in a flat wire shape, checked by the hub
+/// (the URL as a [`BundleEndpointUrl`](fedhub_core::endpoint::BundleEndpointUrl), the fields
+/// against the profile).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RelationshipConfig {
     /// The endpoint, an `https://` URL.
     pub bundle_endpoint_url: String,
-    /// The endpoint profile.
-    pub profile: Profile,
+    /// The endpoint profile: `https_web` (a Web PKI certificate, system roots or
+    /// `extra_ca_pem`) or `https_spiffe` (the endpoint's X509-SVID, verified with the stored
+    /// bundle).
+    pub profile: ProfileName,
     /// `https_spiffe`: the SPIFFE ID the endpoint must present.
     #[serde(default)]
     pub endpoint_spiffe_id: Option<SpiffeId>,
@@ -354,10 +360,12 @@ pub struct StoredBundleSummary {
     pub updated_at: Timestamp,
 }
 
-/// The answer to `DELETE /v1/federation/{trust_domain}`.
+/// The answer to deleting what entries federate with: `DELETE /v1/federation/{trust_domain}`
+/// and `DELETE /v1/federation-groups/{name}`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeletedRelationship {
-    /// How many entries dropped the trust domain from `federates_with` (with `force`).
+pub struct Unfederated {
+    /// How many entries dropped the trust domain from `federates_with`, or the group from
+    /// `federates_with_groups` (with `force`).
     pub entries_updated: u64,
 }
 
@@ -382,13 +390,6 @@ pub struct FederationGroupView {
     pub created_at: Timestamp,
     /// When it or its membership last changed.
     pub updated_at: Timestamp,
-}
-
-/// The answer to `DELETE /v1/federation-groups/{name}`.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct DeletedFederationGroup {
-    /// How many entries dropped the group from `federates_with_groups` (with `force`).
-    pub entries_updated: u64,
 }
 
 /// An attested agent.
@@ -433,7 +434,7 @@ mod tests {
             trust_domain: TrustDomain::new("beta.test").unwrap(),
             config: RelationshipConfig {
                 bundle_endpoint_url: "https://beta.test/".into(),
-                profile: Profile::HttpsWeb,
+                profile: ProfileName::HttpsWeb,
                 endpoint_spiffe_id: None,
                 extra_ca_pem: None,
                 accept_empty_bundle: false,

@@ -7,6 +7,7 @@ use fedhub_registry::RegistryError;
 
 use super::api::ErrorBody;
 use crate::HubError;
+use crate::federation::FederationError;
 
 /// Why an admin request failed. Every variant but [`ApiError::Internal`] carries a message for
 /// the admin that says what was wrong and what to do.
@@ -31,10 +32,16 @@ pub enum ApiError {
     /// An operation against another system failed (502), e.g. a bundle fetch.
     #[error("{0}")]
     Upstream(String),
-    /// Something broke inside the hub (500). The cause is logged; the client gets a generic
-    /// message.
-    #[error("internal error")]
-    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+    /// Something broke inside the hub (500). The cause is logged; the client gets only the
+    /// summary, which never holds the cause.
+    #[error("{summary}")]
+    Internal {
+        /// What the client is told: `internal error`, or what failed and that it was internal.
+        summary: String,
+        /// What broke.
+        #[source]
+        cause: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl ApiError {
@@ -47,13 +54,27 @@ impl ApiError {
             Self::Conflict(_) => StatusCode::CONFLICT,
             Self::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             Self::Upstream(_) => StatusCode::BAD_GATEWAY,
-            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Internal { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     /// Wraps an unexpected failure.
     pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
-        Self::Internal(error.into())
+        Self::Internal {
+            summary: "internal error".into(),
+            cause: error.into(),
+        }
+    }
+
+    /// Wraps an unexpected failure of `what`, which the client is told.
+    pub fn internal_in(
+        what: &str,
+        error: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+    ) -> Self {
+        Self::Internal {
+            summary: format!("{what} failed inside the hub: internal error"),
+            cause: error.into(),
+        }
     }
 }
 
@@ -80,6 +101,24 @@ impl From<RegistryError> for ApiError {
     }
 }
 
+/// A refresh of the federation manager: the relationship is missing (404) or being refreshed
+/// elsewhere (409); anything else broke inside the hub (500). A fetch that failed is not an
+/// error of the manager but its [`RefreshOutcome::Failed`](crate::federation::RefreshOutcome)
+/// (502, in the handler).
+impl From<FederationError> for ApiError {
+    fn from(error: FederationError) -> Self {
+        match error {
+            FederationError::NotFound(_) => Self::NotFound(error.to_string()),
+            FederationError::Busy { .. } => Self::Conflict(error.to_string()),
+            // Deleted, or the lease taken over, while the fetch ran.
+            FederationError::Registry(
+                registry @ (RegistryError::NotFound { .. } | RegistryError::LeaseNotHeld { .. }),
+            ) => registry.into(),
+            other => Self::internal_in("the federation refresh", other),
+        }
+    }
+}
+
 impl From<HubError> for ApiError {
     fn from(error: HubError) -> Self {
         match error {
@@ -92,7 +131,7 @@ impl From<HubError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let Self::Internal(cause) = &self {
+        if let Self::Internal { cause, .. } = &self {
             tracing::error!(error = %error_chain(cause.as_ref()), "admin request failed");
         }
         let body = ErrorBody {
@@ -171,6 +210,57 @@ mod tests {
         ];
         for (error, status) in cases {
             assert_eq!(ApiError::from(error).status(), status);
+        }
+    }
+
+    #[tokio::test]
+    async fn federation_errors_map_to_statuses_and_name_the_trust_domain() {
+        let td = TrustDomain::new("b.test").unwrap();
+        let cases = [
+            (
+                FederationError::NotFound(td.clone()),
+                StatusCode::NOT_FOUND,
+                "no federation relationship with trust domain b.test",
+            ),
+            (
+                FederationError::Busy {
+                    trust_domain: td.clone(),
+                    holder: "hub-2".into(),
+                },
+                StatusCode::CONFLICT,
+                "already running on hub replica hub-2",
+            ),
+            (
+                FederationError::Registry(RegistryError::LeaseNotHeld {
+                    trust_domain: td.clone(),
+                    owner: "hub-1".into(),
+                }),
+                StatusCode::CONFLICT,
+                "not held by hub-1",
+            ),
+            (
+                FederationError::Registry(RegistryError::NotFound {
+                    kind: "federation relationship",
+                    key: "b.test".into(),
+                }),
+                StatusCode::NOT_FOUND,
+                "b.test",
+            ),
+            (
+                FederationError::Registry(RegistryError::Conflict("password=hunter2".into())),
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "the federation refresh failed inside the hub: internal error",
+            ),
+        ];
+        for (error, status, message) in cases {
+            let response = ApiError::from(error).into_response();
+            assert_eq!(response.status(), status);
+            let body = axum::body::to_bytes(response.into_body(), 1024)
+                .await
+                .unwrap();
+            let body: ErrorBody = serde_json::from_slice(&body).unwrap();
+            assert!(body.error.contains(message), "{}", body.error);
+            assert!(!body.error.contains("hunter2"), "{}", body.error);
         }
     }
 

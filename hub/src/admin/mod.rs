@@ -23,13 +23,16 @@
 //! | `PUT`, `DELETE /v1/bundles/{trust_domain}?force=` | set or delete a foreign bundle |
 //! | `GET`, `POST /v1/federation` | list, create relationships |
 //! | `GET`, `PUT`, `DELETE /v1/federation/{trust_domain}?force=` | show, update, delete one |
-//! | `POST /v1/federation/{trust_domain}/refresh` | fetch its bundle now ([`RefreshNow`]) |
+//! | `POST /v1/federation/{trust_domain}/refresh` | fetch its bundle now ([`FederationManager::refresh_now`]) |
 //! | `GET`, `POST /v1/federation-groups` | list, create federation groups |
 //! | `GET`, `DELETE /v1/federation-groups/{name}?force=` | show, delete a group |
 //! | `PUT`, `DELETE /v1/federation-groups/{name}/members/{trust_domain}` | add, remove a member |
 //! | `GET /v1/agents` | list agents |
 //! | `GET`, `DELETE /v1/agents/{spiffe_id}` | show, evict an agent (ID percent-encoded) |
 //! | `POST /v1/agents/{spiffe_id}/ban` | ban an agent |
+//!
+//! Errors keep their meaning up to here: [`ApiError`] is the one place that turns the errors of
+//! the registry and the federation manager into HTTP statuses.
 //!
 //! Join tokens without a SPIFFE ID: the admin API derives the agent ID when it generates the
 //! token ([`join_token_agent_id`]) and stores it with the token, so the ID an agent gets at
@@ -42,14 +45,11 @@ mod socket;
 
 use std::future::Future;
 use std::io;
-use std::pin::Pin;
-use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
 use axum::routing::{get, post, put};
-use fedhub_core::TrustDomain;
 
 pub use error::ApiError;
 #[doc(hidden)]
@@ -57,37 +57,19 @@ pub use handlers::fuzzing;
 pub use socket::{AdminSocket, AllowedPeers, Peer};
 
 use crate::Hub;
+use crate::federation::FederationManager;
 
 /// The default path of the admin socket (`<default data_dir>/admin/admin.sock`).
 pub const DEFAULT_ADMIN_SOCKET: &str = "/var/lib/fedhub/hub/admin/admin.sock";
 
 pub use crate::node::join_token_agent_id;
 
-/// What [`RefreshNow::refresh_now`] returns: `Err` carries why the fetch failed.
-pub type RefreshFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-
-/// "Refresh now" for federation relationships, provided by the federation refresh engine.
-/// Without one, `POST /v1/federation/{td}/refresh` answers 501.
-pub trait RefreshNow: Send + Sync {
-    /// Fetches the bundle of the relationship with `trust_domain` now, applying and recording
-    /// the outcome as a scheduled refresh would. Called only for existing relationships.
-    fn refresh_now(&self, trust_domain: TrustDomain) -> RefreshFuture;
-}
-
 /// The state of the admin handlers. Cheap to clone.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct AdminState {
     hub: Hub,
-    refresher: Option<Arc<dyn RefreshNow>>,
-}
-
-impl std::fmt::Debug for AdminState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AdminState")
-            .field("hub", &self.hub)
-            .field("refresher", &self.refresher.is_some())
-            .finish()
-    }
+    /// The refresh engine behind `federation refresh`; without one that answers 501.
+    federation: Option<FederationManager>,
 }
 
 impl AdminState {
@@ -95,14 +77,15 @@ impl AdminState {
     pub fn new(hub: Hub) -> Self {
         Self {
             hub,
-            refresher: None,
+            federation: None,
         }
     }
 
-    /// Adds the refresh engine behind `federation refresh`.
+    /// Adds the federation manager whose [`FederationManager::refresh_now`] serves
+    /// `federation refresh`.
     #[must_use]
-    pub fn with_refresher(mut self, refresher: Arc<dyn RefreshNow>) -> Self {
-        self.refresher = Some(refresher);
+    pub fn with_federation(mut self, federation: FederationManager) -> Self {
+        self.federation = Some(federation);
         self
     }
 
@@ -133,61 +116,58 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
 
 /// The admin router. It needs [`Peer`] connect info ([`serve_admin`] provides it).
 pub fn router(state: AdminState) -> Router {
+    use handlers::{agents, bundles, entries, federation, groups, tokens};
+
     let routes = Router::new()
-        .route("/join-tokens", post(handlers::tokens::create))
-        .route(
-            "/entries",
-            get(handlers::entries::list).post(handlers::entries::create),
-        )
+        .route("/join-tokens", post(tokens::create))
+        .route("/entries", get(entries::list).post(entries::create))
         .route(
             "/entries/{id}",
-            get(handlers::entries::show)
-                .put(handlers::entries::update)
-                .delete(handlers::entries::delete),
+            get(entries::show)
+                .put(entries::update)
+                .delete(entries::delete),
         )
-        .route("/bundle", get(handlers::bundles::own))
-        .route("/bundle/rotate", post(handlers::bundles::rotate))
-        .route("/bundles", get(handlers::bundles::list))
+        .route("/bundle", get(bundles::own))
+        .route("/bundle/rotate", post(bundles::rotate))
+        .route("/bundles", get(bundles::list))
         .route(
             "/bundles/{trust_domain}",
-            put(handlers::bundles::set).delete(handlers::bundles::delete),
+            put(bundles::set).delete(bundles::delete),
         )
         .route(
             "/federation",
-            get(handlers::federation::list).post(handlers::federation::create),
+            get(federation::list).post(federation::create),
         )
         .route(
             "/federation/{trust_domain}",
-            get(handlers::federation::show)
-                .put(handlers::federation::update)
-                .delete(handlers::federation::delete),
+            get(federation::show)
+                .put(federation::update)
+                .delete(federation::delete),
         )
         .route(
             "/federation/{trust_domain}/refresh",
-            post(handlers::federation::refresh),
+            post(federation::refresh),
         )
-        .route(
-            "/federation-groups",
-            get(handlers::groups::list).post(handlers::groups::create),
-        )
+        .route("/federation-groups", get(groups::list).post(groups::create))
         .route(
             "/federation-groups/{name}",
-            get(handlers::groups::show).delete(handlers::groups::delete),
+            get(groups::show).delete(groups::delete),
         )
         .route(
             "/federation-groups/{name}/members/{trust_domain}",
-            put(handlers::groups::add_member).delete(handlers::groups::remove_member),
+            put(groups::member).delete(groups::member),
         )
-        .route("/agents", get(handlers::agents::list))
+        .route("/agents", get(agents::list))
         .route(
             "/agents/{spiffe_id}",
-            get(handlers::agents::show).delete(handlers::agents::evict),
+            get(agents::show).delete(agents::evict),
         )
-        .route("/agents/{spiffe_id}/ban", post(handlers::agents::ban));
+        .route("/agents/{spiffe_id}/ban", post(agents::ban));
     Router::new()
         .nest(api::PREFIX, routes)
         .fallback(|| async { ApiError::NotFound("no such admin route".into()) })
         .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .layer(fedhub_idle::trace::layer("admin"))
         .with_state(state)
 }
 

@@ -8,11 +8,9 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
-use fedhub_bundle_endpoint::{
-    BundleFetcher, EndpointAuth, FetchError, FetchOptions, SharedClients,
-};
+use fedhub_bundle_endpoint::{BundleFetcher, FetchAuth, FetchError, FetchOptions, SharedClients};
 use fedhub_core::{Bundle, BundleSource, TrustDomain};
-use fedhub_registry::{EndpointProfile, RelationshipSpec};
+use fedhub_registry::{FetchProfile, RelationshipSpec};
 use sha2::{Digest as _, Sha256};
 
 /// The bundle that authenticates an `https_spiffe` endpoint: the one stored for the endpoint
@@ -77,13 +75,13 @@ fn digest(spec: &RelationshipSpec) -> [u8; 32] {
     };
     field(spec.trust_domain.name().as_bytes());
     field(spec.bundle_endpoint_url.as_str().as_bytes());
-    field(spec.profile.name().as_bytes());
+    field(spec.profile.name().as_str().as_bytes());
     match &spec.profile {
-        EndpointProfile::HttpsWeb { extra_ca_pem } => {
+        FetchProfile::HttpsWeb { extra_ca_pem } => {
             field(extra_ca_pem.as_deref().unwrap_or_default().as_bytes());
             field(&[u8::from(extra_ca_pem.is_some())]);
         }
-        EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => {
+        FetchProfile::HttpsSpiffe { endpoint_spiffe_id } => {
             field(endpoint_spiffe_id.as_str().as_bytes());
         }
     }
@@ -143,16 +141,16 @@ fn build(
     clients: &SharedClients,
 ) -> Result<Fetcher, FetchError> {
     let (auth, endpoint_bundle) = match &spec.profile {
-        EndpointProfile::HttpsWeb { extra_ca_pem } => (
-            EndpointAuth::HttpsWeb {
+        FetchProfile::HttpsWeb { extra_ca_pem } => (
+            FetchAuth::HttpsWeb {
                 extra_roots: extra_roots(extra_ca_pem.as_deref())?,
             },
             None,
         ),
-        EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => {
+        FetchProfile::HttpsSpiffe { endpoint_spiffe_id } => {
             let bundle = Arc::new(EndpointBundle::new(endpoint_spiffe_id.trust_domain()));
             (
-                EndpointAuth::HttpsSpiffe {
+                FetchAuth::HttpsSpiffe {
                     endpoint_id: endpoint_spiffe_id.clone(),
                     bundles: Arc::clone(&bundle) as Arc<dyn BundleSource>,
                 },
@@ -161,7 +159,7 @@ fn build(
         }
     };
     let fetcher = BundleFetcher::with_shared_clients(
-        spec.bundle_endpoint_url.as_str(),
+        spec.bundle_endpoint_url.clone(),
         spec.trust_domain.clone(),
         auth,
         options,
@@ -175,25 +173,14 @@ fn build(
 
 /// The DER certificates of an `extra_ca_pem`.
 fn extra_roots(pem_text: Option<&str>) -> Result<Vec<Vec<u8>>, FetchError> {
-    let Some(text) = pem_text else {
-        return Ok(Vec::new());
-    };
-    let blocks = pem::parse_many(text).map_err(|e| {
-        FetchError::Config(format!(
-            "extra_ca_pem is not valid PEM: {e}; give PEM CA certificates"
-        ))
-    })?;
-    let roots: Vec<Vec<u8>> = blocks
-        .into_iter()
-        .filter(|block| block.tag() == "CERTIFICATE")
-        .map(pem::Pem::into_contents)
-        .collect();
-    if roots.is_empty() {
-        return Err(FetchError::Config(
-            "extra_ca_pem holds no CERTIFICATE block; give PEM CA certificates".to_owned(),
-        ));
-    }
-    Ok(roots)
+    pem_text.map_or_else(
+        || Ok(Vec::new()),
+        |text| {
+            fedhub_core::pem::certificates_der(text).map_err(|e| {
+                FetchError::Config(format!("extra_ca_pem: {e}; give PEM CA certificates"))
+            })
+        },
+    )
 }
 
 #[cfg(test)]
@@ -201,7 +188,7 @@ mod tests {
     use super::*;
     use fedhub_core::SpiffeId;
 
-    fn spec(profile: EndpointProfile) -> RelationshipSpec {
+    fn spec(profile: FetchProfile) -> RelationshipSpec {
         RelationshipSpec {
             trust_domain: TrustDomain::new("partner.test").unwrap(),
             bundle_endpoint_url: "https://127.0.0.1:8443/".parse().unwrap(),
@@ -210,8 +197,8 @@ mod tests {
         }
     }
 
-    fn spiffe(id: &str) -> EndpointProfile {
-        EndpointProfile::HttpsSpiffe {
+    fn spiffe(id: &str) -> FetchProfile {
+        FetchProfile::HttpsSpiffe {
             endpoint_spiffe_id: SpiffeId::parse(id).unwrap(),
         }
     }
@@ -264,7 +251,7 @@ mod tests {
     fn the_digest_covers_every_field_a_fetcher_is_built_from() {
         let base = spec(spiffe("spiffe://partner.test/hub"));
         let web = |pem: Option<&str>| {
-            spec(EndpointProfile::HttpsWeb {
+            spec(FetchProfile::HttpsWeb {
                 extra_ca_pem: pem.map(str::to_owned),
             })
         };
@@ -297,7 +284,7 @@ mod tests {
         let web = |td: &str, extra_ca_pem: Option<String>| RelationshipSpec {
             trust_domain: TrustDomain::new(td).unwrap(),
             bundle_endpoint_url: format!("https://127.0.0.1:8443/{td}").parse().unwrap(),
-            profile: EndpointProfile::HttpsWeb { extra_ca_pem },
+            profile: FetchProfile::HttpsWeb { extra_ca_pem },
             accept_empty_bundle: false,
         };
         let fetchers = Fetchers::new(FetchOptions::default());
@@ -325,18 +312,19 @@ mod tests {
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        let roots = extra_roots(Some(&format!("{}{}", cert.pem(), key.serialize_pem()))).unwrap();
-        assert_eq!(roots, vec![cert.der().to_vec()], "only CERTIFICATE blocks");
+        let roots = extra_roots(Some(&cert.pem())).unwrap();
+        assert_eq!(roots, vec![cert.der().to_vec()]);
         for bad in [
             "garbage",
             "-----BEGIN CERTIFICATE-----\nnot base64!\n-----END CERTIFICATE-----\n",
+            &format!("{}{}", cert.pem(), key.serialize_pem()),
         ] {
             assert!(
                 matches!(extra_roots(Some(bad)), Err(FetchError::Config(_))),
                 "{bad}"
             );
         }
-        let web = EndpointProfile::HttpsWeb {
+        let web = FetchProfile::HttpsWeb {
             extra_ca_pem: Some(key.serialize_pem()),
         };
         assert!(matches!(

@@ -37,9 +37,10 @@ use std::time::Duration;
 use fedhub_bundle_endpoint::{
     Acceptance, AcceptancePolicy, FetchOutcome, Rejection, check_fetched,
 };
+use fedhub_config::ConfigError;
 use fedhub_core::{Bundle, SpiffeId, TrustDomain};
 use fedhub_registry::{
-    BundleRecord, BundleRevision, EndpointProfile, RefreshRecorded, RefreshSuccess, Registry,
+    BundleRecord, BundleRevision, FetchProfile, RefreshRecorded, RefreshSuccess, Registry,
     RegistryError, Relationship, RelationshipSpec, SequenceSeen,
 };
 use time::OffsetDateTime;
@@ -48,7 +49,10 @@ use tokio::task::JoinSet;
 
 use crate::Hub;
 use fetchers::Fetchers;
-pub use options::{FederationOptions, phase_key};
+pub use options::{
+    FederationOptions, MAX_FEDERATION_BODY_BYTES, MAX_FEDERATION_CONCURRENCY,
+    MAX_FEDERATION_FETCH_TIMEOUT, MIN_FEDERATION_BODY_BYTES, phase_key,
+};
 use telemetry::Outcome;
 
 /// How often the gauges are recomputed from the registry (and fetchers of deleted
@@ -82,7 +86,7 @@ pub enum RefreshOutcome {
 pub enum FederationError {
     /// The options are unusable.
     #[error("invalid federation options: {0}")]
-    InvalidOptions(String),
+    InvalidOptions(ConfigError),
     /// No relationship with this trust domain exists.
     #[error(
         "no federation relationship with trust domain {0}; create one with `fedhub federation create`"
@@ -114,6 +118,10 @@ pub struct FederationManager {
 struct Inner {
     hub: Hub,
     options: FederationOptions,
+    /// [`FederationOptions::replica_id`], or the name made for this manager.
+    replica_id: String,
+    /// [`FederationOptions::lease`].
+    lease: Duration,
     fetchers: Fetchers,
     wake: Notify,
 }
@@ -122,7 +130,7 @@ impl std::fmt::Debug for FederationManager {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FederationManager")
             .field("hub", &self.inner.hub)
-            .field("replica_id", &self.inner.options.replica_id)
+            .field("replica_id", &self.inner.replica_id)
             .finish_non_exhaustive()
     }
 }
@@ -189,17 +197,26 @@ impl From<RegistryError> for Stop {
 }
 
 impl FederationManager {
-    /// A manager refreshing the relationships in `hub`'s registry.
+    /// A manager refreshing the relationships in `hub`'s registry. Without
+    /// [`FederationOptions::replica_id`] it names itself `hub-<pid>-<random>`, unique per
+    /// manager.
     ///
     /// # Errors
     /// [`FederationError::InvalidOptions`] naming the unusable option.
     pub fn new(hub: Hub, options: FederationOptions) -> Result<Self, FederationError> {
-        options.validate()?;
+        options
+            .validate()
+            .map_err(FederationError::InvalidOptions)?;
         telemetry::describe();
+        let replica_id = options.replica_id.clone().unwrap_or_else(|| {
+            format!("hub-{}-{:016x}", std::process::id(), rand::random::<u64>())
+        });
         Ok(Self {
             inner: Arc::new(Inner {
-                fetchers: Fetchers::new(options.fetch),
+                fetchers: Fetchers::new(options.fetch_options()),
                 hub,
+                replica_id,
+                lease: options.lease(),
                 options,
                 wake: Notify::new(),
             }),
@@ -213,7 +230,7 @@ impl FederationManager {
 
     /// This replica's name in refresh leases.
     pub fn replica_id(&self) -> &str {
-        &self.inner.options.replica_id
+        &self.inner.replica_id
     }
 
     /// Makes [`run`](Self::run) look for due refreshes now rather than at its next poll, e.g.
@@ -294,14 +311,13 @@ impl FederationManager {
         trust_domain: &TrustDomain,
     ) -> Result<RefreshOutcome, FederationError> {
         let registry = self.inner.hub.registry();
-        let options = &self.inner.options;
         let not_found = || FederationError::NotFound(trust_domain.clone());
         let claimed = registry
             .claim_refresh(
                 trust_domain,
-                &options.replica_id,
+                &self.inner.replica_id,
                 OffsetDateTime::now_utc(),
-                options.lease,
+                self.inner.lease,
             )
             .await
             .map_err(|error| match error {
@@ -338,9 +354,9 @@ impl FederationManager {
             .hub
             .registry()
             .claim_due_refreshes(
-                &options.replica_id,
+                &self.inner.replica_id,
                 OffsetDateTime::now_utc(),
-                options.lease,
+                self.inner.lease,
                 limit,
             )
             .await
@@ -392,7 +408,7 @@ impl FederationManager {
         let spec = &relationship.spec;
         let td = &spec.trust_domain;
         let options = &self.inner.options;
-        let owner = options.replica_id.as_str();
+        let owner = self.inner.replica_id.as_str();
         let registry = self.inner.hub.registry();
         let peer = attempt
             .peer
@@ -644,12 +660,8 @@ async fn stored_bundle(
 /// Who the endpoint should authenticate as: the endpoint SPIFFE ID, or the URL host.
 fn expected_peer(spec: &RelationshipSpec) -> String {
     match &spec.profile {
-        EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => endpoint_spiffe_id.to_string(),
-        EndpointProfile::HttpsWeb { .. } => spec
-            .bundle_endpoint_url
-            .host_str()
-            .unwrap_or_default()
-            .to_owned(),
+        FetchProfile::HttpsSpiffe { endpoint_spiffe_id } => endpoint_spiffe_id.to_string(),
+        FetchProfile::HttpsWeb { .. } => spec.bundle_endpoint_url.host().to_owned(),
     }
 }
 
@@ -667,7 +679,7 @@ fn log_success(
     tracing::info!(
         trust_domain = %spec.trust_domain,
         url = %spec.bundle_endpoint_url,
-        profile = spec.profile.name(),
+        profile = spec.profile.name().as_str(),
         peer,
         outcome = outcome.as_str(),
         sequence,
@@ -682,7 +694,7 @@ fn superseded(spec: &RelationshipSpec, peer: &str) -> RefreshOutcome {
     tracing::info!(
         trust_domain = %spec.trust_domain,
         url = %spec.bundle_endpoint_url,
-        profile = spec.profile.name(),
+        profile = spec.profile.name().as_str(),
         peer,
         outcome = Outcome::Superseded.as_str(),
         "the stored bundle was replaced or deleted while the federated bundle was fetched; \
@@ -696,7 +708,7 @@ fn log_sequence_dropped(spec: &RelationshipSpec, peer: &str, stored: u64) {
     tracing::warn!(
         trust_domain = %spec.trust_domain,
         url = %spec.bundle_endpoint_url,
-        profile = spec.profile.name(),
+        profile = spec.profile.name().as_str(),
         peer,
         stored_sequence = stored,
         "the federated bundle endpoint stopped sending spiffe_sequence (the stored bundle had \
@@ -721,7 +733,7 @@ fn log_failure(
     tracing::warn!(
         trust_domain = %spec.trust_domain,
         url = %spec.bundle_endpoint_url,
-        profile = spec.profile.name(),
+        profile = spec.profile.name().as_str(),
         peer,
         outcome = outcome.as_str(),
         error,
@@ -729,19 +741,6 @@ fn log_failure(
         next_refresh_in = %whole_seconds(delay),
         "{message}"
     );
-}
-
-impl crate::admin::RefreshNow for FederationManager {
-    fn refresh_now(&self, trust_domain: TrustDomain) -> crate::admin::RefreshFuture {
-        let manager = self.clone();
-        Box::pin(async move {
-            match FederationManager::refresh_now(&manager, &trust_domain).await {
-                Ok(RefreshOutcome::Failed(reason)) => Err(reason),
-                Ok(_) => Ok(()),
-                Err(error) => Err(error.to_string()),
-            }
-        })
-    }
 }
 
 #[cfg(test)]
@@ -752,8 +751,8 @@ mod tests {
     fn a_backlog_is_claimed_in_half_batches() {
         let with = |batch, concurrency| {
             refill_threshold(&FederationOptions {
-                batch,
                 concurrency,
+                batch,
                 ..FederationOptions::default()
             })
         };

@@ -1,18 +1,18 @@
-//! The federation manager's settings and its refresh schedule (pure functions of the settings,
-//! the bundle's refresh hint, the relationship's phase, the time, the failure count and a
-//! random number).
+//! The federation manager's settings, the hub configuration's `[federation]` section: one type,
+//! deserialized from the configuration, with its defaults and its validation; and the refresh
+//! schedule (pure functions of the settings, the bundle's refresh hint, the relationship's
+//! phase, the time, the failure count and a random number).
 
 use std::time::Duration;
 
 use fedhub_bundle_endpoint::FetchOptions;
+use fedhub_config::{ConfigError, invalid, positive};
 use fedhub_core::TrustDomain;
 use fedhub_registry::MAX_LEASE_OWNER_LEN;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::FederationError;
-use crate::config::FederationConfig;
-
-/// The default [`FederationOptions::lease`]; longer when the fetch timeout needs it.
+/// The shortest lease; longer when the fetch timeout needs it ([`FederationOptions::lease`]).
 const DEFAULT_LEASE: Duration = Duration::from_secs(120);
 /// How much longer than the fetch timeout a lease lasts at least: time to record the outcome.
 const LEASE_MARGIN: Duration = Duration::from_secs(30);
@@ -21,7 +21,21 @@ const LEASE_MARGIN: Duration = Duration::from_secs(30);
 const PHASE_TOLERANCE: Duration = Duration::from_secs(2);
 const NANOS_PER_SECOND: u128 = 1_000_000_000;
 
-/// Settings of a [`FederationManager`](super::FederationManager).
+/// The largest `federation.concurrency` accepted: each fetch in flight holds a socket.
+pub const MAX_FEDERATION_CONCURRENCY: usize = 4096;
+/// The smallest `federation.max_body_bytes` accepted.
+pub const MIN_FEDERATION_BODY_BYTES: usize = 1024;
+/// The largest `federation.max_body_bytes` accepted.
+pub const MAX_FEDERATION_BODY_BYTES: usize = 64 * 1024 * 1024;
+/// The longest `federation.fetch_timeout` accepted (a fetch holds a refresh lease meanwhile).
+pub const MAX_FEDERATION_FETCH_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// Settings of a [`FederationManager`](super::FederationManager): the `[federation]` section
+/// of the hub configuration (every key of it is a field here, with the same name), plus a few
+/// fields that are not configuration ([`lease`](Self::lease), [`batch`](Self::batch),
+/// [`poll_interval`](Self::poll_interval), [`replica_id`](Self::replica_id)), which tests and
+/// tools set in code. The defaults are [`Default`]'s, the rules [`validate`](Self::validate)'s,
+/// wherever the settings come from.
 ///
 /// Schedule, chosen so that a publisher's `spiffe_refresh_hint` is honoured (FED-27) without
 /// letting a foreign endpoint make us poll it in a tight loop or forget it for days, and so
@@ -64,42 +78,62 @@ const NANOS_PER_SECOND: u128 = 1_000_000_000;
 ///
 /// Failures keep random jitter: relationships failing together (one endpoint farm down) should
 /// not retry in lockstep, and the backoff is not tied to any publisher's hint.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct FederationOptions {
     /// Interval when the foreign bundle has no refresh hint (default 5 min, FED-27).
+    #[serde(with = "humantime_serde")]
     pub default_refresh: Duration,
     /// Shortest interval between two fetches of one relationship, after success or failure
     /// (default 30 s).
+    #[serde(with = "humantime_serde")]
     pub min_refresh: Duration,
     /// Longest interval between two fetches after a success (default 1 h).
+    #[serde(with = "humantime_serde")]
     pub max_refresh: Duration,
     /// Largest fraction, in `[0, 1)`, by which a retry delay after a failure is shortened at
     /// random (default 0.1).
     pub jitter: f64,
     /// Delay after the first failure in a row, doubled with each further one (default 5 s).
+    #[serde(with = "humantime_serde")]
     pub backoff_base: Duration,
     /// Longest delay after failures (default 5 min).
+    #[serde(with = "humantime_serde")]
     pub backoff_cap: Duration,
-    /// How long a relationship being refreshed stays leased to this replica; whole seconds,
-    /// longer than [`FetchOptions::total_timeout`] so a lease never lapses mid-fetch (default
-    /// 2 min).
-    pub lease: Duration,
-    /// Most relationships claimed per registry call (default 32).
-    pub batch: u32,
-    /// Most fetches in flight at once (default 32).
+    /// Most fetches in flight at once (default 32, at most [`MAX_FEDERATION_CONCURRENCY`]).
     pub concurrency: usize,
+    /// Time allowed to open the connection of a fetch (default 5 s, at most `fetch_timeout`).
+    #[serde(with = "humantime_serde")]
+    pub connect_timeout: Duration,
+    /// Time allowed for a whole fetch: connection, TLS handshake, redirects and body (default
+    /// 30 s, at most [`MAX_FEDERATION_FETCH_TIMEOUT`]).
+    #[serde(with = "humantime_serde")]
+    pub fetch_timeout: Duration,
+    /// Largest bundle document read (default 1 MiB, [`MIN_FEDERATION_BODY_BYTES`] to
+    /// [`MAX_FEDERATION_BODY_BYTES`]).
+    pub max_body_bytes: usize,
+    /// How long a relationship being refreshed stays leased to this replica; whole seconds,
+    /// longer than `fetch_timeout` so that a lease never lapses mid-fetch. `None` (the
+    /// default): derived from the fetch timeout, see [`lease`](Self::lease). Not configuration.
+    #[serde(skip)]
+    pub lease: Option<Duration>,
+    /// Most relationships claimed per registry call (default 32). Not configuration.
+    #[serde(skip)]
+    pub batch: u32,
     /// How often the registry is asked for due refreshes, which is also how soon a new or
     /// changed relationship is picked up without [`wake`](super::FederationManager::wake)
-    /// (default 1 s).
+    /// (default 1 s). Not configuration.
+    #[serde(skip)]
     pub poll_interval: Duration,
-    /// Limits of each fetch.
-    pub fetch: FetchOptions,
-    /// This replica's name in refresh leases; unique per process by default.
-    pub replica_id: String,
+    /// This replica's name in refresh leases; `None` (the default): a name unique to the
+    /// manager, made when it is built. Not configuration.
+    #[serde(skip)]
+    pub replica_id: Option<String>,
 }
 
 impl Default for FederationOptions {
     fn default() -> Self {
+        let fetch = FetchOptions::default();
         Self {
             default_refresh: Duration::from_secs(300),
             min_refresh: Duration::from_secs(30),
@@ -107,36 +141,170 @@ impl Default for FederationOptions {
             jitter: 0.1,
             backoff_base: Duration::from_secs(5),
             backoff_cap: Duration::from_secs(300),
-            lease: DEFAULT_LEASE,
-            batch: 32,
             concurrency: 32,
+            connect_timeout: fetch.connect_timeout,
+            fetch_timeout: fetch.total_timeout,
+            max_body_bytes: fetch.max_body_bytes,
+            lease: None,
+            batch: 32,
             poll_interval: Duration::from_secs(1),
-            fetch: FetchOptions::default(),
-            replica_id: format!("hub-{}-{:016x}", std::process::id(), rand::random::<u64>()),
+            replica_id: None,
         }
     }
 }
 
+fn humane(duration: Duration) -> humantime::FormattedDuration {
+    humantime::format_duration(duration)
+}
+
 impl FederationOptions {
-    /// The options of the hub configuration's `[federation]` section; the settings that are not
-    /// configurable keep their defaults, except the lease, which grows with the fetch timeout
-    /// (whole seconds, at least 30 s longer) so that it never lapses mid-fetch.
-    pub fn from_config(config: &FederationConfig) -> Self {
-        let timeout = config.fetch.total_timeout;
-        let whole = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
-        let lease = DEFAULT_LEASE.max(Duration::from_secs(whole) + LEASE_MARGIN);
-        Self {
-            default_refresh: config.default_refresh,
-            min_refresh: config.min_refresh,
-            max_refresh: config.max_refresh,
-            jitter: config.jitter,
-            backoff_base: config.backoff_base,
-            backoff_cap: config.backoff_cap,
-            lease,
-            concurrency: config.concurrency,
-            fetch: config.fetch,
-            ..Self::default()
+    /// The lease in force: [`lease`](Self::lease) when set, otherwise 2 min, or longer when the
+    /// fetch timeout needs it (whole seconds, at least 30 s longer than the fetch timeout).
+    pub fn lease(&self) -> Duration {
+        self.lease.unwrap_or_else(|| {
+            let timeout = self.fetch_timeout;
+            let whole = timeout.as_secs() + u64::from(timeout.subsec_nanos() > 0);
+            DEFAULT_LEASE.max(Duration::from_secs(whole) + LEASE_MARGIN)
+        })
+    }
+
+    /// The limits of each fetch.
+    pub fn fetch_options(&self) -> FetchOptions {
+        FetchOptions {
+            connect_timeout: self.connect_timeout,
+            total_timeout: self.fetch_timeout,
+            max_body_bytes: self.max_body_bytes,
+            ..FetchOptions::default()
         }
+    }
+
+    /// Checks the settings, naming the first unusable one by its configuration key.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the key (`federation.…`) and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_schedule()?;
+        self.validate_fetch()?;
+        self.validate_engine()
+    }
+
+    /// The refresh intervals and the backoff.
+    fn validate_schedule(&self) -> Result<(), ConfigError> {
+        let min_refresh = positive("federation.min_refresh", self.min_refresh)?;
+        let max_refresh = positive("federation.max_refresh", self.max_refresh)?;
+        if min_refresh > max_refresh {
+            return Err(invalid(
+                "federation.min_refresh",
+                format!(
+                    "{} is longer than federation.max_refresh ({}); lower it or raise max_refresh",
+                    humane(min_refresh),
+                    humane(max_refresh)
+                ),
+            ));
+        }
+        positive("federation.default_refresh", self.default_refresh)?;
+        if !(0.0..1.0).contains(&self.jitter) {
+            return Err(invalid(
+                "federation.jitter",
+                format!(
+                    "{} is not a fraction in [0, 1): give e.g. 0.1 to shorten retry delays by up \
+                     to 10 % at random, or 0 for none",
+                    self.jitter
+                ),
+            ));
+        }
+        let backoff_base = positive("federation.backoff_base", self.backoff_base)?;
+        let backoff_cap = positive("federation.backoff_cap", self.backoff_cap)?;
+        if backoff_base > backoff_cap {
+            return Err(invalid(
+                "federation.backoff_base",
+                format!(
+                    "{} is longer than federation.backoff_cap ({}); lower it or raise backoff_cap",
+                    humane(backoff_base),
+                    humane(backoff_cap)
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The fetches: how many at once, their timeouts and size limit.
+    fn validate_fetch(&self) -> Result<(), ConfigError> {
+        if !(1..=MAX_FEDERATION_CONCURRENCY).contains(&self.concurrency) {
+            return Err(invalid(
+                "federation.concurrency",
+                format!(
+                    "{} is out of range: give 1 to {MAX_FEDERATION_CONCURRENCY} fetches in flight",
+                    self.concurrency
+                ),
+            ));
+        }
+        let fetch_timeout = positive("federation.fetch_timeout", self.fetch_timeout)?;
+        if fetch_timeout > MAX_FEDERATION_FETCH_TIMEOUT {
+            return Err(invalid(
+                "federation.fetch_timeout",
+                format!(
+                    "{} is longer than {}; a bundle endpoint that slow is better treated as down",
+                    humane(fetch_timeout),
+                    humane(MAX_FEDERATION_FETCH_TIMEOUT)
+                ),
+            ));
+        }
+        let connect_timeout = positive("federation.connect_timeout", self.connect_timeout)?;
+        if connect_timeout > fetch_timeout {
+            return Err(invalid(
+                "federation.connect_timeout",
+                format!(
+                    "{} is longer than federation.fetch_timeout ({}), which includes connecting",
+                    humane(connect_timeout),
+                    humane(fetch_timeout)
+                ),
+            ));
+        }
+        if !(MIN_FEDERATION_BODY_BYTES..=MAX_FEDERATION_BODY_BYTES).contains(&self.max_body_bytes) {
+            return Err(invalid(
+                "federation.max_body_bytes",
+                format!(
+                    "{} is out of range: give {MIN_FEDERATION_BODY_BYTES} to \
+                     {MAX_FEDERATION_BODY_BYTES} bytes (default 1048576, 1 MiB)",
+                    self.max_body_bytes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The settings that are not configuration.
+    fn validate_engine(&self) -> Result<(), ConfigError> {
+        if let Some(lease) = self.lease
+            && (lease.subsec_nanos() != 0 || lease <= self.fetch_timeout)
+        {
+            return Err(invalid(
+                "federation.lease",
+                format!(
+                    "{} is not whole seconds longer than federation.fetch_timeout ({}); a lease \
+                     that lapses mid-fetch lets another replica fetch the same bundle",
+                    humane(lease),
+                    humane(self.fetch_timeout)
+                ),
+            ));
+        }
+        if self.batch == 0 {
+            return Err(invalid(
+                "federation.batch",
+                "0 is out of range: claim at least 1 relationship per registry call",
+            ));
+        }
+        positive("federation.poll_interval", self.poll_interval)?;
+        if let Some(replica_id) = &self.replica_id
+            && (replica_id.is_empty() || replica_id.len() > MAX_LEASE_OWNER_LEN)
+        {
+            return Err(invalid(
+                "federation.replica_id",
+                format!("must be 1 to {MAX_LEASE_OWNER_LEN} bytes"),
+            ));
+        }
+        Ok(())
     }
 
     /// The delay until the next fetch after a success that left a bundle with refresh `hint`
@@ -184,38 +352,6 @@ impl FederationOptions {
         let factor = 1.0 - self.jitter * random.clamp(0.0, 1.0);
         delay.mul_f64(factor).max(self.min_refresh)
     }
-
-    pub(super) fn validate(&self) -> Result<(), FederationError> {
-        let invalid = |reason: &str| Err(FederationError::InvalidOptions(reason.to_owned()));
-        if self.min_refresh.is_zero() || self.min_refresh > self.max_refresh {
-            return invalid("min_refresh must be above zero and at most max_refresh");
-        }
-        if !(0.0..1.0).contains(&self.jitter) {
-            return invalid("jitter must be a fraction in [0, 1)");
-        }
-        if self.backoff_base.is_zero() || self.backoff_base > self.backoff_cap {
-            return invalid("backoff_base must be above zero and at most backoff_cap");
-        }
-        if self.lease.subsec_nanos() != 0 || self.lease <= self.fetch.total_timeout {
-            return invalid(
-                "lease must be whole seconds and longer than fetch.total_timeout, or it could \
-                 lapse mid-fetch and another replica fetch the same bundle",
-            );
-        }
-        if self.batch == 0 || self.concurrency == 0 {
-            return invalid("batch and concurrency must be at least 1");
-        }
-        if self.concurrency > tokio::sync::Semaphore::MAX_PERMITS {
-            return invalid("concurrency is too large");
-        }
-        if self.poll_interval.is_zero() {
-            return invalid("poll_interval must be above zero");
-        }
-        if self.replica_id.is_empty() || self.replica_id.len() > MAX_LEASE_OWNER_LEN {
-            return invalid("replica_id must be 1 to 256 bytes");
-        }
-        Ok(())
-    }
 }
 
 /// The phase key of the relationship of the hub of `own` with `foreign`: uniform over `u64`,
@@ -235,6 +371,8 @@ pub fn phase_key(own: &TrustDomain, foreign: &TrustDomain) -> u64 {
 
 #[cfg(test)]
 mod tests {
+    use fedhub_tests::td;
+
     use super::*;
 
     const fn secs(s: u64) -> Duration {
@@ -338,10 +476,6 @@ mod tests {
         );
     }
 
-    fn td(name: &str) -> TrustDomain {
-        TrustDomain::new(name).unwrap()
-    }
-
     /// Which of ten equal parts of `interval` a delay falls in (1-based: `(0, interval/10]` is 1).
     fn tenth(delay: Duration, interval: Duration) -> usize {
         let tenths = delay.as_nanos() * 10;
@@ -435,101 +569,117 @@ mod tests {
     fn options_are_validated() {
         assert!(FederationOptions::default().validate().is_ok());
         let bad = [
-            FederationOptions {
-                min_refresh: Duration::ZERO,
-                ..options()
-            },
-            FederationOptions {
-                min_refresh: secs(7200),
-                ..options()
-            },
-            FederationOptions {
-                jitter: 1.0,
-                ..options()
-            },
-            FederationOptions {
-                jitter: -0.1,
-                ..options()
-            },
-            FederationOptions {
-                backoff_base: secs(600),
-                ..options()
-            },
-            FederationOptions {
-                lease: secs(30),
-                ..options()
-            },
-            FederationOptions {
-                lease: Duration::from_millis(60_500),
-                ..options()
-            },
-            FederationOptions {
-                batch: 0,
-                ..options()
-            },
-            FederationOptions {
-                concurrency: 0,
-                ..options()
-            },
-            FederationOptions {
-                poll_interval: Duration::ZERO,
-                ..options()
-            },
-            FederationOptions {
-                replica_id: String::new(),
-                ..options()
-            },
+            (
+                FederationOptions {
+                    min_refresh: Duration::ZERO,
+                    ..options()
+                },
+                "federation.min_refresh",
+            ),
+            (
+                FederationOptions {
+                    min_refresh: secs(7200),
+                    ..options()
+                },
+                "federation.min_refresh",
+            ),
+            (
+                FederationOptions {
+                    jitter: 1.0,
+                    ..options()
+                },
+                "federation.jitter",
+            ),
+            (
+                FederationOptions {
+                    jitter: -0.1,
+                    ..options()
+                },
+                "federation.jitter",
+            ),
+            (
+                FederationOptions {
+                    backoff_base: secs(600),
+                    ..options()
+                },
+                "federation.backoff_base",
+            ),
+            (
+                FederationOptions {
+                    lease: Some(secs(30)),
+                    ..options()
+                },
+                "federation.lease",
+            ),
+            (
+                FederationOptions {
+                    lease: Some(Duration::from_millis(60_500)),
+                    ..options()
+                },
+                "federation.lease",
+            ),
+            (
+                FederationOptions {
+                    batch: 0,
+                    ..options()
+                },
+                "federation.batch",
+            ),
+            (
+                FederationOptions {
+                    concurrency: 0,
+                    ..options()
+                },
+                "federation.concurrency",
+            ),
+            (
+                FederationOptions {
+                    poll_interval: Duration::ZERO,
+                    ..options()
+                },
+                "federation.poll_interval",
+            ),
+            (
+                FederationOptions {
+                    replica_id: Some(String::new()),
+                    ..options()
+                },
+                "federation.replica_id",
+            ),
         ];
-        for options in bad {
+        for (options, key) in bad {
+            let error = options.validate().unwrap_err().to_string();
             assert!(
-                matches!(options.validate(), Err(FederationError::InvalidOptions(_))),
-                "{options:?}"
+                error.starts_with(&format!("{key}: ")),
+                "{options:?}: {error}"
             );
         }
     }
 
     #[test]
-    fn options_from_the_default_config_are_the_defaults() {
-        let from_config = FederationOptions::from_config(&FederationConfig::default());
+    fn the_lease_outlasts_the_fetch_timeout() {
         let defaults = FederationOptions::default();
-        assert_eq!(from_config.default_refresh, defaults.default_refresh);
-        assert_eq!(from_config.min_refresh, defaults.min_refresh);
-        assert_eq!(from_config.max_refresh, defaults.max_refresh);
-        assert!((from_config.jitter - defaults.jitter).abs() < f64::EPSILON);
-        assert_eq!(from_config.backoff_base, defaults.backoff_base);
-        assert_eq!(from_config.backoff_cap, defaults.backoff_cap);
-        assert_eq!(from_config.lease, defaults.lease);
-        assert_eq!(from_config.batch, defaults.batch);
-        assert_eq!(from_config.concurrency, defaults.concurrency);
-        assert_eq!(from_config.poll_interval, defaults.poll_interval);
-        assert_eq!(from_config.fetch, defaults.fetch);
-        assert!(from_config.validate().is_ok());
-    }
-
-    #[test]
-    fn lease_outlasts_a_long_fetch_timeout() {
-        let mut config = FederationConfig::default();
-        config.fetch.total_timeout = Duration::from_millis(299_500);
-        let options = FederationOptions::from_config(&config);
+        assert_eq!(defaults.lease(), secs(120));
+        assert_eq!(defaults.fetch_options(), FetchOptions::default());
+        let long = FederationOptions {
+            fetch_timeout: Duration::from_millis(299_500),
+            ..FederationOptions::default()
+        };
+        assert_eq!(long.lease(), secs(330), "300 s rounded up, plus the margin");
+        assert!(long.validate().is_ok());
+        let short = FederationOptions {
+            fetch_timeout: secs(10),
+            ..FederationOptions::default()
+        };
+        assert_eq!(short.lease(), secs(120), "never shorter than the default");
+        let set = FederationOptions {
+            lease: Some(secs(45)),
+            ..short
+        };
         assert_eq!(
-            options.lease,
-            secs(330),
-            "300 s rounded up, plus the margin"
-        );
-        assert!(options.validate().is_ok());
-        config.fetch.total_timeout = secs(10);
-        assert_eq!(
-            FederationOptions::from_config(&config).lease,
-            secs(120),
-            "never shorter than the default"
-        );
-    }
-
-    #[test]
-    fn default_replica_ids_differ() {
-        assert_ne!(
-            FederationOptions::default().replica_id,
-            FederationOptions::default().replica_id
+            set.lease(),
+            secs(45),
+            "a lease set in code is used as it is"
         );
     }
 }

@@ -56,6 +56,7 @@ use std::time::Duration;
 
 use fedhub_core::{SpiffeId, TrustDomain};
 use fedhub_proto::node::node_server::NodeServer;
+use fedhub_serve::LimitedListener;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_rustls::TlsAcceptor;
@@ -66,7 +67,6 @@ pub use status::RETRY_AFTER_MS;
 pub use tls::{NodeConnectInfo, PeerAgent};
 
 use crate::Hub;
-use crate::limits::LimitedListener;
 
 /// Every agent SPIFFE ID has a path under this prefix.
 pub const AGENT_ID_PREFIX: &str = "/fedhub/agent/";
@@ -196,26 +196,24 @@ fn sha256_hex(bytes: &[u8]) -> String {
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use fedhub_tests::td;
 
-    fn td() -> TrustDomain {
-        TrustDomain::new("alpha.test").unwrap()
-    }
+    use super::*;
 
     #[test]
     fn join_token_agent_id_is_the_token_hash_prefix() {
-        let id = join_token_agent_id(&td(), "abc");
+        let id = join_token_agent_id(&td("alpha.test"), "abc");
         // SHA-256("abc") = ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad
         assert_eq!(
             id.as_str(),
             "spiffe://alpha.test/fedhub/agent/join_token/ba7816bf8f01cfea"
         );
-        assert!(is_agent_id(&td(), &id));
+        assert!(is_agent_id(&td("alpha.test"), &id));
     }
 
     #[test]
     fn agent_ids_are_members_under_the_agent_prefix() {
-        let is = |s: &str| is_agent_id(&td(), &SpiffeId::parse(s).unwrap());
+        let is = |s: &str| is_agent_id(&td("alpha.test"), &SpiffeId::parse(s).unwrap());
         assert!(is("spiffe://alpha.test/fedhub/agent/x"));
         assert!(!is("spiffe://alpha.test/fedhub/agent"));
         assert!(!is("spiffe://alpha.test/fedhub/agentx/y"));

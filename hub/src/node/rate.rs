@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 /// How many keys a limiter tracks at most.
-pub(super) const MAX_KEYS: usize = 16_384;
+const MAX_KEYS: usize = 16_384;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {
@@ -37,15 +37,25 @@ pub(super) struct RateLimiter<K> {
 }
 
 impl<K: Hash + Eq + Clone> RateLimiter<K> {
-    /// `amount` calls per `period`, all of which may be spent at once.
-    pub(super) fn new(amount: u32, period: Duration, max_keys: usize) -> Self {
+    /// `amount` calls per `period`, all of which may be spent at once; at most [`MAX_KEYS`]
+    /// keys are tracked.
+    pub(super) fn new(amount: u32, period: Duration) -> Self {
         let amount = amount.max(1);
         Self {
             amount,
             period,
             interval: period / amount,
-            max_keys: max_keys.max(1),
+            max_keys: MAX_KEYS,
             buckets: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The same limiter tracking at most `max_keys` keys.
+    #[cfg(test)]
+    fn with_max_keys(self, max_keys: usize) -> Self {
+        Self {
+            max_keys: max_keys.max(1),
+            ..self
         }
     }
 
@@ -98,7 +108,7 @@ impl<K: Hash + Eq + Clone> RateLimiter<K> {
 }
 
 /// The rate limit key of a source address (IPv6: its /64), as for connection caps.
-pub(super) use crate::limits::source_key;
+pub(super) use fedhub_serve::limits::source_key;
 
 /// "retry in 3 s" / "retry in 250 ms", rounded up.
 pub(super) fn retry_text(wait: Duration) -> String {
@@ -120,7 +130,7 @@ mod tests {
 
     #[test]
     fn allows_the_burst_then_refills_at_the_rate() {
-        let limiter = RateLimiter::new(2, Duration::from_secs(60), 8);
+        let limiter = RateLimiter::new(2, Duration::from_secs(60));
         let start = Instant::now();
         assert!(limiter.check(&"a", 1, start).is_ok());
         assert!(limiter.check(&"a", 1, start).is_ok());
@@ -136,7 +146,7 @@ mod tests {
 
     #[test]
     fn a_batch_above_the_burst_passes_once_and_leaves_debt() {
-        let limiter = RateLimiter::new(2, SECOND, 8);
+        let limiter = RateLimiter::new(2, SECOND);
         let start = Instant::now();
         assert!(limiter.check(&"agent", 5, start).is_ok());
         let wait = limiter.check(&"agent", 1, start).unwrap_err();
@@ -150,7 +160,7 @@ mod tests {
 
     #[test]
     fn the_key_set_is_bounded() {
-        let limiter = RateLimiter::new(1, SECOND, 3);
+        let limiter = RateLimiter::new(1, SECOND).with_max_keys(3);
         let start = Instant::now();
         for key in 0..3 {
             limiter.check(&key, 1, start).unwrap();

@@ -79,26 +79,11 @@ impl NodeApi {
         stop: watch::Receiver<bool>,
     ) -> Self {
         let limits = &hub.config().agent_api;
-        let attest_limit = RateLimiter::new(
-            limits.attestations_per_minute,
-            Duration::from_secs(60),
-            rate::MAX_KEYS,
-        );
-        let sign_limit = RateLimiter::new(
-            limits.signings_per_second,
-            Duration::from_secs(1),
-            rate::MAX_KEYS,
-        );
-        let sync_limit = RateLimiter::new(
-            limits.syncs_per_minute,
-            Duration::from_secs(60),
-            rate::MAX_KEYS,
-        );
-        let renew_limit = RateLimiter::new(
-            limits.renewals_per_minute,
-            Duration::from_secs(60),
-            rate::MAX_KEYS,
-        );
+        let (second, minute) = (Duration::from_secs(1), Duration::from_secs(60));
+        let attest_limit = RateLimiter::new(limits.attestations_per_minute, minute);
+        let sign_limit = RateLimiter::new(limits.signings_per_second, second);
+        let sync_limit = RateLimiter::new(limits.syncs_per_minute, minute);
+        let renew_limit = RateLimiter::new(limits.renewals_per_minute, minute);
         let streams = Arc::new(Streams::new(limits.sync_streams_per_agent));
         Self {
             hub,

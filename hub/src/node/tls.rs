@@ -19,6 +19,7 @@ use std::time::{Duration, SystemTime};
 use fedhub_core::tls::SpiffeClientCertVerifier;
 use fedhub_core::x509::spiffe_id_of;
 use fedhub_core::{Authorizer, Bundle, BundleSource, SpiffeId, TrustDomain};
+use fedhub_serve::limits::{ConnectionLimits, ConnectionPermit, LimitedListener};
 use rustls::ServerConfig;
 use rustls::pki_types::CertificateDer;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -31,7 +32,6 @@ use tonic::transport::server::Connected;
 use x509_parser::prelude::{FromDer as _, X509Certificate};
 
 use crate::Hub;
-use crate::limits::{ConnectionLimits, ConnectionPermit, LimitedListener};
 
 /// What a node API connection proved about its peer; available to every RPC as a request
 /// extension.
@@ -163,33 +163,7 @@ impl AsyncRead for NodeConnection {
 }
 
 impl AsyncWrite for NodeConnection {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
-    }
+    fedhub_idle::delegate_async_write!(stream);
 }
 
 /// Accepts TCP connections until `stop` turns true, runs each TLS handshake in its own task

@@ -6,8 +6,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use aws_lc_rs::signature::{self, UnparsedPublicKey, VerificationAlgorithm};
-use fedhub_core::keys::EcCurve;
+use aws_lc_rs::signature::{UnparsedPublicKey, VerificationAlgorithm};
 use fedhub_core::{PublicKey, SpiffeId, TrustDomain, x509pop};
 use fedhub_registry::Selector;
 use rustls::pki_types::{CertificateDer, UnixTime};
@@ -186,22 +185,9 @@ impl NodeCert {
             })
             .unwrap_or_default();
         let spki = cert.public_key();
-        let algorithm: &'static dyn VerificationAlgorithm =
-            match PublicKey::from_spki(spki).map_err(|e| malformed(&e))? {
-                PublicKey::Ec {
-                    curve: EcCurve::P256,
-                    ..
-                } => &signature::ECDSA_P256_SHA256_ASN1,
-                PublicKey::Ec {
-                    curve: EcCurve::P384,
-                    ..
-                } => &signature::ECDSA_P384_SHA384_ASN1,
-                PublicKey::Ec {
-                    curve: EcCurve::P521,
-                    ..
-                } => &signature::ECDSA_P521_SHA512_ASN1,
-                PublicKey::Rsa { .. } => &signature::RSA_PKCS1_2048_8192_SHA256,
-            };
+        let algorithm = PublicKey::from_spki(spki)
+            .map_err(|e| malformed(&e))?
+            .verification_algorithm();
         Ok(Self {
             leaf_sha256: super::sha256_hex(leaf),
             issuer_sha256: super::sha256_hex(issuer),

@@ -1,6 +1,6 @@
 use std::os::unix::fs::PermissionsExt as _;
 
-use fedhub_bundle_endpoint::{BundleFetcher, EndpointAuth, FetchOptions, FetchOutcome};
+use fedhub_bundle_endpoint::{BundleFetcher, FetchAuth, FetchOptions, FetchOutcome};
 use fedhub_core::{BundleSet, SpiffeId};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -78,7 +78,7 @@ async fn serves_bundle_endpoint_over_https_spiffe_and_health() {
     let fetcher = BundleFetcher::new(
         &url,
         own.trust_domain().clone(),
-        EndpointAuth::HttpsSpiffe {
+        FetchAuth::HttpsSpiffe {
             endpoint_id: SpiffeId::parse("spiffe://alpha.test/fedhub/hub").unwrap(),
             bundles: Arc::new(bundles),
         },
@@ -141,7 +141,7 @@ async fn https_web_profile_serves_operator_certificate_and_reloads_it() {
         BundleFetcher::new(
             &url,
             running.hub.trust_domain().clone(),
-            EndpointAuth::HttpsWeb {
+            FetchAuth::HttpsWeb {
                 extra_roots: vec![ca.ca.der().to_vec()],
             },
             FetchOptions::default(),
@@ -307,7 +307,7 @@ async fn handed_over_listeners_are_served_without_binding_their_addresses_again(
     let fetcher = BundleFetcher::new(
         &format!("https://{endpoint_address}/"),
         own.trust_domain().clone(),
-        EndpointAuth::HttpsSpiffe {
+        FetchAuth::HttpsSpiffe {
             endpoint_id: SpiffeId::parse("spiffe://alpha.test/fedhub/hub").unwrap(),
             bundles: Arc::new([own.clone()].into_iter().collect::<BundleSet>()),
         },

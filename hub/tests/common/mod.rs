@@ -16,15 +16,15 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::extract::State;
 use axum::http::{StatusCode, Uri};
-use fedhub_bundle_endpoint::FetchOptions;
 use fedhub_core::bundle::X509Authority;
+use fedhub_core::endpoint::BundleEndpointUrl;
 use fedhub_core::{Bundle, SpiffeId, TrustDomain};
 use fedhub_hub::Hub;
 use fedhub_hub::config::HubConfig;
 use fedhub_hub::federation::telemetry::REFRESH_TOTAL;
 use fedhub_hub::federation::{FederationManager, FederationOptions, RefreshOutcome};
-use fedhub_hub::https::{ServeLimits, SwappableCert, serve};
-use fedhub_registry::{BundleRecord, EndpointProfile, RefreshStatus, RelationshipSpec};
+use fedhub_registry::{BundleRecord, FetchProfile, RefreshStatus, RelationshipSpec};
+use fedhub_serve::{ServeLimits, SwappableCert, serve};
 use metrics::{
     Counter, CounterFn, Gauge, GaugeFn, Histogram, Key, KeyName, Metadata, Recorder, SharedString,
     Unit,
@@ -222,8 +222,8 @@ pub fn spiffe_spec(
 ) -> RelationshipSpec {
     RelationshipSpec {
         trust_domain: trust_domain.clone(),
-        bundle_endpoint_url: url.clone(),
-        profile: EndpointProfile::HttpsSpiffe {
+        bundle_endpoint_url: BundleEndpointUrl::try_from(url.clone()).unwrap(),
+        profile: FetchProfile::HttpsSpiffe {
             endpoint_spiffe_id: endpoint_id,
         },
         accept_empty_bundle: false,
@@ -253,16 +253,14 @@ pub fn options(replica_id: &str) -> FederationOptions {
         jitter: 0.0,
         backoff_base: Duration::from_secs(5),
         backoff_cap: Duration::from_secs(20),
-        lease: Duration::from_secs(5),
+        lease: Some(Duration::from_secs(5)),
         batch: 8,
         concurrency: 8,
         poll_interval: Duration::from_millis(50),
-        fetch: FetchOptions {
-            connect_timeout: Duration::from_secs(1),
-            total_timeout: Duration::from_secs(3),
-            ..FetchOptions::default()
-        },
-        replica_id: replica_id.to_owned(),
+        connect_timeout: Duration::from_secs(1),
+        fetch_timeout: Duration::from_secs(3),
+        replica_id: Some(replica_id.to_owned()),
+        ..FederationOptions::default()
     }
 }
 

@@ -14,14 +14,16 @@ use fedhub_proto::node::attest_request::Step as RequestStep;
 use fedhub_proto::node::attest_response::Step as ResponseStep;
 use fedhub_proto::node::attest_start::Method;
 use fedhub_proto::node::node_client::NodeClient;
-use fedhub_proto::node::{AttestRequest, AttestStart, RenewAgentRequest, SyncSnapshot};
+use fedhub_proto::node::{
+    AttestRequest, AttestStart, RenewAgentRequest, SyncRequest, SyncSnapshot,
+};
 use hyper_util::rt::TokioIo;
 use rustls::pki_types::ServerName;
 use tempfile::TempDir;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint, Uri};
-use tonic::{Status, Streaming};
+use tonic::{Code, Status, Streaming};
 
 use super::ACTOR;
 
@@ -96,6 +98,22 @@ pub async fn next_snapshot(stream: &mut Streaming<SyncSnapshot>) -> Result<SyncS
         .map(|m| m.expect("the stream goes on"))
 }
 
+/// The error of `result`, checked to have `code` and a message containing `text`.
+pub fn assert_status<T: std::fmt::Debug>(
+    result: Result<T, Status>,
+    code: Code,
+    text: &str,
+) -> Status {
+    let status = result.expect_err("the call should fail");
+    assert_eq!(status.code(), code, "{status:?}");
+    assert!(
+        status.message().contains(text),
+        "{:?} does not contain {text:?}",
+        status.message()
+    );
+    status
+}
+
 /// A hub of `alpha.test` serving the node API on 127.0.0.1 (no background loops: tests wake
 /// sync streams with [`Hub::notify_changed`]).
 pub struct NodeHub {
@@ -109,9 +127,17 @@ pub struct NodeHub {
 impl NodeHub {
     /// Starts the hub with `extra` TOML appended to its configuration.
     pub async fn start(extra: &str) -> Self {
-        let dir = tempfile::tempdir().unwrap();
+        Self::start_in(tempfile::tempdir().unwrap(), extra, None).await
+    }
+
+    /// Starts the hub with its data in `dir`, its registry on `database_url` (default: SQLite
+    /// in `dir`) and `extra` TOML appended to its configuration.
+    pub async fn start_in(dir: TempDir, extra: &str, database_url: Option<&str>) -> Self {
+        let database = database_url
+            .map(|url| format!("database_url = \"{url}\"\n"))
+            .unwrap_or_default();
         let config = HubConfig::from_toml(&format!(
-            "trust_domain = \"alpha.test\"\ndata_dir = \"{}\"\n{extra}",
+            "trust_domain = \"alpha.test\"\ndata_dir = \"{}\"\n{database}{extra}",
             dir.path().display()
         ))
         .unwrap();
@@ -138,6 +164,16 @@ impl NodeHub {
             .unwrap()
     }
 
+    /// A sync stream opened by `agent` on a new connection.
+    pub async fn sync_stream(&self, agent: &X509Svid) -> Streaming<SyncSnapshot> {
+        self.client(Some(agent))
+            .await
+            .sync(SyncRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+    }
+
     /// Attests a new agent with a new join token `token` (for `spiffe_id` if given).
     pub async fn join(&self, token: &str, spiffe_id: Option<&SpiffeId>) -> X509Svid {
         self.hub
@@ -151,9 +187,18 @@ impl NodeHub {
             .unwrap()
     }
 
+    /// Tells the server to stop, without waiting for it.
+    pub fn signal_stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            stop.send(()).expect("the server is running");
+        }
+    }
+
     /// Stops serving; waits for the server to return.
     pub async fn stop(mut self) {
-        let _ = self.stop.take().unwrap().send(());
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
         tokio::time::timeout(Duration::from_secs(10), &mut self.task)
             .await
             .expect("the server stops")

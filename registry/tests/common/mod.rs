@@ -4,14 +4,13 @@
 use std::future::Future;
 use std::path::PathBuf;
 
-use fedhub_core::{SpiffeId, TrustDomain};
+use fedhub_core::endpoint::BundleEndpointUrl;
 use fedhub_registry::{
-    BundleRecord, EndpointProfile, EntrySpec, Registry, RelationshipSpec, Selector,
+    BundleRecord, EntrySpec, FetchProfile, Registry, RelationshipSpec, Selector,
 };
+use fedhub_tests::sqlite::TempSqlite;
 use sqlx::AnyPool;
 use sqlx::any::AnyPoolOptions;
-use tempfile::TempDir;
-use url::Url;
 
 /// The actor of admin calls in tests.
 pub const ACTOR: &str = "test-admin";
@@ -42,7 +41,7 @@ pub struct TestDb {
     pub url: String,
     /// The SQLite file, for SQLite runs.
     pub sqlite_path: Option<PathBuf>,
-    _dir: Option<TempDir>,
+    _db: Option<TempSqlite>,
 }
 
 impl TestDb {
@@ -71,15 +70,13 @@ where
     F: FnOnce(TestDb) -> Fut,
     Fut: Future<Output = ()>,
 {
-    let dir = tempfile::tempdir().expect("temp dir");
-    let path = dir.path().join("data/registry.db");
-    let registry = Registry::open_sqlite(&path).await.expect("open sqlite");
-    let url = format!("sqlite://{}", path.display());
+    let db = TempSqlite::new("data/registry.db");
+    let registry = Registry::open_sqlite(db.path()).await.expect("open sqlite");
     test(TestDb {
         registry,
-        url,
-        sqlite_path: Some(path),
-        _dir: Some(dir),
+        url: db.url(),
+        sqlite_path: Some(db.path().to_owned()),
+        _db: Some(db),
     })
     .await;
 }
@@ -100,20 +97,14 @@ where
             registry,
             url,
             sqlite_path: None,
-            _dir: None,
+            _db: None,
         })
         .await;
     })
     .await;
 }
 
-pub fn td(name: &str) -> TrustDomain {
-    TrustDomain::new(name).expect("trust domain")
-}
-
-pub fn id(s: &str) -> SpiffeId {
-    SpiffeId::parse(s).expect("SPIFFE ID")
-}
+pub use fedhub_tests::{id, td};
 
 pub fn sel(s: &str) -> Selector {
     Selector::parse(s).expect("selector")
@@ -123,8 +114,9 @@ pub fn sel(s: &str) -> Selector {
 pub fn web_relationship(name: &str) -> RelationshipSpec {
     RelationshipSpec {
         trust_domain: td(name),
-        bundle_endpoint_url: Url::parse(&format!("https://{name}/bundle")).expect("url"),
-        profile: EndpointProfile::HttpsWeb { extra_ca_pem: None },
+        bundle_endpoint_url: BundleEndpointUrl::parse(&format!("https://{name}/bundle"))
+            .expect("url"),
+        profile: FetchProfile::HttpsWeb { extra_ca_pem: None },
         accept_empty_bundle: false,
     }
 }
@@ -133,8 +125,9 @@ pub fn web_relationship(name: &str) -> RelationshipSpec {
 pub fn spiffe_relationship(name: &str) -> RelationshipSpec {
     RelationshipSpec {
         trust_domain: td(name),
-        bundle_endpoint_url: Url::parse(&format!("https://{name}:8443/")).expect("url"),
-        profile: EndpointProfile::HttpsSpiffe {
+        bundle_endpoint_url: BundleEndpointUrl::parse(&format!("https://{name}:8443/"))
+            .expect("url"),
+        profile: FetchProfile::HttpsSpiffe {
             endpoint_spiffe_id: id(&format!("spiffe://{name}/fedhub/server")),
         },
         accept_empty_bundle: false,

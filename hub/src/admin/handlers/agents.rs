@@ -1,12 +1,12 @@
 //! `/v1/agents`: attested agents.
 
 use axum::Json;
-use axum::extract::rejection::PathRejection;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
+use fedhub_core::SpiffeId;
 use fedhub_registry::Agent;
 
-use super::spiffe_id;
+use super::PathOf;
 use crate::admin::api::{AgentView, ts};
 use crate::admin::{Actor, AdminState, ApiError};
 
@@ -35,10 +35,8 @@ pub(in crate::admin) async fn list(
 /// `GET /v1/agents/{spiffe_id}`.
 pub(in crate::admin) async fn show(
     State(state): State<AdminState>,
-    id: Result<Path<String>, PathRejection>,
+    PathOf(id): PathOf<SpiffeId>,
 ) -> Result<Json<AgentView>, ApiError> {
-    let Path(id) = id?;
-    let id = spiffe_id(&id)?;
     let agent = state.hub.registry().get_agent(&id).await?.ok_or_else(|| {
         ApiError::NotFound(format!(
             "agent {id} not found; `fedhub agent list` shows the attested agents"
@@ -51,10 +49,8 @@ pub(in crate::admin) async fn show(
 pub(in crate::admin) async fn ban(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    id: Result<Path<String>, PathRejection>,
+    PathOf(id): PathOf<SpiffeId>,
 ) -> Result<StatusCode, ApiError> {
-    let Path(id) = id?;
-    let id = spiffe_id(&id)?;
     state.hub.registry().ban_agent(&actor, &id).await?;
     state.changed().await;
     tracing::info!(%actor, agent = %id, "agent banned");
@@ -65,10 +61,8 @@ pub(in crate::admin) async fn ban(
 pub(in crate::admin) async fn evict(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    id: Result<Path<String>, PathRejection>,
+    PathOf(id): PathOf<SpiffeId>,
 ) -> Result<StatusCode, ApiError> {
-    let Path(id) = id?;
-    let id = spiffe_id(&id)?;
     state.hub.registry().evict_agent(&actor, &id).await?;
     state.changed().await;
     tracing::info!(%actor, agent = %id, "agent evicted");

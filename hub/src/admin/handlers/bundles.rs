@@ -3,13 +3,12 @@
 use std::collections::BTreeSet;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use fedhub_core::{Bundle, TrustDomain};
 use fedhub_registry::BundleRecord;
 
-use super::trust_domain;
+use super::{Body, Params, PathOf};
 use crate::admin::api::{
     BundleKind, BundleView, ForceQuery, KeyView, RotateRequest, RotateView, SetBundle, ts, unix_ts,
 };
@@ -132,13 +131,11 @@ pub(super) fn admin_bundle(
 pub(in crate::admin) async fn set(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    name: Result<Path<String>, PathRejection>,
-    body: Result<Json<SetBundle>, JsonRejection>,
+    PathOf(trust_domain): PathOf<TrustDomain>,
+    body: Result<Body<SetBundle>, ApiError>,
 ) -> Result<Json<BundleView>, ApiError> {
-    let Path(name) = name?;
-    let trust_domain = trust_domain(&name)?;
     not_own(&state, &trust_domain)?;
-    let Json(body) = body?;
+    let Body(body) = body?;
     let record = admin_bundle(&trust_domain, &body.document)?;
     state.hub.registry().put_bundle(&actor, &record).await?;
     state.changed().await;
@@ -152,12 +149,9 @@ pub(in crate::admin) async fn set(
 pub(in crate::admin) async fn delete(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    name: Result<Path<String>, PathRejection>,
-    query: Result<Query<ForceQuery>, QueryRejection>,
+    PathOf(trust_domain): PathOf<TrustDomain>,
+    Params(ForceQuery { force }): Params<ForceQuery>,
 ) -> Result<StatusCode, ApiError> {
-    let Path(name) = name?;
-    let Query(ForceQuery { force }) = query?;
-    let trust_domain = trust_domain(&name)?;
     not_own(&state, &trust_domain)?;
     let registry = state.hub.registry();
     if kind_of(&state, &trust_domain).await? == BundleKind::Federated {
@@ -181,9 +175,8 @@ pub(in crate::admin) async fn delete(
 pub(in crate::admin) async fn rotate(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    body: Result<Json<RotateRequest>, JsonRejection>,
+    Body(RotateRequest { activate }): Body<RotateRequest>,
 ) -> Result<Json<RotateView>, ApiError> {
-    let Json(RotateRequest { activate }) = body?;
     let keys = state.hub.rotate(activate).await?;
     let sequence = state.hub.own_bundle().sequence();
     tracing::info!(%actor, activate, sequence, "CA keys rotated");

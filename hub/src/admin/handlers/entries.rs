@@ -3,22 +3,26 @@
 use std::time::Duration;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use fedhub_registry::{Entry, EntryFilter, EntrySpec, FederationScope, Selector};
 use uuid::Uuid;
 
-use super::member_of;
+use super::{Body, FromPath, Params, PathOf, member_of};
 use crate::admin::api::{EntryQuery, EntrySpecBody, EntryView, ts};
 use crate::admin::{Actor, AdminState, ApiError};
 
-fn entry_id(text: &str) -> Result<Uuid, ApiError> {
-    Uuid::parse_str(text).map_err(|_| {
-        ApiError::Invalid(format!(
-            "entry id {text:?} is not a UUID; `fedhub entry list` shows the ids"
-        ))
-    })
+/// An entry id: the only UUID in a route.
+impl FromPath for Uuid {
+    type Raw = String;
+
+    fn from_path(text: String) -> Result<Self, ApiError> {
+        Uuid::parse_str(&text).map_err(|_| {
+            ApiError::Invalid(format!(
+                "entry id {text:?} is not a UUID; `fedhub entry list` shows the ids"
+            ))
+        })
+    }
 }
 
 /// Checks a spec from the wire and turns it into the registry's form.
@@ -70,9 +74,8 @@ fn view(entry: Entry, scope: &FederationScope) -> EntryView {
 /// `GET /v1/entries`.
 pub(in crate::admin) async fn list(
     State(state): State<AdminState>,
-    query: Result<Query<EntryQuery>, QueryRejection>,
+    Params(query): Params<EntryQuery>,
 ) -> Result<Json<Vec<EntryView>>, ApiError> {
-    let Query(query) = query?;
     let filter = EntryFilter {
         spiffe_id: query.spiffe_id,
         parent_id: query.parent_id,
@@ -93,9 +96,8 @@ pub(in crate::admin) async fn list(
 pub(in crate::admin) async fn create(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    body: Result<Json<EntrySpecBody>, JsonRejection>,
+    Body(body): Body<EntrySpecBody>,
 ) -> Result<(StatusCode, Json<EntryView>), ApiError> {
-    let Json(body) = body?;
     let spec = to_spec(&state, body)?;
     let registry = state.hub.registry();
     let entry = registry.create_entry(&actor, &spec).await?;
@@ -108,10 +110,8 @@ pub(in crate::admin) async fn create(
 /// `GET /v1/entries/{id}`.
 pub(in crate::admin) async fn show(
     State(state): State<AdminState>,
-    id: Result<Path<String>, PathRejection>,
+    PathOf(id): PathOf<Uuid>,
 ) -> Result<Json<EntryView>, ApiError> {
-    let Path(id) = id?;
-    let id = entry_id(&id)?;
     let registry = state.hub.registry();
     let entry = registry
         .get_entry(id)
@@ -125,12 +125,9 @@ pub(in crate::admin) async fn show(
 pub(in crate::admin) async fn update(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    id: Result<Path<String>, PathRejection>,
-    body: Result<Json<EntrySpecBody>, JsonRejection>,
+    PathOf(id): PathOf<Uuid>,
+    Body(body): Body<EntrySpecBody>,
 ) -> Result<Json<EntryView>, ApiError> {
-    let Path(id) = id?;
-    let id = entry_id(&id)?;
-    let Json(body) = body?;
     let spec = to_spec(&state, body)?;
     let registry = state.hub.registry();
     let entry = registry.update_entry(&actor, id, &spec).await?;
@@ -144,10 +141,8 @@ pub(in crate::admin) async fn update(
 pub(in crate::admin) async fn delete(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    id: Result<Path<String>, PathRejection>,
+    PathOf(id): PathOf<Uuid>,
 ) -> Result<StatusCode, ApiError> {
-    let Path(id) = id?;
-    let id = entry_id(&id)?;
     state.hub.registry().delete_entry(&actor, id).await?;
     state.changed().await;
     tracing::info!(%actor, %id, "entry deleted");

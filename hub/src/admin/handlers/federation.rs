@@ -3,22 +3,22 @@
 use std::collections::BTreeMap;
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
+use fedhub_core::endpoint::{BundleEndpointUrl, ProfileName};
 use fedhub_core::{Bundle, TrustDomain};
 use fedhub_registry::{
-    BundleRecord, EndpointProfile, Relationship, RelationshipOptions, RelationshipSpec,
+    BundleRecord, FetchProfile, Relationship, RelationshipOptions, RelationshipSpec,
 };
-use url::Url;
 
 use super::bundles::{admin_bundle, decode};
-use super::trust_domain;
+use super::{Body, Params, PathOf};
 use crate::admin::api::{
-    CreateRelationship, DeletedRelationship, ForceQuery, Profile, RefreshStatusView,
-    RelationshipConfig, RelationshipView, StoredBundleSummary, ts,
+    CreateRelationship, ForceQuery, RefreshStatusView, RelationshipConfig, RelationshipView,
+    StoredBundleSummary, Unfederated, ts,
 };
 use crate::admin::{Actor, AdminState, ApiError};
+use crate::federation::RefreshOutcome;
 
 /// Checks a relationship configuration and builds the registry's spec and options.
 /// `bootstrap` is the bundle of `trust_domain` stored with it, if any.
@@ -36,7 +36,7 @@ async fn to_spec(
     }
     let url = endpoint_url(&config.bundle_endpoint_url)?;
     let profile = match config.profile {
-        Profile::HttpsWeb => {
+        ProfileName::HttpsWeb => {
             if config.endpoint_spiffe_id.is_some() {
                 return Err(ApiError::Invalid(
                     "endpoint_spiffe_id (--endpoint-spiffe-id) applies to https_spiffe only".into(),
@@ -46,11 +46,11 @@ async fn to_spec(
                 Bundle::from_x509_pem(trust_domain.clone(), pem)
                     .map_err(|e| ApiError::Invalid(format!("extra_ca_pem: {e}")))?;
             }
-            EndpointProfile::HttpsWeb {
+            FetchProfile::HttpsWeb {
                 extra_ca_pem: config.extra_ca_pem,
             }
         }
-        Profile::HttpsSpiffe => {
+        ProfileName::HttpsSpiffe => {
             if config.extra_ca_pem.is_some() {
                 return Err(ApiError::Invalid(
                     "extra_ca_pem (--extra-ca-file) applies to https_web only".into(),
@@ -78,7 +78,7 @@ async fn to_spec(
                      --trust-domain-bundle FILE, or store it first with `fedhub bundle set`"
                 )));
             }
-            EndpointProfile::HttpsSpiffe { endpoint_spiffe_id }
+            FetchProfile::HttpsSpiffe { endpoint_spiffe_id }
         }
     };
     let spec = RelationshipSpec {
@@ -93,26 +93,9 @@ async fn to_spec(
     Ok((spec, options))
 }
 
-pub(super) fn endpoint_url(text: &str) -> Result<Url, ApiError> {
-    let url = Url::parse(text).map_err(|e| {
-        ApiError::Invalid(format!("bundle_endpoint_url {text:?} is not a URL: {e}"))
-    })?;
-    if url.scheme() != "https" {
-        return Err(ApiError::Invalid(format!(
-            "bundle_endpoint_url {text:?} must start with https://"
-        )));
-    }
-    if url.host_str().is_none_or(str::is_empty) {
-        return Err(ApiError::Invalid(format!(
-            "bundle_endpoint_url {text:?} must name a host"
-        )));
-    }
-    if !url.username().is_empty() || url.password().is_some() {
-        return Err(ApiError::Invalid(
-            "bundle_endpoint_url must not carry a user name or password".into(),
-        ));
-    }
-    Ok(url)
+/// A relationship's `bundle_endpoint_url`, checked as every bundle endpoint URL is.
+pub(super) fn endpoint_url(text: &str) -> Result<BundleEndpointUrl, ApiError> {
+    BundleEndpointUrl::parse(text).map_err(|e| ApiError::Invalid(e.to_string()))
 }
 
 fn summary(record: &BundleRecord) -> Result<StoredBundleSummary, ApiError> {
@@ -130,11 +113,10 @@ fn view(
 ) -> Result<RelationshipView, ApiError> {
     let spec = relationship.spec;
     let status = relationship.status;
-    let (profile, endpoint_spiffe_id, extra_ca_pem) = match spec.profile {
-        EndpointProfile::HttpsWeb { extra_ca_pem } => (Profile::HttpsWeb, None, extra_ca_pem),
-        EndpointProfile::HttpsSpiffe { endpoint_spiffe_id } => {
-            (Profile::HttpsSpiffe, Some(endpoint_spiffe_id), None)
-        }
+    let profile = spec.profile.name();
+    let (endpoint_spiffe_id, extra_ca_pem) = match spec.profile {
+        FetchProfile::HttpsWeb { extra_ca_pem } => (None, extra_ca_pem),
+        FetchProfile::HttpsSpiffe { endpoint_spiffe_id } => (Some(endpoint_spiffe_id), None),
     };
     Ok(RelationshipView {
         trust_domain: spec.trust_domain,
@@ -162,12 +144,14 @@ fn view(
     })
 }
 
+/// The relationship with `trust_domain`, with its stored bundle.
 async fn load(
     state: &AdminState,
     trust_domain: &TrustDomain,
 ) -> Result<RelationshipView, ApiError> {
-    let registry = state.hub.registry();
-    let relationship = registry
+    let relationship = state
+        .hub
+        .registry()
         .get_relationship(trust_domain)
         .await?
         .ok_or_else(|| {
@@ -176,7 +160,16 @@ async fn load(
                  the existing ones"
             ))
         })?;
-    let bundle = registry.get_bundle(trust_domain).await?;
+    with_bundle(state, relationship).await
+}
+
+/// `relationship` on the wire, with the stored bundle of its trust domain.
+async fn with_bundle(
+    state: &AdminState,
+    relationship: Relationship,
+) -> Result<RelationshipView, ApiError> {
+    let registry = state.hub.registry();
+    let bundle = registry.get_bundle(&relationship.spec.trust_domain).await?;
     view(relationship, bundle.as_ref())
 }
 
@@ -206,10 +199,9 @@ pub(in crate::admin) async fn list(
 /// `GET /v1/federation/{trust_domain}`.
 pub(in crate::admin) async fn show(
     State(state): State<AdminState>,
-    name: Result<Path<String>, PathRejection>,
+    PathOf(trust_domain): PathOf<TrustDomain>,
 ) -> Result<Json<RelationshipView>, ApiError> {
-    let Path(name) = name?;
-    Ok(Json(load(&state, &trust_domain(&name)?).await?))
+    Ok(Json(load(&state, &trust_domain).await?))
 }
 
 /// `POST /v1/federation`: creates a relationship, with its bootstrap bundle in the same
@@ -217,9 +209,8 @@ pub(in crate::admin) async fn show(
 pub(in crate::admin) async fn create(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    body: Result<Json<CreateRelationship>, JsonRejection>,
+    Body(request): Body<CreateRelationship>,
 ) -> Result<(StatusCode, Json<RelationshipView>), ApiError> {
-    let Json(request) = body?;
     let trust_domain = request.trust_domain;
     let bootstrap = request
         .trust_domain_bundle
@@ -228,16 +219,16 @@ pub(in crate::admin) async fn create(
         .transpose()?;
     let (spec, options) =
         to_spec(&state, &trust_domain, request.config, bootstrap.as_ref()).await?;
-    let registry = state.hub.registry();
-    let relationship = registry
+    let relationship = state
+        .hub
+        .registry()
         .create_relationship_with_options(&actor, &spec, options, bootstrap.as_ref())
         .await?;
     state.changed().await;
-    tracing::info!(%actor, %trust_domain, profile = spec.profile.name(), "federation relationship created");
-    let bundle = registry.get_bundle(&trust_domain).await?;
+    tracing::info!(%actor, %trust_domain, profile = spec.profile.name().as_str(), "federation relationship created");
     Ok((
         StatusCode::CREATED,
-        Json(view(relationship, bundle.as_ref())?),
+        Json(with_bundle(&state, relationship).await?),
     ))
 }
 
@@ -246,21 +237,18 @@ pub(in crate::admin) async fn create(
 pub(in crate::admin) async fn update(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    name: Result<Path<String>, PathRejection>,
-    body: Result<Json<RelationshipConfig>, JsonRejection>,
+    PathOf(trust_domain): PathOf<TrustDomain>,
+    Body(config): Body<RelationshipConfig>,
 ) -> Result<Json<RelationshipView>, ApiError> {
-    let Path(name) = name?;
-    let trust_domain = trust_domain(&name)?;
-    let Json(config) = body?;
     let (spec, options) = to_spec(&state, &trust_domain, config, None).await?;
-    let registry = state.hub.registry();
-    let relationship = registry
+    let relationship = state
+        .hub
+        .registry()
         .update_relationship_with_options(&actor, &spec, options)
         .await?;
     state.changed().await;
     tracing::info!(%actor, %trust_domain, "federation relationship updated");
-    let bundle = registry.get_bundle(&trust_domain).await?;
-    Ok(Json(view(relationship, bundle.as_ref())?))
+    Ok(Json(with_bundle(&state, relationship).await?))
 }
 
 /// `DELETE /v1/federation/{trust_domain}?force=`: deletes the relationship and its bundle;
@@ -268,12 +256,9 @@ pub(in crate::admin) async fn update(
 pub(in crate::admin) async fn delete(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    name: Result<Path<String>, PathRejection>,
-    query: Result<Query<ForceQuery>, QueryRejection>,
-) -> Result<Json<DeletedRelationship>, ApiError> {
-    let Path(name) = name?;
-    let Query(ForceQuery { force }) = query?;
-    let trust_domain = trust_domain(&name)?;
+    PathOf(trust_domain): PathOf<TrustDomain>,
+    Params(ForceQuery { force }): Params<ForceQuery>,
+) -> Result<Json<Unfederated>, ApiError> {
     let entries_updated = state
         .hub
         .registry()
@@ -281,33 +266,30 @@ pub(in crate::admin) async fn delete(
         .await?;
     state.changed().await;
     tracing::info!(%actor, %trust_domain, force, entries_updated, "federation relationship deleted");
-    Ok(Json(DeletedRelationship { entries_updated }))
+    Ok(Json(Unfederated { entries_updated }))
 }
 
 /// `POST /v1/federation/{trust_domain}/refresh`: fetches the bundle now, when a refresh engine
-/// runs ([`crate::admin::RefreshNow`]).
+/// runs ([`AdminState::with_federation`]). A fetch that fails answers 502; the other failures
+/// keep their meaning ([`ApiError`]'s `From<FederationError>`): 404 without the relationship,
+/// 409 while another refresh of it holds the lease, 500 when the registry fails.
 pub(in crate::admin) async fn refresh(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    name: Result<Path<String>, PathRejection>,
+    PathOf(trust_domain): PathOf<TrustDomain>,
 ) -> Result<Json<RelationshipView>, ApiError> {
-    let Path(name) = name?;
-    let trust_domain = trust_domain(&name)?;
-    let Some(refresher) = state.refresher.clone() else {
+    let Some(federation) = state.federation.clone() else {
         return Err(ApiError::NotImplemented(
             "refresh not available: this hub runs no federation refresh engine".into(),
         ));
     };
     load(&state, &trust_domain).await?;
     tracing::info!(%actor, %trust_domain, "refresh requested");
-    refresher
-        .refresh_now(trust_domain.clone())
-        .await
-        .map_err(|reason| {
-            ApiError::Upstream(format!(
-                "refreshing the bundle of {trust_domain} failed: {reason}"
-            ))
-        })?;
+    if let RefreshOutcome::Failed(reason) = federation.refresh_now(&trust_domain).await? {
+        return Err(ApiError::Upstream(format!(
+            "refreshing the bundle of {trust_domain} failed: {reason}"
+        )));
+    }
     state.changed().await;
     Ok(Json(load(&state, &trust_domain).await?))
 }

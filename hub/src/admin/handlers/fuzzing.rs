@@ -3,6 +3,7 @@
 //! with no behaviour of their own. Bodies themselves are decoded by `axum::Json` into the types
 //! of [`crate::admin::api`].
 
+use fedhub_core::endpoint::BundleEndpointUrl;
 use fedhub_core::{SpiffeId, TrustDomain};
 use fedhub_registry::BundleRecord;
 use url::Url;
@@ -23,7 +24,7 @@ pub fn admin_bundle(trust_domain: &TrustDomain, document: &str) -> Result<Bundle
 /// # Errors
 /// [`ApiError::Invalid`] unless it is an `https://` URL with a host and no credentials.
 pub fn endpoint_url(text: &str) -> Result<Url, ApiError> {
-    super::federation::endpoint_url(text)
+    super::federation::endpoint_url(text).map(BundleEndpointUrl::into_url)
 }
 
 /// How an entry's `spiffe_id` and `parent_id` and a join token's `spiffe_id` are checked.

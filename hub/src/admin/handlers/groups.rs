@@ -1,15 +1,13 @@
 //! `/v1/federation-groups`: named groups of trust domains that entries federate with.
 
 use axum::Json;
-use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
-use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::extract::State;
+use axum::http::{Method, StatusCode};
+use fedhub_core::TrustDomain;
 use fedhub_registry::FederationGroup;
 
-use super::trust_domain;
-use crate::admin::api::{
-    CreateFederationGroup, DeletedFederationGroup, FederationGroupView, ForceQuery, ts,
-};
+use super::{Body, FromPath, Params, PathOf, trust_domain};
+use crate::admin::api::{CreateFederationGroup, FederationGroupView, ForceQuery, Unfederated, ts};
 use crate::admin::{Actor, AdminState, ApiError};
 
 fn view(group: FederationGroup) -> FederationGroupView {
@@ -18,6 +16,15 @@ fn view(group: FederationGroup) -> FederationGroupView {
         members: group.members,
         created_at: ts(group.created_at),
         updated_at: ts(group.updated_at),
+    }
+}
+
+/// `{name}/members/{trust_domain}`: a group's name and a member.
+impl FromPath for (String, TrustDomain) {
+    type Raw = (String, String);
+
+    fn from_path((name, member): (String, String)) -> Result<Self, ApiError> {
+        Ok((name, trust_domain(&member)?))
     }
 }
 
@@ -33,9 +40,8 @@ pub(in crate::admin) async fn list(
 pub(in crate::admin) async fn create(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    body: Result<Json<CreateFederationGroup>, JsonRejection>,
+    Body(request): Body<CreateFederationGroup>,
 ) -> Result<(StatusCode, Json<FederationGroupView>), ApiError> {
-    let Json(request) = body?;
     let group = state
         .hub
         .registry()
@@ -49,9 +55,8 @@ pub(in crate::admin) async fn create(
 /// `GET /v1/federation-groups/{name}`.
 pub(in crate::admin) async fn show(
     State(state): State<AdminState>,
-    name: Result<Path<String>, PathRejection>,
+    PathOf(name): PathOf<String>,
 ) -> Result<Json<FederationGroupView>, ApiError> {
-    let Path(name) = name?;
     let group = state
         .hub
         .registry()
@@ -71,11 +76,9 @@ pub(in crate::admin) async fn show(
 pub(in crate::admin) async fn delete(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    name: Result<Path<String>, PathRejection>,
-    query: Result<Query<ForceQuery>, QueryRejection>,
-) -> Result<Json<DeletedFederationGroup>, ApiError> {
-    let Path(name) = name?;
-    let Query(ForceQuery { force }) = query?;
+    PathOf(name): PathOf<String>,
+    Params(ForceQuery { force }): Params<ForceQuery>,
+) -> Result<Json<Unfederated>, ApiError> {
     let entries_updated = state
         .hub
         .registry()
@@ -83,41 +86,30 @@ pub(in crate::admin) async fn delete(
         .await?;
     state.changed().await;
     tracing::info!(%actor, group = %name, force, entries_updated, "federation group deleted");
-    Ok(Json(DeletedFederationGroup { entries_updated }))
+    Ok(Json(Unfederated { entries_updated }))
 }
 
-/// `PUT /v1/federation-groups/{name}/members/{trust_domain}`: adds a member.
-pub(in crate::admin) async fn add_member(
+/// `PUT /v1/federation-groups/{name}/members/{trust_domain}` adds a member, `DELETE` removes
+/// it.
+pub(in crate::admin) async fn member(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    path: Result<Path<(String, String)>, PathRejection>,
+    method: Method,
+    PathOf((name, member)): PathOf<(String, TrustDomain)>,
 ) -> Result<Json<FederationGroupView>, ApiError> {
-    let Path((name, member)) = path?;
-    let member = trust_domain(&member)?;
-    let group = state
-        .hub
-        .registry()
-        .add_federation_group_member(&actor, &name, &member)
-        .await?;
+    let registry = state.hub.registry();
+    let (group, done) = if method == Method::DELETE {
+        let group = registry
+            .remove_federation_group_member(&actor, &name, &member)
+            .await?;
+        (group, "removed")
+    } else {
+        let group = registry
+            .add_federation_group_member(&actor, &name, &member)
+            .await?;
+        (group, "added")
+    };
     state.changed().await;
-    tracing::info!(%actor, group = %name, trust_domain = %member, "federation group member added");
-    Ok(Json(view(group)))
-}
-
-/// `DELETE /v1/federation-groups/{name}/members/{trust_domain}`: removes a member.
-pub(in crate::admin) async fn remove_member(
-    State(state): State<AdminState>,
-    Actor(actor): Actor,
-    path: Result<Path<(String, String)>, PathRejection>,
-) -> Result<Json<FederationGroupView>, ApiError> {
-    let Path((name, member)) = path?;
-    let member = trust_domain(&member)?;
-    let group = state
-        .hub
-        .registry()
-        .remove_federation_group_member(&actor, &name, &member)
-        .await?;
-    state.changed().await;
-    tracing::info!(%actor, group = %name, trust_domain = %member, "federation group member removed");
+    tracing::info!(%actor, group = %name, trust_domain = %member, "federation group member {done}");
     Ok(Json(view(group)))
 }

@@ -4,13 +4,12 @@ use std::time::Duration;
 
 use axum::Json;
 use axum::extract::State;
-use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use rand::TryRngCore as _;
 
-use super::member_of;
+use super::{Body, member_of};
 use crate::admin::api::{CreateJoinToken, JoinTokenView, ts};
 use crate::admin::{Actor, AdminState, ApiError, join_token_agent_id};
 
@@ -22,9 +21,8 @@ const TOKEN_BYTES: usize = 32;
 pub(in crate::admin) async fn create(
     State(state): State<AdminState>,
     Actor(actor): Actor,
-    body: Result<Json<CreateJoinToken>, JsonRejection>,
+    Body(request): Body<CreateJoinToken>,
 ) -> Result<(StatusCode, Json<JoinTokenView>), ApiError> {
-    let Json(request) = body?;
     if request.ttl_secs == 0 {
         return Err(ApiError::Invalid("ttl must be at least one second".into()));
     }

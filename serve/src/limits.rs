@@ -1,11 +1,11 @@
-//! Connection limits shared by every TCP listener of the hub (bundle endpoint, OIDC discovery,
-//! health and metrics, node API): the `[limits]` settings, and the accept step that caps open
-//! connections per listener and per source address.
+//! Connection limits shared by every TCP listener (the hub's bundle endpoint, OIDC discovery,
+//! health and metrics, node API; `fedhub oidc run`): the `[limits]` settings, and the accept
+//! step that caps open connections per listener and per source address.
 //!
 //! A connection over a cap is closed at once, before any TLS work, counted in
 //! [`REFUSED_TOTAL`] and logged at most once per source and [`LOG_INTERVAL`]. The timeouts are
-//! applied by the servers: [`crate::https::serve`] for the HTTP listeners, the node API's TLS
-//! layer for agents.
+//! applied by the servers: [`crate::https::serve`] for the HTTP listeners, the hub's node API
+//! TLS layer for agents.
 
 use std::collections::HashMap;
 use std::io;
@@ -67,7 +67,7 @@ impl Default for ConnectionLimits {
 /// The key under which connections and rate limits are counted per source: the address for
 /// IPv4, its /64 network for IPv6 (one host usually owns a whole /64). IPv4-mapped IPv6
 /// addresses count as IPv4.
-pub(crate) fn source_key(address: IpAddr) -> IpAddr {
+pub fn source_key(address: IpAddr) -> IpAddr {
     match address {
         IpAddr::V4(_) => address,
         IpAddr::V6(v6) => {

@@ -3,12 +3,14 @@ use std::time::{Duration, Instant};
 use axum::routing::get;
 use fedhub_bundle_endpoint::{BundlePublisher, router};
 use fedhub_tests::h2;
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 use super::*;
+use crate::cert::server_config;
 
 struct TestCert {
     der: CertificateDer<'static>,
@@ -35,18 +37,6 @@ fn test_cert() -> TestCert {
     }
 }
 
-fn server_config(resolver: Arc<SwappableCert>) -> Arc<rustls::ServerConfig> {
-    Arc::new(
-        rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::aws_lc_rs::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_cert_resolver(resolver),
-    )
-}
-
 fn client_for(der: &CertificateDer<'static>) -> tokio_rustls::TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der.clone()).unwrap();
@@ -69,6 +59,15 @@ struct Running {
 async fn start(tls: Arc<rustls::ServerConfig>, limits: ServeLimits) -> Running {
     let app = router("/", BundlePublisher::new(r#"{"keys":[]}"#));
     start_app(tls, app, limits).await
+}
+
+/// Serves the bundle endpoint over TLS with `cert`.
+async fn start_with(cert: &TestCert, limits: ServeLimits) -> Running {
+    start(
+        server_config(SwappableCert::new(cert.certified.clone())),
+        limits,
+    )
+    .await
 }
 
 async fn start_app(tls: Arc<rustls::ServerConfig>, app: Router, limits: ServeLimits) -> Running {
@@ -104,6 +103,16 @@ async fn tls_connect(
         .await
 }
 
+/// A TLS connection to `server`, trusting `cert`.
+async fn connect_to(
+    server: &Running,
+    cert: &TestCert,
+) -> tokio_rustls::client::TlsStream<TcpStream> {
+    tls_connect(server.addr, &client_for(&cert.der))
+        .await
+        .unwrap()
+}
+
 /// Reads until the server closes the connection; panics when it stays open for
 /// [`CLOSED_WITHIN`]. Returns what was read.
 async fn read_until_closed(stream: &mut (impl tokio::io::AsyncRead + Unpin)) -> Vec<u8> {
@@ -131,11 +140,7 @@ async fn get_once(
 #[tokio::test]
 async fn serves_over_tls_and_closes_with_close_notify() {
     let cert = test_cert();
-    let server = start(
-        server_config(SwappableCert::new(cert.certified.clone())),
-        ServeLimits::default(),
-    )
-    .await;
+    let server = start_with(&cert, ServeLimits::default()).await;
     let response = get_once(server.addr, &client_for(&cert.der)).await.unwrap();
     assert!(response.starts_with("HTTP/1.1 200 OK"), "{response}");
     assert!(response.ends_with(r#"{"keys":[]}"#), "{response}");
@@ -148,7 +153,11 @@ async fn swapped_certificate_is_used_by_new_handshakes() {
     let first = test_cert();
     let second = test_cert();
     let resolver = SwappableCert::new(first.certified.clone());
-    let server = start(server_config(Arc::clone(&resolver)), ServeLimits::default()).await;
+    let server = start(
+        server_config(Arc::<SwappableCert>::clone(&resolver)),
+        ServeLimits::default(),
+    )
+    .await;
     assert!(get_once(server.addr, &client_for(&first.der)).await.is_ok());
     resolver.set(second.certified.clone());
     assert!(
@@ -174,11 +183,7 @@ async fn slow_clients_are_disconnected() {
             limits.handshake_timeout = Duration::from_millis(200);
         })
     };
-    let server = start(
-        server_config(SwappableCert::new(cert.certified.clone())),
-        limits,
-    )
-    .await;
+    let server = start_with(&cert, limits).await;
 
     // A client that never starts the handshake is dropped.
     let mut silent = TcpStream::connect(server.addr).await.unwrap();
@@ -210,14 +215,8 @@ async fn a_tls_connection_that_sends_no_request_is_closed() {
     let limits = limits_with("test_idle", |limits| {
         limits.idle_timeout = Duration::from_millis(300);
     });
-    let server = start(
-        server_config(SwappableCert::new(cert.certified.clone())),
-        limits,
-    )
-    .await;
-    let mut tls = tls_connect(server.addr, &client_for(&cert.der))
-        .await
-        .unwrap();
+    let server = start_with(&cert, limits).await;
+    let mut tls = connect_to(&server, &cert).await;
     let started = Instant::now();
     read_until_closed(&mut tls).await;
     // Not at once: the idle timer closed it (the margin allows for the server finishing the
@@ -238,14 +237,8 @@ async fn an_http2_connection_without_requests_is_closed_and_streams_are_capped()
         limits.idle_timeout = Duration::from_millis(300);
         limits.max_concurrent_streams = 7;
     });
-    let server = start(
-        server_config(SwappableCert::new(cert.certified.clone())),
-        limits,
-    )
-    .await;
-    let mut tls = tls_connect(server.addr, &client_for(&cert.der))
-        .await
-        .unwrap();
+    let server = start_with(&cert, limits).await;
+    let mut tls = connect_to(&server, &cert).await;
     tls.write_all(h2::PREFACE_AND_SETTINGS).await.unwrap();
     let frames = h2::frames(&read_until_closed(&mut tls).await);
     assert_eq!(
@@ -268,14 +261,8 @@ async fn an_http2_connection_that_ignores_pings_is_closed() {
         limits.keepalive_interval = Duration::from_millis(200);
         limits.keepalive_timeout = Duration::from_millis(200);
     });
-    let server = start(
-        server_config(SwappableCert::new(cert.certified.clone())),
-        limits,
-    )
-    .await;
-    let mut tls = tls_connect(server.addr, &client_for(&cert.der))
-        .await
-        .unwrap();
+    let server = start_with(&cert, limits).await;
+    let mut tls = connect_to(&server, &cert).await;
     tls.write_all(h2::PREFACE_AND_SETTINGS).await.unwrap();
     // Read (and never answer) until closed: well before the 60 s idle timeout.
     let frames = h2::frames(&read_until_closed(&mut tls).await);
@@ -304,9 +291,7 @@ async fn a_request_in_flight_keeps_its_connection_open() {
         limits,
     )
     .await;
-    let mut tls = tls_connect(server.addr, &client_for(&cert.der))
-        .await
-        .unwrap();
+    let mut tls = connect_to(&server, &cert).await;
     // Two pipelined requests: were the slow one's connection asked to close while it runs,
     // HTTP/1 would answer it with `connection: close` and never read the second.
     tls.write_all(
@@ -325,10 +310,16 @@ async fn a_request_in_flight_keeps_its_connection_open() {
     server.stop.send(()).unwrap();
 }
 
+/// The process-wide Prometheus recorder, installed on first use.
+fn metrics_handle() -> &'static PrometheusHandle {
+    static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+    HANDLE.get_or_init(|| PrometheusBuilder::new().install_recorder().unwrap())
+}
+
 /// The value of `fedhub_connections_refused_total` for `listener` and `reason` in the
 /// process-wide recorder.
 fn refused(listener: &str, reason: &str) -> u64 {
-    let text = crate::run::metrics_handle().unwrap().render();
+    let text = metrics_handle().render();
     let labels = [
         format!("listener=\"{listener}\""),
         format!("reason=\"{reason}\""),
@@ -342,17 +333,13 @@ fn refused(listener: &str, reason: &str) -> u64 {
 
 #[tokio::test]
 async fn connections_over_the_per_source_cap_are_refused_and_counted() {
-    crate::run::metrics_handle().unwrap();
+    metrics_handle();
     let cert = test_cert();
     let listener = "test_per_source";
     let limits = limits_with(listener, |limits| {
         limits.max_connections_per_source = 2;
     });
-    let server = start(
-        server_config(SwappableCert::new(cert.certified.clone())),
-        limits,
-    )
-    .await;
+    let server = start_with(&cert, limits).await;
     let connector = client_for(&cert.der);
     let first = tls_connect(server.addr, &connector).await.unwrap();
     let _second = tls_connect(server.addr, &connector).await.unwrap();

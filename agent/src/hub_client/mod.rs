@@ -14,16 +14,14 @@ use std::io;
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, SystemTime};
 
-use fedhub_core::tls::client_config;
+use fedhub_core::tls::{client_config, insecure_client_config};
 use fedhub_core::x509::{SvidUsage, X509Svid, verify_x509_svid};
 use fedhub_core::{Authorizer, Bundle, BundleSource, PrivateKey, SpiffeId, TrustDomain};
 use fedhub_proto::node::AgentSvid;
 use fedhub_proto::node::node_client;
 use hyper_util::rt::TokioIo;
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::crypto::WebPkiSupportedAlgorithms;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use rustls::ClientConfig;
+use rustls::pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::transport::{Channel, Endpoint, Uri};
@@ -133,7 +131,7 @@ impl HubEndpoint {
             )
             .map_err(|e| self.error(&e))?
         } else {
-            insecure_config().map_err(|e| self.error(&e))?
+            insecure_client_config().map_err(|e| self.error(&e))?
         };
         self.open(config).await
     }
@@ -194,57 +192,6 @@ pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// A client configuration that accepts any server certificate (handshake signatures are still
-/// checked, so the TLS session itself is sound). Only for the insecure bootstrap.
-fn insecure_config() -> Result<ClientConfig, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let verifier = AnyServer(provider.signature_verification_algorithms);
-    Ok(ClientConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
-        .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier))
-        .with_no_client_auth())
-}
-
-/// Accepts every server certificate: the insecure bootstrap.
-#[derive(Debug)]
-struct AnyServer(WebPkiSupportedAlgorithms);
-
-impl ServerCertVerifier for AnyServer {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.supported_schemes()
-    }
-}
-
 /// Checks an agent SVID the hub issued (attestation or renewal) for `key`: the trust domain's
 /// bundle it came with is usable, the SVID passes the own-SVID checks, names an ID of the
 /// trust domain, and chains to that bundle.
@@ -279,26 +226,16 @@ pub(crate) fn accept_agent_svid(
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use fedhub_core::KeyType;
 
     use super::*;
-    use crate::testing::{domain, td};
+    use crate::testing::{self, domain, td};
 
+    /// The hub's answer to an attestation: an agent SVID at `path`, and `bundle`.
     fn issued(ca: &fedhub_core::CaSigner, bundle: &Bundle, path: &str) -> (AgentSvid, PrivateKey) {
-        let key = PrivateKey::generate(KeyType::EcP256).unwrap();
-        let id = ca.trust_domain().spiffe_id(path).unwrap();
-        let chain = ca
-            .mint_x509_svid(
-                &id,
-                &key.public_key_der().unwrap(),
-                Duration::from_secs(60),
-                &[],
-            )
-            .unwrap();
+        let (chain, key) = testing::issued(ca, path);
         let message = AgentSvid {
-            spiffe_id: id.to_string(),
+            spiffe_id: ca.trust_domain().spiffe_id(path).unwrap().to_string(),
             cert_chain: chain,
             bundle: bundle.to_json().into_bytes(),
         };
