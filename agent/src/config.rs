@@ -2,7 +2,8 @@
 //! (and the join token by `FEDHUB_AGENT_JOIN_TOKEN`), validated into typed values before
 //! anything binds a socket or connects.
 //!
-//! See `agent/agent.example.toml` for every key with its default.
+//! See `agent/agent.example.toml` (printed by `fedhub agent config example`) for every key
+//! with its default.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -269,6 +270,13 @@ mod defaults {
     }
 }
 
+/// The annotated example configuration with every key and its default, as
+/// `fedhub agent config example` prints it.
+pub const EXAMPLE: &str = include_str!("../agent.example.toml");
+
+/// What `--config` should name, for the message when it names no file.
+const EXPECTED: &str = "an agent.toml (`fedhub agent config example` prints one)";
+
 impl AgentConfig {
     /// Loads `path` (TOML), applies `FEDHUB_AGENT__…` environment overrides and
     /// `FEDHUB_AGENT_JOIN_TOKEN`, and validates.
@@ -276,16 +284,48 @@ impl AgentConfig {
     /// # Errors
     /// [`ConfigError`] naming the offending key and the fix.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let mut figment = layers(
-            path,
-            "an agent.toml (see agent/agent.example.toml)",
-            ENV_PREFIX,
-        )?;
+        Self::from_figment(&Self::layers(path)?)
+    }
+
+    /// What `fedhub agent validate` checks: [`AgentConfig::load`], then the files the
+    /// configuration names, read and checked as the start does (the trust bundle file, the
+    /// x509pop certificate and key), without binding, connecting or writing anything.
+    ///
+    /// # Errors
+    /// [`ConfigError`] with every problem found in the files, each naming its key and where
+    /// its value came from.
+    pub fn check(path: &Path) -> Result<Self, ConfigError> {
+        let figment = Self::layers(path)?;
+        let config = Self::from_figment(&figment)?;
+        fedhub_config::file_problems(&figment, ENV_PREFIX, config.file_problems())?;
+        Ok(config)
+    }
+
+    /// The problems of the files this configuration names, each with its key, found with the
+    /// checks the start runs.
+    fn file_problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        if let TrustBootstrap::BundleFile(path) = &self.trust_bootstrap
+            && let Err(e) = crate::run::read_bundle_file(path, &self.trust_domain)
+        {
+            problems.push(("trust_bundle_file", e.to_string()));
+        }
+        if let Some(method) = &self.attestation
+            && let Err(e) = crate::hub_client::NodeCredentials::load(method)
+        {
+            problems.push((e.key, e.message));
+        }
+        problems
+    }
+
+    /// The file `path`, its `FEDHUB_AGENT__…` overrides and `FEDHUB_AGENT_JOIN_TOKEN`.
+    fn layers(path: &Path) -> Result<Figment, ConfigError> {
+        let mut figment = layers(path, EXPECTED, ENV_PREFIX)?;
         // Taken verbatim: an Env provider would read a token of digits as a number.
         if let Some(token) = std::env::var(JOIN_TOKEN_ENV).ok().filter(|t| !t.is_empty()) {
             figment = figment.merge(Serialized::default("join_token", token));
         }
-        Self::from_figment(&figment)
+        Ok(figment)
     }
 
     /// Parses and validates TOML text (no environment overrides); used by tests and tools.
@@ -297,7 +337,11 @@ impl AgentConfig {
     }
 
     fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
-        figment.extract::<Settings>()?.validate()
+        figment
+            .extract::<Settings>()
+            .map_err(|e| fedhub_config::figment_problems(figment, ENV_PREFIX, &e))?
+            .validate()
+            .map_err(|e| fedhub_config::locate(figment, ENV_PREFIX, &e))
     }
 }
 

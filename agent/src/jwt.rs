@@ -38,7 +38,7 @@ impl fmt::Debug for JwtSvidToken {
 pub enum IssueError {
     /// The issuer cannot issue right now (e.g. the hub is unreachable); the Workload API
     /// answers `UNAVAILABLE` and the caller may retry.
-    #[error("cannot issue a JWT-SVID now: {0}; retry shortly")]
+    #[error("cannot issue a JWT-SVID now: {0}")]
     Unavailable(String),
     /// The hub refused to issue for this identity (e.g. its entry was just deleted); the
     /// Workload API answers `PERMISSION_DENIED`.

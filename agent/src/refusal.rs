@@ -15,7 +15,8 @@ pub(crate) enum Refusal {
     /// Told as [`AttestError::status_message`]: the details stay in the log.
     #[error("{}", .0.status_message())]
     Attestation(#[source] AttestError),
-    #[error("the agent has not synced with its hub yet; retry shortly")]
+    /// No "retry shortly" here: `UNAVAILABLE` says so, and clients add it themselves.
+    #[error("the agent has not synced with its hub yet")]
     NotSynced,
     #[error("no identity issued")]
     NoIdentity,

@@ -148,12 +148,23 @@ pub async fn launch(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     });
     let stop = CancellationToken::new();
     tracing::info!(
-        trust_domain = %trust_domain,
-        hub = %config.hub_address,
-        agent.spiffe_id = agent.as_ref().map(|svid| svid.spiffe_id().to_string()),
-        socket = %socket_path.display(),
-        "agent starting"
+        "Workload API listening on unix socket {}",
+        socket_path.display()
     );
+    if let Some(svid) = &agent {
+        tracing::info!(
+            "agent of {trust_domain} starting as {}, hub {} ({})",
+            svid.spiffe_id(),
+            config.hub_address,
+            config.hub_spiffe_id
+        );
+    } else {
+        tracing::info!(
+            "agent of {trust_domain} starting, attesting to the hub {} ({})",
+            config.hub_address,
+            config.hub_spiffe_id
+        );
+    }
     let daemon = Daemon::new(
         HubEndpoint {
             address: config.hub_address,
@@ -202,9 +213,8 @@ async fn supervise(
     };
     stop.cancel();
     let api_result = flatten(workload_api.await);
-    if let Err(error) = &outcome {
-        tracing::error!(%error, "agent stopped");
-    }
+    // A fatal error is not logged here: it is returned, and whoever runs the agent reports it
+    // once (`fedhub agent run` prints it as `error:`).
     outcome.and(api_result)
 }
 
@@ -233,9 +243,35 @@ fn trust_anchors(
 ) -> Result<(Arc<TrustAnchors>, bool), AgentError> {
     let trust_domain = &config.trust_domain;
     let stored = stored_bundle.is_some();
+    if let Some(bundle) = &stored_bundle
+        && let Some(theirs) = foreign_trust_domain(bundle, trust_domain)
+    {
+        return Err(AgentError::Config {
+            key: "data_dir",
+            message: format!(
+                "{} keeps the bundle of trust domain {theirs}, but trust_domain is \
+                 {trust_domain}: the data directory belongs to an agent of {theirs}; give this \
+                 agent its own data_dir, or set trust_domain = \"{theirs}\"",
+                config.data_dir.display()
+            ),
+        });
+    }
     let mut anchors = stored_bundle.unwrap_or_else(|| Bundle::new(trust_domain.clone()));
     if let TrustBootstrap::BundleFile(path) = &config.trust_bootstrap {
-        for authority in read_bundle_file(path, trust_domain)?.x509_authorities() {
+        let file = read_bundle_file(path, trust_domain)?;
+        if let Some(theirs) = foreign_trust_domain(&file, trust_domain) {
+            return Err(AgentError::Config {
+                key: "trust_bundle_file",
+                message: format!(
+                    "{} is the bundle of trust domain {theirs}, but trust_domain is \
+                     {trust_domain}: export the bundle of {trust_domain} with `fedhub bundle \
+                     show` on its hub, or set trust_domain = \"{theirs}\" if this agent belongs \
+                     to {theirs}",
+                    path.display()
+                ),
+            });
+        }
+        for authority in file.x509_authorities() {
             anchors.add_x509_authority(authority.clone());
         }
     }
@@ -255,7 +291,31 @@ fn trust_anchors(
     Ok((Arc::new(TrustAnchors::new(anchors)), insecure && !stored))
 }
 
-fn read_bundle_file(path: &Path, trust_domain: &TrustDomain) -> Result<Bundle, AgentError> {
+/// The trust domain `bundle` is of when it is not `trust_domain`: fedhub's CA certificates
+/// name their trust domain (`spiffe://<trust domain>`), so a bundle whose authorities name
+/// only other trust domains is another trust domain's. Authorities that name none (an
+/// upstream root) say nothing.
+pub(crate) fn foreign_trust_domain(
+    bundle: &Bundle,
+    trust_domain: &TrustDomain,
+) -> Option<TrustDomain> {
+    let named: Vec<TrustDomain> = bundle
+        .x509_authorities()
+        .iter()
+        .filter_map(|authority| fedhub_core::x509::spiffe_id_of(authority.der()).ok())
+        .map(|id| id.trust_domain())
+        .collect();
+    if named.contains(trust_domain) {
+        return None;
+    }
+    named.into_iter().next()
+}
+
+/// Reads `trust_bundle_file` as the start does (also for `fedhub agent validate`).
+pub(crate) fn read_bundle_file(
+    path: &Path,
+    trust_domain: &TrustDomain,
+) -> Result<Bundle, AgentError> {
     let invalid = |message: String| AgentError::Config {
         key: "trust_bundle_file",
         message,

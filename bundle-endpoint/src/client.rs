@@ -40,7 +40,7 @@ use fedhub_core::endpoint::{BundleEndpointUrl, EndpointUrlError, ProfileName};
 use fedhub_core::tls::{Authorizer, TlsError};
 use fedhub_core::x509::spiffe_id_of;
 use fedhub_core::{Bundle, BundleError, BundleSource, SpiffeId, TrustDomain};
-use reqwest::header::{ETAG, HeaderValue, IF_NONE_MATCH, LOCATION};
+use reqwest::header::{CONTENT_TYPE, ETAG, HeaderValue, IF_NONE_MATCH, LOCATION};
 use reqwest::{StatusCode, Url};
 use rustls::pki_types::CertificateDer;
 use rustls::{CertificateError, ClientConfig, RootCertStore};
@@ -223,6 +223,26 @@ pub enum FetchError {
     /// The body is not a valid SPIFFE bundle document.
     #[error("bundle endpoint served an invalid bundle document: {0}")]
     Parse(#[from] BundleError),
+    /// The endpoint answered the TLS handshake with something that is not TLS, most likely
+    /// plain HTTP.
+    #[error(
+        "the endpoint answered in plain HTTP, not TLS: use https:// and the bundle endpoint's TLS port"
+    )]
+    PlainHttp,
+    /// The TLS server accepts only application protocols other than HTTP/1.1 (HTTP/2 only,
+    /// as gRPC servers such as the fedhub node API do): it is not a bundle endpoint.
+    #[error(
+        "the server speaks only HTTP/2 (gRPC), like a fedhub node API, not a bundle endpoint: use the hub's bundle_endpoint address and port"
+    )]
+    NotBundleEndpoint,
+    /// The endpoint answered `200` with a web page (HTML) instead of a bundle document.
+    #[error(
+        "the endpoint answered with {content_type}, not a SPIFFE bundle: check the URL's path; a login page?"
+    )]
+    NotABundle {
+        /// The response's content type, e.g. `text/html`.
+        content_type: String,
+    },
 }
 
 /// HTTPS clients shared among the [`BundleFetcher`]s built with it.
@@ -470,6 +490,11 @@ impl BundleFetcher {
         if announced > limit as u64 {
             return Err(too_large);
         }
+        let content_type = response
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
         let etag = response
             .headers()
             .get(ETAG)
@@ -494,7 +519,10 @@ impl BundleFetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        let parsed = Bundle::parse_json(self.trust_domain.clone(), &body, limit)?;
+        let parsed =
+            Bundle::parse_json(self.trust_domain.clone(), &body, limit).map_err(|error| {
+                not_a_bundle(content_type.as_deref(), &body).unwrap_or(error.into())
+            })?;
         Ok(FetchOutcome::Fetched {
             bundle: parsed.bundle,
             etag,
@@ -523,7 +551,7 @@ impl BundleFetcher {
             || target.as_url().port_or_known_default() != configured.port_or_known_default()
         {
             return Err(FetchError::Redirect(format!(
-                "target {}:{} is not the configured host {}:{}; only redirects to the same host and port are followed",
+                "target {}:{} is not the configured host {}:{}; only redirects to the same host and port are followed (a login page? a bundle endpoint serves its bundle without one)",
                 target.host(),
                 target.as_url().port_or_known_default().unwrap_or_default(),
                 self.url.host(),
@@ -536,12 +564,28 @@ impl BundleFetcher {
     /// Classifies a transport error: TLS failure, timeout, or connection failure.
     fn transport_error(&self, error: &reqwest::Error) -> FetchError {
         if let Some(tls) = find_cause::<rustls::Error>(error) {
+            if let Some(wrong) = Self::wrong_service(tls) {
+                return wrong;
+            }
             return FetchError::Tls(self.tls_failure(tls));
         }
         if error.is_timeout() {
             return FetchError::Timeout(self.options.connect_timeout);
         }
         FetchError::Connect(error_chain(error))
+    }
+
+    /// A handshake failure that says the server is not a bundle endpoint at all.
+    fn wrong_service(error: &rustls::Error) -> Option<FetchError> {
+        match error {
+            rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType) => {
+                Some(FetchError::PlainHttp)
+            }
+            rustls::Error::AlertReceived(rustls::AlertDescription::NoApplicationProtocol) => {
+                Some(FetchError::NotBundleEndpoint)
+            }
+            _ => None,
+        }
     }
 
     fn tls_failure(&self, error: &rustls::Error) -> TlsFailure {
@@ -658,6 +702,24 @@ fn web_tls_config(extra_roots: &[Vec<u8>]) -> Result<ClientConfig, FetchError> {
         .map_err(|e| FetchError::Config(e.to_string()))?
         .with_root_certificates(roots)
         .with_no_client_auth())
+}
+
+/// [`FetchError::NotABundle`] when a body that failed to parse is a web page: served as
+/// `text/html` (or `application/xhtml+xml`), or starting with `<`.
+fn not_a_bundle(content_type: Option<&str>, body: &[u8]) -> Option<FetchError> {
+    let media_type = content_type
+        .and_then(|value| value.split(';').next())
+        .map(|media| media.trim().to_ascii_lowercase());
+    let html_type = media_type
+        .as_deref()
+        .is_some_and(|media| media == "text/html" || media == "application/xhtml+xml");
+    let html_body = body
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'<');
+    (html_type || html_body).then(|| FetchError::NotABundle {
+        content_type: media_type.unwrap_or_else(|| "an HTML page".to_owned()),
+    })
 }
 
 /// The first error of type `T` in `error`'s cause chain, looking inside `io::Error`s (whose

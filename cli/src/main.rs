@@ -10,6 +10,7 @@ mod agent_cmd;
 mod api;
 mod demo;
 mod fd_limit;
+mod habits;
 mod hub_cmd;
 mod logging;
 mod oidc_cmd;
@@ -17,17 +18,72 @@ mod output;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::error::ErrorKind;
+use clap::parser::ValueSource;
+use clap::{CommandFactory as _, FromArgMatches as _, Subcommand};
 
 /// fedhub: SPIFFE identity and federation for your trust domain.
 ///
-/// Logs go to stderr; set FEDHUB_LOG (e.g. `info`, `fedhub=debug`) to choose what is logged and
-/// FEDHUB_LOG_FORMAT=json for JSON lines.
-#[derive(Debug, Parser)]
+/// Logs go to stderr; set FEDHUB_LOG (e.g. `info`, `fedhub=debug`; default `info` for `run`
+/// commands, `warn` otherwise) to choose what is logged and FEDHUB_LOG_FORMAT=json for JSON
+/// lines.
+#[derive(Debug, clap::Parser)]
 #[command(name = "fedhub", version, propagate_version = true)]
 struct Cli {
+    /// `-o, --output`, accepted before the command group too (`fedhub -o json entry list`).
+    #[command(flatten)]
+    output: output::OutputArg,
     #[command(subcommand)]
     command: Command,
+}
+
+/// Commands with no result `--output` could format: the servers and the demo run until
+/// stopped, `config example` prints a TOML file and `healthcheck` a probe's one line.
+const NO_RESULT: &[&[&str]] = &[
+    &["hub", "run"],
+    &["agent", "run"],
+    &["oidc", "run"],
+    &["hub", "config", "example"],
+    &["agent", "config", "example"],
+    &["hub", "healthcheck"],
+    &["agent", "healthcheck"],
+    &["demo"],
+];
+
+/// Parses the command line; exits with a usage error (code 2) on a bad one, including a SPIRE
+/// flag (`-config`) and `--output` given to a command that prints no result.
+fn parse() -> Cli {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let text: Vec<String> = args
+        .iter()
+        .map(|arg| arg.to_string_lossy().into_owned())
+        .collect();
+    let mut command = Cli::command();
+    command.build();
+    habits::check(&text, &command);
+    let matches = command.clone().get_matches_from(args);
+    if matches.value_source("output") == Some(ValueSource::CommandLine) {
+        let mut path = Vec::new();
+        let mut level = &matches;
+        while let Some((name, sub)) = level.subcommand() {
+            path.push(name);
+            level = sub;
+        }
+        if NO_RESULT.contains(&path.as_slice()) {
+            let message = format!(
+                "`--output` does not apply to `fedhub {}`: it has no table or JSON result",
+                path.join(" ")
+            );
+            let leaf = path
+                .iter()
+                .try_fold(&command, |level, name| level.find_subcommand(name))
+                .unwrap_or(&command);
+            leaf.clone()
+                .error(ErrorKind::ArgumentConflict, message)
+                .exit();
+        }
+    }
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
 }
 
 #[derive(Debug, Subcommand)]
@@ -79,8 +135,8 @@ async fn shutdown_signal() {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    logging::init();
+    let cli = parse();
+    logging::init(runs_a_server());
     let result = match cli.command {
         Command::Api(args) => api::run(args),
         Command::Demo(args) => demo::run(&args),
@@ -95,8 +151,38 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_chain(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// Whether the command line runs a server (`hub run`, `agent run`, `oidc run`): those log at
+/// `info` by default, so that their start lines are seen.
+fn runs_a_server() -> bool {
+    let Ok(matches) =
+        <Cli as clap::CommandFactory>::command().try_get_matches_from(std::env::args_os())
+    else {
+        return false;
+    };
+    matches.subcommand().is_some_and(|(group, command)| {
+        matches!(group, "hub" | "agent" | "oidc") && command.subcommand_name() == Some("run")
+    })
+}
+
+/// `error: cause: cause`, each cause once: a cause whose text an outer message already
+/// includes is not repeated.
+fn error_chain(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }

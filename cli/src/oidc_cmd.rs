@@ -25,7 +25,8 @@ pub enum OidcCommand {
     /// The keys come from the hub's bundle endpoint or from a Workload API socket (see the
     /// [source] section of the configuration); the documents are republished on every change.
     Run {
-        /// Path of the TOML configuration (see docs/configuration.md).
+        /// Path of the TOML configuration; its keys are documented in
+        /// docs/configuration.md#fedhub-oidc-run.
         #[arg(long, short, env = "FEDHUB_OIDC_CONFIG", value_name = "FILE")]
         config: PathBuf,
     },

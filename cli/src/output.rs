@@ -9,12 +9,23 @@ use fedhub_hub::admin::api::Timestamp;
 use serde::Serialize;
 
 /// How results are printed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum OutputFormat {
     /// Aligned tables and fields, times with how long ago (or ahead) they are.
+    #[default]
     Table,
     /// JSON, for scripts.
     Json,
+}
+
+/// `-o, --output table|json`: global, so it may stand before the command group
+/// (`fedhub -o json entry list`), after it or after the subcommand. Every level that flattens
+/// it shares one value.
+#[derive(Debug, Clone, Copy, clap::Args)]
+pub struct OutputArg {
+    /// How to print results: `table` for people, `json` for scripts.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t)]
+    pub output: OutputFormat,
 }
 
 /// Writes `text` to stdout.

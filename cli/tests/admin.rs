@@ -523,6 +523,36 @@ fn federation(hub: &TestHub) {
     let err = hub.refused(&["federation", "refresh", "--trust-domain", "beta.test"]);
     assert!(err.contains("refresh not available"), "{err}");
 
+    // A long error is cut in the table and whole in `show` and JSON.
+    web_relationship(hub, "long.test");
+    hub.block_on(registry.claim_due_refreshes("test", now(), Duration::from_secs(60), 10))
+        .unwrap();
+    let long_error = format!(
+        "the endpoint answered in plain HTTP, not TLS: {}",
+        "x".repeat(200)
+    );
+    hub.block_on(registry.record_refresh_failure(
+        &td("long.test"),
+        "test",
+        &long_error,
+        SequenceSeen::Present,
+        later,
+    ))
+    .unwrap();
+    let table = hub.ok(&["federation", "list"]);
+    let row = table.lines().find(|l| l.starts_with("long.test")).unwrap();
+    assert!(
+        row.contains("the endpoint answered in plain HTTP"),
+        "{table}"
+    );
+    assert!(row.contains("x…"), "{table}");
+    assert!(!row.contains(&"x".repeat(60)), "{table}");
+    let shown = hub.ok(&["federation", "show", "--trust-domain", "long.test"]);
+    assert_eq!(field(&shown, "last error"), long_error);
+    let json = hub.json(&["federation", "show", "--trust-domain", "long.test"]);
+    assert_eq!(json["status"]["last_error"], long_error.as_str());
+    hub.ok(&["federation", "delete", "--trust-domain", "long.test"]);
+
     hub.ok(&["federation", "delete", "--trust-domain", "web.test"]);
     hub.ok(&["federation", "delete", "--trust-domain", "beta.test"]);
     assert_eq!(hub.json(&["federation", "list"]), Value::Array(Vec::new()));
@@ -530,6 +560,65 @@ fn federation(hub: &TestHub) {
 
 fn entries(hub: &TestHub) {
     web_relationship(hub, "partner.test");
+    // Selectors are checked before anything is sent, with the hub's rule.
+    for (selector, reason) in [
+        ("unix:uid:root", "unix uid must be a number"),
+        ("unix:uid:0,unix:gid:0", "it holds several selectors"),
+        ("k8s:ns:default", "no attestor for selector type"),
+    ] {
+        let err = hub.run(&[
+            "entry",
+            "create",
+            "--spiffe-id",
+            "spiffe://alpha.test/web",
+            "--parent-id",
+            "spiffe://alpha.test/agent/node-1",
+            "--selector",
+            selector,
+        ]);
+        let stderr = String::from_utf8(err.stderr).unwrap();
+        assert_eq!(err.status.code(), Some(2), "{stderr}");
+        assert!(stderr.contains(reason), "{selector}: {stderr}");
+        assert!(
+            stderr.contains("valid selectors: unix:uid:<number>, unix:gid:<number>"),
+            "{stderr}"
+        );
+    }
+    // A parent no agent answers to is refused, unless allowed.
+    let unknown = [
+        "entry",
+        "create",
+        "--spiffe-id",
+        "spiffe://alpha.test/later",
+        "--parent-id",
+        "spiffe://alpha.test/agent/later",
+        "--selector",
+        "unix:uid:7",
+    ];
+    let err = hub.refused(&unknown);
+    assert!(
+        err.contains("parent_id spiffe://alpha.test/agent/later is neither an agent"),
+        "{err}"
+    );
+    assert!(err.contains("--allow-unknown-parent"), "{err}");
+    let later = hub.json(&[&unknown[..], &["--allow-unknown-parent"]].concat());
+    hub.ok(&[
+        "entry",
+        "delete",
+        "--entry-id",
+        later["id"].as_str().unwrap(),
+    ]);
+    // Attested agents are known parents.
+    for name in ["node-1", "node-2"] {
+        hub.block_on(hub.registry().upsert_agent(&AgentAttestation {
+            spiffe_id: SpiffeId::parse(&format!("spiffe://alpha.test/agent/{name}")).unwrap(),
+            attestation_type: "join_token".into(),
+            serial: "01".into(),
+            svid_expires_at: now() + Duration::from_secs(3600),
+            selectors: Vec::new(),
+        }))
+        .unwrap();
+    }
     let base = [
         "entry",
         "create",
@@ -570,7 +659,10 @@ fn entries(hub: &TestHub) {
     assert!(err.contains("no federation relationship"), "{err}");
     let err = hub.refused(&[&base[..], &["--selector", "unix:gid:100"]].concat());
     assert!(err.contains("already exists"), "{err}");
-    let err = hub.refused(&[&base[..], &["--selector", "nocolon"]].concat());
+    // A malformed selector is a usage error, caught before anything is sent.
+    let output = hub.run(&[&base[..], &["--selector", "nocolon"]].concat());
+    let err = String::from_utf8(output.stderr).unwrap();
+    assert_eq!(output.status.code(), Some(2), "{err}");
     assert!(err.contains("type:value"), "{err}");
     let err = hub.refused(&[
         "entry",
@@ -676,7 +768,10 @@ fn entries(hub: &TestHub) {
 
     // A relationship in use is deleted only with --force, which updates the entries.
     let err = hub.refused(&["federation", "delete", "--trust-domain", "partner.test"]);
-    assert!(err.contains("used by 1 entries"), "{err}");
+    assert!(err.contains("used by 1 entry: "), "{err}");
+    let spiffe_id = updated["spiffe_id"].as_str().unwrap();
+    assert!(err.contains(&format!("{id} ({spiffe_id})")), "{err}");
+    assert!(err.contains("for good"), "{err}");
     let deleted = hub.json(&[
         "federation",
         "delete",
@@ -685,6 +780,14 @@ fn entries(hub: &TestHub) {
         "--force",
     ]);
     assert_eq!(deleted["entries_updated"], 1);
+    assert_eq!(
+        deleted["entries"],
+        serde_json::json!([{ "id": id, "spiffe_id": spiffe_id }])
+    );
+    assert!(
+        deleted["note"].as_str().unwrap().contains("for good"),
+        "{deleted}"
+    );
     let after = hub.json(&["entry", "show", "--entry-id", &id]);
     assert_eq!(after["federates_with"], serde_json::json!([]));
     assert_eq!(after["revision"], 4);
@@ -937,6 +1040,7 @@ fn groups(hub: &TestHub) {
         "create",
         "--spiffe-id",
         "spiffe://alpha.test/grouped",
+        "--allow-unknown-parent",
         "--parent-id",
         "spiffe://alpha.test/agent/node-9",
         "--selector",
@@ -1077,10 +1181,21 @@ fn groups(hub: &TestHub) {
         "partners",
     ]);
     let err = hub.refused(&[&group[..], &["delete", "--name", "partners"]].concat());
-    assert!(err.contains("is used by 1 entries"), "{err}");
+    assert!(err.contains("is used by 1 entry: "), "{err}");
+    assert!(err.contains(&id), "{err}");
     assert!(err.contains("force"), "{err}");
-    let deleted = hub.json(&[&group[..], &["delete", "--name", "partners", "--force"]].concat());
-    assert_eq!(deleted["entries_updated"], 1);
+    // The table result lists the entries that lost the group, and says it is for good.
+    let deleted = hub.ok(&[&group[..], &["delete", "--name", "partners", "--force"]].concat());
+    assert!(
+        deleted.starts_with("deleted federation group partners; 1 entry changed ("),
+        "{deleted}"
+    );
+    assert!(deleted.contains("for good"), "{deleted}");
+    let mut lines = deleted.lines().skip(1);
+    assert!(lines.next().unwrap().starts_with("ENTRY ID"), "{deleted}");
+    let row = lines.next().unwrap();
+    assert!(row.starts_with(id.as_str()), "{deleted}");
+    assert!(row.contains("spiffe://alpha.test/"), "{deleted}");
     let shown = hub.json(&["entry", "show", "--entry-id", &id]);
     assert_eq!(shown["federates_with_groups"], serde_json::json!([]));
     let err = hub.refused(&[&group[..], &["show", "--name", "partners"]].concat());

@@ -187,14 +187,9 @@ impl std::fmt::Display for LockError {
     }
 }
 
-impl std::error::Error for LockError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        match self {
-            Self::Held { .. } => None,
-            Self::Io { source, .. } => Some(source),
-        }
-    }
-}
+/// No `source`: the message already tells the I/O error, and a chain printed with its causes
+/// names each once.
+impl std::error::Error for LockError {}
 
 impl DirLock {
     /// Takes the exclusive lock on `dir` (which must exist), without waiting.

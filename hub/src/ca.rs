@@ -686,6 +686,14 @@ fn read_key(path: &Path) -> Result<PrivateKey, CaError> {
     })
 }
 
+/// Reads the upstream CA files as the start does, for `fedhub hub validate`.
+///
+/// # Errors
+/// [`CaError::Upstream`] naming the file that cannot be used.
+pub(crate) fn check_upstream(cert_file: &Path, key_file: &Path) -> Result<(), CaError> {
+    load_upstream(cert_file, key_file).map(drop)
+}
+
 fn load_upstream(cert_file: &Path, key_file: &Path) -> Result<Upstream, CaError> {
     let cert_text = std::fs::read(cert_file)
         .map_err(|e| CaError::Upstream(format!("cannot read {}: {e}", cert_file.display())))?;

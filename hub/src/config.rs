@@ -1,7 +1,8 @@
 //! Hub configuration: a TOML file, overridden by `FEDHUB_HUB__SECTION__KEY` environment
 //! variables, validated into typed values before anything binds a socket.
 //!
-//! See `hub/hub.example.toml` for every key with its default.
+//! See `hub/hub.example.toml` (printed by `fedhub hub config example`) for every key with its
+//! default.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -109,6 +110,9 @@ pub struct AgentApiConfig {
     pub syncs_per_minute: u32,
     /// `RenewAgent` calls allowed per agent per minute.
     pub renewals_per_minute: u32,
+    /// How often the hub records agents with an open `Sync` stream as seen (`last_seen`),
+    /// all of them in batched writes.
+    pub heartbeat_interval: Duration,
 }
 
 /// Validated `[node_attestation.x509pop]` settings.
@@ -202,6 +206,8 @@ struct AgentApiSettings {
     sync_streams_per_agent: usize,
     syncs_per_minute: u32,
     renewals_per_minute: u32,
+    #[serde(with = "humantime_serde")]
+    heartbeat_interval: Duration,
 }
 
 impl Default for AgentApiSettings {
@@ -217,6 +223,8 @@ impl Default for AgentApiSettings {
             // lifetime) and after a failure, with a backoff from 0.5 s up to 30 s.
             syncs_per_minute: 60,
             renewals_per_minute: 60,
+            // Agents with an open sync stream are recorded as seen once a minute, in batches.
+            heartbeat_interval: Duration::from_secs(60),
         }
     }
 }
@@ -382,17 +390,83 @@ mod defaults {
     }
 }
 
+/// The annotated example configuration with every key and its default, as
+/// `fedhub hub config example` prints it.
+pub const EXAMPLE: &str = include_str!("../hub.example.toml");
+
+/// What `--config` should name, for the message when it names no file.
+const EXPECTED: &str = "a hub.toml (`fedhub hub config example` prints one)";
+
 impl HubConfig {
     /// Loads `path` (TOML), applies `FEDHUB_HUB__…` environment overrides, and validates.
     ///
     /// # Errors
-    /// [`ConfigError`] naming the offending key and the fix.
+    /// [`ConfigError`] naming the offending key, where its value came from (the file or an
+    /// environment variable) and the fix.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        Self::from_figment(&layers(
-            path,
-            "a hub.toml (see hub/hub.example.toml)",
-            ENV_PREFIX,
-        )?)
+        Self::from_figment(&layers(path, EXPECTED, ENV_PREFIX)?)
+    }
+
+    /// What `fedhub hub validate` checks: [`HubConfig::load`], then every file the
+    /// configuration names, read and checked as the start does (TLS certificates and keys, the
+    /// upstream CA, the x509pop CA bundle) and the OIDC issuer, without binding or opening
+    /// anything.
+    ///
+    /// # Errors
+    /// [`ConfigError`] with every problem found in the files, each naming its key and where
+    /// its value came from.
+    pub fn check(path: &Path) -> Result<Self, ConfigError> {
+        let figment = layers(path, EXPECTED, ENV_PREFIX)?;
+        let config = Self::from_figment(&figment)?;
+        fedhub_config::file_problems(&figment, ENV_PREFIX, config.file_problems())?;
+        Ok(config)
+    }
+
+    /// The problems of the files this configuration names and of the OIDC issuer, each with
+    /// its key, found with the checks the start runs.
+    fn file_problems(&self) -> Vec<(&'static str, String)> {
+        let mut problems = Vec::new();
+        let mut tls = |key: &'static str, files: &TlsFiles| {
+            if let Err(e) = fedhub_serve::load_certified_key(&files.cert_file, &files.key_file) {
+                problems.push((key, e.to_string()));
+            }
+        };
+        if let Some(BundleEndpointConfig {
+            profile:
+                ServingProfile::HttpsWeb {
+                    cert_file,
+                    key_file,
+                },
+            ..
+        }) = &self.bundle_endpoint
+        {
+            let files = TlsFiles {
+                cert_file: cert_file.clone(),
+                key_file: key_file.clone(),
+            };
+            tls("bundle_endpoint.cert_file", &files);
+        }
+        if let Some(oidc) = &self.oidc {
+            if let Some(files) = &oidc.tls {
+                tls("oidc.cert_file", files);
+            }
+            if let Err(e) =
+                fedhub_oidc_discovery::OidcPublisher::new(&oidc.issuer, oidc.tls.is_none())
+            {
+                problems.push(("oidc.issuer", e.to_string()));
+            }
+        }
+        if let Some(upstream) = &self.ca.upstream
+            && let Err(e) = crate::ca::check_upstream(&upstream.cert_file, &upstream.key_file)
+        {
+            problems.push(("ca.upstream_cert_file", e.to_string()));
+        }
+        if let Some(x509pop) = &self.node_attestation.x509pop
+            && let Err(e) = crate::node::fuzzing::X509Pop::load(&x509pop.ca_bundle_file)
+        {
+            problems.push(("node_attestation.x509pop.ca_bundle_file", e.to_string()));
+        }
+        problems
     }
 
     /// Parses and validates TOML text (no environment overrides); used by tests and tools.
@@ -404,7 +478,11 @@ impl HubConfig {
     }
 
     fn from_figment(figment: &Figment) -> Result<Self, ConfigError> {
-        figment.extract::<Settings>()?.validate()
+        figment
+            .extract::<Settings>()
+            .map_err(|e| fedhub_config::figment_problems(figment, ENV_PREFIX, &e))?
+            .validate()
+            .map_err(|e| fedhub_config::locate(figment, ENV_PREFIX, &e))
     }
 }
 
@@ -556,6 +634,7 @@ fn validate_agent_api(settings: &AgentApiSettings) -> Result<AgentApiConfig, Con
             settings.renewals_per_minute,
             "renewal per agent and minute",
         )?,
+        heartbeat_interval: positive("agent_api.heartbeat_interval", settings.heartbeat_interval)?,
     })
 }
 

@@ -34,25 +34,27 @@ pub const CERT_RELOAD_INTERVAL: Duration = Duration::from_secs(30);
 #[non_exhaustive]
 pub enum RunError {
     /// A listener could not be bound.
-    #[error("{what} cannot listen on {address}: {source}")]
+    #[error("{what} cannot listen on {address}: {error}")]
     Bind {
         /// Which listener (config key).
         what: &'static str,
         /// The configured address.
         address: SocketAddr,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
+        /// The underlying error, told in the message (not a `source`, so that a chain printed
+        /// with its causes names it once).
+        error: io::Error,
     },
     /// The admin socket cannot be created.
-    #[error("admin_socket {path}: {source}")]
+    #[error("admin_socket {path}: {error}")]
     AdminSocket {
         /// The configured path.
         path: PathBuf,
-        /// The underlying error.
-        #[source]
-        source: io::Error,
+        /// The underlying error, told in the message (not a `source`).
+        error: io::Error,
     },
+    /// The admin socket cannot be bound; the error names the socket and the fix.
+    #[error("{0}")]
+    AdminSocketBind(io::Error),
     /// The federation manager's options are invalid.
     #[error(transparent)]
     Federation(#[from] crate::federation::FederationError),
@@ -132,10 +134,10 @@ impl RunningHub {
 async fn bind(what: &'static str, address: SocketAddr) -> Result<TcpListener, RunError> {
     TcpListener::bind(address)
         .await
-        .map_err(|source| RunError::Bind {
+        .map_err(|error| RunError::Bind {
             what,
             address,
-            source,
+            error,
         })
 }
 
@@ -146,10 +148,10 @@ fn adopt(
     address: SocketAddr,
     listener: std::net::TcpListener,
 ) -> Result<TcpListener, RunError> {
-    let failed = |source| RunError::Bind {
+    let failed = |error| RunError::Bind {
         what,
         address,
-        source,
+        error,
     };
     let bound = listener.local_addr().map_err(failed)?;
     if bound != address {
@@ -350,15 +352,15 @@ impl Listeners {
                 return Err(RunError::ListenerUnused { what });
             }
         }
-        let admin_error = |source| RunError::AdminSocket {
+        let admin_error = |error| RunError::AdminSocket {
             path: config.admin_socket.clone(),
-            source,
+            error,
         };
         let admin_socket = AdminSocket::bind(
             &config.admin_socket,
             AllowedPeers::this_process(&config.admin_uids).map_err(admin_error)?,
         )
-        .map_err(admin_error)?;
+        .map_err(RunError::AdminSocketBind)?;
         let agent_listener =
             listen("agent_api.address", config.agent_api.address, agent_api).await?;
         let endpoint_listener = match &config.bundle_endpoint {
@@ -548,21 +550,48 @@ pub async fn launch_with(
         tasks.spawn(async move { hub.run_background(stopped.cancelled_owned()).await });
     }
 
-    tracing::info!(
-        trust_domain = %hub.trust_domain(),
-        admin_socket = %config.admin_socket.display(),
-        agent_api = ?bound.agent_api,
-        bundle_endpoint = ?bound.bundle_endpoint,
-        oidc = ?bound.oidc,
-        health = ?bound.health,
-        "hub started"
-    );
+    log_start(&config, &bound, &hub);
     Ok(RunningHub {
         hub,
         bound,
         stop,
         tasks,
     })
+}
+
+/// One line per listener, for people: where it listens and how it is reached.
+fn log_start(config: &HubConfig, bound: &Bound, hub: &Hub) {
+    let trust_domain = hub.trust_domain();
+    if let (Some(address), Some(endpoint)) = (bound.bundle_endpoint, &config.bundle_endpoint) {
+        let profile = match &endpoint.profile {
+            ServingProfile::HttpsSpiffe { spiffe_id } => format!("https_spiffe as {spiffe_id}"),
+            ServingProfile::HttpsWeb { cert_file, .. } => {
+                format!("https_web with the certificate {}", cert_file.display())
+            }
+        };
+        tracing::info!(
+            "bundle endpoint listening on https://{address}{}, profile {profile}",
+            endpoint.path
+        );
+    }
+    if let Some(address) = bound.agent_api {
+        tracing::info!(
+            "node API listening on {address} for the agents of {trust_domain} (TLS as {})",
+            hub.hub_id()
+        );
+    }
+    if let (Some(address), Some(oidc)) = (bound.oidc, &config.oidc) {
+        let scheme = if oidc.tls.is_some() { "https" } else { "http" };
+        tracing::info!(
+            "OIDC discovery listening on {scheme}://{address}, issuer {}",
+            oidc.issuer
+        );
+    }
+    if let Some(address) = bound.health {
+        tracing::info!("health and metrics on http://{address} (/live, /ready, /metrics)");
+    }
+    tracing::info!("admin API on unix socket {}", config.admin_socket.display());
+    tracing::info!("hub of {trust_domain} started");
 }
 
 #[cfg(test)]

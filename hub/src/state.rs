@@ -54,13 +54,13 @@ pub enum HubError {
     #[error(transparent)]
     Oidc(#[from] fedhub_oidc_discovery::OidcError),
     /// The data directory cannot be created or made private.
-    #[error("data_dir {path}: {source}")]
+    #[error("data_dir {path}: {error}")]
     DataDir {
         /// The directory.
         path: std::path::PathBuf,
-        /// The underlying error.
-        #[source]
-        source: std::io::Error,
+        /// The underlying error, told in the message (not a `source`, so that a chain printed
+        /// with its causes names it once).
+        error: std::io::Error,
     },
     /// TLS material could not be prepared.
     #[error("TLS: {0}")]
@@ -137,9 +137,9 @@ impl Hub {
     /// # Errors
     /// [`HubError`] when storage, keys or the OIDC issuer are unusable.
     pub async fn open(config: HubConfig) -> Result<Self, HubError> {
-        fedhub_files::ensure_dir(&config.data_dir, 0o700).map_err(|source| HubError::DataDir {
+        fedhub_files::ensure_dir(&config.data_dir, 0o700).map_err(|error| HubError::DataDir {
             path: config.data_dir.clone(),
-            source,
+            error,
         })?;
         // Before anything in the directory is read or written: two hubs on one data directory
         // would rotate one CA and overwrite each other's keys.

@@ -329,7 +329,42 @@ impl Registry {
         }
         Ok(())
     }
+
+    /// Notes that every agent of `spiffe_ids` was heard from at `at`, in one statement per
+    /// [`TOUCH_BATCH`] agents: the hub's heartbeat of the agents holding a sync stream.
+    /// Bookkeeping, not a change-feed event. Unknown agents (evicted meanwhile) are skipped.
+    /// Returns how many agents were updated.
+    ///
+    /// # Errors
+    /// [`RegistryError::Database`].
+    pub async fn touch_agents(
+        &self,
+        spiffe_ids: &[SpiffeId],
+        at: OffsetDateTime,
+    ) -> Result<u64, RegistryError> {
+        let at = unix(at);
+        let mut updated = 0;
+        for batch in spiffe_ids.chunks(TOUCH_BATCH) {
+            let placeholders = (2..batch.len() + 2)
+                .map(|n| format!("${n}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            let sql =
+                format!("UPDATE agents SET last_seen_at = $1 WHERE spiffe_id IN ({placeholders})");
+            // Only numbered placeholders are formatted in; the IDs are bound.
+            let mut query = sqlx::query(sqlx::AssertSqlSafe(sql)).bind(at);
+            for id in batch {
+                query = query.bind(id.as_str());
+            }
+            updated += query.execute(&self.pool).await?.rows_affected();
+        }
+        Ok(updated)
+    }
 }
+
+/// The most agents one heartbeat statement of [`Registry::touch_agents`] updates (well below
+/// SQLite's and PostgreSQL's limits on bound parameters).
+pub const TOUCH_BATCH: usize = 500;
 
 /// Ends an admin's `action` on agent `spiffe_id` that changed `rows` rows: none means the
 /// agent is unknown (and nothing is written); otherwise the change is recorded, audited and

@@ -376,7 +376,7 @@ fn bind_entry(
 struct LinkTable {
     /// Links entry `$1` to `$2`.
     insert: &'static str,
-    /// The ids of the entries linked to `$1`, sorted.
+    /// The ids and SPIFFE IDs of the entries linked to `$1`, sorted by id.
     entries: &'static str,
     /// Unlinks every entry from `$1`.
     unlink: &'static str,
@@ -389,7 +389,8 @@ struct LinkTable {
 /// Entries' links to trust domains (`federates_with`).
 const TRUST_DOMAIN_LINKS: LinkTable = LinkTable {
     insert: "INSERT INTO entry_federation (entry_id, trust_domain) VALUES ($1, $2)",
-    entries: "SELECT entry_id FROM entry_federation WHERE trust_domain = $1 ORDER BY entry_id",
+    entries: "SELECT l.entry_id, e.spiffe_id FROM entry_federation l \
+              JOIN entries e ON e.id = l.entry_id WHERE l.trust_domain = $1 ORDER BY l.entry_id",
     unlink: "DELETE FROM entry_federation WHERE trust_domain = $1",
     clear: "DELETE FROM entry_federation WHERE entry_id = $1",
     field: "federates_with",
@@ -398,8 +399,8 @@ const TRUST_DOMAIN_LINKS: LinkTable = LinkTable {
 /// Entries' links to federation groups (`federates_with_groups`).
 const GROUP_LINKS: LinkTable = LinkTable {
     insert: "INSERT INTO entry_federation_groups (entry_id, group_name) VALUES ($1, $2)",
-    entries: "SELECT entry_id FROM entry_federation_groups WHERE group_name = $1 \
-              ORDER BY entry_id",
+    entries: "SELECT l.entry_id, e.spiffe_id FROM entry_federation_groups l \
+              JOIN entries e ON e.id = l.entry_id WHERE l.group_name = $1 ORDER BY l.entry_id",
     unlink: "DELETE FROM entry_federation_groups WHERE group_name = $1",
     clear: "DELETE FROM entry_federation_groups WHERE entry_id = $1",
     field: "federates_with_groups",
@@ -446,32 +447,69 @@ async fn insert_federation(
     Ok(())
 }
 
+/// An entry that lost a trust domain or federation group when it was deleted with force.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DetachedEntry {
+    /// The entry id.
+    pub id: String,
+    /// The entry's SPIFFE ID, as stored.
+    pub spiffe_id: String,
+}
+
+/// How many entries a refusal to delete names; the rest are counted.
+const MAX_NAMED_ENTRIES: usize = 10;
+
 /// Drops `target` from the entries that federate through it, each getting a new revision, and
-/// returns their ids; part of the caller's write transaction. Unless `force` is set, refuses
-/// while any entry uses it.
+/// returns them; part of the caller's write transaction. Unless `force` is set, refuses while
+/// any entry uses it, naming the entries (up to [`MAX_NAMED_ENTRIES`]).
 pub(crate) async fn detach_entries(
     tx: &mut Write,
     target: Federation<'_>,
     force: bool,
-) -> Result<Vec<String>, RegistryError> {
+) -> Result<Vec<DetachedEntry>, RegistryError> {
     let (links, what, key) = target.links();
-    let ids: Vec<String> = sqlx::query_scalar(links.entries)
+    let rows: Vec<(String, String)> = sqlx::query_as(links.entries)
         .bind(key)
         .fetch_all(&mut **tx)
         .await?;
-    if !ids.is_empty() && !force {
-        return Err(RegistryError::Conflict(format!(
-            "{what} {key} is used by {} entries; remove it from their {} or pass force",
-            ids.len(),
-            links.field
+    let entries: Vec<DetachedEntry> = rows
+        .into_iter()
+        .map(|(id, spiffe_id)| DetachedEntry { id, spiffe_id })
+        .collect();
+    if !entries.is_empty() && !force {
+        return Err(RegistryError::Conflict(in_use_message(
+            what,
+            key,
+            links.field,
+            &entries,
         )));
     }
     sqlx::query(links.unlink)
         .bind(key)
         .execute(&mut **tx)
         .await?;
+    let ids: Vec<String> = entries.iter().map(|entry| entry.id.clone()).collect();
     touch_entries(tx, &ids).await?;
-    Ok(ids)
+    Ok(entries)
+}
+
+/// The refusal to delete `what` `key` while `entries` name it in `field`.
+fn in_use_message(what: &str, key: &str, field: &str, entries: &[DetachedEntry]) -> String {
+    let count = entries.len();
+    let noun = if count == 1 { "entry" } else { "entries" };
+    let mut named: Vec<String> = entries
+        .iter()
+        .take(MAX_NAMED_ENTRIES)
+        .map(|entry| format!("{} ({})", entry.id, entry.spiffe_id))
+        .collect();
+    if count > MAX_NAMED_ENTRIES {
+        named.push(format!("and {} more", count - MAX_NAMED_ENTRIES));
+    }
+    format!(
+        "{what} {key} is used by {count} {noun}: {}; remove it from their {field}, or delete with force: \
+         the entries then lose {what} {key} for good (creating it again does not give it back to them)",
+        named.join(", ")
+    )
 }
 
 /// Gives entries `ids` a new revision because something they referred to was removed; part of
@@ -609,6 +647,36 @@ impl Registry {
     pub async fn get_entry(&self, id: Uuid) -> Result<Option<Entry>, RegistryError> {
         let mut conn = self.pool.acquire().await?;
         load_entry(&mut conn, &id.to_string()).await
+    }
+
+    /// Whether `parent_id` can receive entries: the node alias parent
+    /// (`spiffe://<trust domain>/fedhub/server`, for alias entries), an attested agent, a
+    /// node alias (an entry parented to the alias parent with `parent_id` as its SPIFFE ID),
+    /// or the SPIFFE ID a join token grants: unused and unexpired (an agent still to come), or
+    /// used (its agent is attesting: the token is spent before the agent is recorded).
+    ///
+    /// # Errors
+    /// [`RegistryError::Database`].
+    pub async fn parent_is_known(&self, parent_id: &SpiffeId) -> Result<bool, RegistryError> {
+        if parent_id.path() == NODE_ALIAS_PARENT_PATH {
+            return Ok(true);
+        }
+        let alias_parent = parent_id
+            .trust_domain()
+            .spiffe_id(NODE_ALIAS_PARENT_PATH)
+            .map_err(|e| RegistryError::invalid("parent_id", e.to_string()))?;
+        let found: i64 = sqlx::query_scalar(
+            "SELECT (SELECT COUNT(*) FROM agents WHERE spiffe_id = $1) \
+             + (SELECT COUNT(*) FROM entries WHERE spiffe_id = $1 AND parent_id = $2) \
+             + (SELECT COUNT(*) FROM join_tokens \
+                WHERE spiffe_id = $1 AND (used_at IS NOT NULL OR expires_at > $3))",
+        )
+        .bind(parent_id.as_str())
+        .bind(alias_parent.as_str())
+        .bind(unix(now()))
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(found > 0)
     }
 
     /// The entries matching `filter`, ordered by SPIFFE ID, parent ID and id.

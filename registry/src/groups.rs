@@ -9,7 +9,7 @@ use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 
-use crate::entries::{EntrySpec, Federation, detach_entries};
+use crate::entries::{DetachedEntry, EntrySpec, Federation, detach_entries};
 use crate::error::{OnDuplicate, RegistryError};
 use crate::feed::ChangeKind;
 use crate::store::{Fields, Registry, Write, exists, relationship_exists};
@@ -264,8 +264,8 @@ impl Registry {
     /// Deletes federation group `name`.
     ///
     /// While entries federate with the group this is refused, unless `force` is set: then
-    /// those entries drop it from `federates_with_groups` and get a new revision. Returns how
-    /// many entries were changed that way.
+    /// those entries drop it from `federates_with_groups` and get a new revision. Returns the
+    /// entries changed that way.
     ///
     /// # Errors
     /// [`RegistryError::NotFound`], [`RegistryError::Conflict`] when entries use it and
@@ -275,12 +275,13 @@ impl Registry {
         actor: &str,
         name: &str,
         force: bool,
-    ) -> Result<u64, RegistryError> {
+    ) -> Result<Vec<DetachedEntry>, RegistryError> {
         let mut tx = self.begin_write().await?;
         if !group_exists(&mut tx, name).await? {
             return Err(RegistryError::not_found(KIND, &name));
         }
-        let entry_ids = detach_entries(&mut tx, Federation::Group(name), force).await?;
+        let detached = detach_entries(&mut tx, Federation::Group(name), force).await?;
+        let entry_ids: Vec<&str> = detached.iter().map(|entry| entry.id.as_str()).collect();
         sqlx::query("DELETE FROM federation_groups WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
@@ -294,7 +295,7 @@ impl Registry {
         )
         .await?;
         tx.commit().await?;
-        Ok(entry_ids.len() as u64)
+        Ok(detached)
     }
 
     /// Adds `trust_domain` to federation group `name`.

@@ -41,10 +41,11 @@ mod store;
 
 pub use agents::{
     Agent, AgentAttestation, MAX_ATTESTATION_TYPE_LEN, MAX_NODE_SELECTORS, MAX_SERIAL_LEN,
+    TOUCH_BATCH,
 };
 pub use bundles::{BundleRecord, BundleRevision, StoredBundle};
 pub use entries::{
-    Entry, EntryFilter, EntrySpec, MAX_DNS_NAMES, MAX_ENTRY_SELECTORS, MAX_HINT_LEN,
+    DetachedEntry, Entry, EntryFilter, EntrySpec, MAX_DNS_NAMES, MAX_ENTRY_SELECTORS, MAX_HINT_LEN,
     NODE_ALIAS_PARENT_PATH,
 };
 pub use error::RegistryError;

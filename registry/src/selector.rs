@@ -25,6 +25,99 @@ pub enum SelectorError {
         "selector value for type {0:?} must be 1 to {MAX_SELECTOR_VALUE_LEN} bytes without control characters"
     )]
     BadValue(String),
+    /// Well formed, but not a selector fedhub's attestors produce (unknown type or key, a
+    /// malformed value, or several selectors in one string): no workload or node would ever
+    /// match it.
+    #[error(
+        "selector {selector:?} is not valid: {reason}; valid selectors: {}",
+        valid_forms()
+    )]
+    Unsupported {
+        /// The selector as given.
+        selector: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+}
+
+/// What the value of a selector key must look like.
+#[derive(Clone, Copy)]
+enum ValueRule {
+    /// A decimal number (an id).
+    Number,
+    /// A user or group name: no `:`, `,` or white space.
+    Name,
+    /// An absolute path.
+    AbsolutePath,
+    /// 64 lowercase hex digits.
+    Sha256,
+    /// Any text (a certificate name).
+    Text,
+}
+
+impl ValueRule {
+    fn placeholder(self) -> &'static str {
+        match self {
+            Self::Number => "<number>",
+            Self::Name => "<name>",
+            Self::AbsolutePath => "</absolute/path>",
+            Self::Sha256 => "<64 lowercase hex digits>",
+            Self::Text => "<value>",
+        }
+    }
+
+    /// Why `value` breaks the rule, if it does.
+    fn check(self, value: &str) -> Option<&'static str> {
+        let ok = match self {
+            Self::Number => !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()),
+            Self::Name => {
+                !value.is_empty()
+                    && !value
+                        .chars()
+                        .any(|c| c == ':' || c == ',' || c.is_whitespace())
+            }
+            Self::AbsolutePath => value.starts_with('/'),
+            Self::Sha256 => {
+                value.len() == 64
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            }
+            Self::Text => !value.is_empty(),
+        };
+        (!ok).then_some(match self {
+            Self::Number => "must be a number",
+            Self::Name => "must be a name without ':', ',' or spaces",
+            Self::AbsolutePath => "must be an absolute path",
+            Self::Sha256 => "must be 64 lowercase hex digits",
+            Self::Text => "must not be empty",
+        })
+    }
+}
+
+/// The selectors fedhub's attestors produce, as (type, key, value rule): the workload
+/// attestor of the agent (`unix`) and the x509pop node attestor of the hub.
+const SUPPORTED: [(&str, &str, ValueRule); 11] = [
+    ("unix", "uid", ValueRule::Number),
+    ("unix", "gid", ValueRule::Number),
+    ("unix", "user", ValueRule::Name),
+    ("unix", "group", ValueRule::Name),
+    ("unix", "supplementary_gid", ValueRule::Number),
+    ("unix", "supplementary_group", ValueRule::Name),
+    ("unix", "path", ValueRule::AbsolutePath),
+    ("unix", "sha256", ValueRule::Sha256),
+    ("x509pop", "subject:cn", ValueRule::Text),
+    ("x509pop", "ca:fingerprint", ValueRule::Sha256),
+    ("x509pop", "san:dns", ValueRule::Text),
+];
+
+/// The valid selector forms, e.g. `unix:uid:<number>`, joined with `, `.
+fn valid_forms() -> String {
+    SUPPORTED
+        .iter()
+        .map(|(kind, key, rule)| format!("{kind}:{key}:{}", rule.placeholder()))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// A selector such as `unix:uid:1000`: a type (`unix`) and a value (`uid:1000`), split at the
@@ -68,6 +161,65 @@ impl Selector {
             .split_once(':')
             .ok_or_else(|| SelectorError::MissingColon(input.to_owned()))?;
         Self::new(kind, value)
+    }
+
+    /// Parses `type:value` ([`Selector::parse`]) and checks that it is a selector fedhub's
+    /// attestors produce ([`Selector::check_supported`]). This is the rule for the selectors
+    /// of registration entries.
+    ///
+    /// # Errors
+    /// [`SelectorError`]; [`SelectorError::Unsupported`] lists the valid forms.
+    pub fn parse_supported(input: &str) -> Result<Self, SelectorError> {
+        let selector = Self::parse(input)?;
+        selector.check_supported()?;
+        Ok(selector)
+    }
+
+    /// Checks that this is a selector fedhub's attestors produce: a known type and key, a
+    /// value of the right form, and one selector only (not `unix:uid:0,unix:gid:0`).
+    ///
+    /// # Errors
+    /// [`SelectorError::Unsupported`], whose message lists the valid forms.
+    pub fn check_supported(&self) -> Result<(), SelectorError> {
+        let unsupported = |reason: String| SelectorError::Unsupported {
+            selector: self.to_string(),
+            reason,
+        };
+        let several = SUPPORTED.iter().any(|(kind, _, _)| {
+            self.value.contains(&format!(",{kind}:")) || self.value.contains(&format!(" {kind}:"))
+        });
+        if several {
+            return Err(unsupported(
+                "it holds several selectors; give each one separately (one --selector flag each)"
+                    .to_owned(),
+            ));
+        }
+        if !SUPPORTED.iter().any(|(kind, _, _)| *kind == self.kind) {
+            return Err(unsupported(format!(
+                "fedhub has no attestor for selector type {:?}",
+                self.kind
+            )));
+        }
+        let matched = SUPPORTED.iter().find_map(|(kind, key, rule)| {
+            let value = self.value.strip_prefix(key)?.strip_prefix(':')?;
+            (*kind == self.kind).then_some((*key, *rule, value))
+        });
+        let Some((key, rule, value)) = matched else {
+            let keys: Vec<&str> = SUPPORTED
+                .iter()
+                .filter(|(kind, _, _)| *kind == self.kind)
+                .map(|(_, key, _)| *key)
+                .collect();
+            return Err(unsupported(format!(
+                "type {} has no such key; its keys are {}",
+                self.kind,
+                keys.join(", ")
+            )));
+        };
+        match rule.check(value) {
+            Some(reason) => Err(unsupported(format!("{} {key} {reason}", self.kind))),
+            None => Ok(()),
+        }
     }
 
     /// The type, e.g. `unix`.
@@ -149,6 +301,71 @@ mod tests {
         ));
         let max_type = "t".repeat(MAX_SELECTOR_TYPE_LEN);
         assert!(Selector::new(&max_type, &"v".repeat(MAX_SELECTOR_VALUE_LEN)).is_ok());
+    }
+
+    #[test]
+    fn supported_selectors_are_the_attestors_forms() {
+        let hash = "0123456789abcdef".repeat(4);
+        for ok in [
+            "unix:uid:0".to_owned(),
+            "unix:gid:1000".to_owned(),
+            "unix:user:www-data".to_owned(),
+            "unix:group:wheel".to_owned(),
+            "unix:supplementary_gid:27".to_owned(),
+            "unix:supplementary_group:docker".to_owned(),
+            "unix:path:/usr/bin/my app".to_owned(),
+            format!("unix:sha256:{hash}"),
+            "x509pop:subject:cn:node-1".to_owned(),
+            format!("x509pop:ca:fingerprint:{hash}"),
+            "x509pop:san:dns:node-1.example.org".to_owned(),
+        ] {
+            Selector::parse_supported(&ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
+        for (bad, reason) in [
+            ("unix:uid:root", "unix uid must be a number"),
+            ("unix:gid:-1", "unix gid must be a number"),
+            (
+                "unix:userid:0",
+                "type unix has no such key; its keys are uid, gid, user",
+            ),
+            ("unix:0", "type unix has no such key"),
+            (
+                "k8s:ns:default",
+                "fedhub has no attestor for selector type \"k8s\"",
+            ),
+            ("unix:uid:0,unix:gid:0", "it holds several selectors"),
+            ("unix:user:a b", "unix user must be a name"),
+            ("unix:path:bin/app", "unix path must be an absolute path"),
+            (
+                "unix:sha256:ABCDEF",
+                "unix sha256 must be 64 lowercase hex digits",
+            ),
+            (
+                "x509pop:subject:cn:",
+                "x509pop subject:cn must not be empty",
+            ),
+            ("x509pop:cn:node", "type x509pop has no such key"),
+        ] {
+            let error = Selector::parse_supported(bad).unwrap_err();
+            assert!(
+                matches!(&error, SelectorError::Unsupported { selector, .. } if selector == bad),
+                "{bad}: {error:?}"
+            );
+            let message = error.to_string();
+            assert!(message.contains(reason), "{bad}: {message}");
+            assert!(
+                message.contains("valid selectors: unix:uid:<number>, unix:gid:<number>"),
+                "{message}"
+            );
+            assert!(message.contains("x509pop:subject:cn:<value>, x509pop:ca:fingerprint:<64 lowercase hex digits>, x509pop:san:dns:<value>"), "{message}");
+        }
+        // Malformed selectors fail as before.
+        assert!(matches!(
+            Selector::parse_supported("unix"),
+            Err(SelectorError::MissingColon(_))
+        ));
+        // `parse` itself stays permissive: stored and node selectors keep loading.
+        assert!(Selector::parse("region:eu").is_ok());
     }
 
     #[test]

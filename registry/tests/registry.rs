@@ -13,6 +13,7 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use common::{ACTOR, TestDb, bundle, entry, id, sel, spiffe_relationship, td, web_relationship};
+use fedhub_registry::DetachedEntry;
 use fedhub_registry::{
     AgentAttestation, Backend, BundleRecord, BundleRevision, ChangeKind, EntryFilter, FetchProfile,
     NODE_ALIAS_PARENT_PATH, POSTGRES_MIGRATOR, RefreshRecorded, RefreshStatus, RefreshSuccess,
@@ -35,11 +36,13 @@ both_backends!(
     entry_federating_with_unknown_trust_domain_is_refused,
     entries_may_not_issue_reserved_fedhub_ids,
     deleting_a_used_relationship_needs_force,
+    known_parents_are_agents_aliases_and_pending_tokens,
     duplicate_entries_are_refused_whatever_the_selector_order,
     entries_create_get_list_filter_update_delete,
     entries_for_agent_follow_parent_and_node_aliases,
     join_tokens_are_hashed_single_use_and_expire,
     agents_attest_renew_ban_evict,
+    heartbeats_touch_agents_in_batches_without_a_change,
     claims_are_exclusive_across_replicas,
     claim_refresh_takes_one_relationship_whatever_its_schedule,
     refresh_success_and_failure_update_status,
@@ -250,7 +253,7 @@ async fn relationships_create_get_list_update_delete(db: TestDb) {
         reg.delete_relationship(ACTOR, &spiffe.trust_domain, false)
             .await
             .unwrap(),
-        0
+        Vec::<DetachedEntry>::new()
     );
     assert_eq!(
         reg.get_relationship(&spiffe.trust_domain).await.unwrap(),
@@ -425,21 +428,35 @@ async fn deleting_a_used_relationship_needs_force(db: TestDb) {
         .unwrap_err();
     assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
     let message = err.to_string();
-    assert!(
-        message.contains("trust domain partner.example is used by 2 entries"),
-        "{message}"
+    let (first, second) = if both.id.to_string() < only.id.to_string() {
+        (&both, &only)
+    } else {
+        (&only, &both)
+    };
+    assert_eq!(
+        message,
+        format!(
+            "trust domain partner.example is used by 2 entries: {} ({}), {} ({}); remove it from \
+             their federates_with, or delete with force: the entries then lose trust domain \
+             partner.example for good (creating it again does not give it back to them)",
+            first.id, first.spec.spiffe_id, second.id, second.spec.spiffe_id
+        )
     );
-    assert!(message.contains("force"), "{message}");
     assert!(reg.get_relationship(&partner).await.unwrap().is_some());
     assert!(reg.get_bundle(&partner).await.unwrap().is_some());
     assert_eq!(reg.get_entry(both.id).await.unwrap(), Some(both.clone()));
 
     let before = reg.latest_revision().await.unwrap();
+    let detached = reg
+        .delete_relationship(ACTOR, &partner, true)
+        .await
+        .unwrap();
     assert_eq!(
-        reg.delete_relationship(ACTOR, &partner, true)
-            .await
-            .unwrap(),
-        2
+        detached,
+        [first, second].map(|e| DetachedEntry {
+            id: e.id.to_string(),
+            spiffe_id: e.spec.spiffe_id.to_string(),
+        })
     );
     assert_eq!(reg.get_relationship(&partner).await.unwrap(), None);
     assert_eq!(reg.get_bundle(&partner).await.unwrap(), None);
@@ -470,6 +487,76 @@ async fn deleting_a_used_relationship_needs_force(db: TestDb) {
     let audit = &reg.list_audit(1).await.unwrap()[0];
     assert_eq!(audit.action, "federation.delete");
     assert_eq!(audit.details["force"], true);
+}
+
+async fn known_parents_are_agents_aliases_and_pending_tokens(db: TestDb) {
+    let reg = &db.registry;
+    let known = |spiffe_id: &str| {
+        let spiffe_id = id(spiffe_id);
+        async move { reg.parent_is_known(&spiffe_id).await.unwrap() }
+    };
+    assert!(
+        known("spiffe://example.org/fedhub/server").await,
+        "alias parent"
+    );
+    assert!(!known("spiffe://example.org/agent/node1").await);
+    assert!(!known("spiffe://example.org/alias/eu").await);
+    assert!(!known("spiffe://example.org/agent/pending").await);
+
+    reg.upsert_agent(&AgentAttestation {
+        spiffe_id: id("spiffe://example.org/agent/node1"),
+        attestation_type: "join_token".into(),
+        serial: "01".into(),
+        svid_expires_at: now() + time::Duration::hours(1),
+        selectors: Vec::new(),
+    })
+    .await
+    .unwrap();
+    assert!(known("spiffe://example.org/agent/node1").await, "an agent");
+
+    reg.create_entry(
+        ACTOR,
+        &entry(
+            "spiffe://example.org/alias/eu",
+            "spiffe://example.org/fedhub/server",
+            &["x509pop:subject:cn:eu"],
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(known("spiffe://example.org/alias/eu").await, "a node alias");
+    // A workload entry's SPIFFE ID is no parent.
+    reg.create_entry(
+        ACTOR,
+        &entry(
+            "spiffe://example.org/web",
+            "spiffe://example.org/agent/node1",
+            &["unix:uid:1"],
+        ),
+    )
+    .await
+    .unwrap();
+    assert!(!known("spiffe://example.org/web").await);
+
+    let pending = id("spiffe://example.org/agent/pending");
+    reg.create_join_token(
+        ACTOR,
+        "pending-token-0123456789",
+        Duration::from_secs(600),
+        Some(&pending),
+    )
+    .await
+    .unwrap();
+    assert!(known(pending.as_str()).await, "an agent still to attest");
+    // Between the token's use and the agent's record (two writes of the attestation), the
+    // agent is still known: an entry created in that instant is not refused.
+    reg.consume_join_token("pending-token-0123456789", OffsetDateTime::now_utc())
+        .await
+        .unwrap();
+    assert!(
+        known(pending.as_str()).await,
+        "an agent attesting right now"
+    );
 }
 
 async fn duplicate_entries_are_refused_whatever_the_selector_order(db: TestDb) {
@@ -864,6 +951,40 @@ async fn join_tokens_are_hashed_single_use_and_expire(db: TestDb) {
         .await
         .unwrap_err();
     assert!(matches!(err, RegistryError::Invalid { .. }), "{err}");
+}
+
+async fn heartbeats_touch_agents_in_batches_without_a_change(db: TestDb) {
+    let reg = &db.registry;
+    let count = fedhub_registry::TOUCH_BATCH + 3;
+    let mut ids = Vec::new();
+    for n in 0..count {
+        let agent_id = id(&format!("spiffe://example.org/agent/n{n}"));
+        reg.upsert_agent(&AgentAttestation {
+            spiffe_id: agent_id.clone(),
+            attestation_type: "join_token".into(),
+            serial: format!("{n:04x}"),
+            svid_expires_at: now() + time::Duration::hours(1),
+            selectors: vec![],
+        })
+        .await
+        .unwrap();
+        ids.push(agent_id);
+    }
+    // One agent not in the registry (evicted meanwhile) is skipped.
+    ids.push(id("spiffe://example.org/agent/gone"));
+    let head = reg.latest_revision().await.unwrap();
+    let seen = now() + time::Duration::minutes(1);
+    let updated = reg.touch_agents(&ids, seen).await.unwrap();
+    assert_eq!(updated, u64::try_from(count).unwrap());
+    assert_eq!(
+        reg.latest_revision().await.unwrap(),
+        head,
+        "a heartbeat is bookkeeping, not a change"
+    );
+    for agent in reg.list_agents().await.unwrap() {
+        assert_eq!(agent.last_seen_at, Some(seen), "{}", agent.spiffe_id);
+    }
+    assert_eq!(reg.touch_agents(&[], seen).await.unwrap(), 0);
 }
 
 async fn agents_attest_renew_ban_evict(db: TestDb) {
@@ -2259,7 +2380,7 @@ async fn federation_groups_create_list_add_remove_delete(db: TestDb) {
         reg.delete_federation_group(ACTOR, "partners", false)
             .await
             .unwrap(),
-        0
+        Vec::<DetachedEntry>::new()
     );
     assert_eq!(reg.get_federation_group("partners").await.unwrap(), None);
     assert_eq!(
@@ -2400,7 +2521,7 @@ async fn entries_federate_with_groups_and_with_all(db: TestDb) {
         reg.delete_federation_group(ACTOR, "later", false)
             .await
             .unwrap(),
-        0
+        Vec::<DetachedEntry>::new()
     );
 }
 
@@ -2431,7 +2552,7 @@ async fn deleting_a_used_group_needs_force(db: TestDb) {
     assert!(matches!(err, RegistryError::Conflict(_)), "{err}");
     assert!(
         err.to_string()
-            .contains("federation group partners is used by 2 entries"),
+            .contains("federation group partners is used by 2 entries: "),
         "{err}"
     );
     assert!(
@@ -2445,7 +2566,8 @@ async fn deleting_a_used_group_needs_force(db: TestDb) {
     assert_eq!(
         reg.delete_federation_group(ACTOR, "partners", true)
             .await
-            .unwrap(),
+            .unwrap()
+            .len(),
         2
     );
     assert_eq!(reg.get_federation_group("partners").await.unwrap(), None);
@@ -2507,7 +2629,7 @@ async fn deleting_a_relationship_removes_it_from_its_groups(db: TestDb) {
         reg.delete_relationship(ACTOR, &td("a.example"), false)
             .await
             .unwrap(),
-        0
+        Vec::<DetachedEntry>::new()
     );
     let groups = reg.list_federation_groups().await.unwrap();
     let groups: Vec<(&str, Vec<&str>)> = groups

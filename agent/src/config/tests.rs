@@ -311,3 +311,64 @@ fn the_join_token_is_never_printed() {
     };
     assert_eq!(token.secret(), "s3cret-token");
 }
+
+#[test]
+#[expect(
+    clippy::result_large_err,
+    reason = "figment's Jail API returns its own error"
+)]
+fn problems_name_their_origin_and_check_reads_the_files_the_start_reads() {
+    use fedhub_config::Origin;
+    figment::Jail::expect_with(|jail| {
+        jail.create_file(
+            "agent.toml",
+            &format!(
+                "{MINIMAL}trust_bundle_file = \"missing.json\"\n\
+                 [x509pop]\ncert_file = \"node.pem\"\nkey_file = \"node.key\"\n"
+            ),
+        )?;
+        let path = Path::new("agent.toml");
+        // `load` reads no file; `check` reads them as the start does.
+        AgentConfig::load(path).unwrap();
+        let problems = AgentConfig::check(path).unwrap_err().problems();
+        let keys: Vec<_> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
+        assert_eq!(
+            keys,
+            ["trust_bundle_file", "x509pop.cert_file"],
+            "{problems:#?}"
+        );
+        let file = Some(Origin::File(jail.directory().join("agent.toml")));
+        assert_eq!(problems[0].origin, file);
+        assert!(
+            problems[0].message.starts_with("cannot read missing.json"),
+            "{problems:#?}"
+        );
+
+        // A file that holds no bundle, from the environment.
+        jail.create_file("not-a-bundle.json", "{}")?;
+        jail.set_env("FEDHUB_AGENT__TRUST_BUNDLE_FILE", "not-a-bundle.json");
+        let problems = AgentConfig::check(path).unwrap_err().problems();
+        assert_eq!(problems[0].key.as_deref(), Some("trust_bundle_file"));
+        assert_eq!(
+            problems[0].origin,
+            Some(Origin::Env("FEDHUB_AGENT__TRUST_BUNDLE_FILE".into()))
+        );
+
+        jail.set_env("FEDHUB_AGENT__WORKLOAD_API__IDLE_TIMOUT", "5s");
+        let error = AgentConfig::load(path).unwrap_err().to_string();
+        assert!(
+            error.starts_with(
+                "workload_api.idle_timout (environment FEDHUB_AGENT__WORKLOAD_API__IDLE_TIMOUT): \
+                 unknown key `idle_timout`; did you mean `idle_timeout`?"
+            ),
+            "{error}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn the_printed_example_is_the_shipped_file() {
+    assert_eq!(EXAMPLE, include_str!("../../agent.example.toml"));
+    AgentConfig::from_toml(EXAMPLE).unwrap();
+}

@@ -8,6 +8,7 @@
 //! authenticate the hub.
 
 mod attest;
+pub(crate) mod diagnose;
 mod issuer;
 
 use std::io;
@@ -97,12 +98,23 @@ pub(crate) struct HubEndpoint {
     pub(crate) anchors: Arc<TrustAnchors>,
 }
 
-/// Why a connection to the hub failed, with the whole cause chain.
+/// Why a connection to the hub failed: what to check when the failure says it (a wrong
+/// bundle, trust domain or hub ID, not a hub), else the whole cause chain.
 #[derive(Debug, thiserror::Error)]
-#[error("cannot connect to the hub at {address}: {reason}")]
+#[error("cannot connect to the hub at {address}: {}", .hint.as_deref().unwrap_or(&self.reason))]
 pub(crate) struct ConnectError {
     address: String,
+    /// The raw cause chain.
     reason: String,
+    /// What to check, from [`diagnose::connect_failure`].
+    hint: Option<String>,
+}
+
+impl ConnectError {
+    /// The raw cause chain, for the debug log when the message is a translation.
+    pub(crate) fn reason(&self) -> &str {
+        &self.reason
+    }
 }
 
 impl HubEndpoint {
@@ -170,9 +182,20 @@ impl HubEndpoint {
     }
 
     fn error(&self, error: &(dyn std::error::Error + 'static)) -> ConnectError {
+        let trust_domain = self.anchors.get().trust_domain().clone();
         ConnectError {
             address: self.address.to_string(),
             reason: error_chain(error),
+            hint: diagnose::connect_failure(error, &self.expected(&trust_domain)),
+        }
+    }
+
+    /// What the hub must be, for [`diagnose`].
+    pub(crate) fn expected<'a>(&'a self, trust_domain: &'a TrustDomain) -> diagnose::Expected<'a> {
+        diagnose::Expected {
+            address: &self.address,
+            hub_id: &self.hub_id,
+            trust_domain,
         }
     }
 }

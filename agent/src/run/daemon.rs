@@ -7,12 +7,14 @@
 //! - The agent SVID is renewed at half its lifetime; the connection is then reopened with it.
 //! - When the hub is unreachable the agent reconnects with exponential backoff and jitter
 //!   (capped at 30 s) and keeps serving what it holds until it expires. The outage is logged
-//!   once as a warning, and its end as info.
+//!   as a warning on each retry, at most once a minute unless its cause changes (what to check
+//!   when the cause is a wrong bundle, trust domain or hub: [`crate::hub_client::diagnose`]),
+//!   and its end as info.
 //! - A hub that no longer accepts the agent SVID (evicted, banned, superseded) leads to a new
 //!   attestation when a method is configured; otherwise the agent stops with an error.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fedhub_core::x509::X509Svid;
 use fedhub_core::{Bundle, KeyType, PrivateKey, SpiffeId, TrustDomain};
@@ -36,6 +38,8 @@ const ATTEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// An agent SVID this close to its expiry is not used to connect (it would expire during the
 /// handshake). Small: an SVID is renewed at half its lifetime, which may be only seconds.
 pub(super) const EXPIRY_MARGIN: Duration = Duration::from_secs(1);
+/// How often an outage with an unchanged cause is logged again as a warning.
+const OUTAGE_REPORT_INTERVAL: Duration = Duration::from_secs(60);
 
 /// What the agent is doing, for tests and status displays.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -90,6 +94,8 @@ pub(super) struct Daemon {
     backoff: Backoff,
     /// Whether the hub is unreachable and that was logged.
     outage: bool,
+    /// The cause of the outage last logged as a warning, and when.
+    reported: Option<(String, Instant)>,
 }
 
 impl SvidSigner for NodeClient {
@@ -143,6 +149,7 @@ impl Daemon {
             status: outputs.status,
             backoff: Backoff::default(),
             outage: false,
+            reported: None,
         }
     }
 
@@ -206,7 +213,7 @@ impl Daemon {
         let verify_hub = !self.hub.anchors.is_empty();
         let mut client = match self.hub.connect_for_attestation(verify_hub).await {
             Ok(client) => client,
-            Err(error) => return Step::Retry(error.to_string()),
+            Err(error) => return self.cannot_connect(&error),
         };
         let (key, public_key) = match new_agent_key() {
             Ok(pair) => pair,
@@ -222,11 +229,11 @@ impl Daemon {
             Ok(Err(status)) if is_attestation_refusal(status.code()) => {
                 return Step::Fatal(AgentError::AttestationRefused {
                     method: credentials.method(),
-                    message: status.message().to_owned(),
+                    message: without_advice(status.message()).to_owned(),
                     fix: credentials.fix(),
                 });
             }
-            Ok(Err(status)) => return Step::Retry(describe(&status)),
+            Ok(Err(status)) => return Step::Retry(self.describe(&status)),
             Ok(Ok(message)) => message,
         };
         let (svid, bundle) = match self.accept(message, key) {
@@ -282,7 +289,7 @@ impl Daemon {
         };
         let mut client = match self.hub.connect(&agent).await {
             Ok(client) => client,
-            Err(error) => return Step::Retry(error.to_string()),
+            Err(error) => return self.cannot_connect(&error),
         };
         let mut stream = match client.sync(SyncRequest {}).await {
             Ok(response) => response.into_inner(),
@@ -383,7 +390,11 @@ impl Daemon {
         if let Err(error) = self.save(&svid, &bundle) {
             tracing::error!(%error, "cannot store the renewed agent SVID; a restart will need to attest again");
         }
-        tracing::info!(agent.spiffe_id = %svid.spiffe_id(), expiry = ?svid.not_after(), "agent SVID renewed");
+        tracing::info!(
+            agent.spiffe_id = %svid.spiffe_id(),
+            expiry = %humantime_serde::re::humantime::format_rfc3339_seconds(svid.not_after()),
+            "agent SVID renewed"
+        );
         self.hub.anchors.set(Arc::new(bundle));
         self.adopt(svid);
         Step::Continue
@@ -405,11 +416,26 @@ impl Daemon {
             self.agent = None;
             return Step::Continue;
         }
-        Step::Retry(describe(status))
+        Step::Retry(self.describe(status))
+    }
+
+    fn cannot_connect(&self, error: &hub_client::ConnectError) -> Step {
+        tracing::debug!(hub = %self.hub.address, error = error.reason(), "connection to the hub failed");
+        Step::Retry(error.to_string())
+    }
+
+    /// `status` for people, with what to check when it says more than its text.
+    fn describe(&self, status: &Status) -> String {
+        let text = describe(status);
+        match hub_client::diagnose::call_failure(status, &self.hub.expected(&self.trust_domain)) {
+            Some(hint) => format!("{text}; {hint}"),
+            None => text,
+        }
     }
 
     fn connected(&mut self) {
         self.backoff.reset();
+        self.reported = None;
         if std::mem::take(&mut self.outage) {
             tracing::info!(hub = %self.hub.address, "the hub is reachable again; sync resumed");
         } else if self.engine.revision().is_none() {
@@ -420,17 +446,33 @@ impl Daemon {
         self.status.send_modify(|status| status.connected = true);
     }
 
+    /// Logs a failed attempt: a warning at the first, whenever the cause changes, and at most
+    /// once per [`OUTAGE_REPORT_INTERVAL`] while it stays the same; debug otherwise.
     fn note_outage(&mut self, reason: &str) {
-        if self.outage {
-            tracing::debug!(hub = %self.hub.address, error = reason, "the hub is still unreachable");
-        } else {
-            self.outage = true;
-            tracing::warn!(
-                hub = %self.hub.address,
-                error = reason,
-                "cannot use the hub; serving cached SVIDs and bundles until they expire, and \
-                 retrying with backoff"
-            );
+        self.outage = true;
+        let now = Instant::now();
+        if !should_report(self.reported.as_ref(), reason, now) {
+            tracing::debug!(hub = %self.hub.address, error = reason, "the hub is still unusable");
+            return;
+        }
+        self.reported = Some((reason.to_owned(), now));
+        let serving = self.serving();
+        tracing::warn!(hub = %self.hub.address, "{reason}; {serving}; retrying with backoff");
+    }
+
+    /// What workloads get while the hub cannot be used.
+    fn serving(&self) -> String {
+        let Some(snapshot) = self.state.current() else {
+            return "nothing to serve yet: the agent has not synced with the hub since it \
+                    started, so workloads are told to retry until it does"
+                .to_owned();
+        };
+        match snapshot.identities.len() {
+            0 => "no SVIDs to serve (none of this agent's entries has one yet); serving the \
+                  bundles until the hub is back"
+                .to_owned(),
+            1 => "serving the 1 cached SVID and the bundles until they expire".to_owned(),
+            held => format!("serving the {held} cached SVIDs and the bundles until they expire"),
         }
     }
 
@@ -476,6 +518,25 @@ fn is_attestation_refusal(code: Code) -> bool {
     )
 }
 
+/// The hub's reason for refusing an attestation without its closing advice to make a new
+/// token ("join token was already used; generate a new one", "join token is unknown; generate
+/// one with …"): the agent's own fix says how,
+/// and saying it twice reads as two problems.
+fn without_advice(message: &str) -> &str {
+    match message.rfind("; generate ") {
+        Some(at) => &message[..at],
+        None => message,
+    }
+}
+
+/// Whether an outage caused by `reason` at `now` is logged as a warning, after the one last
+/// logged (`reported`).
+fn should_report(reported: Option<&(String, Instant)>, reason: &str, now: Instant) -> bool {
+    reported.is_none_or(|(last, at)| {
+        last != reason || now.saturating_duration_since(*at) >= OUTAGE_REPORT_INTERVAL
+    })
+}
+
 fn describe(status: &Status) -> String {
     format!("the hub answered {:?}: {}", status.code(), status.message())
 }
@@ -483,6 +544,60 @@ fn describe(status: &Status) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unchanged_outage_is_reported_once_a_minute_and_a_new_cause_at_once() {
+        let start = Instant::now();
+        assert!(should_report(None, "refused", start));
+        let reported = ("refused".to_owned(), start);
+        assert!(!should_report(
+            Some(&reported),
+            "refused",
+            start + Duration::from_secs(5)
+        ));
+        assert!(!should_report(
+            Some(&reported),
+            "refused",
+            start + Duration::from_secs(59)
+        ));
+        assert!(should_report(
+            Some(&reported),
+            "refused",
+            start + Duration::from_secs(60)
+        ));
+        assert!(should_report(
+            Some(&reported),
+            "wrong bundle",
+            start + Duration::from_secs(5)
+        ));
+    }
+
+    /// A used join token: the hub's reason once, then the agent's fix, once.
+    #[test]
+    fn the_used_token_advice_is_given_once() {
+        let hub_says = fedhub_registry::RegistryError::JoinTokenUsed.to_string();
+        let error = AgentError::AttestationRefused {
+            method: "join token",
+            message: without_advice(&hub_says).to_owned(),
+            fix: "a join token works once and only until it expires: make a new one with \
+                  `fedhub token generate`",
+        };
+        let text = error.to_string();
+        assert_eq!(
+            text,
+            "the hub refused attestation with the join token: join token was already used; a \
+             join token works once and only until it expires: make a new one with `fedhub \
+             token generate`"
+        );
+        assert_eq!(
+            without_advice(&fedhub_registry::RegistryError::JoinTokenUnknown.to_string()),
+            "join token is unknown"
+        );
+        assert_eq!(
+            without_advice("node certificate expired"),
+            "node certificate expired"
+        );
+    }
 
     #[test]
     fn only_refusals_end_an_attestation_for_good() {

@@ -27,7 +27,9 @@ pub(crate) enum ApiError {
     InvalidToken(#[source] JwtError),
     #[error(transparent)]
     Issue(IssueError),
-    #[error("too many open Workload API streams; retry shortly")]
+    /// No "retry shortly" in an `UNAVAILABLE` message: the code says so, and clients (such as
+    /// `fedhub api`) add it themselves.
+    #[error("too many open Workload API streams on this agent")]
     TooManyStreams,
     #[error(
         "the processes of this user hold as many Workload API streams as one user may; close \
@@ -102,6 +104,17 @@ mod tests {
         ];
         for (error, code) in cases {
             assert_eq!(Status::from(error).code(), code);
+        }
+    }
+
+    /// `UNAVAILABLE` already means "retry"; a client that says so (`fedhub api`: "…; retry
+    /// shortly") must not repeat the agent's own advice.
+    #[test]
+    fn unavailable_messages_leave_the_retry_advice_to_the_client() {
+        for error in [ApiError::from(Refusal::NotSynced), ApiError::TooManyStreams] {
+            let status = Status::from(error);
+            assert_eq!(status.code(), Code::Unavailable);
+            assert!(!status.message().contains("retry"), "{}", status.message());
         }
     }
 

@@ -189,7 +189,7 @@ impl WorkloadEndpoint {
         let socket = SocketFile(path.clone());
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o777))
             .map_err(socket_error("set permissions on"))?;
-        tracing::info!(socket = %path.display(), "workload api socket bound");
+        tracing::debug!(socket = %path.display(), "workload api socket bound");
         Ok(Self {
             listener,
             socket,

@@ -1,4 +1,4 @@
-//! `fedhub agent list|show|ban|evict` (and `run`, see [`crate::agent_cmd`]).
+//! `fedhub agent list|count|show|ban|evict` (and `run`, see [`crate::agent_cmd`]).
 
 use fedhub_core::SpiffeId;
 use fedhub_hub::admin::api::AgentView;
@@ -34,6 +34,24 @@ enum AgentAction {
     /// socket cannot be used, or when the hub refuses the agent for good. The admin API flags
     /// do not apply.
     Run(crate::agent_cmd::RunArgs),
+    /// Check an agent configuration without starting anything; exit 0 when it is valid, 1
+    /// when not.
+    ///
+    /// Reads the file, its FEDHUB_AGENT__… overrides and FEDHUB_AGENT_JOIN_TOKEN, and runs
+    /// every check of `agent run` that binds no socket and contacts no hub: keys and types,
+    /// values, and the files named (trust bundle, x509pop certificate and key) read as the
+    /// start reads them. Each problem names its key and where the value came from: the file
+    /// or an environment variable. The admin API flags do not apply.
+    Validate(crate::hub_cmd::ValidateArgs),
+    /// The agent's configuration file. The admin API flags do not apply.
+    #[command(subcommand)]
+    Config(crate::hub_cmd::ConfigCommand),
+    /// Ask a running agent whether it serves: exit 0 when its Workload API answers a
+    /// FetchX509Bundles call (with bundles, or by refusing this caller an identity: it has
+    /// synced), 1 otherwise (unreachable, no answer in time, not synced with its hub yet),
+    /// with a one-line reason. For systemd and Kubernetes probes. The admin API flags do not
+    /// apply.
+    Healthcheck(crate::agent_cmd::HealthcheckArgs),
     #[command(flatten)]
     Admin(AdminAction),
 }
@@ -42,6 +60,8 @@ enum AgentAction {
 enum AdminAction {
     /// List attested agents.
     List,
+    /// Count attested agents.
+    Count,
     /// Show one agent.
     Show(AgentIdArg),
     /// Ban an agent: it may neither renew its SVID nor attest again (until evicted).
@@ -56,6 +76,9 @@ impl AgentCommand {
         let Self { admin, action } = self;
         let action = match action {
             AgentAction::Run(args) => return crate::agent_cmd::run(&args),
+            AgentAction::Validate(args) => return crate::agent_cmd::validate(&args),
+            AgentAction::Config(command) => return crate::agent_cmd::config(&command),
+            AgentAction::Healthcheck(args) => return crate::agent_cmd::healthcheck(&args),
             AgentAction::Admin(action) => action,
         };
         super::run(admin, |ctx| async move {
@@ -63,6 +86,13 @@ impl AgentCommand {
                 AdminAction::List => {
                     let agents: Vec<AgentView> = ctx.client.get("/agents").await?;
                     ctx.print(agents.as_slice(), table)
+                }
+                AdminAction::Count => {
+                    let agents: Vec<AgentView> = ctx.client.get("/agents").await?;
+                    let count = agents.len();
+                    ctx.print(&json!({ "count": count }), |_| {
+                        format!("{count} {}\n", if count == 1 { "agent" } else { "agents" })
+                    })
                 }
                 AdminAction::Show(AgentIdArg { spiffe_id }) => {
                     let agent: AgentView = ctx.client.get(&agent_path(&spiffe_id)).await?;
@@ -101,6 +131,7 @@ fn fields(agent: &AgentView) -> String {
         ("selectors", output::list(&agent.selectors)),
         ("banned", agent.banned.to_string()),
         ("last seen", output::time(agent.last_seen_at)),
+        ("state", format!("{} ({})", agent.state, thresholds(agent))),
         ("created", output::time(Some(agent.created_at))),
         ("updated", output::time(Some(agent.updated_at))),
     ])
@@ -115,6 +146,7 @@ fn table(agents: &[AgentView]) -> String {
             "SVID EXPIRES",
             "BANNED",
             "LAST SEEN",
+            "STATE",
         ],
         agents,
         |a| {
@@ -125,7 +157,20 @@ fn table(agents: &[AgentView]) -> String {
                 output::time(a.svid_expires_at),
                 if a.banned { "yes" } else { "no" }.into(),
                 output::time(a.last_seen_at),
+                a.state.to_string(),
             ]
         },
+    ) + &agents
+        .first()
+        .map_or_else(String::new, |a| format!("{}\n", thresholds(a)))
+}
+
+/// The thresholds the hub judged the state by, e.g. `live: seen within 2m; stale: within
+/// 1h; gone: beyond`.
+fn thresholds(agent: &AgentView) -> String {
+    format!(
+        "live: seen within {}; stale: within {}; gone: beyond",
+        output::short(agent.live_within_secs),
+        output::short(agent.stale_within_secs)
     )
 }

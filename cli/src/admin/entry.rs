@@ -1,13 +1,14 @@
-//! `fedhub entry create|list|show|update|delete`.
+//! `fedhub entry create|list|show|count|update|delete`.
 
 use std::time::Duration;
 
+use anyhow::bail;
 use fedhub_core::{SpiffeId, TrustDomain};
-use fedhub_hub::admin::api::{EntrySpecBody, EntryView};
+use fedhub_hub::admin::api::{EntrySpecBody, EntryView, Selector};
 use hyper::Method;
 use serde_json::json;
 
-use super::AdminArgs;
+use super::{AdminArgs, Ctx};
 use crate::admin_client::{encode, query};
 use crate::output;
 
@@ -30,30 +31,39 @@ enum EntryAction {
         /// The agent (or node alias) that may receive it.
         #[arg(long, value_name = "ID")]
         parent_id: SpiffeId,
-        /// A selector `type:value` the workload must match; repeat for several.
-        #[arg(long = "selector", value_name = "TYPE:VALUE", required = true)]
+        /// A selector `type:key:value` the workload must match, e.g. unix:uid:1000; repeat
+        /// for several.
+        #[arg(
+            long = "selector",
+            value_name = "TYPE:VALUE",
+            required = true,
+            value_parser = supported_selector
+        )]
         selectors: Vec<String>,
+        /// Accept a parent ID that is not (yet) an agent, a node alias or the SPIFFE ID of a
+        /// pending join token.
+        #[arg(long)]
+        allow_unknown_parent: bool,
         #[command(flatten)]
         options: EntryOptions,
     },
     /// List entries, optionally filtered.
-    List {
-        /// Only entries with this SPIFFE ID.
-        #[arg(long, value_name = "ID")]
-        spiffe_id: Option<SpiffeId>,
-        /// Only entries with this parent ID.
-        #[arg(long, value_name = "ID")]
-        parent_id: Option<SpiffeId>,
-        /// Only entries naming this trust domain in --federates-with.
-        #[arg(long, value_name = "TRUST_DOMAIN")]
-        federates_with: Option<TrustDomain>,
-    },
-    /// Show one entry.
+    List(EntryFilterArgs),
+    /// Show one entry by its id, or every entry the filters match (an error when none does).
     Show {
         /// The entry id.
-        #[arg(long, value_name = "ID")]
-        entry_id: String,
+        #[arg(
+            long,
+            value_name = "ID",
+            required_unless_present_any = FILTERS,
+            conflicts_with_all = FILTERS
+        )]
+        entry_id: Option<String>,
+        #[command(flatten)]
+        filter: EntryFilterArgs,
     },
+    /// Count entries, optionally filtered.
+    Count(EntryFilterArgs),
     /// Change an entry: the given flags replace those fields, the others stay.
     Update {
         /// The entry id.
@@ -65,8 +75,12 @@ enum EntryAction {
         /// A new parent ID.
         #[arg(long, value_name = "ID")]
         parent_id: Option<SpiffeId>,
+        /// Accept a new parent ID that is not (yet) an agent, a node alias or the SPIFFE ID
+        /// of a pending join token.
+        #[arg(long)]
+        allow_unknown_parent: bool,
         /// New selectors (replacing all); repeat for several.
-        #[arg(long = "selector", value_name = "TYPE:VALUE")]
+        #[arg(long = "selector", value_name = "TYPE:VALUE", value_parser = supported_selector)]
         selectors: Vec<String>,
         #[command(flatten)]
         options: EntryOptions,
@@ -80,6 +94,68 @@ enum EntryAction {
         #[arg(long, value_name = "ID")]
         entry_id: String,
     },
+}
+
+/// The ids of the filter flags, which `show --entry-id` stands instead of.
+const FILTERS: [&str; 4] = ["spiffe_id", "parent_id", "selectors", "federates_with"];
+
+/// The filters of `entry list`, `show` and `count`: every given one must match.
+#[derive(Debug, clap::Args)]
+struct EntryFilterArgs {
+    /// Only entries with this SPIFFE ID.
+    #[arg(long, value_name = "ID")]
+    spiffe_id: Option<SpiffeId>,
+    /// Only entries with this parent ID.
+    #[arg(long, value_name = "ID")]
+    parent_id: Option<SpiffeId>,
+    /// Only entries that have this selector (among others); repeat for several, all of
+    /// which must be there.
+    #[arg(long = "selector", value_name = "TYPE:VALUE")]
+    selectors: Vec<String>,
+    /// Only entries naming this trust domain in --federates-with.
+    #[arg(long, value_name = "TRUST_DOMAIN")]
+    federates_with: Option<TrustDomain>,
+}
+
+impl EntryFilterArgs {
+    /// The matching entries: the hub filters by IDs and trust domain, selectors are checked
+    /// here.
+    async fn fetch(&self, ctx: &Ctx) -> anyhow::Result<Vec<EntryView>> {
+        let path = format!(
+            "/entries{}",
+            query(&[
+                ("spiffe_id", self.spiffe_id.as_ref().map(SpiffeId::as_str)),
+                ("parent_id", self.parent_id.as_ref().map(SpiffeId::as_str)),
+                (
+                    "federates_with",
+                    self.federates_with.as_ref().map(TrustDomain::name)
+                ),
+            ])
+        );
+        let mut entries: Vec<EntryView> = ctx.client.get(&path).await?;
+        entries.retain(|entry| {
+            self.selectors
+                .iter()
+                .all(|wanted| entry.spec.selectors.contains(wanted))
+        });
+        Ok(entries)
+    }
+
+    /// The given filters as flags, e.g. `--spiffe-id spiffe://… --selector unix:uid:0`.
+    fn describe(&self) -> String {
+        let mut flags = Vec::new();
+        if let Some(id) = &self.spiffe_id {
+            flags.push(format!("--spiffe-id {id}"));
+        }
+        if let Some(id) = &self.parent_id {
+            flags.push(format!("--parent-id {id}"));
+        }
+        flags.extend(self.selectors.iter().map(|s| format!("--selector {s}")));
+        if let Some(td) = &self.federates_with {
+            flags.push(format!("--federates-with {td}"));
+        }
+        flags.join(" ")
+    }
 }
 
 /// The optional parts of an entry.
@@ -159,40 +235,52 @@ impl EntryCommand {
                     spiffe_id,
                     parent_id,
                     selectors,
+                    allow_unknown_parent,
                     options,
                 } => {
                     let mut spec = EntrySpecBody::new(spiffe_id, parent_id, selectors);
                     options.apply(&mut spec);
-                    let entry: EntryView = ctx.client.send(Method::POST, "/entries", &spec).await?;
+                    let path = format!("/entries{}", write_query(allow_unknown_parent));
+                    let entry: EntryView = ctx.client.send(Method::POST, &path, &spec).await?;
                     ctx.print(&entry, fields)
                 }
-                EntryAction::List {
-                    spiffe_id,
-                    parent_id,
-                    federates_with,
-                } => {
-                    let spiffe_id = spiffe_id.as_ref().map(SpiffeId::as_str);
-                    let parent_id = parent_id.as_ref().map(SpiffeId::as_str);
-                    let federates_with = federates_with.as_ref().map(TrustDomain::name);
-                    let path = format!(
-                        "/entries{}",
-                        query(&[
-                            ("spiffe_id", spiffe_id),
-                            ("parent_id", parent_id),
-                            ("federates_with", federates_with),
-                        ])
-                    );
-                    let entries: Vec<EntryView> = ctx.client.get(&path).await?;
+                EntryAction::List(filter) => {
+                    let entries = filter.fetch(&ctx).await?;
                     ctx.print(entries.as_slice(), table)
                 }
-                EntryAction::Show { entry_id } => {
+                EntryAction::Show {
+                    entry_id: Some(entry_id),
+                    ..
+                } => {
                     let entry: EntryView = ctx.client.get(&entry_path(&entry_id)).await?;
                     ctx.print(&entry, fields)
+                }
+                EntryAction::Show {
+                    entry_id: None,
+                    filter,
+                } => {
+                    let entries = filter.fetch(&ctx).await?;
+                    if entries.is_empty() {
+                        bail!(
+                            "no entry matches {}; `fedhub entry list` shows them all",
+                            filter.describe()
+                        );
+                    }
+                    ctx.print(entries.as_slice(), |entries| {
+                        entries.iter().map(fields).collect::<Vec<_>>().join("\n")
+                    })
+                }
+                EntryAction::Count(filter) => {
+                    let count = filter.fetch(&ctx).await?.len();
+                    ctx.print(&json!({ "count": count }), |_| {
+                        format!("{count} {}\n", if count == 1 { "entry" } else { "entries" })
+                    })
                 }
                 EntryAction::Update {
                     entry_id,
                     spiffe_id,
                     parent_id,
+                    allow_unknown_parent,
                     selectors,
                     options,
                     clear,
@@ -220,6 +308,7 @@ impl EntryCommand {
                         spec.selectors = selectors;
                     }
                     options.apply(&mut spec);
+                    let path = format!("{path}{}", write_query(allow_unknown_parent));
                     let entry: EntryView = ctx.client.send(Method::PUT, &path, &spec).await?;
                     ctx.print(&entry, fields)
                 }
@@ -234,6 +323,18 @@ impl EntryCommand {
             }
         })
     }
+}
+
+/// A `--selector` of an entry, checked with the hub's rule before anything is sent.
+fn supported_selector(text: &str) -> Result<String, String> {
+    Selector::parse_supported(text)
+        .map(|selector| selector.to_string())
+        .map_err(|error| error.to_string())
+}
+
+/// The query of an entry write: `?allow_unknown_parent=true` when `allow`.
+fn write_query(allow: bool) -> String {
+    query(&[("allow_unknown_parent", allow.then_some("true"))])
 }
 
 fn entry_path(id: &str) -> String {

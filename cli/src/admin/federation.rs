@@ -330,6 +330,18 @@ fn next_refresh(view: &RelationshipView) -> String {
         .map_or_else(|| "due now".into(), |at| output::time(Some(at)))
 }
 
+/// The longest error a table cell shows, in characters; `show` and JSON give the whole text.
+const TABLE_ERROR_CHARS: usize = 60;
+
+/// `error` cut to [`TABLE_ERROR_CHARS`] characters, ending in `…` when cut.
+fn truncate_error(error: &str) -> String {
+    if error.chars().count() <= TABLE_ERROR_CHARS {
+        return error.to_owned();
+    }
+    let kept: String = error.chars().take(TABLE_ERROR_CHARS - 1).collect();
+    format!("{}…", kept.trim_end())
+}
+
 fn table(relationships: &[RelationshipView]) -> String {
     output::table(
         &[
@@ -350,7 +362,7 @@ fn table(relationships: &[RelationshipView]) -> String {
                 r.config.profile.to_string(),
                 r.config.bundle_endpoint_url.clone(),
                 output::time(r.status.last_success_at),
-                output::opt(r.status.last_error.as_ref()),
+                output::opt(r.status.last_error.as_deref().map(truncate_error)),
                 r.status.consecutive_failures.to_string(),
                 next_refresh(r),
                 sequence_cell(r),

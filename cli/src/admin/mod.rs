@@ -19,7 +19,7 @@ use hyper::Method;
 use serde::Serialize;
 
 use crate::admin_client::{AdminClient, query};
-use crate::output::{self, OutputFormat};
+use crate::output::{self, OutputArg, OutputFormat};
 
 /// Flags every admin command takes.
 #[derive(Debug, clap::Args)]
@@ -34,15 +34,9 @@ pub struct AdminArgs {
         default_value = DEFAULT_ADMIN_SOCKET
     )]
     pub admin_socket: PathBuf,
-    /// How to print results: `table` for people, `json` for scripts.
-    #[arg(
-        long,
-        global = true,
-        help_heading = "Admin API",
-        value_enum,
-        default_value_t = OutputFormat::Table
-    )]
-    pub output: OutputFormat,
+    /// `-o, --output`, shared with every level of the command line.
+    #[command(flatten)]
+    pub output: OutputArg,
 }
 
 /// What a command needs to run: the client and the output format.
@@ -84,10 +78,16 @@ impl Ctx {
             .request(Method::DELETE, &delete_path(path, force))
             .await?;
         self.print(&deleted, |deleted| {
-            format!(
-                "deleted {what} ({} entries no longer federate with it)\n",
-                deleted.entries_updated
-            )
+            if deleted.entries.is_empty() {
+                return format!("deleted {what}\n");
+            }
+            let count = deleted.entries.len();
+            let noun = if count == 1 { "entry" } else { "entries" };
+            let note = deleted.note.as_deref().unwrap_or_default();
+            let table = output::table(&["ENTRY ID", "SPIFFE ID"], &deleted.entries, |entry| {
+                vec![entry.id.clone(), entry.spiffe_id.clone()]
+            });
+            format!("deleted {what}; {count} {noun} changed ({note}):\n{table}")
         })
     }
 }
@@ -104,7 +104,7 @@ where
         .context("starting the async runtime")?;
     let ctx = Ctx {
         client: AdminClient::new(args.admin_socket),
-        output: args.output,
+        output: args.output.output,
     };
     runtime.block_on(command(ctx))?;
     Ok(ExitCode::SUCCESS)

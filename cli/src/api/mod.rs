@@ -41,8 +41,8 @@ pub struct ApiArgs {
     /// Without it, SPIFFE_ENDPOINT_SOCKET is used, which must be a unix:///path URI.
     #[arg(long, global = true, value_name = "ADDRESS")]
     socket: Option<String>,
-    /// Output format.
-    #[arg(long, short, global = true, value_enum, default_value_t)]
+    /// How to print results: `table` for people, `json` for scripts.
+    #[arg(short = 'o', long, global = true, value_enum, default_value_t)]
     output: OutputFormat,
     /// How long to wait for the agent to connect and answer (e.g. 5s, 500ms).
     #[arg(long, global = true, value_name = "DURATION", default_value = "5s",

@@ -9,15 +9,9 @@ use serde::Serialize;
 pub use crate::output::list;
 use crate::output::{join_units, units};
 
-/// How results are printed.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum OutputFormat {
-    /// Aligned text for people.
-    #[default]
-    Table,
-    /// JSON for scripts.
-    Json,
-}
+/// How results are printed: the one format type of the whole command line, since `-o` is a
+/// global flag and clap shares its value across levels.
+pub use crate::output::OutputFormat;
 
 /// Prints `report` to stdout as pretty JSON or, for [`OutputFormat::Table`], with `table`.
 ///

@@ -701,6 +701,7 @@ fn admin_writer(shared: &Shared, socket: &Path, mut rng: Rng) {
                     &spiffe_id,
                     "--parent-id",
                     LOAD_PARENT,
+                    "--allow-unknown-parent",
                     "--selector",
                     "unix:uid:4242",
                 ],

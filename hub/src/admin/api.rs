@@ -14,6 +14,10 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ca::KeyState;
 
+/// The selector rule the entry handlers apply ([`Selector::parse_supported`]), for clients
+/// that check before they send.
+pub use fedhub_registry::{Selector, SelectorError};
+
 /// The prefix of every admin route.
 pub const PREFIX: &str = "/v1";
 
@@ -140,6 +144,15 @@ impl EntrySpecBody {
             hint: None,
         }
     }
+}
+
+/// Query of `POST /v1/entries` and `PUT /v1/entries/{id}`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
+pub struct EntryWriteQuery {
+    /// Accept a parent ID that is neither an agent, a node alias nor the SPIFFE ID of a
+    /// pending join token (an agent still to come by other means).
+    #[serde(default)]
+    pub allow_unknown_parent: bool,
 }
 
 /// A stored registration entry.
@@ -367,6 +380,44 @@ pub struct Unfederated {
     /// How many entries dropped the trust domain from `federates_with`, or the group from
     /// `federates_with_groups` (with `force`).
     pub entries_updated: u64,
+    /// Those entries, sorted by id.
+    #[serde(default)]
+    pub entries: Vec<UnfederatedEntry>,
+    /// What the change means for those entries, when there are any: they lose the trust
+    /// domain or group for good.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+}
+
+/// An entry that lost a trust domain or federation group with a forced delete.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnfederatedEntry {
+    /// The entry id.
+    pub id: String,
+    /// The entry's SPIFFE ID.
+    pub spiffe_id: String,
+}
+
+impl Unfederated {
+    /// The answer for deleting `what` (e.g. `trust domain partner.test`), which `entries` lost.
+    pub fn new(what: &str, entries: Vec<fedhub_registry::DetachedEntry>) -> Self {
+        let note = (!entries.is_empty()).then(|| {
+            format!(
+                "these entries no longer federate with {what}, for good: creating it again does not give it back to them; update them to federate again"
+            )
+        });
+        Self {
+            entries_updated: entries.len() as u64,
+            entries: entries
+                .into_iter()
+                .map(|entry| UnfederatedEntry {
+                    id: entry.id,
+                    spiffe_id: entry.spiffe_id,
+                })
+                .collect(),
+            note,
+        }
+    }
 }
 
 /// `POST /v1/federation-groups`: create a federation group.
@@ -411,13 +462,95 @@ pub struct AgentView {
     pub created_at: Timestamp,
     /// When its record last changed.
     pub updated_at: Timestamp,
-    /// When it was last heard from.
+    /// When it was last heard from: when a sync stream opened, then every
+    /// `agent_api.heartbeat_interval` while one stays open.
     pub last_seen_at: Option<Timestamp>,
+    /// Whether it is alive, judged from `last_seen_at` against the two thresholds below.
+    pub state: AgentState,
+    /// Seen within this many seconds: `live` (two heartbeat intervals).
+    pub live_within_secs: u64,
+    /// Seen within this many seconds, but not within `live_within_secs`: `stale` (the agent
+    /// SVID's lifetime, `svid.x509_ttl`); beyond, or never seen: `gone`.
+    pub stale_within_secs: u64,
+}
+
+/// An agent's liveness, from when the hub last heard from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AgentState {
+    /// Seen within two heartbeat intervals: it holds a sync stream.
+    Live,
+    /// Seen within the agent SVID's lifetime, not lately: lost its stream, perhaps reconnecting.
+    Stale,
+    /// Not seen for longer than an agent SVID lives, or never: its SVID cannot be current.
+    Gone,
+}
+
+impl AgentState {
+    /// The state of an agent last seen at `last_seen` (`None`: never), at `now`.
+    #[must_use]
+    pub fn at(
+        last_seen: Option<SystemTime>,
+        now: SystemTime,
+        live_within: Duration,
+        stale_within: Duration,
+    ) -> Self {
+        match last_seen.map(|seen| now.duration_since(seen).unwrap_or_default()) {
+            Some(ago) if ago <= live_within => Self::Live,
+            Some(ago) if ago <= stale_within => Self::Stale,
+            _ => Self::Gone,
+        }
+    }
+
+    /// Its name: `live`, `stale` or `gone`.
+    #[must_use]
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Live => "live",
+            Self::Stale => "stale",
+            Self::Gone => "gone",
+        }
+    }
+}
+
+impl fmt::Display for AgentState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn agent_state_is_live_then_stale_then_gone() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_000_000);
+        let (live_within, stale_within) = (Duration::from_secs(120), Duration::from_secs(3600));
+        let state = |ago: Option<u64>| {
+            AgentState::at(
+                ago.map(|s| now - Duration::from_secs(s)),
+                now,
+                live_within,
+                stale_within,
+            )
+        };
+        assert_eq!(state(Some(0)), AgentState::Live);
+        assert_eq!(state(Some(120)), AgentState::Live);
+        assert_eq!(state(Some(121)), AgentState::Stale);
+        assert_eq!(state(Some(3600)), AgentState::Stale);
+        assert_eq!(state(Some(3601)), AgentState::Gone);
+        assert_eq!(state(None), AgentState::Gone);
+        // A clock a little behind the writer's: seen "in the future" is live.
+        let ahead = AgentState::at(
+            Some(now + Duration::from_secs(5)),
+            now,
+            live_within,
+            stale_within,
+        );
+        assert_eq!(ahead, AgentState::Live);
+        assert_eq!(serde_json::to_value(AgentState::Stale).unwrap(), "stale");
+    }
 
     #[test]
     fn timestamps_are_rfc3339_seconds() {

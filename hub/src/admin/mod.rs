@@ -182,7 +182,7 @@ pub async fn serve_admin(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let (listener, file) = socket.into_parts();
-    tracing::info!(socket = %file.path().display(), "admin API listening");
+    tracing::debug!(socket = %file.path().display(), "admin API listening");
     let served = axum::serve(
         listener,
         router(state).into_make_service_with_connect_info::<Peer>(),

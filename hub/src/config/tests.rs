@@ -141,7 +141,10 @@ fn federation_keys_take_environment_overrides() {
         assert_eq!(config.federation.min_refresh, Duration::from_secs(45));
         jail.set_env("FEDHUB_HUB__FEDERATION__JITTER", "2");
         let error = HubConfig::load(&path).unwrap_err().to_string();
-        assert!(error.starts_with("federation.jitter: 2 "), "{error}");
+        assert!(
+            error.starts_with("federation.jitter (environment FEDHUB_HUB__FEDERATION__JITTER): 2 "),
+            "{error}"
+        );
         Ok(())
     });
 }
@@ -472,4 +475,124 @@ fn load_reports_missing_file_and_applies_env_overrides() {
         assert_eq!(config.jwt_svid_ttl, Duration::from_secs(120));
         Ok(())
     });
+}
+
+#[test]
+#[expect(
+    clippy::result_large_err,
+    reason = "figment's Jail API returns its own error"
+)]
+fn problems_say_whether_the_file_or_an_environment_variable_gave_the_value() {
+    use fedhub_config::Origin;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.toml");
+    std::fs::write(
+        &path,
+        "trust_domain = \"alpha.test\"\n[svid]\njwt_ttl = \"0s\"\n",
+    )
+    .unwrap();
+    let problems = HubConfig::load(&path).unwrap_err().problems();
+    assert_eq!(problems.len(), 1);
+    assert_eq!(problems[0].key.as_deref(), Some("svid.jwt_ttl"));
+    assert_eq!(problems[0].origin, Some(Origin::File(path.clone())));
+    assert!(problems[0].message.contains("e.g. 1h30m"), "{problems:?}");
+    figment::Jail::expect_with(|jail| {
+        // The environment wins over the file, and is named as the origin.
+        jail.set_env("FEDHUB_HUB__SVID__JWT_TTL", "0s");
+        std::fs::write(&path, "trust_domain = \"alpha.test\"\n").unwrap();
+        let problems = HubConfig::load(&path).unwrap_err().problems();
+        assert_eq!(
+            problems[0].origin,
+            Some(Origin::Env("FEDHUB_HUB__SVID__JWT_TTL".into()))
+        );
+        jail.set_env("FEDHUB_HUB__SVID__JWT_TTL", "5m");
+        jail.set_env("FEDHUB_HUB__BUNDLE_ENDPOINT__REFRESH_HNT", "5m");
+        let error = HubConfig::load(&path).unwrap_err().to_string();
+        assert!(
+            error.starts_with(
+                "bundle_endpoint.refresh_hnt (environment \
+                 FEDHUB_HUB__BUNDLE_ENDPOINT__REFRESH_HNT): unknown key `refresh_hnt`; did you \
+                 mean `refresh_hint`?"
+            ),
+            "{error}"
+        );
+        Ok(())
+    });
+}
+
+#[test]
+fn unknown_keys_suggest_the_nearest_and_durations_show_the_format() {
+    let error = error_of("trust_domain = \"a.test\"\n[svid]\njwt_tll = \"5m\"");
+    assert!(
+        error.starts_with("svid.jwt_tll: unknown key `jwt_tll`; did you mean `jwt_ttl`?"),
+        "{error}"
+    );
+    let error = error_of("trust_domian = \"a.test\"");
+    assert!(error.contains("did you mean `trust_domain`?"), "{error}");
+    let error = error_of("trust_domain = \"a.test\"\n[ca]\nttl = \"one day\"");
+    assert!(
+        error.starts_with(
+            "ca.ttl: invalid value string \"one day\", expected a duration, e.g. 1h30m"
+        ),
+        "{error}"
+    );
+    let error = error_of("trust_domain = \"a.test\"\n[ca]\nttl = 3600");
+    assert!(error.contains("e.g. 1h30m"), "{error}");
+}
+
+#[test]
+fn check_reads_the_files_the_start_reads() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hub.toml");
+    let missing = dir.path().join("missing.pem");
+    let not_pem = dir.path().join("not.pem");
+    std::fs::write(&not_pem, "hello\n").unwrap();
+    std::fs::write(
+        &path,
+        format!(
+            "trust_domain = \"alpha.test\"\n\
+             [bundle_endpoint]\nprofile = \"https_web\"\ncert_file = {missing:?}\n\
+             key_file = {missing:?}\n\
+             [oidc]\nenabled = true\nissuer = \"https://oidc.test/?q\"\n\
+             cert_file = {not_pem:?}\nkey_file = {not_pem:?}\n\
+             [ca]\nupstream_cert_file = {missing:?}\nupstream_key_file = {missing:?}\n\
+             [node_attestation.x509pop]\nca_bundle_file = {not_pem:?}\n"
+        ),
+    )
+    .unwrap();
+    // `load` checks no file: the start reads them later.
+    HubConfig::load(&path).unwrap();
+    let problems = HubConfig::check(&path).unwrap_err().problems();
+    let keys: Vec<_> = problems.iter().filter_map(|p| p.key.as_deref()).collect();
+    assert_eq!(
+        keys,
+        [
+            "bundle_endpoint.cert_file",
+            "oidc.cert_file",
+            "oidc.issuer",
+            "ca.upstream_cert_file",
+            "node_attestation.x509pop.ca_bundle_file",
+        ],
+        "{problems:#?}"
+    );
+    for problem in &problems {
+        assert_eq!(
+            problem.origin,
+            Some(fedhub_config::Origin::File(path.clone())),
+            "{problem}"
+        );
+        // The key is said once.
+        let key = problem.key.as_deref().unwrap();
+        assert!(!problem.message.starts_with(key), "{problem}");
+    }
+    assert!(problems[0].message.contains("missing.pem"), "{problems:#?}");
+
+    std::fs::write(&path, "trust_domain = \"alpha.test\"\n").unwrap();
+    HubConfig::check(&path).unwrap();
+}
+
+#[test]
+fn the_printed_example_is_the_shipped_file() {
+    assert_eq!(EXAMPLE, include_str!("../../hub.example.toml"));
+    HubConfig::from_toml(EXAMPLE).unwrap();
 }

@@ -33,6 +33,10 @@
 //! renewals that wake no sync stream (they are not change-feed events). These hold per
 //! replica.
 //!
+//! Liveness: opening a `Sync` stream records its agent as seen (`last_seen_at`), and so does
+//! the heartbeat every `agent_api.heartbeat_interval` while the stream stays open, for every
+//! such agent at once in batched writes (`heartbeat.rs`); neither is a change-feed event.
+//!
 //! Connections (`[limits]`): capped per listener and per source address at accept, closed when
 //! the TLS handshake takes longer than `handshake_timeout` or no call starts within
 //! `idle_timeout` of it; HTTP/2 keep-alive pings close dead ones; at most
@@ -41,6 +45,7 @@
 mod attest;
 #[doc(hidden)]
 pub mod fuzzing;
+mod heartbeat;
 mod rate;
 mod refusals;
 mod service;
@@ -52,6 +57,7 @@ mod x509pop;
 
 use std::future::Future;
 use std::io;
+use std::sync::Arc;
 use std::time::Duration;
 
 use fedhub_core::{SpiffeId, TrustDomain};
@@ -133,7 +139,9 @@ pub async fn serve_node_api(
     let limits = hub.config().limits;
     let listener = LimitedListener::new(listener, "agent_api", &limits);
     let (stop_sender, stop) = watch::channel(false);
-    let service = service::NodeService::new(service::NodeApi::new(hub, x509pop, stop.clone()));
+    let api = service::NodeApi::new(hub.clone(), x509pop, stop.clone());
+    let heartbeat = tokio::spawn(heartbeat::run(hub, Arc::clone(&api.streams), stop.clone()));
+    let service = service::NodeService::new(api);
 
     let (connection_sender, mut connections) = mpsc::channel(ACCEPT_BACKLOG);
     let (accept_ended, accept_end) = oneshot::channel::<()>();
@@ -175,6 +183,7 @@ pub async fn serve_node_api(
         result = server => result.map_err(io::Error::other)?,
         () = drained => tracing::warn!("node API connections still open after the drain timeout; closing them"),
     }
+    heartbeat.abort();
     accept.await.map_err(io::Error::other)?
 }
 

@@ -96,6 +96,11 @@ impl<A: Hash + Eq + Clone, K: PartialEq, V> SyncStreams<A, K, V> {
         }
     }
 
+    /// The agents with at least one open stream.
+    pub(super) fn agents(&self) -> Vec<A> {
+        self.state().agents.keys().cloned().collect()
+    }
+
     /// How many streams `agent` has open.
     #[cfg(test)]
     pub(super) fn open_count(&self, agent: &A) -> usize {

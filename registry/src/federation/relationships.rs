@@ -10,7 +10,7 @@ use sqlx::query::Query;
 
 use super::{KIND, Relationship, RelationshipOptions, RelationshipSpec};
 use crate::bundles::{BundleRecord, remove_bundle, upsert_bundle, validate_bundle};
-use crate::entries::{Federation, detach_entries};
+use crate::entries::{DetachedEntry, Federation, detach_entries};
 use crate::error::{OnDuplicate, RegistryError};
 use crate::feed::ChangeKind;
 use crate::groups::remove_from_groups;
@@ -161,7 +161,8 @@ impl Registry {
     ///
     /// While entries federate with the trust domain this is refused, unless `force` is set:
     /// then those entries drop the trust domain from `federates_with` and get a new revision.
-    /// Returns how many entries were changed that way.
+    /// Returns the entries changed that way (they lose the trust domain for good: creating
+    /// the relationship again does not give it back to them).
     ///
     /// # Errors
     /// [`RegistryError::NotFound`], [`RegistryError::Conflict`] when entries use it and
@@ -171,13 +172,14 @@ impl Registry {
         actor: &str,
         trust_domain: &TrustDomain,
         force: bool,
-    ) -> Result<u64, RegistryError> {
+    ) -> Result<Vec<DetachedEntry>, RegistryError> {
         let mut tx = self.begin_write().await?;
         if !relationship_exists(&mut tx, trust_domain).await? {
             return Err(RegistryError::not_found(KIND, trust_domain));
         }
-        let entry_ids =
+        let detached =
             detach_entries(&mut tx, Federation::TrustDomain(trust_domain), force).await?;
+        let entry_ids: Vec<&str> = detached.iter().map(|entry| entry.id.as_str()).collect();
         let groups_updated = remove_from_groups(&mut tx, trust_domain).await?;
         sqlx::query("DELETE FROM federation_relationships WHERE trust_domain = $1")
             .bind(trust_domain.name())
@@ -199,7 +201,7 @@ impl Registry {
         )
         .await?;
         tx.commit().await?;
-        Ok(entry_ids.len() as u64)
+        Ok(detached)
     }
 }
 

@@ -5,11 +5,12 @@ use std::time::Duration;
 use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
+use fedhub_core::SpiffeId;
 use fedhub_registry::{Entry, EntryFilter, EntrySpec, FederationScope, Selector};
 use uuid::Uuid;
 
 use super::{Body, FromPath, Params, PathOf, member_of};
-use crate::admin::api::{EntryQuery, EntrySpecBody, EntryView, ts};
+use crate::admin::api::{EntryQuery, EntrySpecBody, EntryView, EntryWriteQuery, ts};
 use crate::admin::{Actor, AdminState, ApiError};
 
 /// An entry id: the only UUID in a route.
@@ -33,7 +34,7 @@ fn to_spec(state: &AdminState, body: EntrySpecBody) -> Result<EntrySpec, ApiErro
     let selectors = body
         .selectors
         .iter()
-        .map(|s| Selector::parse(s).map_err(|e| ApiError::Invalid(e.to_string())))
+        .map(|s| Selector::parse_supported(s).map_err(|e| ApiError::Invalid(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     let mut spec = EntrySpec::new(body.spiffe_id, body.parent_id, selectors);
     spec.federates_with = body.federates_with;
@@ -44,6 +45,23 @@ fn to_spec(state: &AdminState, body: EntrySpecBody) -> Result<EntrySpec, ApiErro
     spec.dns_names = body.dns_names;
     spec.hint = body.hint;
     Ok(spec)
+}
+
+/// Refuses a parent ID no agent would ever answer to, unless `allow` says it is coming.
+async fn check_parent(
+    state: &AdminState,
+    parent_id: &SpiffeId,
+    allow: bool,
+) -> Result<(), ApiError> {
+    if allow || state.hub.registry().parent_is_known(parent_id).await? {
+        return Ok(());
+    }
+    Err(ApiError::Invalid(format!(
+        "parent_id {parent_id} is neither an agent (`fedhub agent list`), a node alias nor \
+         the SPIFFE ID of a pending join token, so no agent would receive the entry; check \
+         the ID, or allow an unknown parent (`--allow-unknown-parent`, API field \
+         allow_unknown_parent) for an agent still to attest"
+    )))
 }
 
 /// The entry on the wire; `scope` resolves what it federates with in effect.
@@ -96,9 +114,13 @@ pub(in crate::admin) async fn list(
 pub(in crate::admin) async fn create(
     State(state): State<AdminState>,
     Actor(actor): Actor,
+    Params(EntryWriteQuery {
+        allow_unknown_parent,
+    }): Params<EntryWriteQuery>,
     Body(body): Body<EntrySpecBody>,
 ) -> Result<(StatusCode, Json<EntryView>), ApiError> {
     let spec = to_spec(&state, body)?;
+    check_parent(&state, &spec.parent_id, allow_unknown_parent).await?;
     let registry = state.hub.registry();
     let entry = registry.create_entry(&actor, &spec).await?;
     state.changed().await;
@@ -121,15 +143,22 @@ pub(in crate::admin) async fn show(
     Ok(Json(view(entry, &scope)))
 }
 
-/// `PUT /v1/entries/{id}`: replaces the entry.
+/// `PUT /v1/entries/{id}`: replaces the entry. A new parent ID is checked as on create.
 pub(in crate::admin) async fn update(
     State(state): State<AdminState>,
     Actor(actor): Actor,
     PathOf(id): PathOf<Uuid>,
+    Params(EntryWriteQuery {
+        allow_unknown_parent,
+    }): Params<EntryWriteQuery>,
     Body(body): Body<EntrySpecBody>,
 ) -> Result<Json<EntryView>, ApiError> {
     let spec = to_spec(&state, body)?;
     let registry = state.hub.registry();
+    let current = registry.get_entry(id).await?;
+    if current.is_some_and(|entry| entry.spec.parent_id != spec.parent_id) {
+        check_parent(&state, &spec.parent_id, allow_unknown_parent).await?;
+    }
     let entry = registry.update_entry(&actor, id, &spec).await?;
     state.changed().await;
     tracing::info!(%actor, %id, revision = entry.revision, "entry updated");

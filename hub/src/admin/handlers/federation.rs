@@ -259,14 +259,18 @@ pub(in crate::admin) async fn delete(
     PathOf(trust_domain): PathOf<TrustDomain>,
     Params(ForceQuery { force }): Params<ForceQuery>,
 ) -> Result<Json<Unfederated>, ApiError> {
-    let entries_updated = state
+    let detached = state
         .hub
         .registry()
         .delete_relationship(&actor, &trust_domain, force)
         .await?;
     state.changed().await;
+    let entries_updated = detached.len();
     tracing::info!(%actor, %trust_domain, force, entries_updated, "federation relationship deleted");
-    Ok(Json(Unfederated { entries_updated }))
+    Ok(Json(Unfederated::new(
+        &format!("trust domain {trust_domain}"),
+        detached,
+    )))
 }
 
 /// `POST /v1/federation/{trust_domain}/refresh`: fetches the bundle now, when a refresh engine

@@ -79,14 +79,18 @@ pub(in crate::admin) async fn delete(
     PathOf(name): PathOf<String>,
     Params(ForceQuery { force }): Params<ForceQuery>,
 ) -> Result<Json<Unfederated>, ApiError> {
-    let entries_updated = state
+    let detached = state
         .hub
         .registry()
         .delete_federation_group(&actor, &name, force)
         .await?;
     state.changed().await;
+    let entries_updated = detached.len();
     tracing::info!(%actor, group = %name, force, entries_updated, "federation group deleted");
-    Ok(Json(Unfederated { entries_updated }))
+    Ok(Json(Unfederated::new(
+        &format!("federation group {name}"),
+        detached,
+    )))
 }
 
 /// `PUT /v1/federation-groups/{name}/members/{trust_domain}` adds a member, `DELETE` removes
