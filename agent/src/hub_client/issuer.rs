@@ -32,7 +32,7 @@ fn issue_error(status: &Status) -> IssueError {
         | Code::InvalidArgument
         | Code::FailedPrecondition
         | Code::NotFound => IssueError::Denied(message),
-        _ => IssueError::Unavailable(format!("the hub answered {:?}: {message}", status.code())),
+        _ => IssueError::Unavailable(super::describe_status(status)),
     }
 }
 

@@ -247,6 +247,17 @@ pub(crate) fn accept_agent_svid(
     Ok((svid, bundle))
 }
 
+/// A status the hub answered, in words for people: its message, then what its gRPC code
+/// means (never the code's Rust name).
+pub(crate) fn describe_status(status: &tonic::Status) -> String {
+    let meaning = status.code().description();
+    let mut chars = meaning.chars();
+    let meaning = chars.next().map_or_else(String::new, |first| {
+        first.to_lowercase().chain(chars).collect::<String>()
+    });
+    format!("the hub answered: {} ({meaning})", status.message())
+}
+
 #[cfg(test)]
 mod tests {
     use fedhub_core::KeyType;

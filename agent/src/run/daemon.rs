@@ -426,7 +426,7 @@ impl Daemon {
 
     /// `status` for people, with what to check when it says more than its text.
     fn describe(&self, status: &Status) -> String {
-        let text = describe(status);
+        let text = crate::hub_client::describe_status(status);
         match hub_client::diagnose::call_failure(status, &self.hub.expected(&self.trust_domain)) {
             Some(hint) => format!("{text}; {hint}"),
             None => text,
@@ -535,10 +535,6 @@ fn should_report(reported: Option<&(String, Instant)>, reason: &str, now: Instan
     reported.is_none_or(|(last, at)| {
         last != reason || now.saturating_duration_since(*at) >= OUTAGE_REPORT_INTERVAL
     })
-}
-
-fn describe(status: &Status) -> String {
-    format!("the hub answered {:?}: {}", status.code(), status.message())
 }
 
 #[cfg(test)]
