@@ -342,16 +342,12 @@ socket_path = "{socket}"
         self.agent = Some(agent);
 
         let spec = EntrySpecBody {
-            spiffe_id: self.workload.spiffe_id.clone(),
-            parent_id: token.spiffe_id,
-            selectors: vec![format!("unix:uid:{}", rustix::process::getuid().as_raw())],
             federates_with: vec![peer.trust_domain.clone()],
-            federates_with_groups: Vec::new(),
-            federates_with_all: false,
-            x509_svid_ttl_secs: None,
-            jwt_svid_ttl_secs: None,
-            dns_names: Vec::new(),
-            hint: None,
+            ..EntrySpecBody::new(
+                self.workload.spiffe_id.clone(),
+                token.spiffe_id,
+                vec![format!("unix:uid:{}", rustix::process::getuid().as_raw())],
+            )
         };
         let entry: EntryView = self.admin.send(Method::POST, "/entries", &spec).await?;
         self.entry = Some((entry.id, spec));
