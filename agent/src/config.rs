@@ -190,6 +190,9 @@ pub struct AgentConfig {
     pub attestation_limits: AttestLimits,
     /// Caps and timeouts of Workload API connections (`[workload_api]`).
     pub connection_limits: ConnectionLimits,
+    /// Where `/live`, `/ready` and `/metrics` are served (`[health]`); `None` when disabled
+    /// (the default). See [`crate::health`].
+    pub health: Option<std::net::SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -210,6 +213,8 @@ struct Settings {
     workload_attestation: AttestationSettings,
     #[serde(default)]
     workload_api: WorkloadApiSettings,
+    #[serde(default)]
+    health: crate::health::HealthSettings,
 }
 
 #[derive(Deserialize, Clone, Copy)]
@@ -427,6 +432,7 @@ impl Settings {
             socket_path,
             attestation_limits,
             connection_limits,
+            health: self.health.address()?,
         })
     }
 }

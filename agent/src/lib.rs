@@ -20,6 +20,7 @@ pub mod attest;
 mod backoff;
 pub mod cache;
 pub mod config;
+pub mod health;
 mod hub_client;
 pub mod jwt;
 mod per_uid;

@@ -32,6 +32,7 @@ use crate::workload::{ServeError, WorkloadEndpoint};
 #[derive(Debug)]
 pub struct RunningAgent {
     socket_path: PathBuf,
+    health_address: Option<std::net::SocketAddr>,
     state: AgentState,
     status: watch::Receiver<AgentStatus>,
     stop: CancellationToken,
@@ -42,6 +43,11 @@ impl RunningAgent {
     /// The Workload API socket.
     pub fn socket_path(&self) -> &Path {
         &self.socket_path
+    }
+
+    /// Where `/live`, `/ready` and `/metrics` are served, when `[health]` is enabled.
+    pub fn health_address(&self) -> Option<std::net::SocketAddr> {
+        self.health_address
     }
 
     /// The state the Workload API serves.
@@ -139,6 +145,13 @@ pub async fn launch(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         .with_attestation_limits(config.attestation_limits)
         .with_connection_limits(config.connection_limits);
     let socket_path = endpoint.path().to_owned();
+    let health = match config.health {
+        Some(address) => Some(crate::health::HealthListener::bind(address).await?),
+        None => None,
+    };
+    let health_address = health
+        .as_ref()
+        .and_then(crate::health::HealthListener::local_addr);
     let state = AgentState::new();
     let link = Arc::new(HubLink::default());
     let (status, status_rx) = watch::channel(AgentStatus {
@@ -151,6 +164,12 @@ pub async fn launch(config: AgentConfig) -> Result<RunningAgent, AgentError> {
         "Workload API listening on unix socket {}",
         socket_path.display()
     );
+    if let Some(health) = health {
+        if let Some(address) = health_address {
+            tracing::info!("health and metrics on http://{address} (/live, /ready, /metrics)");
+        }
+        health.serve(state.clone(), status_rx.clone(), stop.clone());
+    }
     if let Some(svid) = &agent {
         tracing::info!(
             "agent of {trust_domain} starting as {}, hub {} ({})",
@@ -190,6 +209,7 @@ pub async fn launch(config: AgentConfig) -> Result<RunningAgent, AgentError> {
     let task = tokio::spawn(supervise(daemon, server, stop.clone()));
     Ok(RunningAgent {
         socket_path,
+        health_address,
         state,
         status: status_rx,
         stop,

@@ -802,3 +802,161 @@ async fn ten_federated_bundles_of_a_mebibyte_reach_the_agent_and_its_workloads()
     }
     agent.shutdown().await.unwrap();
 }
+
+/// `GET path` on the agent's health listener; the status code and the body.
+async fn health_get(agent: &RunningAgent, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let address = agent.health_address().expect("[health] is enabled");
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: agent\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    let status = response[9..12].parse().unwrap();
+    let (_, body) = response.split_once("\r\n\r\n").unwrap();
+    (status, body.to_owned())
+}
+
+/// The value of the sample of `family` whose line has every label of `labels`.
+fn sample(metrics: &str, family: &str, labels: &[&str]) -> Option<f64> {
+    metrics
+        .lines()
+        .filter(|line| {
+            line.strip_prefix(family)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .find(|line| labels.iter().all(|label| line.contains(label)))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+}
+
+#[tokio::test]
+async fn the_health_listener_is_ready_after_the_first_sync_and_serves_metrics() {
+    let mut hub = TestHub::start("").await;
+    hub.federate("beta.test", &foreign_bundle("beta.test"))
+        .await;
+    let (token, agent_id) = hub.token("health").await;
+    hub.entry("/web", &agent_id, &["beta.test"]).await;
+    // The hub is away at first: the agent lives but is not ready.
+    hub.halt().await;
+    let dir = AgentDir::new();
+    let config = dir.config(
+        &hub,
+        &format!(
+            "trust_bundle_file = \"{}\"\njoin_token = \"{token}\"\n\
+             [health]\nenabled = true\naddress = \"127.0.0.1:0\"\n",
+            hub.bundle_file().display()
+        ),
+    );
+    let agent = fedhub_agent::launch(config).await.unwrap();
+    // The hub runs in this process without `launch`, which would describe its families.
+    fedhub_hub::metrics::describe();
+    assert_eq!(health_get(&agent, "/live").await.0, 200);
+    assert_eq!(health_get(&agent, "/ready").await.0, 503);
+    let (_, metrics) = health_get(&agent, "/metrics").await;
+    assert_eq!(
+        sample(&metrics, "fedhub_agent_ready", &[]),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(&metrics, "fedhub_agent_hub_sync_age_seconds", &[]).is_some(),
+        "{metrics}"
+    );
+
+    hub.serve().await;
+    eventually("the agent to be ready", || async {
+        (health_get(&agent, "/ready").await.0 == 200).then_some(())
+    })
+    .await;
+    wait_for_ids(&agent, &["spiffe://alpha.test/web"]).await;
+    let (status, metrics) = health_get(&agent, "/metrics").await;
+    assert_eq!(status, 200);
+    assert_synced_metrics(&metrics);
+
+    // The hub goes away again: the agent serves from its cache, and says how long it has been.
+    hub.halt().await;
+    eventually("the sync age to grow", || async {
+        let (_, metrics) = health_get(&agent, "/metrics").await;
+        sample(&metrics, "fedhub_agent_hub_sync_age_seconds", &[]).filter(|age| *age > 0.0)
+    })
+    .await;
+    assert_eq!(health_get(&agent, "/ready").await.0, 200);
+    agent.shutdown().await.unwrap();
+}
+
+/// What an agent that synced and served an X509-SVID shows on `/metrics`, hub families
+/// included (the hub runs in the same process).
+fn assert_synced_metrics(metrics: &str) {
+    assert_eq!(
+        sample(metrics, "fedhub_agent_ready", &[]),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(metrics, "fedhub_agent_hub_sync_age_seconds", &[]),
+        Some(0.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(metrics, "fedhub_agent_federated_bundles", &[]),
+        Some(1.0),
+        "{metrics}"
+    );
+    for svid in ["agent", "workload"] {
+        let left = sample(
+            metrics,
+            "fedhub_agent_svid_expiry_remaining_seconds",
+            &[&format!("svid=\"{svid}\"")],
+        )
+        .unwrap_or_else(|| panic!("no {svid} SVID expiry:\n{metrics}"));
+        assert!(left > 0.0 && left <= 3600.0, "{metrics}");
+    }
+    let fetched = sample(
+        metrics,
+        "fedhub_agent_grpc_requests_total",
+        &[
+            "service=\"workload\"",
+            "method=\"FetchX509SVID\"",
+            "code=\"OK\"",
+        ],
+    )
+    .unwrap_or_else(|| panic!("no FetchX509SVID calls:\n{metrics}"));
+    assert!(fetched >= 1.0);
+    assert!(
+        sample(
+            metrics,
+            "fedhub_agent_grpc_request_duration_seconds_count",
+            &["service=\"workload\"", "method=\"FetchX509SVID\""],
+        )
+        .is_some_and(|count| count >= 1.0),
+        "{metrics}"
+    );
+    assert!(
+        sample(
+            metrics,
+            "fedhub_agent_svids_served_total",
+            &["type=\"x509\""]
+        )
+        .is_some_and(|served| served >= 1.0),
+        "{metrics}"
+    );
+    // The hub runs in this process: its node API families are on the same /metrics.
+    for (family, labels) in [
+        (
+            "fedhub_hub_node_attestations_total",
+            &["method=\"join_token\"", "code=\"OK\""][..],
+        ),
+        ("fedhub_hub_svids_signed_total", &["type=\"agent\""]),
+        ("fedhub_hub_svids_signed_total", &["type=\"x509\""]),
+        ("fedhub_hub_sync_streams_open", &[]),
+        ("fedhub_hub_sync_snapshots_sent_total", &[]),
+    ] {
+        assert!(
+            sample(metrics, family, labels).is_some_and(|value| value >= 1.0),
+            "{family} {labels:?}:\n{metrics}"
+        );
+    }
+    fedhub_tests::prometheus::check_metrics(metrics);
+}

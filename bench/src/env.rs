@@ -99,8 +99,14 @@ enabled = false
 
     /// Starts an agent in this process, attested with a new join token.
     pub async fn start_agent(&self) -> anyhow::Result<(RunningAgent, SpiffeId)> {
+        self.start_agent_named("agent").await
+    }
+
+    /// [`BenchHub::start_agent`] with its files (socket included) under `name`, so that
+    /// several agents can run side by side.
+    pub async fn start_agent_named(&self, name: &str) -> anyhow::Result<(RunningAgent, SpiffeId)> {
         let (token, agent_id) = self.join_token().await?;
-        let (config_path, _) = self.write_agent_config("agent")?;
+        let (config_path, _) = self.write_agent_config(name)?;
         let mut config = AgentConfig::load(&config_path)?;
         config.attestation = Some(NodeAttestation::JoinToken(JoinToken::new(token)));
         let agent = fedhub_agent::run::launch(config)

@@ -11,6 +11,12 @@
 //!   refreshes spread over the hint window (requests per second, per tenth of the window, and
 //!   each trust domain's refresh interval against the hint);
 //! - peak RSS (`VmHWM`) and the failures the hub recorded (registry and `/metrics`).
+//!
+//! That is `--mode direct`. `--mode relay` and `--mode both` ([`compare`]) measure one hub
+//! taking the trust domains through one relay (the farm serving a bundle map of them all),
+//! and with `both` the same hub with direct relationships beside it.
+
+mod compare;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -32,7 +38,105 @@ use crate::procfs::{cpu_time, memory_kib};
 /// How long the first cycle may take before the run is given up.
 const FIRST_CYCLE_TIMEOUT: Duration = Duration::from_secs(1800);
 
-/// What to run.
+/// How the hub reaches the foreign trust domains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Mode {
+    /// Each trust domain at its own bundle endpoint: the scale benchmark (first cycle, CPU,
+    /// RSS, spread of the refreshes over the hint window).
+    Direct,
+    /// Every trust domain through one relay serving a bundle map of them all: requests,
+    /// bytes and hub CPU per hint window, and how long a rotation takes to be stored.
+    Relay,
+    /// The relay run and the same hub with one direct relationship per trust domain, one
+    /// after the other against the same farm with the same settings, side by side.
+    Both,
+}
+
+/// `fedhub-bench federation` settings.
+#[derive(Debug, Clone, clap::Args)]
+pub struct Options {
+    /// `direct`: the scale benchmark; `relay`: through one relay; `both`: relay and direct
+    /// side by side (requests, bytes, hub CPU per hint window, rotation propagation). In
+    /// `relay` and `both` the hub refreshes relay relationships, which ignore map hints, at
+    /// `default_refresh` = `--hint`, with `min_refresh` 1 s and `max_body_bytes` raised to
+    /// fit the map, the same settings for both sides.
+    #[arg(long, value_enum, default_value_t = Mode::Direct)]
+    mode: Mode,
+    /// Virtual foreign trust domains, one federation relationship each [default: 10000 with
+    /// `--mode direct`, 1000 with `relay` or `both`].
+    #[arg(long)]
+    trust_domains: Option<usize>,
+    /// HTTPS listeners of the farm; the trust domains are spread over them (the relay is on
+    /// the first).
+    #[arg(long, default_value_t = 4)]
+    listeners: usize,
+    /// `spiffe_refresh_hint` of the farm's bundles [default: 60s with `--mode direct`, 15s
+    /// with `relay` or `both`].
+    #[arg(long, value_parser = humantime::parse_duration)]
+    hint: Option<Duration>,
+    /// Cycles observed: the first full one, then this minus one hint windows of steady
+    /// state.
+    #[arg(long, default_value_t = 3)]
+    cycles: usize,
+    /// Trust domains rotated after the steady state, one at a time over half a hint (`relay`
+    /// and `both` only): each is one sample of the time from the farm serving its new bundle
+    /// to the hub storing it.
+    #[arg(long, default_value_t = 20)]
+    rotations: usize,
+    /// The hub's `federation.concurrency` (default: the hub's default).
+    #[arg(long)]
+    concurrency: Option<usize>,
+    /// Run against this PostgreSQL server (a fresh database is created and dropped),
+    /// e.g. postgres://postgres@127.0.0.1:5432/test; default SQLite in a temporary
+    /// directory. `--mode direct` only.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// The `fedhub` binary (default: next to this one).
+    #[arg(long)]
+    fedhub: Option<PathBuf>,
+    /// Write the farm's requests per second over the steady state to this CSV file.
+    /// `--mode direct` only.
+    #[arg(long)]
+    timeline: Option<PathBuf>,
+}
+
+/// `fedhub-bench federation`: the scale benchmark, or the relay comparison.
+pub async fn run(options: Options) -> anyhow::Result<()> {
+    if options.mode == Mode::Direct {
+        return run_direct(Args {
+            trust_domains: options.trust_domains.unwrap_or(10_000),
+            listeners: options.listeners,
+            hint: options.hint.unwrap_or(Duration::from_secs(60)),
+            cycles: options.cycles,
+            concurrency: options.concurrency,
+            fedhub: options.fedhub,
+            database_url: options.database_url,
+            timeline: options.timeline,
+        })
+        .await;
+    }
+    anyhow::ensure!(
+        options.database_url.is_none() && options.timeline.is_none(),
+        "--database-url and --timeline are for --mode direct"
+    );
+    compare::run(compare::Args {
+        sides: if options.mode == Mode::Both {
+            vec![compare::Side::Direct, compare::Side::Relay]
+        } else {
+            vec![compare::Side::Relay]
+        },
+        trust_domains: options.trust_domains.unwrap_or(1_000),
+        listeners: options.listeners,
+        hint: options.hint.unwrap_or(Duration::from_secs(15)),
+        windows: options.cycles.saturating_sub(1),
+        rotations: options.rotations,
+        concurrency: options.concurrency,
+        fedhub: options.fedhub,
+    })
+    .await
+}
+
+/// What to run in direct mode.
 #[derive(Debug, Clone)]
 pub struct Args {
     /// Virtual foreign trust domains.
@@ -54,13 +158,13 @@ pub struct Args {
     pub timeline: Option<PathBuf>,
 }
 
-/// `fedhub-bench federation`.
-pub async fn run(args: Args) -> anyhow::Result<()> {
+/// `fedhub-bench federation --mode direct`.
+async fn run_direct(args: Args) -> anyhow::Result<()> {
     anyhow::ensure!(args.trust_domains > 0, "--trust-domains must be at least 1");
     anyhow::ensure!(args.cycles >= 1, "--cycles must be at least 1");
     let fedhub = crate::fedhub_binary(args.fedhub.clone())?;
     let started = Instant::now();
-    let farm = Farm::start(args.trust_domains, args.listeners, args.hint).await?;
+    let farm = Farm::start(args.trust_domains, args.listeners, args.hint, false).await?;
     println!(
         "# federation: {} trust domains on {} farm listeners, hint {}, {} cycle(s)",
         args.trust_domains,
@@ -752,6 +856,7 @@ mod tests {
             td,
             at: Duration::from_millis(at_ms),
             full: false,
+            body_bytes: 0,
         }
     }
 

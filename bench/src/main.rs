@@ -5,6 +5,7 @@
 #![expect(clippy::print_stdout, reason = "a benchmark binary reports on stdout")]
 
 mod bundle_endpoint;
+mod defederation;
 mod demo;
 mod env;
 mod farm;
@@ -16,13 +17,13 @@ mod pki;
 mod process;
 mod procfs;
 mod propagation;
+mod proxy;
 mod signing;
 mod stats;
 mod workload;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
@@ -54,6 +55,9 @@ enum Command {
         #[arg(long, default_value_t = 50)]
         samples: usize,
     },
+    /// Time from `fedhub federation delete --force TD` until every open FetchX509Bundles
+    /// stream of every agent has dropped TD's bundle (p50, p99 over repeated runs).
+    Defederation(defederation::Options),
     /// X509-SVID signings per second through the node API, against `openssl speed`.
     Signing {
         /// Seconds of load.
@@ -102,36 +106,10 @@ enum Command {
     },
     /// One `fedhub hub run` process refreshing many foreign trust domains served by a
     /// simulated endpoint farm on loopback: first full cycle, CPU, RSS and the spread of
-    /// refreshes over the hint window.
-    Federation {
-        /// Virtual foreign trust domains (one federation relationship each).
-        #[arg(long, default_value_t = 10_000)]
-        trust_domains: usize,
-        /// HTTPS listeners of the farm; the trust domains are spread over them.
-        #[arg(long, default_value_t = 4)]
-        listeners: usize,
-        /// `spiffe_refresh_hint` of the farm's bundles.
-        #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
-        hint: Duration,
-        /// Cycles observed: the first full one, then this minus one hint windows of steady
-        /// state.
-        #[arg(long, default_value_t = 3)]
-        cycles: usize,
-        /// The hub's `federation.concurrency` (default: the hub's default).
-        #[arg(long)]
-        concurrency: Option<usize>,
-        /// Run against this PostgreSQL server (a fresh database is created and dropped),
-        /// e.g. postgres://postgres@127.0.0.1:5432/test; default SQLite in a temporary
-        /// directory.
-        #[arg(long)]
-        database_url: Option<String>,
-        /// The `fedhub` binary (default: next to this one).
-        #[arg(long)]
-        fedhub: Option<PathBuf>,
-        /// Write the farm's requests per second over the steady state to this CSV file.
-        #[arg(long)]
-        timeline: Option<PathBuf>,
-    },
+    /// refreshes over the hint window; with `--mode relay|both`, the same through one relay
+    /// serving a bundle map, against direct relationships (requests, bytes, hub CPU per hint
+    /// window, rotation propagation).
+    Federation(federation::Options),
     /// Idle-connection attack on a `fedhub hub run` process: 5,000 idle connections held
     /// against each listener in turn while a legitimate client fetches the bundle and calls
     /// the node API; latency, open fds, and when the hub closes each idle connection.
@@ -140,6 +118,10 @@ enum Command {
     /// well-behaved agents against a `fedhub hub run` child, idle and while one agent opens
     /// 1 000 Sync streams and renews in a loop; failures and `database is locked` counted.
     NodeFairness(node_fairness::Options),
+    /// Bulk TCP MiB/s and added latency per keep-alive HTTP request of `fedhub proxy`
+    /// (outbound and inbound in series, child processes) against an nginx stream proxy doing
+    /// the same mutual TLS, and against no proxy.
+    Proxy(proxy::Options),
     /// Wall time of the release `fedhub demo`.
     Demo {
         /// Runs.
@@ -174,35 +156,16 @@ fn main() -> ExitCode {
             Command::WorkloadLoad(args) => workload::run_load(&args).await,
             Command::WorkloadCeiling(args) => workload::run_ceiling(&args).await,
             Command::Propagation { samples } => propagation::run(samples).await,
+            Command::Defederation(options) => defederation::run(options).await,
             Command::Signing {
                 seconds,
                 batch,
                 concurrency,
             } => signing::run(seconds, batch, concurrency).await,
-            Command::Federation {
-                trust_domains,
-                listeners,
-                hint,
-                cycles,
-                concurrency,
-                database_url,
-                fedhub,
-                timeline,
-            } => {
-                federation::run(federation::Args {
-                    trust_domains,
-                    listeners,
-                    hint,
-                    cycles,
-                    concurrency,
-                    fedhub,
-                    database_url,
-                    timeline,
-                })
-                .await
-            }
+            Command::Federation(options) => federation::run(options).await,
             Command::NodeFairness(options) => node_fairness::run(&options).await,
             Command::Demo { runs, fedhub } => demo::run(runs, fedhub),
+            Command::Proxy(options) => proxy::run(&options).await,
             Command::IdleFlood(options) => idle_flood::run(&options).await,
             Command::BundleEndpoint {
                 seconds,

@@ -35,6 +35,7 @@ use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
+use fedhub_core::bundle::BundleMap;
 use fedhub_core::bundle::IgnoredEntry;
 use fedhub_core::endpoint::{BundleEndpointUrl, EndpointUrlError, ProfileName};
 use fedhub_core::tls::{Authorizer, TlsError};
@@ -135,6 +136,34 @@ pub enum FetchOutcome {
         /// The SPIFFE ID the server authenticated as (`https_spiffe` only).
         peer: Option<SpiffeId>,
     },
+}
+
+/// What a successful fetch of a bundle map (from a relay) brought.
+#[derive(Debug, Clone)]
+pub enum MapFetchOutcome {
+    /// The relay answered `304 Not Modified` to our `If-None-Match`.
+    NotModified,
+    /// The relay served a bundle map that parsed. None of its bundles is accepted yet: each
+    /// entry taken from it goes through
+    /// [`check_fetched`](crate::acceptance::check_fetched) for its own trust domain.
+    Fetched {
+        /// The map.
+        map: BundleMap,
+        /// The response's `ETag`, to send back as `If-None-Match` next time.
+        etag: Option<String>,
+        /// Skipped entries, with the trust domain of the bundle they were in.
+        ignored: Vec<(TrustDomain, IgnoredEntry)>,
+        /// The SPIFFE ID the relay authenticated as (`https_spiffe` only).
+        peer: Option<SpiffeId>,
+    },
+}
+
+/// A response body that came whole, not yet parsed.
+struct Document {
+    body: Vec<u8>,
+    content_type: Option<String>,
+    etag: Option<String>,
+    peer: Option<SpiffeId>,
 }
 
 /// Why a TLS handshake with a bundle endpoint failed.
@@ -432,14 +461,81 @@ impl BundleFetcher {
     /// # Errors
     /// [`FetchError`] naming why no bundle was obtained.
     pub async fn fetch(&self, etag: Option<&str>) -> Result<FetchOutcome, FetchError> {
-        let result = tokio::time::timeout(self.options.total_timeout, self.fetch_inner(etag))
-            .await
-            .unwrap_or(Err(FetchError::Timeout(self.options.total_timeout)));
+        let result = self.fetch_document(etag).await.and_then(|document| {
+            let Some(document) = document else {
+                return Ok(FetchOutcome::NotModified);
+            };
+            let limit = self.options.max_body_bytes;
+            let parsed = Bundle::parse_json(self.trust_domain.clone(), &document.body, limit)
+                .map_err(|error| document.parse_error(error))?;
+            Ok(FetchOutcome::Fetched {
+                bundle: parsed.bundle,
+                etag: document.etag,
+                ignored: parsed.ignored,
+                peer: document.peer,
+            })
+        });
         self.log(&result);
         result
     }
 
-    async fn fetch_inner(&self, etag: Option<&str>) -> Result<FetchOutcome, FetchError> {
+    /// Fetches a SPIFFE bundle map (TDB §5) from the configured URL: the endpoint is a relay
+    /// serving the bundles of several trust domains. Transport, authentication, redirects,
+    /// time and size limits are those of [`fetch`](Self::fetch); only the document differs.
+    /// The fetcher's trust domain plays no part in reading the map: the caller takes the
+    /// entries it wants and checks each for its own trust domain.
+    ///
+    /// # Errors
+    /// [`FetchError`] naming why no map was obtained.
+    pub async fn fetch_map(&self, etag: Option<&str>) -> Result<MapFetchOutcome, FetchError> {
+        let result = self.fetch_document(etag).await.and_then(|document| {
+            let Some(document) = document else {
+                return Ok(MapFetchOutcome::NotModified);
+            };
+            let parsed = BundleMap::parse_json(&document.body, self.options.max_body_bytes)
+                .map_err(|error| document.parse_error(error))?;
+            Ok(MapFetchOutcome::Fetched {
+                map: parsed.map,
+                etag: document.etag,
+                ignored: parsed.ignored,
+                peer: document.peer,
+            })
+        });
+        match &result {
+            Ok(MapFetchOutcome::Fetched { map, peer, .. }) => tracing::debug!(
+                url = %self.url,
+                profile = self.auth.profile().as_str(),
+                peer = peer.as_ref().map(ToString::to_string),
+                trust_domains = map.len(),
+                outcome = "fetched",
+                "bundle map fetch"
+            ),
+            Ok(MapFetchOutcome::NotModified) => tracing::debug!(
+                url = %self.url,
+                profile = self.auth.profile().as_str(),
+                outcome = "not modified",
+                "bundle map fetch"
+            ),
+            Err(error) => tracing::debug!(
+                url = %self.url,
+                profile = self.auth.profile().as_str(),
+                outcome = "failed",
+                %error,
+                "bundle map fetch"
+            ),
+        }
+        result
+    }
+
+    /// The document at the configured URL, or `None` for `304 Not Modified`, within the total
+    /// timeout.
+    async fn fetch_document(&self, etag: Option<&str>) -> Result<Option<Document>, FetchError> {
+        tokio::time::timeout(self.options.total_timeout, self.fetch_inner(etag))
+            .await
+            .unwrap_or(Err(FetchError::Timeout(self.options.total_timeout)))
+    }
+
+    async fn fetch_inner(&self, etag: Option<&str>) -> Result<Option<Document>, FetchError> {
         let if_none_match = etag.and_then(|tag| HeaderValue::from_str(tag).ok());
         let mut url = self.url.as_url().clone();
         let mut redirects = 0;
@@ -450,9 +546,9 @@ impl BundleFetcher {
             }
             let response = request.send().await.map_err(|e| self.transport_error(&e))?;
             match response.status() {
-                StatusCode::OK => return self.read_bundle(response).await,
+                StatusCode::OK => return self.read_body(response).await.map(Some),
                 StatusCode::NOT_MODIFIED if if_none_match.is_some() => {
-                    return Ok(FetchOutcome::NotModified);
+                    return Ok(None);
                 }
                 StatusCode::MOVED_PERMANENTLY
                 | StatusCode::FOUND
@@ -479,11 +575,8 @@ impl BundleFetcher {
         }
     }
 
-    /// Reads the body in chunks, stopping past the limit, and parses it.
-    async fn read_bundle(
-        &self,
-        mut response: reqwest::Response,
-    ) -> Result<FetchOutcome, FetchError> {
+    /// Reads the body in chunks, stopping past the limit.
+    async fn read_body(&self, mut response: reqwest::Response) -> Result<Document, FetchError> {
         let limit = self.options.max_body_bytes;
         let too_large = FetchError::TooLarge { limit };
         let announced = response.content_length().unwrap_or(0);
@@ -519,14 +612,10 @@ impl BundleFetcher {
             }
             body.extend_from_slice(&chunk);
         }
-        let parsed =
-            Bundle::parse_json(self.trust_domain.clone(), &body, limit).map_err(|error| {
-                not_a_bundle(content_type.as_deref(), &body).unwrap_or(error.into())
-            })?;
-        Ok(FetchOutcome::Fetched {
-            bundle: parsed.bundle,
+        Ok(Document {
+            body,
+            content_type,
             etag,
-            ignored: parsed.ignored,
             peer,
         })
     }
@@ -706,6 +795,13 @@ fn web_tls_config(extra_roots: &[Vec<u8>]) -> Result<ClientConfig, FetchError> {
 
 /// [`FetchError::NotABundle`] when a body that failed to parse is a web page: served as
 /// `text/html` (or `application/xhtml+xml`), or starting with `<`.
+impl Document {
+    /// The error for a body that did not parse: a web page said as such, else `error`.
+    fn parse_error(&self, error: BundleError) -> FetchError {
+        not_a_bundle(self.content_type.as_deref(), &self.body).unwrap_or(error.into())
+    }
+}
+
 fn not_a_bundle(content_type: Option<&str>, body: &[u8]) -> Option<FetchError> {
     let media_type = content_type
         .and_then(|value| value.split(';').next())

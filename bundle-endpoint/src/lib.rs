@@ -1,7 +1,7 @@
 //! The SPIFFE bundle endpoint protocol.
 //!
-//! - [`server`]: the axum router that serves a trust domain's bundle, pre-serialized and swapped
-//!   atomically on change, with a strong `ETag` and `304 Not Modified`. TLS (both the
+//! - [`server`]: the axum router that serves a trust domain's bundle (and any bundle maps
+//!   beside it), pre-serialized and swapped atomically on change, with a strong `ETag` and `304 Not Modified`. TLS (both the
 //!   `https_web` and `https_spiffe` profiles) is applied by whoever serves the router.
 //! - [`client`]: fetches a foreign trust domain's bundle over `https_web` or `https_spiffe`,
 //!   authenticating the endpoint and bounding time, size and redirects.
@@ -17,6 +17,7 @@ pub mod server;
 
 pub use acceptance::{Acceptance, AcceptancePolicy, Rejection, check_fetched};
 pub use client::{
-    BundleFetcher, FetchAuth, FetchError, FetchOptions, FetchOutcome, SharedClients, TlsFailure,
+    BundleFetcher, FetchAuth, FetchError, FetchOptions, FetchOutcome, MapFetchOutcome,
+    SharedClients, TlsFailure,
 };
-pub use server::{BundlePublisher, PublishedBundle, router};
+pub use server::{BundlePublisher, PublishedBundle, router, router_for};

@@ -90,10 +90,21 @@ impl BundlePublisher {
 /// request costs a path comparison rather than a trip through axum's router, handler and
 /// extractors.
 pub fn router(path: &str, publisher: BundlePublisher) -> Router {
+    router_for([(path.to_owned(), publisher)])
+}
+
+/// The bundle endpoint router for several documents, each at its own path and answered as
+/// [`router`] answers its one: the trust domain's bundle and any bundle maps the hub serves
+/// beside it (the same `ETag`, `304` and `Cache-Control` for all). A path given twice is
+/// served by its first publisher. Paths are compared exactly, one after the other: meant for
+/// a handful of documents.
+pub fn router_for(documents: impl IntoIterator<Item = (String, BundlePublisher)>) -> Router {
     Router::new()
         .fallback_service(BundleService {
-            path: Arc::from(path),
-            publisher,
+            documents: documents
+                .into_iter()
+                .map(|(path, publisher)| (Box::from(path), publisher))
+                .collect(),
         })
         .layer(fedhub_idle::trace::layer("bundle endpoint"))
 }
@@ -101,8 +112,7 @@ pub fn router(path: &str, publisher: BundlePublisher) -> Router {
 /// Answers every request of the bundle endpoint.
 #[derive(Debug, Clone)]
 struct BundleService {
-    path: Arc<str>,
-    publisher: BundlePublisher,
+    documents: Arc<[(Box<str>, BundlePublisher)]>,
 }
 
 impl<B> tower::Service<Request<B>> for BundleService {
@@ -125,9 +135,9 @@ impl<B> tower::Service<Request<B>> for BundleService {
 
 impl BundleService {
     fn answer(&self, method: &Method, path: &str, headers: &HeaderMap) -> Response {
-        if path != &*self.path {
+        let Some((_, publisher)) = self.documents.iter().find(|(p, _)| **p == *path) else {
             return status_only(StatusCode::NOT_FOUND);
-        }
+        };
         let with_body = match *method {
             Method::GET => true,
             Method::HEAD => false,
@@ -139,7 +149,7 @@ impl BundleService {
                 return response;
             }
         };
-        let current = self.publisher.current();
+        let current = publisher.current();
         if if_none_match_hits(headers, current.etag()) {
             let mut response = status_only(StatusCode::NOT_MODIFIED);
             cache_headers(response.headers_mut(), &current);
@@ -315,6 +325,43 @@ mod tests {
         assert_eq!(hit.status(), StatusCode::NOT_MODIFIED);
         assert_eq!(hit.headers()[header::CACHE_CONTROL], "no-cache");
         assert!(!hit.headers().contains_key(header::CONTENT_TYPE));
+    }
+
+    #[tokio::test]
+    async fn several_documents_each_at_their_path_with_their_own_tags() {
+        let bundle = BundlePublisher::new(DOC);
+        let map = BundlePublisher::new(r#"{"trust_domains":{}}"#);
+        let app = router_for([
+            ("/".to_owned(), bundle.clone()),
+            ("/maps/partners".to_owned(), map.clone()),
+        ]);
+        let own = call(app.clone(), Method::GET, "/", None).await;
+        assert_eq!(own.headers()[header::ETAG], bundle.current().etag());
+        assert_eq!(body_of(own).await, DOC.as_bytes());
+        let served = call(app.clone(), Method::GET, "/maps/partners", None).await;
+        assert_eq!(served.status(), StatusCode::OK);
+        assert_eq!(served.headers()[header::CACHE_CONTROL], "no-cache");
+        assert_eq!(served.headers()[header::ETAG], map.current().etag());
+        assert_eq!(body_of(served).await, r#"{"trust_domains":{}}"#.as_bytes());
+        // Each document answers 304 to its own tag only.
+        let map_tag = map.current().etag().to_owned();
+        let hit = call(app.clone(), Method::GET, "/maps/partners", Some(&map_tag)).await;
+        assert_eq!(hit.status(), StatusCode::NOT_MODIFIED);
+        let other = call(app.clone(), Method::GET, "/", Some(&map_tag)).await;
+        assert_eq!(other.status(), StatusCode::OK);
+        assert_eq!(
+            call(app.clone(), Method::POST, "/maps/partners", None)
+                .await
+                .status(),
+            StatusCode::METHOD_NOT_ALLOWED
+        );
+        for path in ["/maps", "/maps/partners/", "/maps/other"] {
+            let response = call(app.clone(), Method::GET, path, None).await;
+            assert_eq!(response.status(), StatusCode::NOT_FOUND, "{path}");
+        }
+        map.publish(r#"{"trust_domains":{"a.test":{"keys":[]}}}"#);
+        let changed = call(app, Method::GET, "/maps/partners", Some(&map_tag)).await;
+        assert_eq!(changed.status(), StatusCode::OK);
     }
 
     #[test]

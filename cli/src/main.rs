@@ -8,6 +8,7 @@ mod admin;
 mod admin_client;
 mod agent_cmd;
 mod api;
+mod dashboard_cmd;
 mod demo;
 mod fd_limit;
 mod habits;
@@ -15,6 +16,7 @@ mod hub_cmd;
 mod logging;
 mod oidc_cmd;
 mod output;
+mod proxy_cmd;
 
 use std::process::ExitCode;
 
@@ -48,6 +50,10 @@ const NO_RESULT: &[&[&str]] = &[
     &["hub", "healthcheck"],
     &["agent", "healthcheck"],
     &["demo"],
+    &["dashboard"],
+    &["proxy", "inbound"],
+    &["proxy", "outbound"],
+    &["proxy", "run"],
 ];
 
 /// Parses the command line; exits with a usage error (code 2) on a bad one, including a SPIRE
@@ -92,12 +98,23 @@ enum Command {
     Api(api::ApiArgs),
     /// Run two federated trust domains end to end and show what fedhub does.
     Demo(demo::DemoArgs),
+    /// Serve a web dashboard of one hub for a browser (admin API).
+    ///
+    /// Federation map, own bundle, relationships, entries, agents and the audit trail, live.
+    /// It talks to the hub's admin socket, so it needs the rights the admin commands need and
+    /// adds no other way in. It prints a URL with a token that changes on every run: only a
+    /// browser that opened that URL gets a session, and every change asks for a confirmation.
+    /// From another machine, forward the port: `ssh -L 8780:127.0.0.1:8780 hub-host`.
+    Dashboard(dashboard_cmd::DashboardArgs),
     /// Run the hub: the identity server of a trust domain.
     #[command(subcommand)]
     Hub(hub_cmd::HubCommand),
     /// Serve OIDC discovery for a trust domain's JWT keys on its own.
     #[command(subcommand)]
     Oidc(oidc_cmd::OidcCommand),
+    /// Mutual TLS with SPIFFE identities for applications that speak plain TCP or HTTP.
+    #[command(subcommand)]
+    Proxy(proxy_cmd::ProxyCommand),
     /// Generate join tokens for agents (admin API).
     Token(admin::token::TokenCommand),
     /// Manage registration entries (admin API).
@@ -108,6 +125,8 @@ enum Command {
     Federation(admin::federation::FederationCommand),
     /// Run the node agent, or manage attested agents (admin API).
     Agent(admin::agent::AgentCommand),
+    /// Show the audit log: admin writes and every bundle change (admin API).
+    Audit(admin::audit::AuditCommand),
 }
 
 /// A multi-threaded Tokio runtime with the process-wide rustls provider installed.
@@ -140,13 +159,16 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Api(args) => api::run(args),
         Command::Demo(args) => demo::run(&args),
+        Command::Dashboard(args) => dashboard_cmd::run(&args),
         Command::Hub(command) => hub_cmd::run(command),
         Command::Oidc(command) => oidc_cmd::run(command),
+        Command::Proxy(command) => proxy_cmd::run(command),
         Command::Token(command) => command.run(),
         Command::Entry(command) => command.run(),
         Command::Bundle(command) => command.run(),
         Command::Federation(command) => command.run(),
         Command::Agent(command) => command.run(),
+        Command::Audit(command) => command.run(),
     };
     match result {
         Ok(code) => code,
@@ -157,8 +179,8 @@ fn main() -> ExitCode {
     }
 }
 
-/// Whether the command line runs a server (`hub run`, `agent run`, `oidc run`): those log at
-/// `info` by default, so that their start lines are seen.
+/// Whether the command line runs a server (`hub run`, `agent run`, `oidc run`, `proxy …`):
+/// those log at `info` by default, so that their start lines are seen.
 fn runs_a_server() -> bool {
     let Ok(matches) =
         <Cli as clap::CommandFactory>::command().try_get_matches_from(std::env::args_os())
@@ -166,7 +188,8 @@ fn runs_a_server() -> bool {
         return false;
     };
     matches.subcommand().is_some_and(|(group, command)| {
-        matches!(group, "hub" | "agent" | "oidc") && command.subcommand_name() == Some("run")
+        group == "proxy"
+            || matches!(group, "hub" | "agent" | "oidc") && command.subcommand_name() == Some("run")
     })
 }
 

@@ -1222,6 +1222,92 @@ fn federation_relationships() {
     federation(&TestHub::start());
 }
 
+/// A relationship through a relay: created with `--via-relay`, shown as "via relay <URL>",
+/// moved to direct and back with `update`, its stored bundle kept throughout.
+#[test]
+fn federation_through_a_relay() {
+    let hub = TestHub::start();
+    let relay_url = "https://relay.test/maps/partners";
+    let c_pem = hub.file("c.pem", &ca_pem("c.test"));
+    let created = hub.json(&[
+        "federation",
+        "create",
+        "--trust-domain",
+        "c.test",
+        "--bundle-endpoint-url",
+        relay_url,
+        "--bundle-endpoint-profile",
+        "https_web",
+        "--via-relay",
+        "--trust-domain-bundle",
+        &c_pem,
+    ]);
+    assert_eq!(created["source"], "relay");
+    assert_eq!(created["bundle"]["authorities"], 1);
+    let shown = hub.ok(&["federation", "show", "--trust-domain", "c.test"]);
+    assert_eq!(field(&shown, "source"), format!("via relay {relay_url}"));
+    let table = hub.ok(&["federation", "list"]);
+    assert!(table.contains(&format!("via relay {relay_url}")), "{table}");
+
+    // To direct: the bundle stays.
+    let direct = hub.json(&[
+        "federation",
+        "update",
+        "--trust-domain",
+        "c.test",
+        "--bundle-endpoint-url",
+        "https://c.test/bundle",
+        "--source",
+        "direct",
+    ]);
+    assert_eq!(direct["source"], "direct");
+    assert_eq!(
+        direct["bundle"], created["bundle"],
+        "the stored bundle is kept"
+    );
+    let shown = hub.ok(&["federation", "show", "--trust-domain", "c.test"]);
+    assert_eq!(field(&shown, "source"), "direct");
+    let table = hub.ok(&["federation", "list"]);
+    assert!(table.contains("https://c.test/bundle"), "{table}");
+    assert!(!table.contains("via relay"), "{table}");
+
+    // A spec change keeps the source; and back to the relay.
+    let kept = hub.json(&[
+        "federation",
+        "update",
+        "--trust-domain",
+        "c.test",
+        "--accept-empty-bundle",
+    ]);
+    assert_eq!(kept["source"], "direct");
+    let back = hub.json(&[
+        "federation",
+        "update",
+        "--trust-domain",
+        "c.test",
+        "--bundle-endpoint-url",
+        relay_url,
+        "--source",
+        "relay",
+    ]);
+    assert_eq!(back["source"], "relay");
+    assert_eq!(
+        back["bundle"], created["bundle"],
+        "the stored bundle is kept"
+    );
+
+    let clash = hub.run(&[
+        "federation",
+        "update",
+        "--trust-domain",
+        "c.test",
+        "--source",
+        "direct",
+        "--via-relay",
+    ]);
+    assert_eq!(clash.status.code(), Some(2), "clap refuses both flags");
+}
+
 #[test]
 fn registration_entries() {
     entries(&TestHub::start());

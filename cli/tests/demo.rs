@@ -29,6 +29,8 @@ fn check_demo_json(dir: &Path) -> Vec<Value> {
             "ca_bundle_pem",
             "workload_spiffe_id",
             "lab_api_url",
+            "hub_metrics_url",
+            "agent_metrics_url",
         ] {
             assert!(domain[key].is_string(), "{key} missing in {domain}");
         }
@@ -60,9 +62,11 @@ fn demo_runs_every_step_and_exits_zero() {
     );
     assert!(stdout.contains("All steps passed"), "{stdout}");
     for step in [
-        "[4/6] Cross-domain mTLS",
-        "[5/6] JWT-SVID",
-        "[6/6] Rotation",
+        "[4/7] Cross-domain mTLS",
+        "[5/7] JWT-SVID",
+        "[6/7] Rotation",
+        "[7/7] Legacy apps",
+        "beta.test plain server: request from spiffe://alpha.test/web",
     ] {
         assert!(stdout.contains(step), "{step} missing:\n{stdout}");
     }
@@ -195,6 +199,13 @@ fn keep_running_serves_independent_clients_from_demo_json() {
     );
     assert_eq!(status, 200, "{jwt}");
     assert_eq!(jwt["validated_caller"], "spiffe://beta.test/echo");
+    let (status, proxied) = http_post(&format!("{lab}/spiffe/demo/proxy/call"), &Value::Null);
+    assert_eq!(status, 200, "{proxied}");
+    assert_eq!(proxied["caller_spiffe_id"], "spiffe://alpha.test/web");
+    assert_eq!(
+        proxied["x_forwarded_client_cert"],
+        "By=spiffe://beta.test/echo;URI=spiffe://alpha.test/web"
+    );
 
     // The admin CLI works against the demo's admin sockets.
     let output = Command::new(FEDHUB)

@@ -176,6 +176,56 @@ impl FromStr for ProfileName {
     }
 }
 
+/// Where a federation relationship takes its foreign bundle from: on the wire `direct` (the
+/// default) or `relay`.
+///
+/// `direct`: the bundle endpoint serves the trust domain's own bundle. `relay`: the endpoint
+/// is a relay that serves a SPIFFE bundle map (TDB §5) holding the bundles of several trust
+/// domains; the relationship takes the entry of its own trust domain from it, and nothing
+/// else. The profile then authenticates the relay itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FetchSource {
+    /// The endpoint serves the trust domain's bundle.
+    #[default]
+    Direct,
+    /// The endpoint is a relay serving a bundle map.
+    Relay,
+}
+
+/// A text that names no [`FetchSource`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a bundle source: use \"direct\" or \"relay\"")]
+pub struct UnknownSource(pub String);
+
+impl FetchSource {
+    /// The name as written on the wire and stored.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Direct => "direct",
+            Self::Relay => "relay",
+        }
+    }
+}
+
+impl fmt::Display for FetchSource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for FetchSource {
+    type Err = UnknownSource;
+
+    fn from_str(text: &str) -> Result<Self, UnknownSource> {
+        match text {
+            "direct" => Ok(Self::Direct),
+            "relay" => Ok(Self::Relay),
+            other => Err(UnknownSource(other.to_owned())),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -250,6 +300,23 @@ mod tests {
         assert_eq!(
             error,
             "\"https\" is not a profile: use \"https_spiffe\" or \"https_web\""
+        );
+    }
+
+    #[test]
+    fn fetch_sources_round_trip_and_default_to_direct() {
+        for source in [FetchSource::Direct, FetchSource::Relay] {
+            assert_eq!(source.as_str().parse::<FetchSource>(), Ok(source));
+            assert_eq!(
+                serde_json::to_string(&source).unwrap(),
+                format!("\"{source}\"")
+            );
+        }
+        assert_eq!(FetchSource::default(), FetchSource::Direct);
+        let error = "map".parse::<FetchSource>().unwrap_err().to_string();
+        assert_eq!(
+            error,
+            "\"map\" is not a bundle source: use \"direct\" or \"relay\""
         );
     }
 }

@@ -22,8 +22,8 @@ pub mod x509;
 pub mod x509pop;
 
 pub use bundle::{
-    Bundle, BundleError, BundleMap, BundleSet, BundleSource, JwtAuthority, MAX_BUNDLE_BYTES,
-    ParsedBundle, X509Authority,
+    Bundle, BundleDiff, BundleError, BundleMap, BundleSet, BundleSource, JwtAuthority,
+    MAX_BUNDLE_BYTES, ParsedBundle, X509Authority,
 };
 pub use id::{IdError, SpiffeId, TrustDomain};
 pub use jwt::{JwtAlgorithm, JwtError, JwtSigner, JwtValidator, ValidatedJwtSvid};

@@ -640,6 +640,25 @@ impl CaManager {
         Ok((token, now + ttl))
     }
 
+    /// How the audit log names the held key `id` of `kind` (`x509` or `jwt`, as in
+    /// [`KeyStatus`]): the SHA-256 fingerprint of its CA certificate (for a self-signed CA the
+    /// fingerprint of the authority in the bundle) or the JWT key id. `None` for a key not
+    /// held.
+    pub fn audit_key_name(&self, kind: &str, id: &str) -> Option<String> {
+        match kind {
+            "x509" => self.x509.iter().find(|s| s.meta.id == id).map(|s| {
+                X509Authority::from_der_unchecked(s.signer.certificate().to_vec())
+                    .sha256_fingerprint()
+            }),
+            "jwt" => self
+                .jwt
+                .iter()
+                .find(|s| s.meta.id == id)
+                .map(|s| s.signer.jwt_authority().kid().to_owned()),
+            _ => None,
+        }
+    }
+
     /// Every held key with its state, for operators.
     pub fn status(&self) -> Vec<KeyStatus> {
         let x509 = self.x509.iter().map(|s| ("x509", &s.meta));

@@ -24,6 +24,9 @@ use fedhub_core::id::RESERVED_PATH_PREFIX;
 pub use fedhub_config::ConfigError;
 use fedhub_config::{Cap, at_least_one, connection_caps, invalid, layers, positive};
 
+mod bundle_maps;
+pub use bundle_maps::{BundleMapConfig, BundleMapMembers, MAX_BUNDLE_MAPS};
+
 /// The validated `[federation]` section: the federation manager's settings.
 pub use crate::federation::FederationOptions;
 /// The validated `[limits]` section: timeouts and caps of every listener's connections.
@@ -60,6 +63,9 @@ pub struct BundleEndpointConfig {
     pub profile: ServingProfile,
     /// `spiffe_refresh_hint` published in the bundle.
     pub refresh_hint: Duration,
+    /// Bundle maps served beside the bundle (`[[bundle_endpoint.bundle_maps]]`), each at its
+    /// own path.
+    pub bundle_maps: Vec<BundleMapConfig>,
 }
 
 /// TLS material given as files.
@@ -253,6 +259,7 @@ struct BundleEndpointSettings {
     key_file: Option<PathBuf>,
     #[serde(with = "humantime_serde")]
     refresh_hint: Duration,
+    bundle_maps: Vec<bundle_maps::BundleMapSettings>,
 }
 
 impl Default for BundleEndpointSettings {
@@ -266,6 +273,7 @@ impl Default for BundleEndpointSettings {
             cert_file: None,
             key_file: None,
             refresh_hint: Duration::from_secs(300),
+            bundle_maps: Vec::new(),
         }
     }
 }
@@ -754,11 +762,13 @@ fn validate_bundle_endpoint(
         }
     };
     let refresh_hint = positive("bundle_endpoint.refresh_hint", settings.refresh_hint)?;
+    let bundle_maps = bundle_maps::validate(settings.bundle_maps, &settings.path)?;
     Ok(BundleEndpointConfig {
         address: settings.address,
         path: settings.path,
         profile,
         refresh_hint,
+        bundle_maps,
     })
 }
 

@@ -15,7 +15,7 @@ use axum::http::StatusCode;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use fedhub_serve::{ServeLimits, SwappableCert, serve, server_config};
-use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+use fedhub_telemetry::Metrics;
 use rustls::server::ResolvesServerCert;
 use rustls::sign::CertifiedKey;
 use tokio::net::TcpListener;
@@ -275,28 +275,43 @@ async fn ready(State(hub): State<Hub>) -> impl IntoResponse {
     }
 }
 
-fn health_router(hub: Hub, metrics: Option<PrometheusHandle>) -> Router {
+fn health_router(hub: Hub, metrics: Option<Metrics>) -> Router {
     let router = Router::new()
         .route("/live", get(live))
-        .route("/ready", get(ready))
-        .with_state(hub);
+        .route("/ready", get(ready));
     let router = match metrics {
-        Some(handle) => router.route("/metrics", get(move || async move { handle.render() })),
+        Some(metrics) => router.route(
+            "/metrics",
+            get(
+                move |State(hub): State<Hub>| async move { crate::metrics::render(&metrics, &hub) },
+            ),
+        ),
         None => router,
     };
-    router.layer(fedhub_idle::trace::layer("health"))
+    with_request_metrics(router.with_state(hub), "health")
+        .layer(fedhub_idle::trace::layer("health"))
 }
 
-/// Installs the process-wide Prometheus recorder once; later calls return the same handle.
-pub fn metrics_handle() -> Option<PrometheusHandle> {
-    static HANDLE: std::sync::OnceLock<Option<PrometheusHandle>> = std::sync::OnceLock::new();
-    HANDLE
-        .get_or_init(|| {
-            let recorder = PrometheusBuilder::new().build_recorder();
-            let handle = recorder.handle();
-            metrics::set_global_recorder(recorder).ok().map(|()| handle)
-        })
-        .clone()
+/// Counts the requests of `router` in [`crate::metrics::HTTP_REQUESTS_TOTAL`] as `server`.
+pub(crate) fn with_request_metrics(router: Router, server: &'static str) -> Router {
+    router.layer(fedhub_telemetry::http::count_requests(
+        crate::metrics::HTTP_REQUESTS_TOTAL,
+        server,
+    ))
+}
+
+/// The recorder `/metrics` renders when `served`, installed before anything describes or
+/// records a metric so that nothing is lost; then the hub's families are described.
+fn install_metrics(served: bool) -> Option<Metrics> {
+    let metrics = served.then(metrics_handle).flatten();
+    crate::metrics::describe();
+    metrics
+}
+
+/// Installs the process-wide Prometheus recorder once ([`fedhub_telemetry::install`]); later
+/// calls return the same one. `None` when another recorder was installed first.
+pub fn metrics_handle() -> Option<Metrics> {
+    fedhub_telemetry::install()
 }
 
 /// Serves `router` on `listener` with `limits`; `limits.listener` names the server in logs.
@@ -475,6 +490,7 @@ pub async fn launch_with(
         oidc_cert,
     } = Listeners::bind(&config, options.listeners).await?;
 
+    let metrics = install_metrics(health_listener.is_some());
     let hub = Hub::open(config.clone()).await?;
     let stop = CancellationToken::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -486,7 +502,18 @@ pub async fn launch_with(
             Some(cert) => cert.keep_reloaded(&mut tasks, options.cert_reload_interval, &stop),
             None => hub.server_cert(),
         };
-        let router = fedhub_bundle_endpoint::router(&endpoint.path, hub.bundle_endpoint().clone());
+        let maps = crate::bundle_maps::BundleMaps::open(&hub, &endpoint.bundle_maps).await?;
+        let router = with_request_metrics(
+            fedhub_bundle_endpoint::router_for(
+                std::iter::once((endpoint.path.clone(), hub.bundle_endpoint().clone()))
+                    .chain(maps.routes()),
+            ),
+            "bundle_endpoint",
+        );
+        if !maps.is_empty() {
+            let (hub, stopped) = (hub.clone(), stop.clone());
+            tasks.spawn(async move { maps.run(hub, stopped.cancelled_owned()).await });
+        }
         spawn_server(
             &mut tasks,
             listener,
@@ -502,14 +529,14 @@ pub async fn launch_with(
         let tls = oidc_cert.map(|cert| {
             server_config(cert.keep_reloaded(&mut tasks, options.cert_reload_interval, &stop))
         });
-        let router = fedhub_oidc_discovery::router(publisher);
+        let router = with_request_metrics(fedhub_oidc_discovery::router(publisher), "oidc");
         let limits = ServeLimits::new("oidc", config.limits);
         spawn_server(&mut tasks, listener, tls, router, limits, &stop);
     }
 
     if let Some(listener) = health_listener {
         bound.health = listener.local_addr().ok();
-        let router = health_router(hub.clone(), metrics_handle());
+        let router = health_router(hub.clone(), metrics);
         let limits = ServeLimits::new("health", config.limits);
         spawn_server(&mut tasks, listener, None, router, limits, &stop);
     }

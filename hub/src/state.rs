@@ -24,7 +24,8 @@ use tokio::sync::watch;
 use crate::ca::{CaError, CaManager, CaOptions, KeyStatus};
 use crate::config::{HUB_ID_PATH, HubConfig, ServingProfile};
 
-/// The actor recorded in the audit log for changes the hub makes by itself.
+/// The actor recorded in the audit log for changes the hub makes by itself, followed by the
+/// replica id: `fedhub-hub:<replica id>`.
 pub const SYSTEM_ACTOR: &str = "fedhub-hub";
 
 /// How often the change feed is polled for writes made by other replicas.
@@ -343,11 +344,13 @@ impl Hub {
     /// # Errors
     /// [`HubError`] when the write fails.
     pub async fn publish_own_bundle(&self) -> Result<bool, HubError> {
-        self.publish_own_bundle_at(SystemTime::now()).await
+        self.publish_own_bundle_at(&self.system_actor(), SystemTime::now())
+            .await
     }
 
-    /// [`Hub::publish_own_bundle`] at `now`: authorities expired then leave the bundle.
-    async fn publish_own_bundle_at(&self, now: SystemTime) -> Result<bool, HubError> {
+    /// [`Hub::publish_own_bundle`] at `now`, audited as done by `actor`: authorities expired
+    /// then leave the bundle.
+    async fn publish_own_bundle_at(&self, actor: &str, now: SystemTime) -> Result<bool, HubError> {
         let serving = self.inner.own_bundle_lock.lock().await;
         // Read before the keys, so the keys published are at least this generation.
         let generation = self.inner.key_generation.load(Ordering::Acquire);
@@ -376,7 +379,7 @@ impl Hub {
         let published = self
             .inner
             .registry
-            .publish_replica_authorities(SYSTEM_ACTOR, &publication, OffsetDateTime::from(now))
+            .publish_replica_authorities(actor, &publication, OffsetDateTime::from(now))
             .await?;
         self.inner
             .published_generation
@@ -404,17 +407,35 @@ impl Hub {
     /// # Errors
     /// [`HubError`] when keys cannot be created or the bundle not stored.
     pub async fn rotate(&self, activate: bool) -> Result<Vec<KeyStatus>, HubError> {
-        {
+        self.rotate_as(&self.system_actor(), activate).await
+    }
+
+    /// [`Hub::rotate`] on behalf of `actor` (an admin's `uid:<uid>`), whom the audit log
+    /// names for the publication (`own_bundle.publish`) and the activation
+    /// (`own_bundle.activate`, `own_bundle.retire`).
+    ///
+    /// # Errors
+    /// [`HubError`] when keys cannot be created or the bundle not stored.
+    pub async fn rotate_as(&self, actor: &str, activate: bool) -> Result<Vec<KeyStatus>, HubError> {
+        let activation = {
             let mut ca = self.ca_mut();
+            let before = ca.status();
             ca.prepare_next(SystemTime::now())?;
             if activate {
                 ca.activate_prepared()?;
             }
-        }
+            key_audit::activation(self, &before, &ca)
+        };
         self.inner.key_generation.fetch_add(1, Ordering::AcqRel);
-        self.publish_own_bundle().await?;
+        self.publish_own_bundle_at(actor, SystemTime::now()).await?;
+        self.audit_activation(actor, &activation).await;
         // The hub's own SVID stays on the CA peers already hold (see `hub_svid_signer`).
         Ok(self.ca().status())
+    }
+
+    /// This replica's CA keys (X.509 and JWT) with their states, for operators.
+    pub fn key_status(&self) -> Vec<KeyStatus> {
+        self.ca().status()
     }
 
     fn renew_hub_svid(&self, now: SystemTime) -> Result<(), HubError> {
@@ -436,7 +457,15 @@ impl Hub {
     /// # Errors
     /// [`HubError`] when keys or storage fail; the previous state stays in force.
     pub async fn tick(&self, now: SystemTime) -> Result<(), HubError> {
-        let changed = self.ca_mut().tick(now)?;
+        let (changed, activation) = {
+            let mut ca = self.ca_mut();
+            let before = ca.status();
+            let changed = ca.tick(now)?;
+            (changed, key_audit::activation(self, &before, &ca))
+        };
+        let actor = self.system_actor();
+        // Recorded first: the CA's state has changed already, whatever fails below.
+        self.audit_activation(&actor, &activation).await;
         if changed {
             self.inner.key_generation.fetch_add(1, Ordering::AcqRel);
         }
@@ -450,7 +479,7 @@ impl Hub {
         let unpublished = self.inner.key_generation.load(Ordering::Acquire)
             > self.inner.published_generation.load(Ordering::Acquire);
         if changed || expired || unpublished {
-            self.publish_own_bundle_at(now).await?;
+            self.publish_own_bundle_at(&actor, now).await?;
         }
         let svid = self.hub_svid();
         let lifetime = self.inner.config.x509_svid_ttl;
@@ -535,5 +564,6 @@ fn mint_hub_svid(
     X509Svid::new_checked(chain, key).map_err(|e| HubError::Ca(CaError::X509(e)))
 }
 
+mod key_audit;
 #[cfg(test)]
 mod tests;

@@ -629,6 +629,7 @@ async fn require_sequence_refuses_an_unsequenced_bundle_after_a_sequenced_one() 
     let spec = spiffe_spec(&pair.td, &server.url, pair.remote.hub_id());
     let strict = RelationshipOptions {
         require_sequence: true,
+        ..RelationshipOptions::default()
     };
     pair.local
         .registry()

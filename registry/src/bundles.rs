@@ -5,6 +5,7 @@ use serde_json::json;
 use sqlx::AnyConnection;
 use time::OffsetDateTime;
 
+use crate::audit::{BUNDLE_DELETE, BUNDLE_SET, bundle_change_details};
 use crate::error::RegistryError;
 use crate::feed::{ChangeKind, append_change};
 use crate::store::{
@@ -169,6 +170,25 @@ pub(crate) async fn upsert_bundle(
     Ok(())
 }
 
+/// Stores `record` for `actor` (an admin) and audits it as [`BUNDLE_SET`] with the change
+/// ([`bundle_change_details`]) and `changed` (whether the document or sequence differs from
+/// the stored one); part of the caller's transaction.
+pub(crate) async fn set_bundle_audited(
+    tx: &mut Write,
+    actor: &str,
+    record: &BundleRecord,
+) -> Result<(), RegistryError> {
+    let old = fetch_bundle(tx, &record.trust_domain).await?;
+    upsert_bundle(tx, record).await?;
+    let mut details = bundle_change_details(&record.trust_domain, old.as_ref(), Some(record));
+    details["changed"] =
+        json!(old.as_ref().is_none_or(|old| {
+            old.document != record.document || old.sequence != record.sequence
+        }));
+    tx.audit(actor, BUNDLE_SET, record.trust_domain.name(), &details)
+        .await
+}
+
 /// The revision of the stored bundle of `trust_domain`, if one is stored; part of the caller's
 /// transaction.
 pub(crate) async fn bundle_revision(
@@ -223,6 +243,10 @@ impl Registry {
     /// instead of being told `304 Not Modified` about the bundle the override replaced. The
     /// refresh schedule is kept.
     ///
+    /// Audited as [`BUNDLE_SET`](crate::BUNDLE_SET) by `actor`, with the old and new sequence,
+    /// the authorities added and removed ([`crate::bundle_change_details`]) and `changed`
+    /// (whether the document or sequence differs from the stored one).
+    ///
     /// # Errors
     /// [`RegistryError::Invalid`] when the document is not a JSON object or the sequence does
     /// not fit, [`RegistryError::Database`].
@@ -233,18 +257,11 @@ impl Registry {
     ) -> Result<(), RegistryError> {
         record.validate()?;
         let mut tx = self.begin_write().await?;
-        upsert_bundle(&mut tx, record).await?;
+        set_bundle_audited(&mut tx, actor, record).await?;
         sqlx::query("UPDATE federation_relationships SET etag = NULL WHERE trust_domain = $1")
             .bind(record.trust_domain.name())
             .execute(&mut *tx)
             .await?;
-        tx.audit(
-            actor,
-            "bundle.put",
-            record.trust_domain.name(),
-            &json!({ "sequence": record.sequence }),
-        )
-        .await?;
         tx.commit().await
     }
 
@@ -321,10 +338,12 @@ impl Registry {
                 "the bundle of {trust_domain} belongs to its federation relationship; delete the relationship instead"
             )));
         }
-        if !remove_bundle(&mut tx, trust_domain).await? {
+        let Some(old) = fetch_bundle(&mut tx, trust_domain).await? else {
             return Err(RegistryError::not_found("bundle", trust_domain));
-        }
-        let details = if force {
+        };
+        remove_bundle(&mut tx, trust_domain).await?;
+        let mut details = bundle_change_details(trust_domain, Some(&old), None);
+        if force {
             let relationships = sqlx::query(
                 "UPDATE federation_relationships SET next_refresh_at = NULL, etag = NULL \
                  WHERE trust_domain = $1",
@@ -337,11 +356,9 @@ impl Registry {
                 tx.change(ChangeKind::Federation, trust_domain.name())
                     .await?;
             }
-            json!({ "force": true })
-        } else {
-            json!({})
-        };
-        tx.audit(actor, "bundle.delete", trust_domain.name(), &details)
+            details["force"] = json!(true);
+        }
+        tx.audit(actor, BUNDLE_DELETE, trust_domain.name(), &details)
             .await?;
         tx.commit().await
     }

@@ -77,7 +77,8 @@ pub struct Change {
     pub key: String,
 }
 
-/// One row of the audit log: an admin change.
+/// One row of the audit log: an admin change, or a bundle change by the federation manager or
+/// the CA (see [`BUNDLE_UPDATE`](crate::BUNDLE_UPDATE) and the other action constants).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AuditEvent {
     /// The row id, increasing.
@@ -201,28 +202,17 @@ impl Registry {
         Ok(result.rows_affected())
     }
 
-    /// The `limit` most recent audit events, newest first.
+    /// The `limit` most recent audit events (at most
+    /// [`MAX_AUDIT_LIMIT`](crate::MAX_AUDIT_LIMIT)), newest first; see
+    /// [`Registry::audit_events`] for filters.
     ///
     /// # Errors
     /// [`RegistryError::Database`], or [`RegistryError::Corrupt`] for a malformed row.
     pub async fn list_audit(&self, limit: u32) -> Result<Vec<AuditEvent>, RegistryError> {
-        let rows = sqlx::query(
-            "SELECT id, at, actor, action, target, details FROM audit_log \
-             ORDER BY id DESC LIMIT $1",
-        )
-        .bind(i64::from(limit))
-        .fetch_all(&self.pool)
-        .await?;
-        decode_rows(&rows, "audit event", "target", |f| {
-            Ok(AuditEvent {
-                id: f.unsigned("id")?,
-                at: f.time("at")?,
-                actor: f.text("actor")?,
-                action: f.text("action")?,
-                target: f.key().to_owned(),
-                details: serde_json::from_str(&f.text("details")?)
-                    .map_err(|e| f.corrupt("details", e))?,
-            })
+        self.audit_events(&crate::AuditQuery {
+            limit,
+            ..crate::AuditQuery::default()
         })
+        .await
     }
 }

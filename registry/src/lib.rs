@@ -17,8 +17,10 @@
 //!   entry federates with trust domains it names, with the members of groups it names, and
 //!   optionally with every relationship ([`FederationScope`] resolves them);
 //! - agents ([`Agent`]) and join tokens (hashed; [`Registry::consume_join_token`]);
-//! - an audit log of admin changes ([`AuditEvent`]) and a change feed ([`Change`]) that
-//!   hubs poll to push changes to their agents.
+//! - an audit log of admin changes and of every bundle change ([`AuditEvent`], read with
+//!   [`Registry::audit_events`]; the bundle changes are described by
+//!   [`bundle_change_details`]) and a change feed ([`Change`]) that hubs poll to push changes
+//!   to their agents.
 //!
 //! Every write is one transaction that also appends to the change feed; admin calls take an
 //! `actor` and write their audit row in the same transaction. Bookkeeping that agents never
@@ -28,6 +30,7 @@
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
 
 mod agents;
+mod audit;
 mod bundles;
 mod entries;
 mod error;
@@ -42,6 +45,10 @@ mod store;
 pub use agents::{
     Agent, AgentAttestation, MAX_ATTESTATION_TYPE_LEN, MAX_NODE_SELECTORS, MAX_SERIAL_LEN,
     TOUCH_BATCH,
+};
+pub use audit::{
+    AuditQuery, BUNDLE_DELETE, BUNDLE_SET, BUNDLE_UPDATE, KeyActivation, MAX_AUDIT_LIMIT,
+    OWN_BUNDLE_ACTIVATE, OWN_BUNDLE_PUBLISH, OWN_BUNDLE_RETIRE, bundle_change_details,
 };
 pub use bundles::{BundleRecord, BundleRevision, StoredBundle};
 pub use entries::{

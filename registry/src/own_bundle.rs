@@ -17,6 +17,7 @@ use sqlx::AnyConnection;
 use sqlx::any::AnyRow;
 use time::OffsetDateTime;
 
+use crate::audit::{OWN_BUNDLE_PUBLISH, bundle_change_details};
 use crate::bundles::{BundleRecord, upsert_bundle};
 use crate::error::RegistryError;
 use crate::store::{Fields, Registry, sha256_hex, unix};
@@ -348,7 +349,10 @@ impl Registry {
     /// expired authorities of every replica (at `now`), and stores the union of every
     /// replica's authorities as the own bundle of `publication.trust_domain`, with the next
     /// sequence number when its content (authorities or refresh hint) changed. A change is
-    /// appended to the feed (kind bundle) and audited as `bundle.publish` by `actor`.
+    /// appended to the feed (kind bundle) and audited as
+    /// [`OWN_BUNDLE_PUBLISH`](crate::OWN_BUNDLE_PUBLISH) by `actor`, with the replica id, the
+    /// old and new sequence and the authorities added and removed
+    /// ([`crate::bundle_change_details`]); an unchanged bundle writes neither.
     ///
     /// One write transaction: concurrent publications, also from other replicas on the same
     /// database, are serialised, so none loses another's authorities.
@@ -376,8 +380,9 @@ impl Registry {
         let unchanged = previous.as_ref().is_some_and(|old| {
             old.same_authorities(&bundle) && old.refresh_hint() == bundle.refresh_hint()
         });
-        let record = match (stored, previous) {
+        let record = match (&stored, previous) {
             (Some(record), Some(previous)) if unchanged => {
+                let record = record.clone();
                 tx.commit().await?;
                 // The stored document stays byte for byte (its order may differ from the
                 // union's), so that bundle endpoint ETags do not move.
@@ -398,18 +403,10 @@ impl Registry {
             }
         };
         upsert_bundle(&mut tx, &record).await?;
-        tx.audit(
-            actor,
-            "bundle.publish",
-            trust_domain.name(),
-            &json!({
-                "replica_id": publication.replica_id,
-                "sequence": record.sequence,
-                "x509_authorities": bundle.x509_authorities().len(),
-                "jwt_authorities": bundle.jwt_authorities().len(),
-            }),
-        )
-        .await?;
+        let mut details = bundle_change_details(trust_domain, stored.as_ref(), Some(&record));
+        details["replica_id"] = json!(publication.replica_id);
+        tx.audit(actor, OWN_BUNDLE_PUBLISH, trust_domain.name(), &details)
+            .await?;
         tx.commit().await?;
         Ok(OwnBundlePublication {
             record,

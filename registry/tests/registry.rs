@@ -1832,6 +1832,7 @@ async fn relationship_options_are_stored_and_kept_by_spec_updates(db: TestDb) {
     let reg = &db.registry;
     let strict = RelationshipOptions {
         require_sequence: true,
+        ..RelationshipOptions::default()
     };
     let spec = web_relationship("strict.example");
     let created = reg
@@ -2874,7 +2875,7 @@ async fn own_bundle_is_the_union_of_every_replicas_authorities(db: TestDb) {
     assert_eq!(
         audit
             .iter()
-            .filter(|e| e.action == "bundle.publish")
+            .filter(|e| e.action == fedhub_registry::OWN_BUNDLE_PUBLISH)
             .count(),
         3,
         "each change is audited, the no-op is not"

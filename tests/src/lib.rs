@@ -2,7 +2,8 @@
 //! of several crates: trust domains and SPIFFE IDs ([`td`], [`id`]), test issuers
 //! ([`issuer::Domain`]), throwaway databases ([`sqlite`], [`postgres`]), captured logs
 //! ([`logs`]), an in-process agent Workload API (`workload`, with the `agent` feature) and raw
-//! HTTP/2 ([`h2`]).
+//! HTTP/2 ([`h2`]); with the `spiffe-map` feature, bundle maps read by third-party parsers
+//! (`spiffe_map`).
 //!
 //! The crate depends on `fedhub-core` (and, with `agent`, on `fedhub-agent`): the unit tests of
 //! those crates cannot use it (they would see two copies of the crate's types); their
@@ -22,6 +23,9 @@ pub mod h2;
 pub mod issuer;
 pub mod logs;
 pub mod postgres;
+pub mod prometheus;
+#[cfg(feature = "spiffe-map")]
+pub mod spiffe_map;
 pub mod sqlite;
 #[cfg(feature = "agent")]
 pub mod workload;

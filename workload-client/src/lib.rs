@@ -4,8 +4,13 @@
 //! The client is the generated one ([`WorkloadApiClient`]), so callers see tonic's statuses
 //! and decide themselves about timeouts and error wording (the CLI wraps it in errors that say
 //! what to do; the benchmarks use it as is).
+//!
+//! [`x509`] decodes and checks the X.509 messages (SVIDs, keys, bundles) for every fedhub
+//! program that reads them: the CLI and `fedhub proxy`.
 
 #![cfg_attr(not(test), warn(unused_crate_dependencies))]
+
+pub mod x509;
 
 use std::path::Path;
 use std::time::Duration;

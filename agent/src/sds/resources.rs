@@ -57,6 +57,7 @@ fn secret(view: &CallerView<'_>, name: &str) -> Option<Secret> {
 
 /// A `tls_certificate`: the identity's chain (leaf first) and PKCS#8 key, as inline PEM.
 fn tls_certificate(name: &str, identity: &Identity) -> Secret {
+    crate::health::count_served("x509", 1);
     let svid = &identity.svid;
     let certificate = TlsCertificate {
         certificate_chain: Some(inline(svid.chain_pem().into_bytes())),

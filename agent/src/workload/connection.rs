@@ -93,9 +93,20 @@ impl hyper::service::Service<http::Request<Incoming>> for ConnectionService {
     fn call(&self, mut request: http::Request<Incoming>) -> Self::Future {
         request.extensions_mut().insert(Arc::clone(&self.caller));
         let in_flight = self.activity.start();
+        let labels = crate::health::call_labels(request.uri().path());
+        let started = std::time::Instant::now();
         let response = self.routes.clone().oneshot(request);
         Box::pin(async move {
             let response = response.await?;
+            // A call that failed before its first message has its status in the headers
+            // (trailers-only); any other is answered, its status to follow.
+            let code = fedhub_telemetry::grpc::parse_status(
+                response
+                    .headers()
+                    .get("grpc-status")
+                    .map(http::HeaderValue::as_bytes),
+            );
+            crate::health::observe_call(labels, code, started.elapsed());
             Ok(response.map(|body| Tracked::new(body, in_flight)))
         })
     }

@@ -21,6 +21,7 @@ fn x509_der(bundle: &Bundle) -> Vec<u8> {
 /// `FetchX509SVID`: one SVID per identity, own X.509 authorities in `bundle`, and the X.509
 /// authorities of the caller's federated trust domains keyed `spiffe://<td>` (WAPI-16..29).
 pub(crate) fn x509_svid_response(view: &CallerView<'_>) -> X509svidResponse {
+    crate::health::count_served("x509", view.identities().len());
     let bundle = x509_der(view.own_bundle());
     X509svidResponse {
         svids: view

@@ -249,7 +249,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
         }))
         .await
         .map_err(ApiError::Issue)?;
-        let svids = identities
+        let svids: Vec<Jwtsvid> = identities
             .iter()
             .zip(tokens)
             .map(|(identity, svid)| Jwtsvid {
@@ -258,6 +258,7 @@ impl SpiffeWorkloadApi for WorkloadApi {
                 hint: identity.hint.clone(),
             })
             .collect();
+        crate::health::count_served("jwt", svids.len());
         Ok(Response::new(JwtsvidResponse { svids }))
     }
 

@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use fedhub_core::endpoint::ProfileName;
+use fedhub_core::endpoint::{FetchSource, ProfileName};
 use fedhub_core::{SpiffeId, TrustDomain};
 use fedhub_hub::admin::api::{
     CreateRelationship, RefreshStatusView, RelationshipConfig, RelationshipView,
@@ -44,6 +44,25 @@ impl From<ProfileArg> for ProfileName {
     }
 }
 
+/// Where the bundle comes from, on the command line: [`FetchSource`] with help texts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum SourceArg {
+    /// The endpoint serves the trust domain's own bundle.
+    Direct,
+    /// The endpoint is a relay serving a bundle map; only this trust domain's entry is taken,
+    /// with the same checks as a direct bundle. The profile authenticates the relay.
+    Relay,
+}
+
+impl From<SourceArg> for FetchSource {
+    fn from(source: SourceArg) -> Self {
+        match source {
+            SourceArg::Direct => Self::Direct,
+            SourceArg::Relay => Self::Relay,
+        }
+    }
+}
+
 #[derive(Debug, clap::Args)]
 struct TrustDomainArg {
     /// The foreign trust domain.
@@ -67,6 +86,14 @@ struct Settings {
     /// last good one; off, such a bundle is applied and flagged (sequence dropped).
     #[arg(long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     require_sequence: Option<bool>,
+    /// Where the bundle comes from: `direct` (the endpoint serves this trust domain's bundle;
+    /// the default) or `relay` (the endpoint is a relay serving a bundle map, authenticated by
+    /// the profile as the relay itself). Switching keeps the stored bundle.
+    #[arg(long, value_enum, value_name = "SOURCE", conflicts_with = "via_relay")]
+    source: Option<SourceArg>,
+    /// Short for `--source relay`.
+    #[arg(long)]
+    via_relay: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -147,6 +174,11 @@ impl Settings {
         if let Some(require) = self.require_sequence {
             config.require_sequence = require;
         }
+        if self.via_relay {
+            config.source = FetchSource::Relay;
+        } else if let Some(source) = self.source {
+            config.source = source.into();
+        }
         Ok(())
     }
 }
@@ -171,6 +203,7 @@ impl FederationCommand {
                         extra_ca_pem: None,
                         accept_empty_bundle: false,
                         require_sequence: false,
+                        source: FetchSource::Direct,
                     };
                     settings.apply(&mut config)?;
                     let request = CreateRelationship {
@@ -257,6 +290,7 @@ fn fields(view: &RelationshipView) -> String {
             "bundle endpoint url",
             view.config.bundle_endpoint_url.clone(),
         ),
+        ("source", source(view)),
         ("profile", view.config.profile.to_string()),
         (
             "endpoint spiffe id",
@@ -297,6 +331,22 @@ fn fields(view: &RelationshipView) -> String {
         ("created", output::time(Some(view.created_at))),
         ("updated", output::time(Some(view.updated_at))),
     ])
+}
+
+/// Where the bundle comes from, for people: `direct`, or `via relay <URL>`.
+fn source(view: &RelationshipView) -> String {
+    match view.config.source {
+        FetchSource::Direct => FetchSource::Direct.to_string(),
+        FetchSource::Relay => format!("via relay {}", view.config.bundle_endpoint_url),
+    }
+}
+
+/// The bundle endpoint column: the URL, or `via relay <URL>`.
+fn endpoint_cell(view: &RelationshipView) -> String {
+    match view.config.source {
+        FetchSource::Direct => view.config.bundle_endpoint_url.clone(),
+        FetchSource::Relay => source(view),
+    }
 }
 
 /// Whether the peer stopped sending `spiffe_sequence`, for people.
@@ -360,7 +410,7 @@ fn table(relationships: &[RelationshipView]) -> String {
             vec![
                 r.trust_domain.to_string(),
                 r.config.profile.to_string(),
-                r.config.bundle_endpoint_url.clone(),
+                endpoint_cell(r),
                 output::time(r.status.last_success_at),
                 output::opt(r.status.last_error.as_deref().map(truncate_error)),
                 r.status.consecutive_failures.to_string(),

@@ -1,7 +1,8 @@
-//! The admin subcommands (`token`, `entry`, `bundle`, `federation`, `agent`): each talks to
-//! the hub's admin API over its Unix socket.
+//! The admin subcommands (`token`, `entry`, `bundle`, `federation`, `agent`, `audit`): each
+//! talks to the hub's admin API over its Unix socket.
 
 pub mod agent;
+pub mod audit;
 pub mod bundle;
 pub mod entry;
 pub mod federation;

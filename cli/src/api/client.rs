@@ -184,6 +184,24 @@ impl WorkloadClient {
         self.first(&mut stream).await
     }
 
+    /// Opens `FetchX509Bundles`; the stream yields every trust domain's X.509 bundle the
+    /// caller may use, again on every change.
+    ///
+    /// # Errors
+    /// [`ApiError`] from the status, or [`ApiError::Timeout`].
+    pub async fn x509_bundles_stream(
+        &mut self,
+    ) -> Result<Streaming<X509BundlesResponse>, ApiError> {
+        let mut inner = self.inner.clone();
+        self.timed(async move {
+            Ok(inner
+                .fetch_x509_bundles(X509BundlesRequest {})
+                .await?
+                .into_inner())
+        })
+        .await
+    }
+
     /// The current X.509 bundles: the first message of `FetchX509Bundles`.
     ///
     /// # Errors

@@ -2,12 +2,13 @@
 //!
 //! - `fetch x509 [--write DIR [--watch [--signal SIG --pid-file FILE]]]`
 //! - `fetch jwt --audience A [--audience B] [--spiffe-id ID]`
-//! - `fetch bundles`
+//! - `fetch bundles [--format bundle-map [--write FILE [--watch]]]`
 //! - `validate jwt --audience A TOKEN`
 //!
 //! All take `--socket` (default: `SPIFFE_ENDPOINT_SOCKET`), `--output table|json` and
 //! `--timeout`.
 
+mod bundle_map;
 mod bundles;
 pub(crate) mod client;
 pub(crate) mod endpoint;
@@ -25,6 +26,7 @@ use std::time::{Duration, SystemTime};
 use anyhow::Context as _;
 use fedhub_core::SpiffeId;
 
+use self::bundle_map::{BundlesFormat, MapWatch};
 use self::bundles::BundlesReport;
 use self::client::{ApiError, WorkloadClient};
 use self::endpoint::{SOCKET_ENV, WorkloadSocket};
@@ -74,7 +76,29 @@ enum FetchCommand {
     /// Fetch JWT-SVIDs for one or more audiences.
     Jwt(JwtArgs),
     /// Fetch the X.509 and JWT bundles this process may use, per trust domain.
-    Bundles,
+    ///
+    /// With `--format bundle-map`, the X.509 bundles as a SPIFFE bundle map
+    /// ({"trust_domains": {...}}, each bundle's CAs as x509-svid keys): printed, or kept in a
+    /// file with --write (and --watch) for gRPC's SPIFFE mTLS support.
+    Bundles(BundlesArgs),
+}
+
+/// Arguments of `fedhub api fetch bundles`.
+#[derive(Debug, clap::Args)]
+struct BundlesArgs {
+    /// What to produce: the report (default) or a bundle map of the X.509 bundles (own and
+    /// federated, from FetchX509Bundles; no JWT keys).
+    #[arg(long, value_enum, default_value_t)]
+    format: BundlesFormat,
+    /// Write the bundle map to FILE instead of printing it: replaced atomically (mode 0644)
+    /// and only when it changed. Needs --format bundle-map.
+    #[arg(long, value_name = "FILE")]
+    write: Option<PathBuf>,
+    /// Keep the bundle stream open and rewrite FILE on every change (a federated trust
+    /// domain added or removed, a rotation), reconnecting when the stream breaks, until
+    /// SIGINT or SIGTERM.
+    #[arg(long, requires = "write")]
+    watch: bool,
 }
 
 /// Arguments of `fedhub api fetch x509`.
@@ -159,7 +183,16 @@ pub fn run(args: ApiArgs) -> anyhow::Result<ExitCode> {
                 emit(output, &report, |r, out| r.table(out))?;
                 Ok(ExitCode::SUCCESS)
             }
-            ApiCommand::Fetch(FetchCommand::Bundles) => {
+            ApiCommand::Fetch(FetchCommand::Bundles(bundles))
+                if bundles.format == BundlesFormat::BundleMap =>
+            {
+                fetch_bundle_map(&socket, timeout, output, bundles).await
+            }
+            ApiCommand::Fetch(FetchCommand::Bundles(bundles)) => {
+                anyhow::ensure!(
+                    bundles.write.is_none(),
+                    "--write writes a bundle map: add --format bundle-map"
+                );
                 let mut client = WorkloadClient::connect(&socket, timeout).await?;
                 let x509 = client.fetch_x509_bundles().await?;
                 let jwt = client.fetch_jwt_bundles().await?;
@@ -225,6 +258,30 @@ async fn fetch_x509(
     };
     let report = X509Report::new(&context, SystemTime::now(), written);
     emit(output, &report, |r, out| r.table(out))?;
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn fetch_bundle_map(
+    socket: &WorkloadSocket,
+    timeout: Duration,
+    output: OutputFormat,
+    args: BundlesArgs,
+) -> anyhow::Result<ExitCode> {
+    match args.write {
+        Some(file) if args.watch => {
+            let watch = MapWatch {
+                socket,
+                timeout,
+                file,
+                format: output,
+            };
+            tokio::select! {
+                result = watch.run() => result?,
+                () = crate::shutdown_signal() => tracing::info!("stopping the watch"),
+            }
+        }
+        file => bundle_map::fetch_once(socket, timeout, output, file.as_deref()).await?,
+    }
     Ok(ExitCode::SUCCESS)
 }
 

@@ -140,14 +140,14 @@ impl Signaller {
 
 /// Pauses between reconnection attempts.
 #[derive(Debug, Default)]
-struct Backoff {
+pub(super) struct Backoff {
     failures: u32,
 }
 
 impl Backoff {
     /// The pause before the next attempt: none after a stream that delivered, then
     /// [`FIRST_BACKOFF`] doubling up to [`MAX_BACKOFF`].
-    fn next_delay(&mut self) -> Duration {
+    pub(super) fn next_delay(&mut self) -> Duration {
         let delay = match self.failures {
             0 => Duration::ZERO,
             n => FIRST_BACKOFF
@@ -158,7 +158,7 @@ impl Backoff {
         delay
     }
 
-    fn reset(&mut self) {
+    pub(super) fn reset(&mut self) {
         self.failures = 0;
     }
 }

@@ -54,6 +54,7 @@ pub fn router(lab: Lab) -> Router {
         .route("/spiffe/workload", get(workload))
         .route("/spiffe/trust-bundle", get(trust_bundle))
         .route("/spiffe/demo/mtls/call", post(mtls_call))
+        .route("/spiffe/demo/proxy/call", post(proxy_call))
         .route("/spiffe/demo/jwt-auth/call", post(jwt_call))
         .route("/spiffe/demo/jwt-auth/whoami", get(jwt_whoami))
         .route("/spiffe/demo/rotation", get(rotation))
@@ -341,6 +342,12 @@ async fn mtls_call(State(lab): State<Lab>) -> LabResult {
         .call_mtls(&lab.peer.mtls_address, &lab.peer.spiffe_id)
         .await?;
     Ok(Json(json!(call)).into_response())
+}
+
+/// A plain HTTP client calls a plain HTTP server in `beta.test` through the demo's outbound
+/// and inbound proxies (step 7); the answer names the caller the server saw.
+async fn proxy_call() -> LabResult {
+    Ok(Json(json!(super::proxied::call().await?)).into_response())
 }
 
 /// Fetches a JWT-SVID for the peer and presents it to the peer's `whoami` over plain HTTP.

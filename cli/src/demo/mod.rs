@@ -4,8 +4,10 @@
 //! each (attested with a join token), both federations over `https_spiffe` with bootstrap
 //! bundles, and one workload per side whose identity comes from its agent's Workload API.
 
+mod dashboard;
 mod lab;
 mod pki;
+mod proxied;
 mod setup;
 mod workload;
 
@@ -64,7 +66,7 @@ async fn run_async(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     );
     let web_pki = pki::DemoPki::create(&dir)?;
 
-    say!("\n[1/6] Starting trust domains alpha.test and beta.test (hub + agent each)");
+    say!("\n[1/7] Starting trust domains alpha.test and beta.test (hub + agent each)");
     let (alpha_plan, alpha_listeners) = DomainPlan::new("alpha.test", "web", &dir)?;
     let (beta_plan, beta_listeners) = DomainPlan::new("beta.test", "echo", &dir)?;
     let (alpha, beta) = tokio::try_join!(
@@ -80,7 +82,7 @@ async fn run_async(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    say!("\n[2/6] Federating both ways over https_spiffe with exchanged bootstrap bundles");
+    say!("\n[2/7] Federating both ways over https_spiffe with exchanged bootstrap bundles");
     alpha.federate_with(&beta).await?;
     beta.federate_with(&alpha).await?;
     say!(
@@ -88,7 +90,7 @@ async fn run_async(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     );
 
     say!(
-        "\n[3/6] Attesting agents with join tokens and registering workloads for uid {}",
+        "\n[3/7] Attesting agents with join tokens and registering workloads for uid {}",
         rustix::process::getuid().as_raw()
     );
     let (alpha_plan, beta_plan) = (alpha.plan.clone(), beta.plan.clone());
@@ -104,7 +106,12 @@ async fn run_async(args: &DemoArgs) -> anyhow::Result<ExitCode> {
 
     let http = pki::http_client(&web_pki)?;
     let (alpha_lab, beta_lab) = setup::start_labs(&mut alpha, &mut beta, http.clone())?;
-    write_demo_json(&dir, &[&alpha, &beta], &web_pki)?;
+    let dashboards = if args.keep_running {
+        dashboard::Dashboards::start(&[&alpha, &beta]).await?
+    } else {
+        dashboard::Dashboards::none(2)
+    };
+    write_demo_json(&dir, &[&alpha, &beta], &web_pki, &dashboards.urls)?;
     say!("      wrote {}", dir.join("demo.json").display());
 
     let failed = run_steps(&alpha, &beta, &alpha_lab, &http).await;
@@ -120,6 +127,13 @@ async fn run_async(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             say!("  curl {}/spiffe/svid/info", lab.url);
         }
         say!(
+            "  curl -X POST {}/spiffe/demo/proxy/call   (plain HTTP through fedhub proxy)",
+            alpha_lab.url
+        );
+        for (domain, url) in [&alpha, &beta].iter().zip(dashboards.urls.iter().flatten()) {
+            say!("  dashboard of {}: {url}", domain.plan.trust_domain);
+        }
+        say!(
             "  fedhub federation list --admin-socket {}",
             alpha.plan.admin_socket.display()
         );
@@ -130,6 +144,7 @@ async fn run_async(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         crate::shutdown_signal().await;
         say!("stopping");
     }
+    dashboards.stop.cancel();
     tokio::join!(alpha.shutdown(), beta.shutdown());
     alpha_lab.stop.cancel();
     beta_lab.stop.cancel();
@@ -175,10 +190,12 @@ fn write_demo_json(
     dir: &std::path::Path,
     domains: &[&Domain],
     pki: &pki::DemoPki,
+    dashboard_urls: &[Option<String>],
 ) -> anyhow::Result<()> {
     let trust_domains: Vec<_> = domains
         .iter()
-        .map(|d| {
+        .zip(dashboard_urls)
+        .map(|(d, dashboard_url)| {
             json!({
                 "trust_domain": d.plan.trust_domain.to_string(),
                 "workload_socket": d.plan.agent_socket.display().to_string(),
@@ -189,6 +206,9 @@ fn write_demo_json(
                 "ca_bundle_pem": pki.ca_file.display().to_string(),
                 "workload_spiffe_id": d.workload.spiffe_id.to_string(),
                 "lab_api_url": d.lab_url(),
+                "dashboard_url": dashboard_url,
+                "hub_metrics_url": d.plan.hub_metrics_url(),
+                "agent_metrics_url": d.agent_metrics_url(),
             })
         })
         .collect();
@@ -217,6 +237,11 @@ async fn run_steps(
             "CA rotation",
             step_rotation(alpha, beta, alpha_lab).await,
         ),
+        (
+            7,
+            "plain HTTP through fedhub proxy",
+            step_proxy(alpha, beta).await,
+        ),
     ] {
         if let Err(error) = result {
             say!("      FAILED: {error:#}");
@@ -227,7 +252,7 @@ async fn run_steps(
 }
 
 async fn step_mtls(alpha_lab: &setup::RunningLab) -> anyhow::Result<()> {
-    say!("\n[4/6] Cross-domain mTLS: spiffe://alpha.test/web calls spiffe://beta.test/echo");
+    say!("\n[4/7] Cross-domain mTLS: spiffe://alpha.test/web calls spiffe://beta.test/echo");
     let call = alpha_lab
         .lab
         .me
@@ -257,7 +282,7 @@ async fn step_jwt_oidc(
     alpha_lab: &setup::RunningLab,
     http: &reqwest::Client,
 ) -> anyhow::Result<()> {
-    say!("\n[5/6] JWT-SVID: web (alpha.test) presents a token to echo (beta.test) over plain HTTP");
+    say!("\n[5/7] JWT-SVID: web (alpha.test) presents a token to echo (beta.test) over plain HTTP");
     let call = lab::call_peer_with_jwt(&alpha_lab.lab).await?;
     if call.validated_caller != alpha.workload.spiffe_id.as_str() {
         bail!("echo validated the caller as {:?}", call.validated_caller);
@@ -312,12 +337,42 @@ async fn step_jwt_oidc(
     Ok(())
 }
 
+async fn step_proxy(alpha: &Domain, beta: &Domain) -> anyhow::Result<()> {
+    say!(
+        "\n[7/7] Legacy apps: a plain HTTP client in alpha.test calls a plain HTTP server in \
+         beta.test through fedhub proxy outbound and inbound"
+    );
+    let path = proxied::start(alpha, beta).await?;
+    let result = proxied::call().await;
+    let call = match result {
+        Ok(call) => call,
+        Err(error) => {
+            path.stop.cancel();
+            return Err(error);
+        }
+    };
+    // The proxies keep running for the lab API (`/spiffe/demo/proxy/call`) until the demo
+    // ends: dropping `path` does not cancel its token.
+    drop(path);
+    proxied::expect_caller(&call, &alpha.workload.spiffe_id)?;
+    say!(
+        "      {} answered {} to a plain GET; the server read X-Forwarded-Client-Cert: {}",
+        call.client_called,
+        call.status,
+        call.x_forwarded_client_cert
+    );
+    say!(
+        "      mutual TLS between the proxies, with the SVIDs of both workloads; neither app has TLS"
+    );
+    Ok(())
+}
+
 async fn step_rotation(
     alpha: &Domain,
     beta: &Domain,
     alpha_lab: &setup::RunningLab,
 ) -> anyhow::Result<()> {
-    say!("\n[6/6] Rotation: alpha.test rotates its CA; beta.test picks up the new bundle");
+    say!("\n[6/7] Rotation: alpha.test rotates its CA; beta.test picks up the new bundle");
     let before = alpha.own_sequence().await?;
     alpha.rotate(false).await?;
     let published = alpha.own_sequence().await?;

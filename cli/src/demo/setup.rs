@@ -42,6 +42,7 @@ pub struct DomainPlan {
     agent_api: SocketAddr,
     bundle_endpoint: SocketAddr,
     oidc: SocketAddr,
+    health: SocketAddr,
     mtls: SocketAddr,
     lab: SocketAddr,
 }
@@ -54,6 +55,7 @@ pub struct DomainListeners {
     agent_api: StdListener,
     bundle_endpoint: StdListener,
     oidc: StdListener,
+    health: StdListener,
     mtls: StdListener,
     lab: StdListener,
 }
@@ -65,6 +67,7 @@ impl DomainListeners {
             agent_api: listen()?,
             bundle_endpoint: listen()?,
             oidc: listen()?,
+            health: listen()?,
             mtls: listen()?,
             lab: listen()?,
         })
@@ -93,6 +96,7 @@ impl DomainPlan {
             agent_api: listeners.agent_api.local_addr()?,
             bundle_endpoint: listeners.bundle_endpoint.local_addr()?,
             oidc: listeners.oidc.local_addr()?,
+            health: listeners.health.local_addr()?,
             mtls: listeners.mtls.local_addr()?,
             lab: listeners.lab.local_addr()?,
         };
@@ -107,6 +111,11 @@ impl DomainPlan {
     /// The lab API's base URL.
     pub fn lab_url(&self) -> String {
         format!("http://{}", self.lab)
+    }
+
+    /// The hub's Prometheus metrics URL.
+    pub fn hub_metrics_url(&self) -> String {
+        format!("http://{}/metrics", self.health)
     }
 
     /// The workload's mTLS server, `host:port`.
@@ -150,13 +159,15 @@ cert_file = "{cert}"
 key_file = "{key}"
 
 [health]
-enabled = false
+enabled = true
+address = "{health}"
 "#,
         td = plan.trust_domain,
         data = plan.dir.join("hub").display(),
         agent_api = plan.agent_api,
         bundle_endpoint = plan.bundle_endpoint,
         oidc_address = plan.oidc,
+        health = plan.health,
         issuer = plan.oidc_issuer(),
         cert = oidc.cert_file.display(),
         key = oidc.key_file.display(),
@@ -206,6 +217,7 @@ impl Domain {
             agent_api,
             bundle_endpoint,
             oidc: oidc_listener,
+            health,
             mtls,
             lab,
         } = listeners;
@@ -213,7 +225,7 @@ impl Domain {
             agent_api: Some(agent_api),
             bundle_endpoint: Some(bundle_endpoint),
             oidc: Some(oidc_listener),
-            ..PreBound::default()
+            health: Some(health),
         };
         let hub = launch_hub(&plan, hub_listeners, &oidc).await?;
         Ok(Self {
@@ -235,6 +247,14 @@ impl Domain {
     /// The lab API's base URL.
     pub fn lab_url(&self) -> String {
         self.plan.lab_url()
+    }
+
+    /// The agent's Prometheus metrics URL (empty before the agent started).
+    pub fn agent_metrics_url(&self) -> String {
+        self.agent
+            .as_ref()
+            .and_then(RunningAgent::health_address)
+            .map_or_else(String::new, |address| format!("http://{address}/metrics"))
     }
 
     /// The hub's bundle endpoint URL.
@@ -277,6 +297,7 @@ impl Domain {
                         extra_ca_pem: None,
                         accept_empty_bundle: false,
                         require_sequence: false,
+                        source: fedhub_core::endpoint::FetchSource::Direct,
                     },
                     trust_domain_bundle: Some(bootstrap),
                 },
@@ -320,6 +341,10 @@ hub_address = "{hub_address}"
 trust_bundle_file = "{bundle}"
 data_dir = "{data}"
 socket_path = "{socket}"
+
+[health]
+enabled = true
+address = "127.0.0.1:0"
 "#,
                 td = self.plan.trust_domain,
                 hub_address = self

@@ -10,10 +10,12 @@
 //!   the SPIFFE spec says.
 //! - `encode`: [`Bundle::to_json`], deterministic.
 //! - `map`: [`BundleMap`], the bundles of several trust domains in one document.
+//! - `diff`: [`BundleDiff`], the authorities one version of a bundle added and removed.
 //! - `x509_pem`: [`Bundle::x509_authorities_pem`], [`Bundle::from_x509_pem`] and
 //!   [`Bundle::from_json_or_pem`].
 
 mod decode;
+mod diff;
 mod encode;
 mod error;
 mod map;
@@ -25,6 +27,7 @@ use std::time::Duration;
 use x509_parser::prelude::FromDer;
 
 pub use decode::{IgnoreReason, IgnoredEntry, MAX_BUNDLE_BYTES, ParsedBundle};
+pub use diff::BundleDiff;
 pub use error::BundleError;
 pub use map::{BundleMap, MAX_BUNDLE_MAP_BYTES, ParsedBundleMap};
 

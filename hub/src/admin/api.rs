@@ -8,7 +8,7 @@
 use std::fmt;
 use std::time::{Duration, SystemTime};
 
-use fedhub_core::endpoint::ProfileName;
+use fedhub_core::endpoint::{FetchSource, ProfileName};
 use fedhub_core::{SpiffeId, TrustDomain};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
@@ -251,7 +251,8 @@ pub struct RotateRequest {
     pub activate: bool,
 }
 
-/// The CA keys and the own bundle's sequence after a rotation.
+/// The CA keys and the own bundle's sequence: after a rotation, or as they are
+/// (`GET /v1/bundle/keys`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RotateView {
     /// The own bundle's `spiffe_sequence` now.
@@ -302,6 +303,12 @@ pub struct RelationshipConfig {
     /// is current) and `status.sequence_dropped` is set.
     #[serde(default)]
     pub require_sequence: bool,
+    /// Where the bundle comes from: `direct` (the default: the endpoint serves the trust
+    /// domain's bundle) or `relay` (the endpoint is a relay serving a bundle map; the entry of
+    /// this trust domain is taken and checked as a direct bundle would be; the profile
+    /// authenticates the relay).
+    #[serde(default)]
+    pub source: FetchSource,
 }
 
 /// `POST /v1/federation`: create a relationship.
@@ -519,6 +526,39 @@ impl fmt::Display for AgentState {
     }
 }
 
+/// How many audit events `GET /v1/audit` returns when the request names no `limit`.
+pub const DEFAULT_AUDIT_LIMIT: u32 = 100;
+/// The most audit events `GET /v1/audit` returns at once.
+pub use fedhub_registry::MAX_AUDIT_LIMIT;
+
+/// `GET /v1/audit`: audit events, newest first.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditList {
+    /// The events, newest first.
+    pub events: Vec<AuditEventView>,
+}
+
+/// One audit event: an admin write, or a bundle change by the federation manager or the CA.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AuditEventView {
+    /// The event's id, increasing; pass it as `before` to read older events.
+    pub id: u64,
+    /// When it happened.
+    pub at: Timestamp,
+    /// Who did it: `uid:<uid>` (an admin), `federation-manager:<replica id>`,
+    /// `fedhub-hub:<replica id>` (the CA).
+    pub actor: String,
+    /// What was done, e.g. `bundle.update`, `bundle.set`, `own_bundle.publish`,
+    /// `entry.create`.
+    pub action: String,
+    /// What it was done to: a trust domain, an entry id, an agent's SPIFFE ID, a group name.
+    pub target: String,
+    /// A JSON object. For bundle changes: `trust_domain`, `old_sequence`, `new_sequence`,
+    /// `x509_authorities_added`/`_removed` (SHA-256 fingerprints) and
+    /// `jwt_authorities_added`/`_removed` (key ids).
+    pub details: serde_json::Value,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -572,6 +612,7 @@ mod tests {
                 extra_ca_pem: None,
                 accept_empty_bundle: false,
                 require_sequence: true,
+                source: FetchSource::Relay,
             },
             trust_domain_bundle: None,
         };
@@ -579,6 +620,7 @@ mod tests {
         assert_eq!(json["profile"], "https_web");
         assert_eq!(json["trust_domain"], "beta.test");
         assert_eq!(json["require_sequence"], true);
+        assert_eq!(json["source"], "relay");
         let back: CreateRelationship = serde_json::from_value(json).unwrap();
         assert_eq!(back.config, body.config);
         // Options left out are off.
@@ -588,5 +630,6 @@ mod tests {
         }))
         .unwrap();
         assert!(!minimal.accept_empty_bundle && !minimal.require_sequence);
+        assert_eq!(minimal.source, FetchSource::Direct, "direct by default");
     }
 }

@@ -19,6 +19,7 @@
 //! | `GET`, `PUT`, `DELETE /v1/entries/{id}` | show, replace, delete an entry |
 //! | `GET /v1/bundle` | the own bundle |
 //! | `POST /v1/bundle/rotate` | prepare (and with `activate`, activate) new CA keys |
+//! | `GET /v1/bundle/keys` | this replica's CA keys and their states (the dashboard) |
 //! | `GET /v1/bundles` | every stored bundle, own and foreign |
 //! | `PUT`, `DELETE /v1/bundles/{trust_domain}?force=` | set or delete a foreign bundle |
 //! | `GET`, `POST /v1/federation` | list, create relationships |
@@ -30,6 +31,7 @@
 //! | `GET /v1/agents` | list agents |
 //! | `GET`, `DELETE /v1/agents/{spiffe_id}` | show, evict an agent (ID percent-encoded) |
 //! | `POST /v1/agents/{spiffe_id}/ban` | ban an agent |
+//! | `GET /v1/audit?trust_domain=&limit=&before=` | the audit log, newest first (`limit` 1 to 1000, default 100) |
 //!
 //! Errors keep their meaning up to here: [`ApiError`] is the one place that turns the errors of
 //! the registry and the federation manager into HTTP statuses.
@@ -116,7 +118,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Actor {
 
 /// The admin router. It needs [`Peer`] connect info ([`serve_admin`] provides it).
 pub fn router(state: AdminState) -> Router {
-    use handlers::{agents, bundles, entries, federation, groups, tokens};
+    use handlers::{agents, audit, bundles, entries, federation, groups, tokens};
 
     let routes = Router::new()
         .route("/join-tokens", post(tokens::create))
@@ -129,6 +131,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/bundle", get(bundles::own))
         .route("/bundle/rotate", post(bundles::rotate))
+        .route("/bundle/keys", get(bundles::keys))
         .route("/bundles", get(bundles::list))
         .route(
             "/bundles/{trust_domain}",
@@ -162,11 +165,16 @@ pub fn router(state: AdminState) -> Router {
             "/agents/{spiffe_id}",
             get(agents::show).delete(agents::evict),
         )
-        .route("/agents/{spiffe_id}/ban", post(agents::ban));
+        .route("/agents/{spiffe_id}/ban", post(agents::ban))
+        .route("/audit", get(audit::list));
     Router::new()
         .nest(api::PREFIX, routes)
         .fallback(|| async { ApiError::NotFound("no such admin route".into()) })
         .layer(DefaultBodyLimit::max(api::MAX_BODY_BYTES))
+        .layer(fedhub_telemetry::http::count_requests(
+            crate::metrics::HTTP_REQUESTS_TOTAL,
+            "admin",
+        ))
         .layer(fedhub_idle::trace::layer("admin"))
         .with_state(state)
 }

@@ -2,16 +2,20 @@
 //! configuration does not change, and the bundle source that authenticates `https_spiffe`
 //! endpoints. The `https_web` fetchers share their HTTPS clients through [`SharedClients`]: one
 //! per distinct extra CA, since each client holds a parsed copy of the system trust store
-//! (about 1 GiB over 10 000 relationships when every fetcher had its own).
+//! (about 1 GiB over 10 000 relationships when every fetcher had its own). Relationships
+//! through one relay share its bundle map through [`RelayMaps`].
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwapOption;
 use fedhub_bundle_endpoint::{BundleFetcher, FetchAuth, FetchError, FetchOptions, SharedClients};
+use fedhub_core::endpoint::FetchSource;
 use fedhub_core::{Bundle, BundleSource, TrustDomain};
 use fedhub_registry::{FetchProfile, RelationshipSpec};
 use sha2::{Digest as _, Sha256};
+
+use super::relay::{RelayKey, RelayMaps};
 
 /// The bundle that authenticates an `https_spiffe` endpoint: the one stored for the endpoint
 /// SPIFFE ID's trust domain. The manager sets it from the registry right before every fetch,
@@ -54,9 +58,11 @@ impl BundleSource for EndpointBundle {
 /// A fetcher with the configuration it was built from.
 #[derive(Clone)]
 pub(super) struct Fetcher {
-    pub(super) fetcher: Arc<BundleFetcher>,
+    pub(super) client: Arc<BundleFetcher>,
     /// `Some` for `https_spiffe`.
     pub(super) endpoint_bundle: Option<Arc<EndpointBundle>>,
+    /// `Some` for a relationship through a relay: the relay whose map it takes its entry from.
+    pub(super) relay: Option<RelayKey>,
 }
 
 struct Cached {
@@ -66,14 +72,25 @@ struct Cached {
     fetcher: Fetcher,
 }
 
-/// A digest of everything in `spec` a fetcher is built from.
-fn digest(spec: &RelationshipSpec) -> [u8; 32] {
+/// A digest of everything a fetcher is built from: `spec` and `source`.
+fn digest(spec: &RelationshipSpec, source: FetchSource) -> [u8; 32] {
     let mut hash = Sha256::new();
-    let mut field = |value: &[u8]| {
-        hash.update(u64::try_from(value.len()).unwrap_or(u64::MAX).to_be_bytes());
-        hash.update(value);
-    };
-    field(spec.trust_domain.name().as_bytes());
+    hash_field(&mut hash, spec.trust_domain.name().as_bytes());
+    hash_field(&mut hash, source.as_str().as_bytes());
+    hash_field(&mut hash, &relay_key(spec));
+    hash.finalize().into()
+}
+
+fn hash_field(hash: &mut Sha256, value: &[u8]) {
+    hash.update(u64::try_from(value.len()).unwrap_or(u64::MAX).to_be_bytes());
+    hash.update(value);
+}
+
+/// A digest of how `spec`'s endpoint is reached and authenticated, whatever the trust domain:
+/// relationships through the same relay with the same key share its map, and no others.
+fn relay_key(spec: &RelationshipSpec) -> RelayKey {
+    let mut hash = Sha256::new();
+    let mut field = |value: &[u8]| hash_field(&mut hash, value);
     field(spec.bundle_endpoint_url.as_str().as_bytes());
     field(spec.profile.name().as_str().as_bytes());
     match &spec.profile {
@@ -93,6 +110,7 @@ pub(super) struct Fetchers {
     options: FetchOptions,
     clients: SharedClients,
     cache: Mutex<HashMap<TrustDomain, Cached>>,
+    relays: RelayMaps,
 }
 
 impl Fetchers {
@@ -101,18 +119,30 @@ impl Fetchers {
             options,
             clients: SharedClients::new(),
             cache: Mutex::new(HashMap::new()),
+            relays: RelayMaps::default(),
         }
     }
 
-    /// The fetcher for `spec`, reused while the relationship's configuration is the same.
-    pub(super) fn get(&self, spec: &RelationshipSpec) -> Result<Fetcher, FetchError> {
-        let digest = digest(spec);
+    /// The bundle maps of the relays in use.
+    pub(super) fn relays(&self) -> &RelayMaps {
+        &self.relays
+    }
+
+    /// The fetcher for `spec` with bundles from `source`, reused while the relationship's
+    /// configuration is the same.
+    pub(super) fn get(
+        &self,
+        spec: &RelationshipSpec,
+        source: FetchSource,
+    ) -> Result<Fetcher, FetchError> {
+        let digest = digest(spec, source);
         if let Some(cached) = self.lock().get(&spec.trust_domain)
             && cached.built_from == digest
         {
             return Ok(cached.fetcher.clone());
         }
-        let fetcher = build(spec, self.options, &self.clients)?;
+        let mut fetcher = build(spec, self.options, &self.clients)?;
+        fetcher.relay = (source == FetchSource::Relay).then(|| relay_key(spec));
         self.lock().insert(
             spec.trust_domain.clone(),
             Cached {
@@ -123,9 +153,18 @@ impl Fetchers {
         Ok(fetcher)
     }
 
-    /// Drops the fetchers of relationships that are gone.
+    /// Drops the fetchers of relationships that are gone, and the maps of relays no remaining
+    /// fetcher uses.
     pub(super) fn retain(&self, live: &HashSet<&TrustDomain>) {
-        self.lock().retain(|td, _| live.contains(td));
+        let relays: HashSet<RelayKey> = {
+            let mut cache = self.lock();
+            cache.retain(|td, _| live.contains(td));
+            cache
+                .values()
+                .filter_map(|cached| cached.fetcher.relay)
+                .collect()
+        };
+        self.relays.retain(&relays);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TrustDomain, Cached>> {
@@ -166,8 +205,9 @@ fn build(
         clients,
     )?;
     Ok(Fetcher {
-        fetcher: Arc::new(fetcher),
+        client: Arc::new(fetcher),
         endpoint_bundle,
+        relay: None,
     })
 }
 
@@ -221,19 +261,28 @@ mod tests {
     fn fetchers_are_reused_until_the_configuration_changes() {
         let fetchers = Fetchers::new(FetchOptions::default());
         let first = fetchers
-            .get(&spec(spiffe("spiffe://partner.test/hub")))
+            .get(
+                &spec(spiffe("spiffe://partner.test/hub")),
+                FetchSource::Direct,
+            )
             .unwrap();
         let again = fetchers
-            .get(&spec(spiffe("spiffe://partner.test/hub")))
+            .get(
+                &spec(spiffe("spiffe://partner.test/hub")),
+                FetchSource::Direct,
+            )
             .unwrap();
-        assert!(Arc::ptr_eq(&first.fetcher, &again.fetcher));
+        assert!(Arc::ptr_eq(&first.client, &again.client));
         let source = first.endpoint_bundle.unwrap();
         assert_eq!(source.trust_domain().name(), "partner.test");
 
         let changed = fetchers
-            .get(&spec(spiffe("spiffe://issuer.test/hub")))
+            .get(
+                &spec(spiffe("spiffe://issuer.test/hub")),
+                FetchSource::Direct,
+            )
             .unwrap();
-        assert!(!Arc::ptr_eq(&again.fetcher, &changed.fetcher));
+        assert!(!Arc::ptr_eq(&again.client, &changed.client));
         assert_eq!(
             changed.endpoint_bundle.unwrap().trust_domain().name(),
             "issuer.test",
@@ -242,9 +291,12 @@ mod tests {
 
         fetchers.retain(&HashSet::new());
         let rebuilt = fetchers
-            .get(&spec(spiffe("spiffe://issuer.test/hub")))
+            .get(
+                &spec(spiffe("spiffe://issuer.test/hub")),
+                FetchSource::Direct,
+            )
             .unwrap();
-        assert!(!Arc::ptr_eq(&changed.fetcher, &rebuilt.fetcher));
+        assert!(!Arc::ptr_eq(&changed.client, &rebuilt.client));
     }
 
     #[test]
@@ -270,9 +322,17 @@ mod tests {
             web(Some("")),
             web(Some("-----BEGIN CERTIFICATE-----")),
         ];
-        let digests: HashSet<[u8; 32]> = variants.iter().map(digest).collect();
+        let mut digests: HashSet<[u8; 32]> = variants
+            .iter()
+            .map(|spec| digest(spec, FetchSource::Direct))
+            .collect();
         assert_eq!(digests.len(), variants.len());
-        assert_eq!(digest(&base), digest(&base.clone()));
+        digests.extend(variants.iter().map(|spec| digest(spec, FetchSource::Relay)));
+        assert_eq!(digests.len(), 2 * variants.len(), "the source counts too");
+        assert_eq!(
+            digest(&base, FetchSource::Direct),
+            digest(&base.clone(), FetchSource::Direct)
+        );
     }
 
     #[test]
@@ -290,11 +350,16 @@ mod tests {
         let fetchers = Fetchers::new(FetchOptions::default());
         for n in 0..50 {
             fetchers
-                .get(&web(&format!("td{n}.test"), Some(ca_pem.clone())))
+                .get(
+                    &web(&format!("td{n}.test"), Some(ca_pem.clone())),
+                    FetchSource::Direct,
+                )
                 .unwrap();
         }
         assert_eq!(fetchers.clients.web_clients(), 1);
-        fetchers.get(&web("system.test", None)).unwrap();
+        fetchers
+            .get(&web("system.test", None), FetchSource::Direct)
+            .unwrap();
         assert_eq!(fetchers.clients.web_clients(), 2, "system roots only");
         fetchers.retain(&HashSet::new());
         assert_eq!(
@@ -302,6 +367,49 @@ mod tests {
             0,
             "dropped with their fetchers"
         );
+    }
+
+    #[tokio::test]
+    async fn relationships_through_one_relay_share_its_map_until_none_uses_it() {
+        let fetchers = Fetchers::new(FetchOptions::default());
+        let through = |name: &str| RelationshipSpec {
+            trust_domain: TrustDomain::new(name).unwrap(),
+            // Nobody listens on port 1: the fetch fails at once.
+            bundle_endpoint_url: "https://127.0.0.1:1/maps/partners".parse().unwrap(),
+            profile: FetchProfile::HttpsWeb { extra_ca_pem: None },
+            accept_empty_bundle: false,
+        };
+        let b = fetchers
+            .get(&through("b.test"), FetchSource::Relay)
+            .unwrap();
+        let c = fetchers
+            .get(&through("c.test"), FetchSource::Relay)
+            .unwrap();
+        assert!(b.relay.is_some());
+        assert_eq!(b.relay, c.relay, "one relay, one map");
+        let direct = fetchers
+            .get(&through("d.test"), FetchSource::Direct)
+            .unwrap();
+        assert_eq!(direct.relay, None);
+
+        let b_td = TrustDomain::new("b.test").unwrap();
+        let error = fetchers
+            .relays()
+            .entry(b.relay.unwrap(), &b.client, &b_td)
+            .await
+            .unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("relay https://127.0.0.1:1/maps/partners: cannot reach"),
+            "{error}"
+        );
+        assert_eq!(fetchers.relays().len(), 1);
+        let c_td = TrustDomain::new("c.test").unwrap();
+        fetchers.retain(&HashSet::from([&c_td]));
+        assert_eq!(fetchers.relays().len(), 1, "c.test still uses the relay");
+        fetchers.retain(&HashSet::new());
+        assert_eq!(fetchers.relays().len(), 0, "dropped with the last user");
     }
 
     #[test]
@@ -328,7 +436,7 @@ mod tests {
             extra_ca_pem: Some(key.serialize_pem()),
         };
         assert!(matches!(
-            Fetchers::new(FetchOptions::default()).get(&spec(web)),
+            Fetchers::new(FetchOptions::default()).get(&spec(web), FetchSource::Direct),
             Err(FetchError::Config(_))
         ));
     }

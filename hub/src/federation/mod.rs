@@ -27,6 +27,7 @@
 
 mod fetchers;
 mod options;
+mod relay;
 pub mod telemetry;
 
 use std::collections::{HashMap, HashSet};
@@ -124,6 +125,8 @@ struct Inner {
     lease: Duration,
     fetchers: Fetchers,
     wake: Notify,
+    /// The relationships whose series this manager set, removed once they are gone.
+    gauged: telemetry::Gauged,
 }
 
 impl std::fmt::Debug for FederationManager {
@@ -219,6 +222,7 @@ impl FederationManager {
                 lease: options.lease(),
                 options,
                 wake: Notify::new(),
+                gauged: telemetry::Gauged::default(),
             }),
         })
     }
@@ -506,7 +510,7 @@ impl FederationManager {
         let fetcher = self
             .inner
             .fetchers
-            .get(spec)
+            .get(spec, relationship.options.source)
             .map_err(|error| Stop::Failed(Outcome::FetchError, error.to_string()))?;
         if let Some(source) = &fetcher.endpoint_bundle {
             let endpoint_td = source.trust_domain();
@@ -531,8 +535,8 @@ impl FederationManager {
         }
         // Without a stored bundle a `304` would leave nothing to keep: fetch in full.
         let stored_etag = current.as_ref().and(relationship.status.etag.clone());
-        let attempt = match fetcher.fetcher.fetch(stored_etag.as_deref()).await {
-            Err(error) => Attempt::failed(Outcome::FetchError, error.to_string()),
+        let attempt = match self.fetch(&fetcher, td, stored_etag.as_deref()).await {
+            Err(error) => Attempt::failed(Outcome::FetchError, error),
             Ok(FetchOutcome::NotModified) => Attempt {
                 verdict: Verdict::Keep {
                     hint: current.as_ref().and_then(|bundle| bundle.refresh_hint()),
@@ -597,6 +601,30 @@ impl FederationManager {
         Ok(attempt)
     }
 
+    /// Fetches the bundle of `td` with `fetcher`: from its endpoint, or through a relay the
+    /// entry of `td` in the relay's map, to be judged exactly as a directly fetched bundle.
+    async fn fetch(
+        &self,
+        fetcher: &fetchers::Fetcher,
+        td: &TrustDomain,
+        etag: Option<&str>,
+    ) -> Result<FetchOutcome, String> {
+        match fetcher.relay {
+            None => fetcher
+                .client
+                .fetch(etag)
+                .await
+                .map_err(|error| error.to_string()),
+            Some(relay) => self
+                .inner
+                .fetchers
+                .relays()
+                .entry(relay, &fetcher.client, td)
+                .await
+                .map_err(|error| error.to_string()),
+        }
+    }
+
     /// Sets the gauges of every relationship from the registry, and drops the fetchers of
     /// relationships that are gone.
     async fn update_gauges(&self) {
@@ -624,6 +652,11 @@ impl FederationManager {
             }
         }
         let live: HashSet<&TrustDomain> = failures.iter().map(|(td, _, _)| td).collect();
+        // Deleted by an admin of another replica (or during a fetch that set them again):
+        // their series leave /metrics now.
+        self.inner
+            .gauged
+            .update(&live, &bundles, &self.inner.options);
         self.inner.fetchers.retain(&live);
     }
 }

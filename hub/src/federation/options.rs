@@ -307,6 +307,14 @@ impl FederationOptions {
         Ok(())
     }
 
+    /// The interval between refreshes of a bundle with refresh `hint`: the hint, or
+    /// [`default_refresh`](Self::default_refresh) without one, clamped to
+    /// `min_refresh..=max_refresh`.
+    pub fn refresh_interval(&self, hint: Option<Duration>) -> Duration {
+        hint.unwrap_or(self.default_refresh)
+            .clamp(self.min_refresh, self.max_refresh)
+    }
+
     /// The delay until the next fetch after a success that left a bundle with refresh `hint`
     /// in force, for a relationship with phase key `phase` ([`phase_key`]), `now` being the
     /// time since the Unix epoch. In `min_refresh..=interval`; exactly the interval when the
@@ -318,9 +326,7 @@ impl FederationOptions {
     /// clock step) counts as on its phase: the next one is a full interval later, rather than
     /// at the phase instant just ahead, which would be a second fetch within moments.
     pub fn success_delay(&self, hint: Option<Duration>, phase: u64, now: Duration) -> Duration {
-        let interval = hint
-            .unwrap_or(self.default_refresh)
-            .clamp(self.min_refresh, self.max_refresh);
+        let interval = self.refresh_interval(hint);
         let period = interval.as_nanos().max(1);
         let whole_seconds = u128::from(interval.as_secs());
         let offset = if whole_seconds > 0 {

@@ -1,7 +1,11 @@
 //! The federation manager's metrics, through the `metrics` facade (the hub's `/metrics`
 //! exporter renders them).
 
-use fedhub_core::TrustDomain;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Mutex, PoisonError};
+
+use fedhub_core::{Bundle, TrustDomain};
+use fedhub_registry::BundleRecord;
 use time::OffsetDateTime;
 
 /// Counter of refresh attempts, labelled `trust_domain` and `outcome`: `updated` (a new bundle
@@ -27,6 +31,64 @@ pub const SEQUENCE_DROPPED_TOTAL: &str = "fedhub_federation_sequence_dropped_tot
 pub const BUNDLE_AGE_SECONDS: &str = "fedhub_federation_bundle_age_seconds";
 /// Gauge: failed refreshes of `trust_domain` since its last success.
 pub const CONSECUTIVE_FAILURES: &str = "fedhub_federation_consecutive_failures";
+/// Gauge: when the longest-lived X.509 authority of the stored bundle of `trust_domain`
+/// expires, in Unix seconds. Once it has passed, no X509-SVID of that trust domain can be
+/// verified; a peer that rotates its CA (and refreshes that succeed) keep it moving ahead.
+/// Recomputed every 10 s; not set for a bundle without X.509 authorities.
+pub const AUTHORITY_EXPIRY_TIMESTAMP_SECONDS: &str =
+    "fedhub_federation_authority_expiry_timestamp_seconds";
+/// Gauge: the seconds between refreshes that the stored bundle of `trust_domain` asks for:
+/// its `spiffe_refresh_hint` (or `federation.default_refresh` without one), clamped to
+/// `federation.min_refresh..=max_refresh`. A bundle age well above it means refreshes fail.
+pub const REFRESH_INTERVAL_SECONDS: &str = "fedhub_federation_refresh_interval_seconds";
+
+// Every series above is labelled `trust_domain`: `fedhub_telemetry` keeps them apart from the
+// others so that they leave `/metrics` when the relationship is deleted (see [`forget`]).
+
+/// Removes every series of the relationship with `trust_domain` from `/metrics`: called when
+/// an admin deletes it, and by the gauge update for relationships that are gone (deleted
+/// through another replica).
+pub fn forget(trust_domain: &TrustDomain) {
+    fedhub_telemetry::remove_series(trust_domain.name());
+}
+
+/// The relationships a manager set gauges for, each with the version of its stored bundle
+/// whose authority expiry was last set: those that are gone are forgotten (and not those of
+/// another hub running in the same process, as in the demo), and a bundle is parsed again only
+/// when it changed.
+#[derive(Debug, Default)]
+pub(super) struct Gauged(Mutex<HashMap<TrustDomain, Option<OffsetDateTime>>>);
+
+impl Gauged {
+    /// Forgets the relationships gauged before that are not in `live`, and sets the authority
+    /// expiry of each live relationship's bundle in `bundles` that changed since.
+    pub(super) fn update(
+        &self,
+        live: &HashSet<&TrustDomain>,
+        bundles: &[BundleRecord],
+        options: &super::FederationOptions,
+    ) {
+        let mut gauged = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        gauged.retain(|td, _| {
+            let keep = live.contains(td);
+            if !keep {
+                forget(td);
+            }
+            keep
+        });
+        for td in live {
+            gauged.entry((*td).clone()).or_insert(None);
+        }
+        for bundle in bundles {
+            if let Some(seen) = gauged.get_mut(&bundle.trust_domain)
+                && *seen != Some(bundle.updated_at)
+            {
+                set_bundle_gauges(bundle, options);
+                *seen = Some(bundle.updated_at);
+            }
+        }
+    }
+}
 
 /// How one refresh attempt ended, as counted in [`REFRESH_TOTAL`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +144,18 @@ pub(super) fn describe() {
         CONSECUTIVE_FAILURES,
         "Failed refreshes of a federated trust domain since its last success."
     );
+    metrics::describe_gauge!(
+        REFRESH_INTERVAL_SECONDS,
+        metrics::Unit::Seconds,
+        "Seconds between refreshes the stored bundle of a federated trust domain asks for \
+         (its refresh hint, clamped)."
+    );
+    metrics::describe_gauge!(
+        AUTHORITY_EXPIRY_TIMESTAMP_SECONDS,
+        metrics::Unit::Seconds,
+        "When the longest-lived X.509 authority in the stored bundle of a federated trust \
+         domain expires, in Unix seconds."
+    );
 }
 
 pub(super) fn count(trust_domain: &TrustDomain, outcome: Outcome) {
@@ -120,6 +194,44 @@ pub(super) fn set_bundle_age(trust_domain: &TrustDomain, seconds: f64) {
 pub(super) fn set_failures(trust_domain: &TrustDomain, failures: u32) {
     metrics::gauge!(CONSECUTIVE_FAILURES, "trust_domain" => trust_domain.name().to_owned())
         .set(f64::from(failures));
+}
+
+/// Sets [`AUTHORITY_EXPIRY_TIMESTAMP_SECONDS`] and [`REFRESH_INTERVAL_SECONDS`] from a stored
+/// bundle.
+fn set_bundle_gauges(record: &BundleRecord, options: &super::FederationOptions) {
+    let Ok(bundle) = Bundle::from_json(record.trust_domain.clone(), record.document.as_bytes())
+    else {
+        return;
+    };
+    metrics::gauge!(
+        REFRESH_INTERVAL_SECONDS,
+        "trust_domain" => record.trust_domain.name().to_owned()
+    )
+    .set(
+        options
+            .refresh_interval(bundle.refresh_hint())
+            .as_secs_f64(),
+    );
+    let latest = bundle
+        .x509_authorities()
+        .iter()
+        .filter_map(|authority| {
+            x509_parser::parse_x509_certificate(authority.der())
+                .ok()
+                .map(|(_, cert)| cert.validity().not_after.timestamp())
+        })
+        .max();
+    if let Some(latest) = latest {
+        #[expect(
+            clippy::cast_precision_loss,
+            reason = "unix seconds are far below 2^53"
+        )]
+        metrics::gauge!(
+            AUTHORITY_EXPIRY_TIMESTAMP_SECONDS,
+            "trust_domain" => record.trust_domain.name().to_owned()
+        )
+        .set(latest as f64);
+    }
 }
 
 #[cfg(test)]

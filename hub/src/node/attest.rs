@@ -98,16 +98,23 @@ async fn next_step(inbound: &mut Streaming<AttestRequest>) -> Result<RequestStep
 
 impl NodeApi {
     /// Runs one attestation on `inbound`, sending the x509pop challenge on `outbound`, and
-    /// returns the agent SVID.
+    /// returns the agent SVID; `method` is set to the method the agent chose (the `method`
+    /// label of [`crate::metrics::NODE_ATTESTATIONS_TOTAL`]) as soon as it is known.
     pub(super) async fn attest(
         &self,
         inbound: &mut Streaming<AttestRequest>,
         outbound: &mpsc::Sender<Result<AttestResponse, Status>>,
+        method: &mut &'static str,
     ) -> Result<AgentSvid, Status> {
         let RequestStep::Start(start) = next_step(inbound).await? else {
             return Err(Status::invalid_argument(
                 "the first attest message must be start, not a challenge response",
             ));
+        };
+        *method = match &start.method {
+            Some(Method::JoinToken(_)) => "join_token",
+            Some(Method::X509pop(_)) => "x509pop",
+            None => "none",
         };
         // Checked before a join token is used up, so a bad key does not waste the token.
         check_public_key("agent_public_key", &start.agent_public_key)?;

@@ -104,7 +104,9 @@ impl NodeApi {
         spiffe_id: &SpiffeId,
         public_key: &[u8],
     ) -> Result<Minted, Status> {
-        self.mint(spiffe_id, public_key, self.hub.config().x509_svid_ttl, &[])
+        let minted = self.mint(spiffe_id, public_key, self.hub.config().x509_svid_ttl, &[])?;
+        crate::metrics::count_signed("agent", 1);
+        Ok(minted)
     }
 
     fn mint(
@@ -360,14 +362,24 @@ impl Node for NodeService {
         let (sender, receiver) = mpsc::channel(2);
         let api = Arc::clone(&self.0);
         tokio::spawn(async move {
-            let outcome = tokio::time::timeout(ATTEST_TIMEOUT, api.attest(&mut inbound, &sender))
-                .await
-                .unwrap_or_else(|_| {
-                    Err(Status::deadline_exceeded(format!(
-                        "attestation did not finish within {} s; start again",
-                        ATTEST_TIMEOUT.as_secs()
-                    )))
-                });
+            let mut method = "none";
+            let outcome = tokio::time::timeout(
+                ATTEST_TIMEOUT,
+                api.attest(&mut inbound, &sender, &mut method),
+            )
+            .await
+            .unwrap_or_else(|_| {
+                Err(Status::deadline_exceeded(format!(
+                    "attestation did not finish within {} s; start again",
+                    ATTEST_TIMEOUT.as_secs()
+                )))
+            });
+            crate::metrics::count_attestation(
+                method,
+                outcome
+                    .as_ref()
+                    .map_or_else(Status::code, |_| tonic::Code::Ok),
+            );
             if let Err(status) = &outcome {
                 tracing::info!(peer = %source, code = ?status.code(), message = status.message(), "attestation refused");
             }
@@ -446,6 +458,7 @@ impl Node for NodeService {
                 expires_at: unix_seconds(minted.expires_at),
             });
         }
+        crate::metrics::count_signed("x509", svids.len());
         tracing::debug!(agent.spiffe_id = %agent.spiffe_id, count = svids.len(), "X509-SVIDs signed");
         Ok(Response::new(SignX509SvidsResponse { svids }))
     }
@@ -484,6 +497,7 @@ impl Node for NodeService {
             .ca()
             .sign_jwt_svid(&entry.spec.spiffe_id, &audience, ttl, SystemTime::now())
             .map_err(status::ca)?;
+        crate::metrics::count_signed("jwt", 1);
         Ok(Response::new(SignJwtSvidResponse {
             spiffe_id: entry.spec.spiffe_id.to_string(),
             token,

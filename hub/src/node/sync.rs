@@ -210,6 +210,7 @@ impl NodeApi {
         first: Arc<AgentView>,
         sender: mpsc::Sender<Result<SyncSnapshot, Status>>,
     ) {
+        let _open = crate::metrics::OpenSyncStream::open();
         let mut stop = self.stop.clone();
         let until_expiry = peer
             .expires_at
@@ -220,6 +221,7 @@ impl NodeApi {
         if sender.send(Ok(first.snapshot.clone())).await.is_err() {
             return;
         }
+        crate::metrics::count_snapshot_sent();
         let mut last = first;
         loop {
             let ended = tokio::select! {
@@ -249,6 +251,7 @@ impl NodeApi {
                         if sender.send(Ok(view.snapshot.clone())).await.is_err() {
                             return;
                         }
+                        crate::metrics::count_snapshot_sent();
                         last = view;
                     }
                 }

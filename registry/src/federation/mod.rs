@@ -8,7 +8,7 @@
 //!   outcome of a refresh (a compare-and-swap on the stored bundle), read the status for
 //!   gauges. Bookkeeping that agents never see, so it writes no change.
 
-use fedhub_core::endpoint::{BundleEndpointUrl, ProfileName};
+use fedhub_core::endpoint::{BundleEndpointUrl, FetchSource, ProfileName};
 use fedhub_core::{SpiffeId, TrustDomain};
 use time::OffsetDateTime;
 
@@ -123,6 +123,13 @@ pub struct RelationshipOptions {
     /// sequence the most recently fetched bundle is current) and the drop is recorded in
     /// [`RefreshStatus::sequence_dropped`].
     pub require_sequence: bool,
+    /// Where the bundle comes from: the trust domain's own bundle endpoint
+    /// ([`FetchSource::Direct`]), or a relay serving a bundle map ([`FetchSource::Relay`]) of
+    /// which only the entry of the relationship's trust domain is taken, and checked as a
+    /// directly fetched bundle is. The spec's URL and profile then reach and authenticate the
+    /// relay. Changing it keeps the stored bundle, so a trust domain moves between relay and
+    /// direct without losing its bundle.
+    pub source: FetchSource,
 }
 
 /// The peer stopped sending `spiffe_sequence`: a fetched bundle had none while the stored one
@@ -233,7 +240,7 @@ macro_rules! relationship_columns {
         "trust_domain, bundle_endpoint_url, profile, endpoint_spiffe_id, extra_ca_pem, \
          accept_empty_bundle, created_at, updated_at, last_attempt_at, last_success_at, \
          last_error, consecutive_failures, next_refresh_at, etag, lease_owner, lease_until, \
-         require_sequence, sequence_dropped_at, sequence_dropped_after"
+         require_sequence, sequence_dropped_at, sequence_dropped_after, source"
     };
 }
 
@@ -290,6 +297,10 @@ impl Record for Relationship {
             },
             options: RelationshipOptions {
                 require_sequence: f.flag("require_sequence")?,
+                source: f
+                    .text("source")?
+                    .parse()
+                    .map_err(|e| f.corrupt("source", e))?,
             },
             created_at: f.time("created_at")?,
             updated_at: f.time("updated_at")?,

@@ -6,19 +6,20 @@
 use std::time::Duration;
 
 use fedhub_core::TrustDomain;
+use sqlx::Any;
 use sqlx::any::AnyArguments;
 use sqlx::query::Query;
-use sqlx::{Any, AnyConnection};
 use time::OffsetDateTime;
 
 use super::{
     KIND, MAX_LEASE_OWNER_LEN, MAX_REFRESH_ERROR_LEN, RefreshRecorded, RefreshSuccess,
     Relationship, SequenceSeen, consecutive_failures,
 };
-use crate::bundles::{BundleRecord, bundle_revision, upsert_bundle, validate_bundle};
+use crate::audit::{BUNDLE_UPDATE, bundle_change_details, federation_actor};
+use crate::bundles::{bundle_revision, fetch_bundle, upsert_bundle, validate_bundle};
 use crate::error::RegistryError;
 use crate::store::{
-    Fields, Record, Registry, Write, check_len, decode_rows, relationship_exists, unix, unix_after,
+    Record, Registry, Write, check_len, decode_rows, relationship_exists, unix, unix_after,
     whole_seconds,
 };
 
@@ -146,7 +147,10 @@ impl Registry {
     /// The bundle is written, and a [`ChangeKind::Bundle`](crate::ChangeKind::Bundle) change
     /// recorded, only when its document or sequence differs from the stored one; the refresh
     /// status alone is bookkeeping and writes no change, so a poll that finds the bundle
-    /// unchanged does not wake the agents' sync streams.
+    /// unchanged does not wake the agents' sync streams. A replaced bundle is audited as
+    /// [`BUNDLE_UPDATE`](crate::BUNDLE_UPDATE) by `federation-manager:<owner>`, with the old
+    /// and new sequence and the authorities added and removed
+    /// ([`crate::bundle_change_details`]); an unchanged one is not.
     ///
     /// # Errors
     /// [`RegistryError::Invalid`] for a bundle of another trust domain,
@@ -191,11 +195,25 @@ impl Registry {
         update_as_holder(&mut tx, release, trust_domain, owner).await?;
         record_sequence_seen(&mut tx, trust_domain, success.sequence).await?;
         let recorded = match &success.bundle {
-            Some(bundle) if bundle_differs(&mut tx, bundle).await? => {
-                upsert_bundle(&mut tx, bundle).await?;
-                RefreshRecorded::Replaced
+            Some(bundle) => {
+                let old = fetch_bundle(&mut tx, trust_domain).await?;
+                if old.as_ref().is_some_and(|old| {
+                    old.document == bundle.document && old.sequence == bundle.sequence
+                }) {
+                    RefreshRecorded::Kept
+                } else {
+                    upsert_bundle(&mut tx, bundle).await?;
+                    tx.audit(
+                        &federation_actor(owner),
+                        BUNDLE_UPDATE,
+                        trust_domain.name(),
+                        &bundle_change_details(trust_domain, old.as_ref(), Some(bundle)),
+                    )
+                    .await?;
+                    RefreshRecorded::Replaced
+                }
             }
-            _ => RefreshRecorded::Kept,
+            None => RefreshRecorded::Kept,
         };
         tx.commit().await?;
         Ok(recorded)
@@ -286,24 +304,6 @@ async fn record_sequence_seen(
         }
     }
     Ok(())
-}
-
-/// Whether `bundle` differs from the stored bundle of its trust domain (in document or
-/// sequence), or none is stored.
-async fn bundle_differs(
-    conn: &mut AnyConnection,
-    bundle: &BundleRecord,
-) -> Result<bool, RegistryError> {
-    let stored =
-        sqlx::query("SELECT trust_domain, document, sequence FROM bundles WHERE trust_domain = $1")
-            .bind(bundle.trust_domain.name())
-            .fetch_optional(&mut *conn)
-            .await?;
-    let Some(row) = stored else {
-        return Ok(true);
-    };
-    let f = Fields::new(&row, "bundle", "trust_domain")?;
-    Ok(f.text("document")? != bundle.document || f.opt_unsigned("sequence")? != bundle.sequence)
 }
 
 /// Runs `update`, which matches the relationship with `trust_domain` only while `owner` holds

@@ -9,7 +9,10 @@ use sqlx::any::{AnyArguments, AnyRow};
 use sqlx::query::Query;
 
 use super::{KIND, Relationship, RelationshipOptions, RelationshipSpec};
-use crate::bundles::{BundleRecord, remove_bundle, upsert_bundle, validate_bundle};
+use crate::audit::{BUNDLE_DELETE, bundle_change_details};
+use crate::bundles::{
+    BundleRecord, fetch_bundle, remove_bundle, set_bundle_audited, validate_bundle,
+};
 use crate::entries::{DetachedEntry, Federation, detach_entries};
 use crate::error::{OnDuplicate, RegistryError};
 use crate::feed::ChangeKind;
@@ -38,7 +41,8 @@ impl Registry {
     }
 
     /// Creates a relationship, optionally with a bootstrap bundle of its trust domain (needed
-    /// by `https_spiffe`), stored in the same transaction: both are stored or neither.
+    /// by `https_spiffe`), stored in the same transaction: both are stored or neither. The
+    /// bootstrap bundle is audited as [`BUNDLE_SET`](crate::BUNDLE_SET) by `actor`.
     ///
     /// The first refresh is due at once.
     ///
@@ -58,20 +62,21 @@ impl Registry {
         }
         let mut tx = self.begin_write().await?;
         if let Some(bundle) = bootstrap {
-            upsert_bundle(&mut tx, bundle).await?;
+            set_bundle_audited(&mut tx, actor, bundle).await?;
         }
         let row = bind_spec(
             concat!(
                 "INSERT INTO federation_relationships (trust_domain, bundle_endpoint_url, \
                  profile, endpoint_spiffe_id, extra_ca_pem, accept_empty_bundle, created_at, \
-                 updated_at, require_sequence) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8) RETURNING ",
+                 updated_at, require_sequence, source) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $7, $8, $9) RETURNING ",
                 relationship_columns!()
             ),
             spec,
             tx.at,
         )
         .bind(i16::from(options.require_sequence))
+        .bind(options.source.as_str())
         .fetch_one(&mut *tx)
         .await
         .on_duplicate(|| RegistryError::already_exists(KIND, &spec.trust_domain))?;
@@ -94,8 +99,9 @@ impl Registry {
     }
 
     /// Replaces the configuration of a relationship: its spec and options. Its refresh status
-    /// is kept, except that the next refresh is due at once and the stored etag is dropped, so
-    /// the new settings take effect with a full fetch.
+    /// and its stored bundle are kept (so a move between relay and direct keeps the bundle and
+    /// its sequence for the next fetch's checks), except that the next refresh is due at once
+    /// and the stored etag is dropped, so the new settings take effect with a full fetch.
     ///
     /// # Errors
     /// [`RegistryError::Invalid`], [`RegistryError::NotFound`], [`RegistryError::Database`].
@@ -122,7 +128,8 @@ impl Registry {
                 "UPDATE federation_relationships SET bundle_endpoint_url = $2, profile = $3, \
                  endpoint_spiffe_id = $4, extra_ca_pem = $5, accept_empty_bundle = $6, \
                  updated_at = $7, next_refresh_at = NULL, etag = NULL, \
-                 require_sequence = COALESCE($8, require_sequence) \
+                 require_sequence = COALESCE($8, require_sequence), \
+                 source = COALESCE($9, source) \
                  WHERE trust_domain = $1 RETURNING ",
                 relationship_columns!()
             ),
@@ -130,6 +137,7 @@ impl Registry {
             tx.at,
         )
         .bind(options.map(|options| i16::from(options.require_sequence)))
+        .bind(options.map(|options| options.source.as_str()))
         .fetch_optional(&mut *tx)
         .await?
         .ok_or_else(|| RegistryError::not_found(KIND, &spec.trust_domain))?;
@@ -156,7 +164,8 @@ impl Registry {
         self.list_records().await
     }
 
-    /// Deletes a relationship and its stored foreign bundle, and removes the trust domain
+    /// Deletes a relationship and its stored foreign bundle (audited as
+    /// [`BUNDLE_DELETE`](crate::BUNDLE_DELETE) by `actor`), and removes the trust domain
     /// from every federation group (each recorded as changed).
     ///
     /// While entries federate with the trust domain this is refused, unless `force` is set:
@@ -187,7 +196,17 @@ impl Registry {
             .await?;
         tx.change(ChangeKind::Federation, trust_domain.name())
             .await?;
+        let old_bundle = fetch_bundle(&mut tx, trust_domain).await?;
         let bundle_deleted = remove_bundle(&mut tx, trust_domain).await?;
+        if let Some(old) = &old_bundle {
+            tx.audit(
+                actor,
+                BUNDLE_DELETE,
+                trust_domain.name(),
+                &bundle_change_details(trust_domain, Some(old), None),
+            )
+            .await?;
+        }
         tx.audit(
             actor,
             "federation.delete",
@@ -254,6 +273,7 @@ fn spec_details(
     });
     if let Some(options) = options {
         details["require_sequence"] = options.require_sequence.into();
+        details["source"] = options.source.as_str().into();
     }
     details
 }

@@ -177,10 +177,21 @@ pub(in crate::admin) async fn rotate(
     Actor(actor): Actor,
     Body(RotateRequest { activate }): Body<RotateRequest>,
 ) -> Result<Json<RotateView>, ApiError> {
-    let keys = state.hub.rotate(activate).await?;
+    let keys = state.hub.rotate_as(&actor, activate).await?;
     let sequence = state.hub.own_bundle().sequence();
     tracing::info!(%actor, activate, sequence, "CA keys rotated");
-    Ok(Json(RotateView {
+    Ok(Json(keys_view(sequence, keys)))
+}
+
+/// `GET /v1/bundle/keys`: this replica's CA keys with their states and the own bundle's
+/// sequence, changing nothing.
+pub(in crate::admin) async fn keys(State(state): State<AdminState>) -> Json<RotateView> {
+    let sequence = state.hub.own_bundle().sequence();
+    Json(keys_view(sequence, state.hub.key_status()))
+}
+
+fn keys_view(sequence: Option<u64>, keys: Vec<crate::ca::KeyStatus>) -> RotateView {
+    RotateView {
         sequence,
         keys: keys
             .into_iter()
@@ -192,5 +203,5 @@ pub(in crate::admin) async fn rotate(
                 not_after: unix_ts(key.not_after),
             })
             .collect(),
-    }))
+    }
 }

@@ -89,6 +89,7 @@ async fn to_spec(
     };
     let options = RelationshipOptions {
         require_sequence: config.require_sequence,
+        source: config.source,
     };
     Ok((spec, options))
 }
@@ -127,6 +128,7 @@ fn view(
             extra_ca_pem,
             accept_empty_bundle: spec.accept_empty_bundle,
             require_sequence: relationship.options.require_sequence,
+            source: relationship.options.source,
         },
         created_at: ts(relationship.created_at),
         updated_at: ts(relationship.updated_at),
@@ -225,7 +227,7 @@ pub(in crate::admin) async fn create(
         .create_relationship_with_options(&actor, &spec, options, bootstrap.as_ref())
         .await?;
     state.changed().await;
-    tracing::info!(%actor, %trust_domain, profile = spec.profile.name().as_str(), "federation relationship created");
+    tracing::info!(%actor, %trust_domain, profile = spec.profile.name().as_str(), source = options.source.as_str(), "federation relationship created");
     Ok((
         StatusCode::CREATED,
         Json(with_bundle(&state, relationship).await?),
@@ -264,6 +266,7 @@ pub(in crate::admin) async fn delete(
         .registry()
         .delete_relationship(&actor, &trust_domain, force)
         .await?;
+    crate::federation::telemetry::forget(&trust_domain);
     state.changed().await;
     let entries_updated = detached.len();
     tracing::info!(%actor, %trust_domain, force, entries_updated, "federation relationship deleted");

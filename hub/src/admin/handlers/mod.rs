@@ -3,6 +3,7 @@
 //! the problem, and the checks of IDs in requests.
 
 pub(super) mod agents;
+pub(super) mod audit;
 pub(super) mod bundles;
 pub(super) mod entries;
 pub(super) mod federation;
