@@ -3,6 +3,10 @@
 //! sync streams woken) until every open `FetchX509Bundles` stream of every agent has dropped
 //! TD's bundle. Each sample federates again first (relationship with a bootstrap bundle, the
 //! entry's `federates_with` restored) and waits until every stream holds TD's bundle.
+//!
+//! Timed beside the streams: the same agents' `FetchX509SVID` streams as `fedhub proxy`
+//! follows them ([`fedhub_proxy::X509Source`], one per agent): once TD's bundle is gone there,
+//! the proxy refuses TD's peers on new handshakes and cuts its open connections with them.
 
 use std::time::{Duration, Instant};
 
@@ -69,6 +73,28 @@ async fn follow(socket: &std::path::Path, key: String) -> anyhow::Result<watch::
     Ok(rx)
 }
 
+/// What `fedhub proxy` would follow at `socket`; the receiver tells whether its material
+/// holds `trust_domain`'s bundle.
+fn follow_as_proxy(socket: &std::path::Path, trust_domain: TrustDomain) -> watch::Receiver<bool> {
+    let source = fedhub_proxy::X509Source::start(socket);
+    let mut material = source.subscribe();
+    let holds = move |m: &Option<std::sync::Arc<fedhub_proxy::Material>>| {
+        m.as_ref()
+            .is_some_and(|m| m.trust_domains().any(|td| *td == trust_domain))
+    };
+    let (tx, rx) = watch::channel(holds(&material.borrow()));
+    tokio::spawn(async move {
+        // The source lives as long as this task, which ends once the bench no longer listens.
+        let _source = source;
+        while material.changed().await.is_ok() {
+            if tx.send(holds(&material.borrow_and_update())).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
 /// Waits until every stream says `present`.
 async fn all(streams: &mut [watch::Receiver<bool>], present: bool) -> anyhow::Result<()> {
     tokio::time::timeout(ARRIVAL_TIMEOUT, async {
@@ -114,6 +140,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     hub.notify_changed().await?;
     let key = foreign.id_string();
     let mut streams = Vec::with_capacity(options.agents * options.streams);
+    let mut proxies = Vec::with_capacity(options.agents);
     for agent in &agents {
         env::wait_for(agent.socket_path(), ARRIVAL_TIMEOUT, |r| {
             r.federated_bundles.contains_key(&key)
@@ -122,9 +149,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         for _ in 0..options.streams {
             streams.push(follow(agent.socket_path(), key.clone()).await?);
         }
+        proxies.push(follow_as_proxy(agent.socket_path(), foreign.clone()));
     }
 
     let mut times = Vec::with_capacity(options.samples);
+    let mut proxy_times = Vec::with_capacity(options.samples);
     for sample in 0..options.samples {
         if sample > 0 {
             registry
@@ -138,14 +167,23 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         all(&mut streams, true)
             .await
             .with_context(|| format!("sample {sample}: federating again"))?;
+        all(&mut proxies, true)
+            .await
+            .with_context(|| format!("sample {sample}: federating again (proxy sources)"))?;
         // What `fedhub federation delete --force` has the admin API do.
         let started = Instant::now();
         registry.delete_relationship(ACTOR, &foreign, true).await?;
         hub.notify_changed().await?;
-        all(&mut streams, false)
-            .await
-            .with_context(|| format!("sample {sample}: de-federating"))?;
-        times.push(started.elapsed());
+        let gone_after = async |receivers: &mut [watch::Receiver<bool>]| {
+            all(receivers, false).await.map(|()| started.elapsed())
+        };
+        let (streams_gone, proxies_gone) =
+            tokio::join!(gone_after(&mut streams), gone_after(&mut proxies));
+        times.push(streams_gone.with_context(|| format!("sample {sample}: de-federating"))?);
+        proxy_times.push(
+            proxies_gone
+                .with_context(|| format!("sample {sample}: de-federating (proxy sources)"))?,
+        );
     }
     let summary = Summary::of(&mut times).context("no sample")?;
     println!(
@@ -156,7 +194,15 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         options.streams
     );
     println!("defederation: {summary}");
+    let proxy_summary = Summary::of(&mut proxy_times).context("no sample")?;
+    println!(
+        "# the same deletes -> TD's bundle gone from the X509-SVID stream `fedhub proxy` follows \
+         ({} agents, one proxy source each): its peers refused, open connections cut",
+        options.agents
+    );
+    println!("defederation (proxy): {proxy_summary}");
     drop(streams);
+    drop(proxies);
     for agent in agents {
         agent.shutdown().await?;
     }

@@ -27,7 +27,8 @@ pub enum ProxyCommand {
     /// `X-Forwarded-Client-Cert: By=<own SPIFFE ID>;URI=<caller's SPIFFE ID>` (any such header
     /// the caller sent is removed), refused callers get 403 and an unreachable application
     /// 502. SVIDs and bundles follow the Workload API: rotation and federation changes apply
-    /// to the next handshake without a restart.
+    /// to the next handshake without a restart, and open connections with a peer of a trust
+    /// domain no longer federated are closed at once.
     Inbound(InboundArgs),
     /// Accept plain connections from an application on loopback and originate mutual TLS to a
     /// remote that must present exactly --server-id.

@@ -135,9 +135,6 @@ async fn force_deleting_a_federation_drops_its_bundle_from_open_streams_within_a
 }
 
 #[tokio::test(flavor = "multi_thread")]
-#[ignore = "fails today: fedhub proxy outbound keeps its pooled mTLS connections to a \
-            de-federated peer (20 s and more while in use); to enable once the proxy drops \
-            them when its bundles change"]
 async fn force_deleting_a_federation_makes_the_outbound_proxy_refuse_its_peers_within_a_second() {
     let dir = tempfile::tempdir().unwrap();
     let demo = KeepRunning::start(dir.path());

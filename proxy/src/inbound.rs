@@ -34,6 +34,7 @@ use crate::http1::{self, Ended};
 use crate::relay::{RelayError, TLS_READ_BUFFER, relay};
 use crate::source::X509Source;
 use crate::tls::server_config;
+use crate::withdrawal::Withdrawable;
 
 /// The header Envoy uses to tell the application who called.
 pub const XFCC: &str = "x-forwarded-client-cert";
@@ -177,6 +178,7 @@ impl Shared {
                 self.spec.allow
             );
         }
+        let tls = Withdrawable::new(tls, caller.trust_domain(), &self.source);
         match self.spec.mode {
             Mode::Tcp => {
                 if allowed {
@@ -219,7 +221,7 @@ impl Shared {
 
     async fn relay_tcp(
         &self,
-        tls: tokio_rustls::server::TlsStream<BufReader<TcpStream>>,
+        tls: Withdrawable<tokio_rustls::server::TlsStream<BufReader<TcpStream>>>,
         peer: SocketAddr,
         caller: &SpiffeId,
     ) {

@@ -10,7 +10,8 @@
 //!
 //! Both take their SVID and bundles from one [`X509Source`], which follows the Workload API's
 //! `FetchX509SVID` stream: rotation and federation changes apply to the next handshake, and
-//! connections already open are left alone.
+//! connections already open are left alone, except those with a peer of a trust domain that is
+//! no longer federated, which are closed at once ([`withdrawal`]).
 //!
 //! Every listener has the limits of [`Limits`]: connection caps at accept, a handshake timeout,
 //! and idle timeouts: in TCP mode no byte in either direction ([`relay`]), in HTTP mode no
@@ -27,6 +28,7 @@ pub mod outbound;
 pub mod relay;
 pub mod source;
 pub mod tls;
+pub mod withdrawal;
 
 pub use config::ConfigError;
 pub use config::{AllowList, InboundSpec, Limits, Mode, OutboundSpec, ProxyConfig};
@@ -34,3 +36,4 @@ pub use error::{ConnectError, ProxyError, SourceError};
 pub use inbound::{Inbound, XFCC};
 pub use outbound::{MtlsConnector, MtlsStream, Outbound};
 pub use source::{Material, X509Source};
+pub use withdrawal::Withdrawable;

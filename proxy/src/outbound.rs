@@ -13,6 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use fedhub_core::TrustDomain;
 use fedhub_serve::LimitedListener;
 use fedhub_serve::limits::Accepted;
 use http::{Request, Response, StatusCode, Uri};
@@ -36,11 +37,13 @@ use crate::http1::{self, Ended};
 use crate::relay::{RelayError, TLS_READ_BUFFER, relay};
 use crate::source::X509Source;
 use crate::tls::client_config;
+use crate::withdrawal::Withdrawable;
 
 /// Dials the remote and completes mutual TLS, the same way for both modes.
 #[derive(Clone)]
 pub struct MtlsConnector {
     remote: Arc<str>,
+    server_trust_domain: TrustDomain,
     connector: TlsConnector,
     source: X509Source,
     limits: Limits,
@@ -71,6 +74,7 @@ impl MtlsConnector {
         let config = client_config(&source, &spec.server_id, alpn)?;
         Ok(Self {
             remote: spec.connect.as_str().into(),
+            server_trust_domain: spec.server_id.trust_domain(),
             connector: TlsConnector::from(Arc::new(config)),
             source,
             limits,
@@ -81,7 +85,7 @@ impl MtlsConnector {
     ///
     /// # Errors
     /// [`ConnectError`] saying which step failed.
-    pub async fn connect(&self) -> Result<MtlsStream, ConnectError> {
+    pub async fn connect(&self) -> Result<Withdrawable<MtlsStream>, ConnectError> {
         if self.source.current().is_none() {
             return Err(ConnectError::NoSvid);
         }
@@ -108,13 +112,18 @@ impl MtlsConnector {
         let name = ServerName::try_from(host.to_owned()).unwrap_or_else(|_| unreachable_name());
         let timeout = self.limits.handshake_timeout;
         let tcp = BufReader::with_capacity(TLS_READ_BUFFER, tcp);
-        tokio::time::timeout(timeout, self.connector.connect(name, tcp))
+        let tls = tokio::time::timeout(timeout, self.connector.connect(name, tcp))
             .await
             .map_err(|_| ConnectError::Timeout {
                 remote: remote.clone(),
                 seconds: timeout.as_secs(),
             })?
-            .map_err(|source| ConnectError::Handshake { remote, source })
+            .map_err(|source| ConnectError::Handshake { remote, source })?;
+        Ok(Withdrawable::new(
+            tls,
+            self.server_trust_domain.clone(),
+            &self.source,
+        ))
     }
 }
 
@@ -128,7 +137,7 @@ fn unreachable_name() -> ServerName<'static> {
 pub type MtlsStream = TlsStream<BufReader<TcpStream>>;
 
 /// A mutual TLS connection as the pooled HTTP client wants it.
-pub struct MtlsIo(TokioIo<MtlsStream>);
+pub struct MtlsIo(TokioIo<Withdrawable<MtlsStream>>);
 
 impl Connection for MtlsIo {
     fn connected(&self) -> Connected {

@@ -8,6 +8,7 @@
 //! message the source holds nothing and the proxy serves nothing.
 
 use std::collections::BTreeMap;
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -156,6 +157,38 @@ impl X509Source {
             if rx.changed().await.is_err() {
                 // The follower is gone without ever delivering: nothing will come.
                 std::future::pending::<()>().await;
+            }
+        }
+    }
+}
+
+impl X509Source {
+    /// Follows the material as it changes (for callers that watch it themselves, such as
+    /// benchmarks).
+    pub fn subscribe(&self) -> watch::Receiver<Option<Arc<Material>>> {
+        self.current.clone()
+    }
+
+    /// Completes once the source holds material without a bundle for `trust_domain`: the
+    /// agent stopped federating with it. Never completes while no material has arrived.
+    pub fn withdrawn(
+        &self,
+        trust_domain: TrustDomain,
+    ) -> impl Future<Output = ()> + Send + 'static {
+        let mut rx = self.current.clone();
+        async move {
+            loop {
+                let gone = rx
+                    .borrow_and_update()
+                    .as_ref()
+                    .is_some_and(|m| !m.bundles.contains_key(&trust_domain));
+                if gone {
+                    return;
+                }
+                if rx.changed().await.is_err() {
+                    // The follower is gone: the material can no longer change.
+                    std::future::pending::<()>().await;
+                }
             }
         }
     }

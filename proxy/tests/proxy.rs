@@ -228,20 +228,28 @@ fn server_leaf(stream: &tokio_rustls::client::TlsStream<TcpStream>) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn a_trust_domain_removed_from_the_federated_bundles_is_refused_on_the_next_handshake() {
+async fn a_trust_domain_removed_from_the_federated_bundles_is_refused_and_its_open_connections_cut()
+{
+    let (logs, _guard) = capture(Level::WARN);
     let world = World::new();
     let backend = echo_backend().await;
     let beta = source(&world.beta_agent).await;
     let inbound = inbound(
         &beta,
         backend.address,
-        AllowList::TrustDomains(vec![world.alpha.td.clone()]),
+        AllowList::TrustDomains(vec![world.alpha.td.clone(), world.beta.td.clone()]),
         Mode::Tcp,
     )
     .await;
     let web = svid(&world.alpha, "/web", Duration::from_secs(600));
     let mut open = mtls(inbound.address, &web, &[&world.beta]).await.unwrap();
     assert_eq!(echo_round(&mut open, "federated").await, "federated");
+    // A caller of the own trust domain, which the change does not concern.
+    let neighbour = svid(&world.beta, "/batch", Duration::from_secs(600));
+    let mut own = mtls(inbound.address, &neighbour, &[&world.beta])
+        .await
+        .unwrap();
+    assert_eq!(echo_round(&mut own, "own").await, "own");
 
     // beta.test stops federating with alpha.test.
     publish(
@@ -250,11 +258,61 @@ async fn a_trust_domain_removed_from_the_federated_bundles_is_refused_on_the_nex
         &[],
         identity(&world.beta, "/api", &[]),
     );
-    eventually("alpha.test callers are refused", || async {
-        refused(inbound.address, &web, &[&world.beta]).await
+    // The open connection is cut without the caller sending anything: de-federation
+    // withdraws trust, it does not wait for the next handshake.
+    let mut buf = [0u8; 8];
+    let read = tokio::time::timeout(PATIENCE, open.read(&mut buf))
+        .await
+        .expect("the de-federated caller's connection stayed open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(refused(inbound.address, &web, &[&world.beta]).await);
+    assert_eq!(
+        echo_round(&mut own, "still open").await,
+        "still open",
+        "connections of other trust domains stay"
+    );
+    assert!(
+        logs.text()
+            .contains("connection closed: alpha.test is no longer federated"),
+        "{}",
+        logs.text()
+    );
+}
+
+#[tokio::test]
+async fn outbound_pooled_connections_to_a_removed_trust_domain_are_cut() {
+    let world = World::new();
+    let backend = http_backend().await;
+    let beta = source(&world.beta_agent).await;
+    let alpha = source(&world.alpha_agent).await;
+    let inbound = inbound(&beta, backend.address, allow_id(WEB), Mode::Http).await;
+    let relay = counting_relay(inbound.address).await;
+    let outbound = outbound(&alpha, relay.address, API, Mode::Http).await;
+    let (status, body) = get(outbound.address, &[]).await;
+    assert_eq!(status, 200, "{body}");
+
+    // alpha.test stops federating with beta.test: the kept-alive connection in the pool must
+    // not carry another request.
+    publish(
+        &world.alpha_agent,
+        &world.alpha,
+        &[],
+        identity(&world.alpha, "/web", &[]),
+    );
+    eventually("the outbound proxy refuses beta.test", || async {
+        get(outbound.address, &[]).await.0 == 502
     })
     .await;
-    assert_eq!(echo_round(&mut open, "still open").await, "still open");
+    let served = backend.count();
+    for _ in 0..3 {
+        let (status, body) = get(outbound.address, &[]).await;
+        assert_eq!(status, 502, "{body}");
+    }
+    assert_eq!(
+        backend.count(),
+        served,
+        "nothing reached beta.test after the removal"
+    );
 }
 
 #[tokio::test]
