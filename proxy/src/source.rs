@@ -228,6 +228,17 @@ async fn follow(socket: PathBuf, tx: watch::Sender<Option<Arc<Material>>>) {
                 socket = %socket.display(),
                 "the agent closed the X509-SVID stream; reconnecting"
             ),
+            // The agent is restarting or shutting down: expected, and retried at once.
+            Err(
+                error @ SourceError::Status {
+                    code: tonic::Code::Unavailable,
+                    ..
+                },
+            ) if delay.is_zero() => tracing::info!(
+                socket = %socket.display(),
+                %error,
+                "the agent is unavailable; reconnecting; {serving}"
+            ),
             Err(error) => tracing::warn!(
                 socket = %socket.display(),
                 %error,

@@ -145,6 +145,8 @@ async fn run_async(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         say!("stopping");
     }
     dashboards.stop.cancel();
+    // The proxies first: they follow the agents' Workload API.
+    proxied::shutdown().await;
     tokio::join!(alpha.shutdown(), beta.shutdown());
     alpha_lab.stop.cancel();
     beta_lab.stop.cancel();
@@ -347,13 +349,13 @@ async fn step_proxy(alpha: &Domain, beta: &Domain) -> anyhow::Result<()> {
     let call = match result {
         Ok(call) => call,
         Err(error) => {
-            path.stop.cancel();
+            path.shutdown().await;
             return Err(error);
         }
     };
     // The proxies keep running for the lab API (`/spiffe/demo/proxy/call`) until the demo
-    // ends: dropping `path` does not cancel its token.
-    drop(path);
+    // ends.
+    path.keep();
     proxied::expect_caller(&call, &alpha.workload.spiffe_id)?;
     say!(
         "      {} answered {} to a plain GET; the server read X-Forwarded-Client-Cert: {}",

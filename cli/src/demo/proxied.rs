@@ -39,10 +39,43 @@ pub struct ProxiedCall {
     pub x_forwarded_client_cert: String,
 }
 
-/// The running proxies and server; they stop when `stop` is cancelled.
+/// The running proxies and server; [`ProxyPath::shutdown`] stops them.
 pub struct ProxyPath {
-    /// Stops the proxies and the server.
-    pub stop: CancellationToken,
+    stop: CancellationToken,
+    proxies: Vec<tokio::task::JoinHandle<()>>,
+}
+
+/// The proxies kept running for the lab API until the demo ends ([`shutdown`]).
+static RUNNING: std::sync::Mutex<Option<ProxyPath>> = std::sync::Mutex::new(None);
+
+/// How long the proxies may take to stop.
+const STOP_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl ProxyPath {
+    /// Keeps the proxies running until [`shutdown`].
+    pub fn keep(self) {
+        if let Ok(mut running) = RUNNING.lock() {
+            *running = Some(self);
+        }
+    }
+
+    /// Stops the proxies and the server, and waits (briefly) until the proxies have let go of
+    /// their Workload API streams.
+    pub async fn shutdown(self) {
+        self.stop.cancel();
+        for proxy in self.proxies {
+            let _ = tokio::time::timeout(STOP_TIMEOUT, proxy).await;
+        }
+    }
+}
+
+/// Stops the proxies kept for the lab API, before the agents they follow go away (which the
+/// proxies would otherwise log as a lost Workload API).
+pub async fn shutdown() {
+    let running = RUNNING.lock().ok().and_then(|mut running| running.take());
+    if let Some(path) = running {
+        path.shutdown().await;
+    }
 }
 
 /// Starts the plain server (beta), the inbound proxy in front of it, and the outbound proxy
@@ -86,9 +119,20 @@ pub async fn start(alpha: &Domain, beta: &Domain) -> anyhow::Result<ProxyPath> {
             .with_context(|| format!("the {name} proxy got no SVID from its agent within 10 s"))?;
     }
     let _ = OUTBOUND.set(outbound.local_addr());
-    tokio::spawn(inbound.serve(stop.clone()));
-    tokio::spawn(outbound.serve(stop.clone()));
-    Ok(ProxyPath { stop })
+    let proxies = vec![
+        tokio::spawn(serve_until(inbound.serve(stop.clone()))),
+        tokio::spawn(serve_until(outbound.serve(stop.clone()))),
+    ];
+    Ok(ProxyPath { stop, proxies })
+}
+
+/// Runs one proxy listener; a listener that fails for good says so.
+async fn serve_until(
+    serve: impl std::future::Future<Output = Result<(), fedhub_proxy::ProxyError>>,
+) {
+    if let Err(error) = serve.await {
+        tracing::error!(%error, "the demo's proxy stopped");
+    }
 }
 
 /// A plain HTTP/1.1 server that answers `hello <caller>` and says who called.
