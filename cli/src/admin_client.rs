@@ -1,12 +1,12 @@
 //! The client of the hub's admin API: JSON over HTTP/1.1 on the admin Unix socket.
 
-use std::fmt::Write as _;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, anyhow};
 use bytes::Bytes;
+pub use fedhub_hub::admin::api::encode;
 use fedhub_hub::admin::api::{ErrorBody, MAX_BODY_BYTES, PREFIX};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::header::{CONTENT_TYPE, HOST};
@@ -146,19 +146,6 @@ fn connect_error(socket: &Path, error: &io::Error) -> anyhow::Error {
             socket.display()
         ),
     }
-}
-
-/// Percent-encodes one path segment or query value: everything but `A-Z a-z 0-9 - . _ ~`.
-pub fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
 }
 
 /// A query string (`?k=v&…`) of the pairs whose value is set; empty when none is.

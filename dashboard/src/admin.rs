@@ -3,12 +3,12 @@
 //! It passes the hub's answers and errors on as they are; the typed client of the CLI
 //! (`cli/src/admin_client.rs`) turns them into text for a terminal instead.
 
-use std::fmt::Write as _;
 use std::io;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use bytes::Bytes;
+pub use fedhub_hub::admin::api::encode;
 use fedhub_hub::admin::api::{ErrorBody, MAX_BODY_BYTES, PREFIX};
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::header::{CONTENT_TYPE, HOST};
@@ -143,17 +143,4 @@ impl HubClient {
             )),
         }
     }
-}
-
-/// Percent-encodes one path segment or query value: everything but `A-Z a-z 0-9 - . _ ~`.
-pub fn encode(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    for byte in text.bytes() {
-        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
-            out.push(char::from(byte));
-        } else {
-            let _ = write!(out, "%{byte:02X}");
-        }
-    }
-    out
 }

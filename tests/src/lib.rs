@@ -2,7 +2,7 @@
 //! of several crates: trust domains and SPIFFE IDs ([`td`], [`id`]), test issuers
 //! ([`issuer::Domain`]), throwaway databases ([`sqlite`], [`postgres`]), captured logs
 //! ([`logs`]), an in-process agent Workload API (`workload`, with the `agent` feature) and raw
-//! HTTP/2 ([`h2`]); with the `spiffe-map` feature, bundle maps read by third-party parsers
+//! HTTP/2 ([`h2`]), external programs run with a time bound ([`process`]); with the `spiffe-map` feature, bundle maps read by third-party parsers
 //! (`spiffe_map`).
 //!
 //! The crate depends on `fedhub-core` (and, with `agent`, on `fedhub-agent`): the unit tests of
@@ -23,6 +23,7 @@ pub mod h2;
 pub mod issuer;
 pub mod logs;
 pub mod postgres;
+pub mod process;
 pub mod prometheus;
 #[cfg(feature = "spiffe-map")]
 pub mod spiffe_map;

@@ -23,7 +23,7 @@ use serde::Serialize;
 use super::client::{ApiError, WorkloadClient};
 use super::endpoint::WorkloadSocket;
 use super::output::{OutputFormat, timestamp};
-use super::watch::Backoff;
+use super::watch::{Backoff, reconnecting};
 use super::write::WriteError;
 use super::x509::bundle_from_key;
 
@@ -172,20 +172,10 @@ impl MapWatch<'_> {
     /// # Errors
     /// The [`ApiError`] that ended it (`INVALID_ARGUMENT`, `UNIMPLEMENTED`).
     pub async fn run(&self) -> Result<(), ApiError> {
-        let mut backoff = Backoff::default();
-        loop {
-            match self.follow(&mut backoff).await {
-                Ok(()) => tracing::info!("the agent closed the X.509 bundle stream; reconnecting"),
-                Err(error) if !error.is_retryable() => return Err(error),
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%error, retry_in = ?delay, "X.509 bundle stream broken");
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
+        reconnecting("X.509 bundle", async |backoff: &mut Backoff| {
+            self.follow(backoff).await
+        })
+        .await
     }
 
     /// Opens the stream and writes the map of each message until it ends.

@@ -138,6 +138,29 @@ impl Signaller {
     }
 }
 
+/// Runs `follow` (one stream, until it ends) again and again, pausing with growing delays
+/// after failures, until it fails with an error that retrying cannot mend (returned); `stream`
+/// names the stream in the log.
+pub(super) async fn reconnecting(
+    stream: &str,
+    mut follow: impl AsyncFnMut(&mut Backoff) -> Result<(), ApiError>,
+) -> Result<(), ApiError> {
+    let mut backoff = Backoff::default();
+    loop {
+        match follow(&mut backoff).await {
+            Ok(()) => tracing::info!("the agent closed the {stream} stream; reconnecting"),
+            Err(error) if !error.is_retryable() => return Err(error),
+            Err(error) => {
+                let delay = backoff.next_delay();
+                tracing::warn!(%error, retry_in = ?delay, "{stream} stream broken");
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
 /// Pauses between reconnection attempts.
 #[derive(Debug, Default)]
 pub(super) struct Backoff {
@@ -185,20 +208,10 @@ impl Watch<'_> {
     /// # Errors
     /// The [`ApiError`] that ended it (`INVALID_ARGUMENT`, `UNIMPLEMENTED`).
     pub async fn run(&self) -> Result<(), ApiError> {
-        let mut backoff = Backoff::default();
-        loop {
-            match self.follow(&mut backoff).await {
-                Ok(()) => tracing::info!("the agent closed the X509-SVID stream; reconnecting"),
-                Err(error) if !error.is_retryable() => return Err(error),
-                Err(error) => {
-                    let delay = backoff.next_delay();
-                    tracing::warn!(%error, retry_in = ?delay, "X509-SVID stream broken");
-                    tokio::time::sleep(delay).await;
-                    continue;
-                }
-            }
-            tokio::time::sleep(backoff.next_delay()).await;
-        }
+        reconnecting("X509-SVID", async |backoff: &mut Backoff| {
+            self.follow(backoff).await
+        })
+        .await
     }
 
     /// Opens the stream and applies its messages until it ends.

@@ -14,6 +14,21 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 use crate::ca::KeyState;
 
+/// Percent-encodes one path segment or query value of an admin API request: everything but
+/// `A-Z a-z 0-9 - . _ ~` (SPIFFE IDs, entry ids and names go into paths this way).
+pub fn encode(text: &str) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::with_capacity(text.len());
+    for byte in text.bytes() {
+        if byte.is_ascii_alphanumeric() || matches!(byte, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(byte));
+        } else {
+            let _ = write!(out, "%{byte:02X}");
+        }
+    }
+    out
+}
+
 /// The selector rule the entry handlers apply ([`Selector::parse_supported`]), for clients
 /// that check before they send.
 pub use fedhub_registry::{Selector, SelectorError};
